@@ -1,0 +1,44 @@
+# s2s: `make serve` and `make test` set up .venv from requirements.lock on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PROTO_FILES := $(wildcard proto/s2s/v1/*.proto)
+
+.PHONY: serve test lint typecheck proto proto-check unit bench clean
+
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+serve: $(STAMP)
+	$(BIN)/s2s serve
+
+test: $(STAMP) proto-check lint typecheck
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+# Generated code is never edited by hand: regenerate it from proto/.
+proto: $(STAMP)
+	$(BIN)/python -m grpc_tools.protoc -I proto --python_out=. --pyi_out=. $(PROTO_FILES)
+
+# Fails if s2s/v1 does not match what proto/ generates.
+proto-check: $(STAMP)
+	rm -rf $(VENV)/proto-check && mkdir -p $(VENV)/proto-check
+	$(BIN)/python -m grpc_tools.protoc -I proto --python_out=$(VENV)/proto-check --pyi_out=$(VENV)/proto-check $(PROTO_FILES)
+	diff -r -x __pycache__ -x __init__.py $(VENV)/proto-check/s2s/v1 s2s/v1 || \
+		{ echo "s2s/v1 is stale: run 'make proto' and commit the result"; exit 1; }
+
+bench: $(STAMP)
+	$(BIN)/python bench/engine.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,146 @@
+"""Validation and metering of append batches, and the command records `fence` and `trim`.
+
+Every frontend turns its input into an `AppendInput` protobuf message and calls
+`validate_append_input`, so one set of rules (contract sections 6.4, 6.5) applies everywhere.
+The loop over records here is the only per-record work an append does before sequencing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from s2s.errors import invalid
+from s2s.v1 import records_pb2 as pb
+
+BATCH_RECORDS_MAX = 1000
+BATCH_METERED_BYTES_MAX = 1024 * 1024
+RECORD_METERED_BYTES_MAX = BATCH_METERED_BYTES_MAX
+FENCING_TOKEN_BYTES_MAX = 36
+HEADERS_PER_RECORD_MAX = 16_777_215
+RECORD_METERED_OVERHEAD_BYTES = 8
+
+COMMAND_FENCE = b"fence"
+COMMAND_TRIM = b"trim"
+
+
+@dataclass(frozen=True)
+class Fence:
+    """A `fence` command: batches after this one must carry `token`."""
+
+    index: int
+    token: str
+
+
+@dataclass(frozen=True)
+class Trim:
+    """A `trim` command: records before `first_seq_num` may be deleted."""
+
+    index: int
+    first_seq_num: int
+
+
+@dataclass(frozen=True)
+class ValidatedBatch:
+    """An append batch that passed every stateless check."""
+
+    records: list[pb.AppendRecord]
+    metered_sizes: list[int]
+    metered_bytes: int
+    commands: list[Fence | Trim]
+    match_seq_num: int | None
+    fencing_token: str | None
+
+    @property
+    def count(self) -> int:
+        return len(self.records)
+
+
+def metered_size(record: pb.AppendRecord) -> int:
+    """S2's metered size: 8 + 2 per header + header names and values + body."""
+    size = RECORD_METERED_OVERHEAD_BYTES + len(record.body)
+    for header in record.headers:
+        size += 2 + len(header.name) + len(header.value)
+    return size
+
+
+def validate_fencing_token(token: str, what: str = "fencing token") -> None:
+    if len(token.encode()) > FENCING_TOKEN_BYTES_MAX:
+        raise invalid(f"{what} must be at most {FENCING_TOKEN_BYTES_MAX} bytes")
+
+
+def validate_append_input(message: pb.AppendInput) -> ValidatedBatch:
+    """Check count, size, headers and command records; raise `invalid` naming the problem."""
+    records = list(message.records)
+    if not records:
+        raise invalid("append batch must not be empty")
+    if len(records) > BATCH_RECORDS_MAX:
+        raise invalid(f"append batch must not exceed {BATCH_RECORDS_MAX} records")
+    fencing_token = message.fencing_token if message.HasField("fencing_token") else None
+    if fencing_token is not None:
+        validate_fencing_token(fencing_token)
+    sizes: list[int] = []
+    commands: list[Fence | Trim] = []
+    total = 0
+    for index, record in enumerate(records):
+        headers = record.headers
+        if headers:
+            size = metered_size(record)
+            command = _command(index, record)
+            if command is not None:
+                commands.append(command)
+        else:
+            size = RECORD_METERED_OVERHEAD_BYTES + len(record.body)
+        if size > RECORD_METERED_BYTES_MAX:
+            raise invalid(
+                f"record {index} is {size} metered bytes; the limit is {RECORD_METERED_BYTES_MAX}"
+            )
+        sizes.append(size)
+        total += size
+    if total > BATCH_METERED_BYTES_MAX:
+        raise invalid(
+            f"append batch is {total} metered bytes; the limit is {BATCH_METERED_BYTES_MAX}"
+        )
+    return ValidatedBatch(
+        records=records,
+        metered_sizes=sizes,
+        metered_bytes=total,
+        commands=commands,
+        match_seq_num=message.match_seq_num if message.HasField("match_seq_num") else None,
+        fencing_token=fencing_token,
+    )
+
+
+def _command(index: int, record: pb.AppendRecord) -> Fence | Trim | None:
+    headers = record.headers
+    if len(headers) > HEADERS_PER_RECORD_MAX:
+        raise invalid(f"record {index} has more than {HEADERS_PER_RECORD_MAX} headers")
+    empty_names = sum(1 for h in headers if not h.name)
+    if empty_names == 0:
+        return None
+    if len(headers) > 1:
+        raise invalid(f"record {index}: header name must not be empty (empty name)")
+    op = headers[0].value
+    if op == COMMAND_FENCE:
+        try:
+            token = record.body.decode()
+        except UnicodeDecodeError:
+            raise invalid(f"record {index}: fence token must be valid UTF-8") from None
+        validate_fencing_token(token, f"record {index}: fence token")
+        return Fence(index, token)
+    if op == COMMAND_TRIM:
+        if len(record.body) != 8:
+            raise invalid(f"record {index}: trim body must be exactly 8 bytes (big-endian u64)")
+        return Trim(index, int.from_bytes(record.body, "big"))
+    raise invalid(f"record {index}: unknown command {op!r}")
+
+
+def fence_record(token: str) -> pb.AppendRecord:
+    """A command record that sets the stream's fencing token (empty string clears it)."""
+    return pb.AppendRecord(headers=[pb.Header(name=b"", value=COMMAND_FENCE)], body=token.encode())
+
+
+def trim_record(first_seq_num: int) -> pb.AppendRecord:
+    """A command record that trims the stream before `first_seq_num`."""
+    return pb.AppendRecord(
+        headers=[pb.Header(name=b"", value=COMMAND_TRIM)], body=first_seq_num.to_bytes(8, "big")
+    )

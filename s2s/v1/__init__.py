@@ -1,0 +1,1 @@
+"""Generated from proto/s2s/v1 by `make proto`. Never edit by hand."""

@@ -1,0 +1,444 @@
+"""The control plane: basins and streams, their configs, lifecycles and idempotent creation.
+
+Records live in the BASINS and STREAMS tables as JSON (see server/storage/layout.py). Every
+change goes through the group committer, and changes within one basin are serialized by that
+basin's lock, so "check, then write" sequences (create if absent, delete if present) are atomic
+with respect to each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import struct
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from typing import Any
+
+from s2s import names
+from s2s.config import (
+    BasinConfig,
+    BasinConfigPatch,
+    ResolvedStreamConfig,
+    StreamConfig,
+    StreamConfigPatch,
+    basin_config_from_json,
+    basin_config_to_json,
+    patch_basin_config,
+    patch_stream_config,
+    resolve_stream_config,
+    stream_config_from_json,
+    stream_config_to_json,
+)
+from s2s.errors import S2Error
+from server.clock import Clock
+from server.storage.committer import GroupCommitter
+from server.storage.kv import KeyValueStore, Put, Table, Write
+from server.storage.layout import (
+    DELETING_BASIN_PREFIX,
+    DELETING_STREAM_PREFIX,
+    NEXT_STREAM_ID_KEY,
+    STREAM_KEY_NAME_BYTES_MAX,
+    TailRow,
+    prefix_end,
+    sid_key,
+    stream_key,
+    stream_key_prefix,
+)
+
+REQUEST_TOKEN_BYTES_MAX = 36
+LOCATION_DEFAULT = "local"
+
+
+@dataclass(frozen=True)
+class BasinRecord:
+    name: str
+    config: BasinConfig
+    created_at_ms: int
+    deleted_at_ms: int | None = None
+    creation_digest: str | None = None
+    location: str = LOCATION_DEFAULT
+
+    @property
+    def deleting(self) -> bool:
+        return self.deleted_at_ms is not None
+
+    def encode(self) -> bytes:
+        return json.dumps(
+            {
+                "config": basin_config_to_json(self.config),
+                "created_at_ms": self.created_at_ms,
+                "deleted_at_ms": self.deleted_at_ms,
+                "creation_digest": self.creation_digest,
+                "location": self.location,
+            }
+        ).encode()
+
+    @classmethod
+    def decode(cls, name: str, data: bytes) -> BasinRecord:
+        obj = json.loads(data)
+        return cls(
+            name=name,
+            config=basin_config_from_json(obj["config"]),
+            created_at_ms=obj["created_at_ms"],
+            deleted_at_ms=obj["deleted_at_ms"],
+            creation_digest=obj["creation_digest"],
+            location=obj["location"],
+        )
+
+
+@dataclass(frozen=True)
+class StreamRecord:
+    basin: str
+    name: str
+    sid: int
+    config: ResolvedStreamConfig
+    created_at_ms: int
+    deleted_at_ms: int | None = None
+    creation_digest: str | None = None
+    cipher: str | None = None
+
+    @property
+    def deleting(self) -> bool:
+        return self.deleted_at_ms is not None
+
+    def encode(self) -> bytes:
+        return json.dumps(
+            {
+                "name": self.name,
+                "sid": self.sid,
+                "config": stream_config_to_json(self.config),
+                "created_at_ms": self.created_at_ms,
+                "deleted_at_ms": self.deleted_at_ms,
+                "creation_digest": self.creation_digest,
+                "cipher": self.cipher,
+            }
+        ).encode()
+
+    @classmethod
+    def decode(cls, basin: str, data: bytes) -> StreamRecord:
+        obj = json.loads(data)
+        partial = stream_config_from_json(obj["config"])
+        return cls(
+            basin=basin,
+            name=obj["name"],
+            sid=obj["sid"],
+            config=resolve_stream_config(partial, StreamConfig()),
+            created_at_ms=obj["created_at_ms"],
+            deleted_at_ms=obj["deleted_at_ms"],
+            creation_digest=obj["creation_digest"],
+            cipher=obj["cipher"],
+        )
+
+
+@dataclass(frozen=True)
+class Provisioned:
+    """Outcome of a create or ensure: what exists now and whether this call changed it."""
+
+    outcome: str  # "created" | "updated" | "noop"
+    record: Any
+
+
+def creation_digest(request_token: str | None, config_json: Any) -> str | None:
+    """Hash of the request token and the requested config: equal digests make a create a replay."""
+    if request_token is None:
+        return None
+    if len(request_token.encode()) > REQUEST_TOKEN_BYTES_MAX:
+        raise S2Error(
+            "bad_header", f"request token must be at most {REQUEST_TOKEN_BYTES_MAX} bytes"
+        )
+    material = json.dumps([request_token, config_json], sort_keys=True).encode()
+    return hashlib.sha256(material).hexdigest()
+
+
+class Catalog:
+    """Basins and streams: reads from the store, changes through the committer."""
+
+    def __init__(self, kv: KeyValueStore, committer: GroupCommitter, clock: Clock) -> None:
+        self._kv = kv
+        self._committer = committer
+        self._clock = clock
+        self._basin_locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._sid_lock = asyncio.Lock()
+
+    @asynccontextmanager
+    async def basin_lock(self, basin: str) -> AsyncIterator[None]:
+        """Serialize control-plane changes within one basin."""
+        lock, users = self._basin_locks.get(basin, (asyncio.Lock(), 0))
+        self._basin_locks[basin] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._basin_locks[basin]
+            if users == 1:
+                del self._basin_locks[basin]
+            else:
+                self._basin_locks[basin] = (lock, users - 1)
+
+    # --- basins ------------------------------------------------------------------------------
+
+    def get_basin(self, name: str) -> BasinRecord | None:
+        data = self._kv.get(Table.BASINS, name.encode())
+        return None if data is None else BasinRecord.decode(name, data)
+
+    def require_basin(self, name: str) -> BasinRecord:
+        record = self.get_basin(name)
+        if record is None:
+            raise S2Error("basin_not_found", f"basin {name!r} does not exist")
+        return record
+
+    def list_basins(
+        self, prefix: str = "", start_after: str = "", limit: int | None = None
+    ) -> tuple[list[BasinRecord], bool]:
+        names.validate_basin_prefix(prefix)
+        names.validate_basin_prefix(start_after, "start_after")
+        start_after_key = start_after.encode() if start_after else None
+        items, has_more = self._list(Table.BASINS, prefix.encode(), start_after_key, limit)
+        return [BasinRecord.decode(key.decode(), value) for key, value in items], has_more
+
+    async def create_basin(
+        self,
+        name: str,
+        config: BasinConfig,
+        config_json: Any = None,
+        request_token: str | None = None,
+    ) -> Provisioned:
+        names.validate_basin_name(name)
+        digest = creation_digest(request_token, config_json)
+        async with self.basin_lock(name):
+            existing = self.get_basin(name)
+            if existing is not None:
+                if existing.deleting:
+                    raise S2Error("basin_deletion_pending", f"basin {name!r} is being deleted")
+                if digest is not None and digest == existing.creation_digest:
+                    return Provisioned("noop", existing)
+                raise S2Error("resource_already_exists", f"basin {name!r} already exists")
+            record = BasinRecord(name, config, self._clock.now_ms(), creation_digest=digest)
+            await self._committer.commit([Put(Table.BASINS, name.encode(), record.encode())])
+            return Provisioned("created", record)
+
+    async def ensure_basin(self, name: str, config: BasinConfig) -> Provisioned:
+        """Create the basin, or replace its whole config with `config`."""
+        names.validate_basin_name(name)
+        async with self.basin_lock(name):
+            existing = self.get_basin(name)
+            if existing is None:
+                record = BasinRecord(name, config, self._clock.now_ms())
+                outcome = "created"
+            elif existing.deleting:
+                raise S2Error("basin_deletion_pending", f"basin {name!r} is being deleted")
+            elif existing.config == config:
+                return Provisioned("noop", existing)
+            else:
+                record = replace(existing, config=config)
+                outcome = "updated"
+            await self._committer.commit([Put(Table.BASINS, name.encode(), record.encode())])
+            return Provisioned(outcome, record)
+
+    async def reconfigure_basin(self, name: str, patch: BasinConfigPatch) -> BasinRecord:
+        async with self.basin_lock(name):
+            existing = self.require_basin(name)
+            if existing.deleting:
+                raise S2Error("basin_deletion_pending", f"basin {name!r} is being deleted")
+            record = replace(existing, config=patch_basin_config(existing.config, patch))
+            _check_retention(record.config.default_stream_config)
+            await self._committer.commit([Put(Table.BASINS, name.encode(), record.encode())])
+            return record
+
+    async def delete_basin(self, name: str) -> BasinRecord:
+        """Mark the basin deleting; the deletion job removes its streams, then the basin."""
+        async with self.basin_lock(name):
+            existing = self.require_basin(name)
+            if existing.deleting:
+                return existing
+            record = replace(existing, deleted_at_ms=self._clock.now_ms())
+            await self._committer.commit(
+                [
+                    Put(Table.BASINS, name.encode(), record.encode()),
+                    Put(Table.SYSTEM, DELETING_BASIN_PREFIX + name.encode(), b""),
+                ]
+            )
+            return record
+
+    # --- streams -----------------------------------------------------------------------------
+
+    def get_stream(self, basin: str, name: str) -> StreamRecord | None:
+        data = self._kv.get(Table.STREAMS, stream_key(basin, name))
+        return None if data is None else StreamRecord.decode(basin, data)
+
+    def list_streams(
+        self, basin: str, prefix: str = "", start_after: str = "", limit: int | None = None
+    ) -> tuple[list[StreamRecord], bool]:
+        names.validate_stream_prefix(prefix)
+        names.validate_stream_prefix(start_after, "start_after")
+        start_after_key = stream_key(basin, start_after) if start_after else None
+        scan_prefix = stream_key_prefix(basin) + prefix.encode()[:STREAM_KEY_NAME_BYTES_MAX]
+        items, has_more = self._list(Table.STREAMS, scan_prefix, start_after_key, limit)
+        records = [StreamRecord.decode(basin, value) for _, value in items]
+        return [r for r in records if r.name.startswith(prefix)], has_more
+
+    def iter_stream_records(self, basin: str, batch: int = 1000) -> Iterator[StreamRecord]:
+        """Every stream of a basin, in name order, read `batch` at a time."""
+        after = ""
+        while True:
+            records, has_more = self.list_streams(basin, start_after=after, limit=batch)
+            yield from records
+            if not has_more or not records:
+                return
+            after = records[-1].name
+
+    async def create_stream(
+        self,
+        basin: str,
+        name: str,
+        config: StreamConfig,
+        config_json: Any = None,
+        request_token: str | None = None,
+    ) -> Provisioned:
+        names.validate_stream_name(name)
+        _check_retention(config)
+        digest = creation_digest(request_token, config_json)
+        async with self.basin_lock(basin):
+            basin_record = self._require_active_basin(basin)
+            existing = self.get_stream(basin, name)
+            if existing is not None:
+                if existing.deleting:
+                    raise S2Error("stream_deletion_pending", f"stream {name!r} is being deleted")
+                if digest is not None and digest == existing.creation_digest:
+                    return Provisioned("noop", existing)
+                raise S2Error("resource_already_exists", f"stream {name!r} already exists")
+            record = await self._insert_stream(basin_record, name, config, digest)
+            return Provisioned("created", record)
+
+    async def create_stream_if_absent(
+        self, basin: str, name: str, config: StreamConfig
+    ) -> StreamRecord:
+        """Auto-creation on append or read: race-safe, every concurrent caller succeeds."""
+        names.validate_stream_name(name)
+        _check_retention(config)
+        async with self.basin_lock(basin):
+            basin_record = self._require_active_basin(basin)
+            existing = self.get_stream(basin, name)
+            if existing is not None:
+                return existing
+            return await self._insert_stream(basin_record, name, config, None)
+
+    async def ensure_stream(self, basin: str, name: str, config: StreamConfig) -> Provisioned:
+        names.validate_stream_name(name)
+        _check_retention(config)
+        async with self.basin_lock(basin):
+            basin_record = self._require_active_basin(basin)
+            existing = self.get_stream(basin, name)
+            if existing is None:
+                record = await self._insert_stream(basin_record, name, config, None)
+                return Provisioned("created", record)
+            if existing.deleting:
+                raise S2Error("stream_deletion_pending", f"stream {name!r} is being deleted")
+            desired = resolve_stream_config(config, basin_record.config.default_stream_config)
+            if desired == existing.config:
+                return Provisioned("noop", existing)
+            updated = replace(existing, config=desired)
+            await self._put_stream(updated)
+            return Provisioned("updated", updated)
+
+    async def reconfigure_stream(
+        self, basin: str, name: str, patch: StreamConfigPatch
+    ) -> StreamRecord:
+        async with self.basin_lock(basin):
+            basin_record = self.require_basin(basin)
+            existing = self.require_stream(basin, name)
+            partial = patch_stream_config(existing.config.as_partial(), patch)
+            _check_retention(partial)
+            resolved = resolve_stream_config(partial, basin_record.config.default_stream_config)
+            updated = replace(existing, config=resolved)
+            await self._put_stream(updated)
+            return updated
+
+    async def delete_stream(self, basin: str, name: str) -> StreamRecord:
+        """Mark the stream deleting; the deletion job removes its data, then the record."""
+        async with self.basin_lock(basin):
+            self.require_basin(basin)
+            existing = self.get_stream(basin, name)
+            if existing is None:
+                raise S2Error("stream_not_found", f"stream {name!r} does not exist")
+            if existing.deleting:
+                return existing
+            record = replace(existing, deleted_at_ms=self._clock.now_ms())
+            key = stream_key(basin, name)
+            await self._committer.commit(
+                [
+                    Put(Table.STREAMS, key, record.encode()),
+                    Put(Table.SYSTEM, DELETING_STREAM_PREFIX + key, sid_key(record.sid)),
+                ]
+            )
+            return record
+
+    def require_stream(self, basin: str, name: str) -> StreamRecord:
+        """The active stream; 404 if absent, 409 if it is being deleted."""
+        record = self.get_stream(basin, name)
+        if record is None:
+            raise S2Error("stream_not_found", f"stream {name!r} does not exist")
+        if record.deleting:
+            raise S2Error("stream_deletion_pending", f"stream {name!r} is being deleted")
+        return record
+
+    def load_tail(self, sid: int) -> TailRow:
+        data = self._kv.get(Table.TAILS, sid_key(sid))
+        return TailRow() if data is None else TailRow.decode(data)
+
+    # --- helpers -----------------------------------------------------------------------------
+
+    def _require_active_basin(self, basin: str) -> BasinRecord:
+        record = self.require_basin(basin)
+        if record.deleting:
+            raise S2Error("basin_deletion_pending", f"basin {basin!r} is being deleted")
+        return record
+
+    async def _insert_stream(
+        self, basin: BasinRecord, name: str, config: StreamConfig, digest: str | None
+    ) -> StreamRecord:
+        sid = await self._allocate_sid()
+        record = StreamRecord(
+            basin=basin.name,
+            name=name,
+            sid=sid,
+            config=resolve_stream_config(config, basin.config.default_stream_config),
+            created_at_ms=self._clock.now_ms(),
+            creation_digest=digest,
+            cipher=basin.config.stream_cipher,
+        )
+        await self._put_stream(record)
+        return record
+
+    async def _put_stream(self, record: StreamRecord) -> None:
+        key = stream_key(record.basin, record.name)
+        await self._committer.commit([Put(Table.STREAMS, key, record.encode())])
+
+    async def _allocate_sid(self) -> int:
+        """Next stream id; ids are never reused, so a dead stream's leftovers never alias."""
+        async with self._sid_lock:
+            data = self._kv.get(Table.SYSTEM, NEXT_STREAM_ID_KEY)
+            sid = 1 if data is None else struct.unpack("<Q", data)[0]
+            writes: list[Write] = [
+                Put(Table.SYSTEM, NEXT_STREAM_ID_KEY, struct.pack("<Q", sid + 1))
+            ]
+            await self._committer.commit(writes)
+            return int(sid)
+
+    def _list(
+        self, table: Table, prefix: bytes, start_after_key: bytes | None, limit: int | None
+    ) -> tuple[list[tuple[bytes, bytes]], bool]:
+        count = names.clamp_list_limit(limit)
+        start = prefix
+        if start_after_key is not None:
+            start = max(start, start_after_key + b"\x00")
+        items = self._kv.scan(table, start, prefix_end(prefix), count + 1)
+        return items[:count], len(items) > count
+
+
+def _check_retention(config: StreamConfig) -> None:
+    if config.retention == 0:
+        raise S2Error("invalid", "retention_policy.age must be greater than 0")

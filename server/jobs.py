@@ -1,0 +1,210 @@
+"""Background jobs: stream and basin deletion, trimming, retention by age, delete-on-empty.
+
+Each run does a bounded amount of work (at most `streams_per_run` streams examined and
+`batches_per_commit` batches deleted per commit), so jobs never hold the committer for long
+and a huge backlog is worked off over several runs. Every change goes through the committer,
+serialized with appends. Deleting always removes whole batches from the front of a stream,
+which keeps the layout invariants (server/storage/layout.py) intact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import struct
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from server.catalog import StreamRecord
+from server.storage.kv import Delete, Table, Write
+from server.storage.layout import (
+    DELETING_BASIN_PREFIX,
+    DELETING_STREAM_PREFIX,
+    Batch,
+    TailRow,
+    batch_key,
+    prefix_end,
+    sid_key,
+    stream_key,
+    timestamp_key,
+)
+
+if TYPE_CHECKING:
+    from server.streamstore import StreamStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    interval_s: float = 1.0
+    streams_per_run: int = 1000
+    batches_per_commit: int = 64
+    commits_per_stream_max: int = 16
+
+
+class BackgroundJobs:
+    """Runs the jobs every `interval_s` (or sooner when kicked) until stopped."""
+
+    def __init__(self, store: StreamStore, settings: JobSettings) -> None:
+        self._store = store
+        self._settings = settings
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._retention_cursor = b""
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="s2s-background-jobs")
+
+    def kick(self) -> None:
+        self._wake.set()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._settings.interval_s)
+            self._wake.clear()
+            try:
+                await self.run_once()
+            except Exception:  # a failed run is retried on the next tick
+                log.exception("background job run failed")
+
+    async def run_once(self) -> None:
+        await self._delete_basins()
+        await self._delete_streams()
+        await self._enforce_retention()
+
+    # --- deletion ----------------------------------------------------------------------------
+
+    async def _delete_basins(self) -> None:
+        store = self._store
+        markers = store.kv.scan(
+            Table.SYSTEM, DELETING_BASIN_PREFIX, prefix_end(DELETING_BASIN_PREFIX), 16
+        )
+        for key, _ in markers:
+            basin = key[len(DELETING_BASIN_PREFIX) :].decode()
+            streams, _ = store.catalog.list_streams(basin, limit=self._settings.streams_per_run)
+            for record in streams:
+                if not record.deleting:
+                    await store.delete_stream(basin, record.name)
+            if streams:
+                continue
+            async with store.catalog.basin_lock(basin):
+                if store.catalog.list_streams(basin, limit=1)[0]:
+                    continue
+                await store.committer.commit(
+                    [Delete(Table.BASINS, basin.encode()), Delete(Table.SYSTEM, key)]
+                )
+
+    async def _delete_streams(self) -> None:
+        store = self._store
+        markers = store.kv.scan(
+            Table.SYSTEM,
+            DELETING_STREAM_PREFIX,
+            prefix_end(DELETING_STREAM_PREFIX),
+            self._settings.streams_per_run,
+        )
+        for key, value in markers:
+            skey = key[len(DELETING_STREAM_PREFIX) :]
+            sid = struct.unpack(">Q", value)[0]
+            data = store.kv.get(Table.STREAMS, skey)
+            if data is None:
+                await store.committer.commit([Delete(Table.SYSTEM, key)])
+                continue
+            record = StreamRecord.decode(skey.split(b"\x00", 1)[0].decode(), data)
+            sequencer = store.cached_sequencer(record.basin, record.name)
+            if sequencer is not None and sequencer.sid == sid and sequencer.inflight:
+                continue  # appends accepted before the deletion are still landing
+            if await self._delete_front(sid, None, None):
+                continue  # more data left: finish on a later run
+            async with store.catalog.basin_lock(record.basin):
+                await store.committer.commit(
+                    [
+                        Delete(Table.TAILS, sid_key(sid)),
+                        Delete(Table.STREAMS, stream_key(record.basin, record.name)),
+                        Delete(Table.SYSTEM, key),
+                    ]
+                )
+                store.forget_sequencer(record.basin, record.name, sid)
+
+    async def _delete_front(
+        self, sid: int, below_seq: int | None, written_before_ms: int | None
+    ) -> bool:
+        """Delete up to one commit's worth of the stream's oldest batches.
+
+        A batch goes if it lies wholly below `below_seq` or was written before
+        `written_before_ms`; with both None, every batch goes. Returns True if it deleted a
+        full commit's worth (so more may remain).
+        """
+        store = self._store
+        items = await asyncio.to_thread(
+            store.kv.scan,
+            Table.BATCHES,
+            batch_key(sid, 0),
+            batch_key(sid + 1, 0),
+            self._settings.batches_per_commit,
+        )
+        writes: list[Write] = []
+        for key, value in items:
+            batch = Batch(value, verify=False)
+            expired = written_before_ms is not None and batch.arrival_ms < written_before_ms
+            trimmed = below_seq is not None and batch.last_seq < below_seq
+            if (below_seq is None and written_before_ms is None) or expired or trimmed:
+                writes.append(Delete(Table.BATCHES, key))
+                writes.append(
+                    Delete(
+                        Table.TIMESTAMPS, timestamp_key(sid, batch.timestamps[-1], batch.last_seq)
+                    )
+                )
+            else:
+                break
+        if writes:
+            await store.committer.commit(writes)
+        return len(writes) // 2 == self._settings.batches_per_commit
+
+    # --- retention, trim, delete-on-empty -------------------------------------------------
+
+    async def _enforce_retention(self) -> None:
+        store = self._store
+        items = store.kv.scan(
+            Table.STREAMS, self._retention_cursor, None, self._settings.streams_per_run
+        )
+        self._retention_cursor = items[-1][0] + b"\x00" if items else b""
+        now = store.clock.now_ms()
+        for key, value in items:
+            record = StreamRecord.decode(key.split(b"\x00", 1)[0].decode(), value)
+            if record.deleting:
+                continue
+            sequencer = store.cached_sequencer(record.basin, record.name)
+            tail = (
+                sequencer.durable
+                if sequencer is not None and sequencer.sid == record.sid
+                else store.catalog.load_tail(record.sid)
+            )
+            age_s = record.config.retention_age_secs
+            cutoff = None if age_s is None else now - age_s * 1000
+            for _ in range(self._settings.commits_per_stream_max):
+                if not await self._delete_front(record.sid, tail.trim_point, cutoff):
+                    break
+            await self._delete_if_empty(record, tail, now)
+
+    async def _delete_if_empty(self, record: StreamRecord, tail: TailRow, now: int) -> None:
+        min_age_s = record.config.delete_on_empty_min_age_secs
+        if min_age_s <= 0:
+            return
+        if now - max(tail.last_write_ms, record.created_at_ms) < min_age_s * 1000:
+            return
+        store = self._store
+        has_records = tail.trim_point < tail.next_seq and store.kv.scan(
+            Table.BATCHES, batch_key(record.sid, 0), batch_key(record.sid + 1, 0), 1
+        )
+        if not has_records:
+            log.info("deleting empty stream %s/%s", record.basin, record.name)
+            await store.delete_stream(record.basin, record.name)

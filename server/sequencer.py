@@ -1,0 +1,229 @@
+"""The sequencer: the one owner of a stream's tail, which orders appends and acknowledges them.
+
+Invariants (each stream has exactly one `StreamSequencer` in the process):
+
+- Appends are checked and numbered synchronously on the event loop, in arrival order, against
+  the *pending* state (the durable state plus every append still in flight), so pipelined
+  appends get consecutive sequence numbers without waiting for each other's fsync.
+- Checks happen in the contract's order: stream being deleted, fencing token, match_seq_num,
+  timestamps. A failed check changes nothing.
+- A batch is acknowledged only after the group commit holding it returned (it is durable); acks
+  of one stream complete in sequence order because the committer completes jobs in order.
+- The durable state only moves forward, and followers are woken only after it did: a reader
+  never sees a record that is not durable.
+- If a commit fails, the pending state is reset to the durable state (see `resync`), so a
+  failed batch's sequence numbers are assigned again to the next successful batch: no number
+  is skipped, and none that was acknowledged is ever reused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from s2s.config import ResolvedStreamConfig
+from s2s.errors import FencingTokenMismatch, S2Error, SeqNumMismatch, invalid
+from s2s.records import Fence, Trim, ValidatedBatch
+from server.clock import Clock
+from server.storage.committer import GroupCommitter
+from server.storage.kv import Put, Table, Write
+from server.storage.layout import TailRow, batch_key, encode_batch, sid_key, timestamp_key
+
+
+@dataclass(frozen=True)
+class StreamPosition:
+    seq_num: int
+    timestamp: int
+
+
+@dataclass(frozen=True)
+class AppendAck:
+    start: StreamPosition
+    end: StreamPosition
+    tail: StreamPosition
+
+
+class StreamSequencer:
+    """Owns one stream's tail: checks, numbers, commits and acknowledges its appends."""
+
+    def __init__(
+        self,
+        sid: int,
+        name: str,
+        config: ResolvedStreamConfig,
+        durable: TailRow,
+        committer: GroupCommitter,
+        clock: Clock,
+    ) -> None:
+        self.sid = sid
+        self.name = name
+        self.config = config
+        self.durable = durable
+        self.pending = durable
+        self.deleting = False
+        self.inflight = 0
+        self.followers = 0
+        self._committer = committer
+        self._clock = clock
+        self._durable_advanced = asyncio.Event()
+
+    @property
+    def tail(self) -> StreamPosition:
+        """The durable tail: next sequence number and the last record's timestamp."""
+        return StreamPosition(self.durable.next_seq, self.durable.last_timestamp)
+
+    @property
+    def busy(self) -> bool:
+        return self.inflight > 0 or self.followers > 0
+
+    async def append(self, batch: ValidatedBatch) -> AppendAck:
+        """Append one batch and wait until it is durable."""
+        return await (await self.submit(batch))
+
+    async def submit(self, batch: ValidatedBatch) -> asyncio.Future[AppendAck]:
+        """Sequence one batch now; the returned future resolves once it is durable.
+
+        Callers that pipeline (append sessions) keep the futures in order; the sequence numbers
+        are fixed when this returns.
+        """
+        # Counted from the first line: a sequencer with appends in flight is never evicted.
+        self.inflight += 1
+        try:
+            await self._committer.reserve(batch.metered_bytes)
+        except BaseException:
+            self.inflight -= 1
+            raise
+        try:
+            first_seq, timestamps, after = self._sequence(batch)
+        except BaseException:
+            self.inflight -= 1
+            self._committer.release(batch.metered_bytes)
+            raise
+        self.pending = after
+        sid = self.sid
+        records = batch.records
+        metered = batch.metered_sizes
+        arrival_ms = after.last_write_ms
+
+        def prepare() -> Sequence[Write]:
+            last_seq = after.next_seq - 1
+            value = encode_batch(records, first_seq, timestamps, metered, arrival_ms)
+            return (
+                Put(Table.BATCHES, batch_key(sid, last_seq), value),
+                Put(Table.TIMESTAMPS, timestamp_key(sid, timestamps[-1], last_seq), b""),
+                Put(Table.TAILS, sid_key(sid), after.encode()),
+            )
+
+        def on_durable() -> None:
+            self.durable = after
+            self.inflight -= 1
+            self._durable_advanced.set()
+            self._durable_advanced = asyncio.Event()
+
+        committed = self._committer.submit(prepare, on_durable, batch.metered_bytes)
+        ack: asyncio.Future[AppendAck] = asyncio.get_running_loop().create_future()
+        start = StreamPosition(first_seq, timestamps[0])
+        end = StreamPosition(after.next_seq, after.last_timestamp)
+
+        def resolve(done: asyncio.Future[None]) -> None:
+            if ack.cancelled():
+                return
+            error = done.exception()
+            if error is not None:
+                self.inflight -= 1
+                ack.set_exception(error)
+            else:
+                ack.set_result(AppendAck(start, end, self.tail))
+
+        committed.add_done_callback(resolve)
+        return ack
+
+    def _sequence(self, batch: ValidatedBatch) -> tuple[int, list[int], TailRow]:
+        """Check the batch against the pending state and assign its numbers and timestamps."""
+        if self.deleting:
+            raise S2Error("stream_deletion_pending", f"stream {self.name!r} is being deleted")
+        state = self.pending
+        if batch.fencing_token is not None and batch.fencing_token != state.fencing_token:
+            raise FencingTokenMismatch(state.fencing_token)
+        if batch.match_seq_num is not None and batch.match_seq_num != state.next_seq:
+            raise SeqNumMismatch(state.next_seq)
+        now = self._clock.now_ms()
+        timestamps = self._timestamps(batch, now, state.last_timestamp)
+        first_seq = state.next_seq
+        fencing_token = state.fencing_token
+        trim_point = state.trim_point
+        for command in batch.commands:
+            if isinstance(command, Fence):
+                fencing_token = command.token
+            elif isinstance(command, Trim):
+                # A trim can never reach past itself: at most up to and including its record.
+                trim_point = max(
+                    trim_point, min(command.first_seq_num, first_seq + command.index + 1)
+                )
+        after = TailRow(
+            next_seq=first_seq + batch.count,
+            last_timestamp=timestamps[-1],
+            trim_point=trim_point,
+            last_write_ms=max(now, state.last_write_ms),
+            fencing_token=fencing_token,
+        )
+        return first_seq, timestamps, after
+
+    def _timestamps(self, batch: ValidatedBatch, now: int, floor: int) -> list[int]:
+        """Apply the timestamping mode, the cap at arrival time, and per-stream monotonicity."""
+        mode = self.config.timestamping_mode
+        records = batch.records
+        if mode == "arrival" or not any(r.HasField("timestamp") for r in records):
+            if mode == "client-require":
+                raise invalid("record timestamp was required but was missing")
+            return [max(now, floor)] * len(records)
+        cap = None if self.config.timestamping_uncapped else now
+        timestamps = []
+        running = floor
+        for record in records:
+            if record.HasField("timestamp"):
+                value = record.timestamp
+            elif mode == "client-require":
+                raise invalid("record timestamp was required but was missing")
+            else:
+                value = now
+            if cap is not None and value > cap:
+                value = cap
+            if value < running:
+                value = running
+            running = value
+            timestamps.append(value)
+        return timestamps
+
+    async def wait_durable_beyond(self, seq_num: int, timeout_s: float | None) -> bool:
+        """Wait until the durable tail passes `seq_num` (or the stream is being deleted).
+
+        Returns False if `timeout_s` elapsed first; None waits without limit.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout_s is None else loop.time() + timeout_s
+        while self.durable.next_seq <= seq_num and not self.deleting:
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                return False
+            try:
+                await asyncio.wait_for(self._durable_advanced.wait(), remaining)
+            except TimeoutError:
+                return False
+        return True
+
+    def wake_followers(self) -> None:
+        self._durable_advanced.set()
+        self._durable_advanced = asyncio.Event()
+
+    def resync(self) -> None:
+        """Forget in-flight state after a failed commit: continue from what is durable."""
+        self.pending = self.durable
+
+    def mark_deleting(self) -> None:
+        self.deleting = True
+        self.wake_followers()
+
+    def reconfigure(self, config: ResolvedStreamConfig) -> None:
+        self.config = config

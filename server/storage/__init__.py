@@ -1,0 +1,1 @@
+"""Durable storage: the key-value interface, the on-disk layout and the group committer."""

@@ -1,0 +1,254 @@
+"""Group commit: many pending appends become one durable commit.
+
+Every mutation of the store (appends of every stream, control-plane changes, background
+deletions) is a job submitted here. Two threads form a pipeline, so encoding the next group
+overlaps with writing and fsyncing the current one:
+
+1. the *encoder* takes jobs in submission order and runs each job's `prepare`, which produces
+   its writes (batch encoding happens here, off the event loop);
+2. the *writer* takes every prepared job (up to a group bound), commits their writes in one
+   transaction (one fsync pair for the whole group), and then, on the event loop, runs each
+   job's `on_durable` callback in submission order and resolves its future.
+
+Nothing is acknowledged before the commit that holds it has returned.
+
+If a commit (or a prepare) fails, state held in memory may run ahead of the disk. The committer
+then fails that group and every job submitted before the failure was handled (their
+generation is stale), and calls `on_failure` on the loop so the owner can fall back to durable
+state; jobs submitted after that are accepted again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from s2s.errors import S2Error
+from server.storage.kv import KeyValueStore, Write
+
+log = logging.getLogger(__name__)
+
+GROUP_JOBS_MAX = 4096
+GROUP_BYTES_MAX = 8 * 1024 * 1024
+INFLIGHT_BYTES_MAX = 64 * 1024 * 1024
+
+
+@dataclass
+class _Job:
+    prepare: Callable[[], Sequence[Write]]
+    on_durable: Callable[[], None] | None
+    future: asyncio.Future[None]
+    size_bytes: int
+    generation: int
+    writes: Sequence[Write] = field(default_factory=tuple)
+
+
+class GroupCommitter:
+    """The single writer of a `KeyValueStore`, batching concurrent jobs into shared commits."""
+
+    def __init__(
+        self,
+        kv: KeyValueStore,
+        on_failure: Callable[[], None],
+        group_jobs_max: int = GROUP_JOBS_MAX,
+        group_bytes_max: int = GROUP_BYTES_MAX,
+        inflight_bytes_max: int = INFLIGHT_BYTES_MAX,
+    ) -> None:
+        self._kv = kv
+        self._on_failure = on_failure
+        self._group_jobs_max = group_jobs_max
+        self._group_bytes_max = group_bytes_max
+        self._inflight_bytes_max = inflight_bytes_max
+        self._lock = threading.Lock()
+        self._submitted: collections.deque[_Job] = collections.deque()
+        self._prepared: collections.deque[_Job] = collections.deque()
+        self._job_submitted = threading.Condition(self._lock)
+        self._job_prepared = threading.Condition(self._lock)
+        # Bumped on every failure; jobs of an older generation are failed, never written.
+        self._generation = 0
+        self._recovering = False
+        self._closing = False
+        self._encoder_done = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._threads: list[threading.Thread] = []
+        # Bytes submitted but not yet durable; producers wait (FIFO) while over the bound.
+        self._inflight_bytes = 0
+        self._space_waiters: collections.deque[tuple[int, asyncio.Future[None]]] = (
+            collections.deque()
+        )
+        self.commits = 0
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._threads = [
+            threading.Thread(target=self._encode_loop, name="s2s-encoder", daemon=True),
+            threading.Thread(target=self._write_loop, name="s2s-writer", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    async def reserve(self, size_bytes: int) -> None:
+        """Wait until `size_bytes` more fit under the in-flight bound; FIFO, so order is kept."""
+        if not self._space_waiters and (
+            self._inflight_bytes + size_bytes <= self._inflight_bytes_max
+        ):
+            self._inflight_bytes += size_bytes
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (size_bytes, waiter)
+        self._space_waiters.append(entry)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release(size_bytes)
+            else:
+                self._space_waiters.remove(entry)
+            raise
+
+    def release(self, size_bytes: int) -> None:
+        """Return reserved bytes (a job finished, or a reservation went unused)."""
+        self._inflight_bytes -= size_bytes
+        while self._space_waiters:
+            need, waiter = self._space_waiters[0]
+            if self._inflight_bytes + need > self._inflight_bytes_max and self._inflight_bytes:
+                break
+            self._space_waiters.popleft()
+            if not waiter.done():
+                self._inflight_bytes += need
+                waiter.set_result(None)
+
+    def submit(
+        self,
+        prepare: Callable[[], Sequence[Write]],
+        on_durable: Callable[[], None] | None = None,
+        reserved_bytes: int = 0,
+    ) -> asyncio.Future[None]:
+        """Queue a job; its future resolves after its writes are durable and `on_durable` ran.
+
+        Call from the event loop. `reserved_bytes` is what `reserve` granted for this job; it is
+        released when the job completes either way.
+        """
+        assert self._loop is not None, "committer not started"
+        future: asyncio.Future[None] = self._loop.create_future()
+        with self._lock:
+            if self._closing:
+                rejected: S2Error | None = S2Error("unavailable", "server is shutting down")
+            elif self._recovering:
+                rejected = S2Error("storage", "storage is recovering from a failed commit")
+            else:
+                rejected = None
+                job = _Job(prepare, on_durable, future, reserved_bytes, self._generation)
+                self._submitted.append(job)
+                self._job_submitted.notify()
+        if rejected is not None:
+            self.release(reserved_bytes)
+            future.set_exception(rejected)
+        return future
+
+    async def commit(self, writes: Sequence[Write]) -> None:
+        """Durably apply writes (control plane, jobs), sharing a group with appends."""
+        await self.submit(lambda: writes)
+
+    async def close(self) -> None:
+        """Finish every queued job, then stop the threads."""
+        with self._lock:
+            self._closing = True
+            self._job_submitted.notify_all()
+            self._job_prepared.notify_all()
+        for thread in self._threads:
+            await asyncio.to_thread(thread.join)
+
+    # --- threads -----------------------------------------------------------------------------
+
+    def _encode_loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self._submitted and not self._closing:
+                    self._job_submitted.wait()
+                if not self._submitted:
+                    self._encoder_done = True
+                    self._job_prepared.notify_all()
+                    return
+                job = self._submitted.popleft()
+            try:
+                job.writes = job.prepare() if job.generation == self._generation else ()
+            except Exception as exc:
+                self._handle_failure([job], exc)
+                continue
+            with self._lock:
+                self._prepared.append(job)
+                self._job_prepared.notify()
+
+    def _take_group(self) -> list[_Job] | None:
+        with self._lock:
+            while not self._prepared:
+                if self._encoder_done:
+                    return None
+                self._job_prepared.wait()
+            group = [self._prepared.popleft()]
+            group_bytes = group[0].size_bytes
+            while (
+                self._prepared
+                and len(group) < self._group_jobs_max
+                and group_bytes + self._prepared[0].size_bytes <= self._group_bytes_max
+            ):
+                job = self._prepared.popleft()
+                group.append(job)
+                group_bytes += job.size_bytes
+            return group
+
+    def _write_loop(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        while (group := self._take_group()) is not None:
+            stale = [job for job in group if job.generation != self._generation]
+            if stale:
+                loop.call_soon_threadsafe(self._fail, stale, "an earlier commit failed")
+                group = [job for job in group if job.generation == self._generation]
+                if not group:
+                    continue
+            try:
+                self._kv.commit([write for job in group for write in job.writes])
+            except Exception as exc:
+                self._handle_failure(group, exc)
+                continue
+            self.commits += 1
+            loop.call_soon_threadsafe(self._succeed, group)
+
+    def _handle_failure(self, group: list[_Job], exc: Exception) -> None:
+        """Nothing in `group` landed; everything behind it was built on it, so fail it too."""
+        log.error("commit of %d jobs failed: %r", len(group), exc)
+        assert self._loop is not None
+        with self._lock:
+            self._generation += 1
+            self._recovering = True
+        self._loop.call_soon_threadsafe(self._fail, group, f"storage commit failed: {exc}")
+        self._loop.call_soon_threadsafe(self._recover)
+
+    # --- event loop callbacks ----------------------------------------------------------------
+
+    def _succeed(self, group: list[_Job]) -> None:
+        for job in group:
+            if job.on_durable is not None:
+                job.on_durable()
+            self.release(job.size_bytes)
+            if not job.future.done():
+                job.future.set_result(None)
+
+    def _fail(self, group: list[_Job], reason: str) -> None:
+        for job in group:
+            self.release(job.size_bytes)
+            if not job.future.done():
+                job.future.set_exception(S2Error("storage", reason))
+
+    def _recover(self) -> None:
+        try:
+            self._on_failure()
+        finally:
+            with self._lock:
+                self._recovering = False

@@ -1,0 +1,143 @@
+"""The one interface every storage write, fsync and read goes through, and its LMDB implementation.
+
+`KeyValueStore.commit` applies a list of puts and deletes atomically and returns only once they
+are durable (fsync'd); nothing else writes. Reads see only committed data. Tests wrap this
+interface to fail the Nth commit or stop the process between any two calls; see
+docs/adr/0001-storage.md for why LMDB sits behind it.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import lmdb
+
+
+class Table(enum.Enum):
+    """Named key spaces. Values are LMDB database names: they must stay stable."""
+
+    BASINS = b"basins"
+    STREAMS = b"streams"
+    TAILS = b"tails"
+    BATCHES = b"batches"
+    TIMESTAMPS = b"timestamps"
+    SYSTEM = b"system"
+
+
+@dataclass(frozen=True)
+class Put:
+    table: Table
+    key: bytes
+    value: bytes
+
+
+@dataclass(frozen=True)
+class Delete:
+    table: Table
+    key: bytes
+
+
+Write = Put | Delete
+
+
+class KeyValueStore(Protocol):
+    def commit(self, writes: Sequence[Write]) -> None:
+        """Apply all writes atomically; return only after they are durable."""
+
+    def get(self, table: Table, key: bytes) -> bytes | None: ...
+
+    def scan(
+        self, table: Table, start: bytes, end: bytes | None, limit: int
+    ) -> list[tuple[bytes, bytes]]:
+        """Up to `limit` items with start <= key < end (no upper bound if None), in key order."""
+
+    def scan_reverse(self, table: Table, end: bytes, start: bytes, limit: int) -> list[bytes]:
+        """Up to `limit` keys with start <= key < end, from the largest down."""
+
+    def size_bytes(self) -> int:
+        """Bytes up to the highest page in use; pages freed below it are reused first."""
+
+    def close(self) -> None: ...
+
+
+MAP_SIZE_BYTES_DEFAULT = 1 << 40
+"""LMDB's address-space reservation; the file grows only as pages are used."""
+
+
+class LmdbStore:
+    """LMDB with synchronous commits: each commit fsyncs its data pages, then its meta page.
+
+    LMDB never overwrites live pages (copy-on-write B+tree), so a process killed at any point
+    reopens at the last committed transaction: no partial commit is ever visible. Pages freed by
+    deletes are reused by later commits, so trimmed and expired data frees its space.
+    """
+
+    def __init__(self, path: str, map_size_bytes: int = MAP_SIZE_BYTES_DEFAULT) -> None:
+        os.makedirs(path, exist_ok=True)
+        self._env = lmdb.open(
+            path,
+            map_size=map_size_bytes,
+            max_dbs=len(Table),
+            sync=True,
+            metasync=True,
+            writemap=False,
+            max_readers=256,
+        )
+        # A killed process leaves its reader slots behind; clear them so they pin no pages.
+        self._env.reader_check()
+        self._dbs = {table: self._env.open_db(table.value) for table in Table}
+
+    def commit(self, writes: Sequence[Write]) -> None:
+        dbs = self._dbs
+        with self._env.begin(write=True) as txn:
+            for write in writes:
+                if isinstance(write, Put):
+                    txn.put(write.key, write.value, db=dbs[write.table])
+                else:
+                    txn.delete(write.key, db=dbs[write.table])
+
+    def get(self, table: Table, key: bytes) -> bytes | None:
+        with self._env.begin(db=self._dbs[table]) as txn:
+            value = txn.get(key)
+            return None if value is None else bytes(value)
+
+    def scan(
+        self, table: Table, start: bytes, end: bytes | None, limit: int
+    ) -> list[tuple[bytes, bytes]]:
+        items: list[tuple[bytes, bytes]] = []
+        with self._env.begin(db=self._dbs[table]) as txn:
+            cursor = txn.cursor()
+            if not (cursor.set_range(start) if start else cursor.first()):
+                return items
+            for key, value in cursor:
+                if (end is not None and key >= end) or len(items) >= limit:
+                    break
+                items.append((key, value))
+        return items
+
+    def scan_reverse(self, table: Table, end: bytes, start: bytes, limit: int) -> list[bytes]:
+        keys: list[bytes] = []
+        with self._env.begin(db=self._dbs[table]) as txn:
+            cursor = txn.cursor()
+            positioned = cursor.set_range(end)
+            positioned = cursor.prev() if positioned else cursor.last()
+            while positioned and len(keys) < limit:
+                key = cursor.key()
+                if key < start:
+                    break
+                if key < end:
+                    keys.append(key)
+                positioned = cursor.prev()
+        return keys
+
+    def size_bytes(self) -> int:
+        info = self._env.info()
+        stat = self._env.stat()
+        return int((info["last_pgno"] + 1) * stat["psize"])
+
+    def close(self) -> None:
+        self._env.close()

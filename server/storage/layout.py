@@ -1,0 +1,263 @@
+"""The on-disk data model: every key's byte layout and every value's encoding.
+
+Invariants (the engine relies on them; tests check them after crashes):
+
+- Stream ids are assigned once from `SYSTEM[next_stream_id]`, never reused, and must stay
+  stable: a deleted stream's data is found only through its id.
+- A stream's records live in whole batches: `BATCHES[sid ‖ last_seq]` holds records
+  first_seq..last_seq of one append, written in the same commit as the stream's `TAILS` row.
+  Batches of a stream are contiguous: each batch's first_seq is the previous batch's
+  last_seq + 1, and the last batch's last_seq + 1 equals the tail row's `next_seq`. Deleting
+  (trim, expiry) removes whole batches from the front only, so the survivors stay contiguous.
+- Timestamps never decrease along a stream, so `TIMESTAMPS[sid ‖ last_ts ‖ last_seq]` (one key
+  per batch, same commit) is ordered like the batches and finds the first batch whose last
+  record is at or after a time.
+- A batch's payload is already the protobuf encoding of `ReadBatch.records` entries, so a read
+  returns slices of it without decoding records. A CRC-32 of the payload is checked on read.
+
+All integers in keys are big-endian (so byte order is numeric order); in values they are
+little-endian.
+
+| table      | key                             | value                       | lifecycle       |
+|------------|---------------------------------|-----------------------------|-----------------|
+| BASINS     | basin name (UTF-8)              | JSON basin record           | updatable, del. |
+| STREAMS    | basin ‖ 0x00 ‖ `stream_key`     | JSON stream record (+ sid)  | updatable, del. |
+| TAILS      | sid (u64)                       | `TailRow`                   | every append    |
+| BATCHES    | sid (u64) ‖ last_seq (u64)      | batch (`encode_batch`)      | immutable, del. |
+| TIMESTAMPS | sid ‖ last_ts (u64) ‖ last_seq  | empty                       | immutable, del. |
+| SYSTEM     | b"next_stream_id"               | u64 little-endian           | updatable       |
+| SYSTEM     | b"deleting/basin/" ‖ basin      | empty: awaits deletion      | deletable       |
+| SYSTEM     | b"deleting/stream/" ‖ stream key| u64 BE sid: awaits deletion | deletable       |
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+import sys
+import zlib
+from array import array
+from bisect import bisect_left, bisect_right
+from dataclasses import dataclass
+from itertools import accumulate
+
+from s2s.v1 import records_pb2 as pb
+
+U64_MAX = 2**64 - 1
+NEXT_STREAM_ID_KEY = b"next_stream_id"
+DELETING_BASIN_PREFIX = b"deleting/basin/"
+DELETING_STREAM_PREFIX = b"deleting/stream/"
+
+_U64_BE = struct.Struct(">Q")
+_SID_SEQ = struct.Struct(">QQ")
+_SID_TS_SEQ = struct.Struct(">QQQ")
+
+
+STREAM_KEY_NAME_BYTES_MAX = 440
+"""LMDB keys are at most 511 bytes; longer stream names are cut here and suffixed by a hash."""
+
+
+def stream_key(basin: str, stream: str) -> bytes:
+    """Order-preserving for names up to 440 bytes; longer names that share their first 440
+    bytes are ordered by a hash of the full name (the record holds the full name)."""
+    name = stream.encode()
+    if len(name) > STREAM_KEY_NAME_BYTES_MAX:
+        name = name[:STREAM_KEY_NAME_BYTES_MAX] + hashlib.sha256(name).digest()[:16]
+    return basin.encode() + b"\x00" + name
+
+
+def stream_key_prefix(basin: str) -> bytes:
+    return basin.encode() + b"\x00"
+
+
+def prefix_end(prefix: bytes) -> bytes | None:
+    """The smallest key greater than every key starting with `prefix` (None: no bound)."""
+    stripped = prefix.rstrip(b"\xff")
+    if not stripped:
+        return None
+    return stripped[:-1] + bytes([stripped[-1] + 1])
+
+
+def sid_key(sid: int) -> bytes:
+    return _U64_BE.pack(sid)
+
+
+def batch_key(sid: int, last_seq: int) -> bytes:
+    return _SID_SEQ.pack(sid, last_seq)
+
+
+def batch_key_last_seq(key: bytes) -> int:
+    return int(_SID_SEQ.unpack(key)[1])
+
+
+def timestamp_key(sid: int, last_ts: int, last_seq: int) -> bytes:
+    return _SID_TS_SEQ.pack(sid, last_ts, last_seq)
+
+
+def timestamp_key_last_seq(key: bytes) -> int:
+    return int(_SID_TS_SEQ.unpack(key)[2])
+
+
+# --- tail row ------------------------------------------------------------------------------
+
+_TAIL = struct.Struct("<QQQQ")
+
+
+@dataclass(frozen=True)
+class TailRow:
+    """A stream's durable sequencing state, rewritten by every append of the stream."""
+
+    next_seq: int = 0
+    last_timestamp: int = 0
+    trim_point: int = 0
+    last_write_ms: int = 0
+    fencing_token: str = ""
+
+    def encode(self) -> bytes:
+        return (
+            _TAIL.pack(self.next_seq, self.last_timestamp, self.trim_point, self.last_write_ms)
+            + self.fencing_token.encode()
+        )
+
+    @classmethod
+    def decode(cls, data: bytes) -> TailRow:
+        next_seq, last_ts, trim_point, last_write_ms = _TAIL.unpack_from(data)
+        return cls(next_seq, last_ts, trim_point, last_write_ms, data[_TAIL.size :].decode())
+
+
+# --- batches -------------------------------------------------------------------------------
+
+BATCH_MAGIC = 0xB5
+BATCH_VERSION = 1
+# magic u8, version u8, reserved u16, count u32, first_seq u64, arrival_ms u64, payload crc u32
+_BATCH_HEADER = struct.Struct("<BBHIQQI")
+
+
+class CorruptBatch(Exception):
+    """A stored batch failed its checks: the storage returned bytes we did not write."""
+
+
+def _u64_array(values: list[int]) -> array[int]:
+    arr = array("Q", values)
+    if sys.byteorder != "little":
+        arr.byteswap()
+    return arr
+
+
+def _u32_array(values: list[int]) -> array[int]:
+    arr = array("I", values)
+    if sys.byteorder != "little":
+        arr.byteswap()
+    return arr
+
+
+def encode_batch(
+    records: list[pb.AppendRecord],
+    first_seq: int,
+    timestamps: list[int],
+    metered_sizes: list[int],
+    arrival_ms: int,
+) -> bytes:
+    """Encode one append as a batch value.
+
+    Layout: header, offsets[count + 1] (u32, start of each record's entry in the payload and
+    the payload's length), timestamps[count] (u64), metered sizes[count] (u32), payload.
+    """
+    holder = pb.ReadBatch()
+    entry = holder.records.add()
+    entries: list[bytes] = []
+    seq = first_seq
+    for record, timestamp in zip(records, timestamps, strict=True):
+        entry.seq_num = seq
+        entry.timestamp = timestamp
+        if record.headers:
+            entry.headers.extend(record.headers)
+        entry.body = record.body
+        entries.append(holder.SerializeToString())
+        if record.headers:
+            del entry.headers[:]
+        seq += 1
+    payload = b"".join(entries)
+    offsets = [0, *accumulate(map(len, entries))]
+    header = _BATCH_HEADER.pack(
+        BATCH_MAGIC,
+        BATCH_VERSION,
+        0,
+        len(records),
+        first_seq,
+        arrival_ms,
+        zlib.crc32(payload),
+    )
+    return b"".join(
+        (
+            header,
+            _u32_array(offsets).tobytes(),
+            _u64_array(timestamps).tobytes(),
+            _u32_array(metered_sizes).tobytes(),
+            payload,
+        )
+    )
+
+
+class Batch:
+    """A decoded batch value: per-record positions and sizes, and the encoded payload."""
+
+    __slots__ = ("arrival_ms", "count", "first_seq", "metered", "offsets", "payload", "timestamps")
+
+    def __init__(self, data: bytes, verify: bool = True) -> None:
+        if len(data) < _BATCH_HEADER.size:
+            raise CorruptBatch("batch shorter than its header")
+        magic, version, _, count, first_seq, arrival_ms, crc = _BATCH_HEADER.unpack_from(data)
+        if magic != BATCH_MAGIC or version != BATCH_VERSION:
+            raise CorruptBatch(f"bad batch magic/version {magic:#x}/{version}")
+        pos = _BATCH_HEADER.size
+        offsets = array("I")
+        offsets.frombytes(data[pos : pos + 4 * (count + 1)])
+        pos += 4 * (count + 1)
+        timestamps = array("Q")
+        timestamps.frombytes(data[pos : pos + 8 * count])
+        pos += 8 * count
+        metered = array("I")
+        metered.frombytes(data[pos : pos + 4 * count])
+        pos += 4 * count
+        if sys.byteorder != "little":
+            offsets.byteswap()
+            timestamps.byteswap()
+            metered.byteswap()
+        payload = memoryview(data)[pos:]
+        if len(payload) != offsets[-1] or (verify and zlib.crc32(payload) != crc):
+            raise CorruptBatch(f"batch at seq {first_seq} failed its checksum")
+        self.count: int = count
+        self.first_seq: int = first_seq
+        self.arrival_ms: int = arrival_ms
+        self.offsets = offsets
+        self.timestamps = timestamps
+        self.metered = metered
+        self.payload = payload
+
+    @property
+    def last_seq(self) -> int:
+        return self.first_seq + self.count - 1
+
+    def index_of_seq(self, seq: int) -> int:
+        """Index of the record with sequence number `seq`, clamped into the batch."""
+        return min(max(seq - self.first_seq, 0), self.count)
+
+    def index_of_timestamp(self, timestamp: int) -> int:
+        """Index of the first record with a timestamp at or after `timestamp`."""
+        return bisect_left(self.timestamps, timestamp)
+
+    def index_before_timestamp(self, until: int, start: int) -> int:
+        """Index one past the last record (from `start`) with a timestamp before `until`."""
+        return max(start, bisect_left(self.timestamps, until, lo=start))
+
+    def index_within_bytes(self, start: int, bytes_budget: int) -> int:
+        """Index one past the last record that fits, from `start`, within `bytes_budget`."""
+        return start + bisect_right(list(accumulate(self.metered[start:])), bytes_budget)
+
+    def metered_between(self, start: int, end: int) -> int:
+        return sum(self.metered[start:end])
+
+    def slice(self, start: int, end: int) -> memoryview:
+        """Encoded `ReadBatch.records` entries of records start..end-1."""
+        return self.payload[self.offsets[start] : self.offsets[end]]

@@ -1,0 +1,274 @@
+"""`StreamStore`: the server's single entry point for control-plane and data-plane operations.
+
+Frontends (gRPC, HTTP) call only this. It owns the storage (key-value store and committer),
+the catalog of basins and streams, one sequencer per active stream, the reader, and the
+background jobs, and starts and stops them together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+from s2s.config import (
+    BasinConfig,
+    BasinConfigPatch,
+    StreamConfig,
+    StreamConfigPatch,
+)
+from s2s.errors import S2Error
+from s2s.records import ValidatedBatch
+from server.catalog import BasinRecord, Catalog, Provisioned, StreamRecord
+from server.clock import Clock, SystemClock
+from server.jobs import BackgroundJobs, JobSettings
+from server.reader import Reader, ReadLimits, ReadOutput, ReadStart, validate_read
+from server.sequencer import AppendAck, StreamPosition, StreamSequencer
+from server.storage.committer import GroupCommitter
+from server.storage.kv import KeyValueStore, LmdbStore
+
+SEQUENCERS_CACHED_MAX = 10_000
+"""Idle sequencers beyond this many are dropped; their state is on disk."""
+
+
+class StreamStore:
+    def __init__(
+        self,
+        kv: KeyValueStore,
+        clock: Clock | None = None,
+        job_settings: JobSettings | None = None,
+    ) -> None:
+        self.kv = kv
+        self.clock = clock or SystemClock()
+        self.committer = GroupCommitter(kv, on_failure=self._resync_after_failure)
+        self.catalog = Catalog(kv, self.committer, self.clock)
+        self.reader = Reader(kv)
+        self._sequencers: dict[tuple[str, str], StreamSequencer] = {}
+        self.jobs = BackgroundJobs(self, job_settings or JobSettings())
+
+    @classmethod
+    async def open(
+        cls,
+        data_dir: str,
+        clock: Clock | None = None,
+        job_settings: JobSettings | None = None,
+    ) -> StreamStore:
+        kv = LmdbStore(os.path.join(data_dir, "log"))
+        store = cls(kv, clock, job_settings)
+        await store.start()
+        return store
+
+    async def start(self) -> None:
+        self.committer.start()
+        self.jobs.start()
+
+    async def close(self) -> None:
+        """Stop background jobs, finish every queued commit, and close the store."""
+        await self.jobs.stop()
+        await self.committer.close()
+        self.kv.close()
+
+    # --- basins ------------------------------------------------------------------------------
+
+    async def create_basin(
+        self,
+        name: str,
+        config: BasinConfig | None = None,
+        config_json: Any = None,
+        request_token: str | None = None,
+    ) -> Provisioned:
+        return await self.catalog.create_basin(
+            name, config or BasinConfig(), config_json, request_token
+        )
+
+    async def ensure_basin(self, name: str, config: BasinConfig | None = None) -> Provisioned:
+        return await self.catalog.ensure_basin(name, config or BasinConfig())
+
+    def list_basins(
+        self, prefix: str = "", start_after: str = "", limit: int | None = None
+    ) -> tuple[list[BasinRecord], bool]:
+        return self.catalog.list_basins(prefix, start_after, limit)
+
+    def get_basin(self, name: str) -> BasinRecord:
+        return self.catalog.require_basin(name)
+
+    async def reconfigure_basin(self, name: str, patch: BasinConfigPatch) -> BasinRecord:
+        return await self.catalog.reconfigure_basin(name, patch)
+
+    async def delete_basin(self, name: str) -> None:
+        await self.catalog.delete_basin(name)
+        for (basin, _), sequencer in list(self._sequencers.items()):
+            if basin == name:
+                sequencer.mark_deleting()
+        self.jobs.kick()
+
+    # --- streams -----------------------------------------------------------------------------
+
+    async def create_stream(
+        self,
+        basin: str,
+        name: str,
+        config: StreamConfig | None = None,
+        config_json: Any = None,
+        request_token: str | None = None,
+    ) -> Provisioned:
+        return await self.catalog.create_stream(
+            basin, name, config or StreamConfig(), config_json, request_token
+        )
+
+    async def ensure_stream(
+        self, basin: str, name: str, config: StreamConfig | None = None
+    ) -> Provisioned:
+        provisioned = await self.catalog.ensure_stream(basin, name, config or StreamConfig())
+        self._adopt_config(provisioned.record)
+        return provisioned
+
+    def list_streams(
+        self, basin: str, prefix: str = "", start_after: str = "", limit: int | None = None
+    ) -> tuple[list[StreamRecord], bool]:
+        return self.catalog.list_streams(basin, prefix, start_after, limit)
+
+    def get_stream(self, basin: str, name: str) -> StreamRecord:
+        self.catalog.require_basin(basin)
+        return self.catalog.require_stream(basin, name)
+
+    async def reconfigure_stream(
+        self, basin: str, name: str, patch: StreamConfigPatch
+    ) -> StreamRecord:
+        record = await self.catalog.reconfigure_stream(basin, name, patch)
+        self._adopt_config(record)
+        return record
+
+    async def delete_stream(self, basin: str, name: str) -> None:
+        await self.catalog.delete_stream(basin, name)
+        sequencer = self._sequencers.get((basin, name))
+        if sequencer is not None:
+            sequencer.mark_deleting()
+        self.jobs.kick()
+
+    def _adopt_config(self, record: StreamRecord) -> None:
+        sequencer = self._sequencers.get((record.basin, record.name))
+        if sequencer is not None and sequencer.sid == record.sid:
+            sequencer.reconfigure(record.config)
+
+    # --- data plane --------------------------------------------------------------------------
+
+    async def append(
+        self,
+        basin: str,
+        stream: str,
+        batch: ValidatedBatch,
+        create_config: StreamConfig | None = None,
+    ) -> AppendAck:
+        """Append one batch atomically; returns once it is durable."""
+        return await (await self.submit(basin, stream, batch, create_config))
+
+    async def submit(
+        self,
+        basin: str,
+        stream: str,
+        batch: ValidatedBatch,
+        create_config: StreamConfig | None = None,
+    ) -> asyncio.Future[AppendAck]:
+        """Sequence a batch now and return a future of its ack (for pipelined sessions)."""
+        sequencer = await self.sequencer(basin, stream, "append", create_config)
+        return await sequencer.submit(batch)
+
+    async def check_tail(self, basin: str, stream: str) -> StreamPosition:
+        sequencer = await self.sequencer(basin, stream, "read")
+        return sequencer.tail
+
+    async def read(
+        self,
+        basin: str,
+        stream: str,
+        start: ReadStart,
+        limits: ReadLimits,
+        create_config: StreamConfig | None = None,
+    ) -> ReadOutput:
+        """A unary read: one batch of at most 1000 records and 1 MiB."""
+        validate_read(start, limits)
+        sequencer = await self.sequencer(basin, stream, "read", create_config)
+        return await self.reader.read_unary(sequencer, start, limits)
+
+    async def read_session(
+        self,
+        basin: str,
+        stream: str,
+        start: ReadStart,
+        limits: ReadLimits,
+        create_config: StreamConfig | None = None,
+    ) -> AsyncIterator[ReadOutput]:
+        """A read that catches up and then follows the tail (see `Reader.session`)."""
+        validate_read(start, limits)
+        sequencer = await self.sequencer(basin, stream, "read", create_config)
+        return self.reader.session(sequencer, start, limits)
+
+    async def sequencer(
+        self,
+        basin: str,
+        stream: str,
+        auto_create: str | None = None,
+        create_config: StreamConfig | None = None,
+    ) -> StreamSequencer:
+        """The stream's one sequencer, loading (or auto-creating) the stream if needed.
+
+        `auto_create` is "append" or "read": the basin flag that allows creating a missing
+        stream for this operation.
+        """
+        key = (basin, stream)
+        sequencer = self._sequencers.get(key)
+        if sequencer is not None:
+            if sequencer.deleting:
+                raise S2Error("stream_deletion_pending", f"stream {stream!r} is being deleted")
+            return sequencer
+        record = self.catalog.get_stream(basin, stream)
+        if record is None:
+            basin_record = self.catalog.require_basin(basin)
+            allowed = (auto_create == "append" and basin_record.config.create_stream_on_append) or (
+                auto_create == "read" and basin_record.config.create_stream_on_read
+            )
+            if not allowed:
+                raise S2Error("stream_not_found", f"stream {stream!r} does not exist")
+            record = await self.catalog.create_stream_if_absent(
+                basin, stream, create_config or StreamConfig()
+            )
+            sequencer = self._sequencers.get(key)
+            if sequencer is not None:  # another caller loaded it while we created
+                return sequencer
+        if record.deleting:
+            raise S2Error("stream_deletion_pending", f"stream {stream!r} is being deleted")
+        sequencer = StreamSequencer(
+            record.sid,
+            stream,
+            record.config,
+            self.catalog.load_tail(record.sid),
+            self.committer,
+            self.clock,
+        )
+        self._evict_idle()
+        self._sequencers[key] = sequencer
+        return sequencer
+
+    def cached_sequencer(self, basin: str, stream: str) -> StreamSequencer | None:
+        return self._sequencers.get((basin, stream))
+
+    def forget_sequencer(self, basin: str, stream: str, sid: int) -> None:
+        """Drop a deleted stream's sequencer so the name can be created afresh."""
+        sequencer = self._sequencers.get((basin, stream))
+        if sequencer is not None and sequencer.sid == sid:
+            del self._sequencers[(basin, stream)]
+
+    def _evict_idle(self) -> None:
+        if len(self._sequencers) < SEQUENCERS_CACHED_MAX:
+            return
+        for key, sequencer in list(self._sequencers.items()):
+            if not sequencer.busy:
+                del self._sequencers[key]
+            if len(self._sequencers) < SEQUENCERS_CACHED_MAX // 2:
+                return
+
+    def _resync_after_failure(self) -> None:
+        for sequencer in self._sequencers.values():
+            sequencer.resync()

@@ -1,0 +1,68 @@
+"""Shared fixtures: a real `StreamStore` on a temporary directory, with a controllable clock."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from s2s.records import ValidatedBatch, validate_append_input
+from s2s.v1 import records_pb2 as pb
+from server.jobs import JobSettings
+from server.streamstore import StreamStore
+
+BASIN = "test-basin"
+
+
+class ManualClock:
+    """Wall clock in ms that tests move by hand."""
+
+    def __init__(self, now_ms: int = 1_700_000_000_000) -> None:
+        self.now = now_ms
+
+    def now_ms(self) -> int:
+        return self.now
+
+    def advance(self, ms: int) -> None:
+        self.now += ms
+
+
+def make_batch(
+    *bodies: bytes,
+    timestamps: list[int | None] | None = None,
+    match_seq_num: int | None = None,
+    fencing_token: str | None = None,
+    records: list[pb.AppendRecord] | None = None,
+) -> ValidatedBatch:
+    if records is None:
+        records = []
+        for i, body in enumerate(bodies):
+            record = pb.AppendRecord(body=body)
+            if timestamps is not None and timestamps[i] is not None:
+                record.timestamp = timestamps[i]  # type: ignore[assignment]
+            records.append(record)
+    message = pb.AppendInput(records=records)
+    if match_seq_num is not None:
+        message.match_seq_num = match_seq_num
+    if fencing_token is not None:
+        message.fencing_token = fencing_token
+    return validate_append_input(message)
+
+
+def decode(payload: bytes) -> list[pb.SequencedRecord]:
+    return list(pb.ReadBatch.FromString(payload).records)
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+async def store(tmp_path: object, clock: ManualClock) -> AsyncIterator[StreamStore]:
+    # Background jobs are run explicitly by tests (`store.jobs.run_once()`), not on a timer.
+    settings = JobSettings(interval_s=3600)
+    opened = await StreamStore.open(str(tmp_path), clock=clock, job_settings=settings)
+    await opened.create_basin(BASIN)
+    yield opened
+    await opened.close()
