@@ -7,6 +7,10 @@ PROTO_FILES := $(wildcard proto/s2s/v1/*.proto)
 
 .PHONY: serve test lint typecheck proto proto-check unit bench clean
 
+BUF_VERSION := 1.75.0
+BUF := $(VENV)/buf/node_modules/.bin/buf
+PROTOC := $(BIN)/python -m grpc_tools.protoc -I proto
+
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
@@ -19,21 +23,27 @@ serve: $(STAMP)
 test: $(STAMP) proto-check lint typecheck
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
-lint: $(STAMP)
+lint: $(STAMP) $(BUF)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BUF) lint
+
+# buf ships on npm as a prebuilt binary package; pinned, installed beside the virtualenv.
+$(BUF):
+	npm install --silent --no-audit --no-fund --prefix $(VENV)/buf @bufbuild/buf@$(BUF_VERSION)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
 # Generated code is never edited by hand: regenerate it from proto/.
 proto: $(STAMP)
-	$(BIN)/python -m grpc_tools.protoc -I proto --python_out=. --pyi_out=. $(PROTO_FILES)
+	$(PROTOC) --python_out=. --pyi_out=. --grpc_python_out=. $(PROTO_FILES)
 
 # Fails if s2s/v1 does not match what proto/ generates.
 proto-check: $(STAMP)
 	rm -rf $(VENV)/proto-check && mkdir -p $(VENV)/proto-check
-	$(BIN)/python -m grpc_tools.protoc -I proto --python_out=$(VENV)/proto-check --pyi_out=$(VENV)/proto-check $(PROTO_FILES)
+	$(PROTOC) --python_out=$(VENV)/proto-check --pyi_out=$(VENV)/proto-check \
+		--grpc_python_out=$(VENV)/proto-check $(PROTO_FILES)
 	diff -r -x __pycache__ -x __init__.py $(VENV)/proto-check/s2s/v1 s2s/v1 || \
 		{ echo "s2s/v1 is stale: run 'make proto' and commit the result"; exit 1; }
 

@@ -173,10 +173,10 @@ class BackgroundJobs:
 
     async def _enforce_retention(self) -> None:
         store = self._store
-        items = store.kv.scan(
-            Table.STREAMS, self._retention_cursor, None, self._settings.streams_per_run
-        )
-        self._retention_cursor = items[-1][0] + b"\x00" if items else b""
+        limit = self._settings.streams_per_run
+        items = store.kv.scan(Table.STREAMS, self._retention_cursor, None, limit)
+        # Round-robin over all streams, `limit` per run, wrapping around at the end.
+        self._retention_cursor = items[-1][0] + b"\x00" if len(items) == limit else b""
         now = store.clock.now_ms()
         for key, value in items:
             record = StreamRecord.decode(key.split(b"\x00", 1)[0].decode(), value)

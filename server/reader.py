@@ -111,17 +111,17 @@ def read_stored(
     size = 0
     first_seq = last_seq = last_ts = -1
     position = start_seq
+    # Batches hold 1..1000 records; scan one first and widen geometrically, so a read of big
+    # batches copies no batch it will not use, and a read of tiny ones needs few scans.
+    scan_batches = 1
     while position < end_seq:
         if count >= count_max:
-            return ReadChunk(
-                _slice(parts, count, size, first_seq, last_seq, last_ts), "count", position
-            )
+            records = _slice(parts, count, size, first_seq, last_seq, last_ts)
+            return ReadChunk(records, "count", position)
         items = kv.scan(
-            Table.BATCHES,
-            batch_key(sid, position),
-            batch_key(sid, end_seq),
-            min(_BATCHES_PER_SCAN_MAX, count_max - count),
+            Table.BATCHES, batch_key(sid, position), batch_key(sid, end_seq), scan_batches
         )
+        scan_batches = min(scan_batches * 2, _BATCHES_PER_SCAN_MAX, count_max - count)
         if not items:  # the rest of the range was deleted (trimmed or expired)
             position = end_seq
             break
@@ -192,7 +192,7 @@ class Reader:
             seq = start.seq_num
             beyond = seq > tail.seq_num
         elif start.timestamp is not None:
-            beyond = start.timestamp > tail.timestamp and tail.seq_num > 0
+            beyond = start.timestamp > tail.timestamp
             seq = tail.seq_num
             if not beyond:
                 seq = await asyncio.to_thread(

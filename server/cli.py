@@ -1,0 +1,79 @@
+"""The `s2s` command line: `s2s serve` runs the server until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+from server.grpc_frontend.server import start_grpc_server
+from server.streamstore import StreamStore
+
+log = logging.getLogger("s2s")
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="s2s", description="s2s: durable streams server")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the server")
+    serve.add_argument(
+        "--data-dir",
+        default=_env("S2S_DATA_DIR", "./data"),
+        help="where streams are stored (env S2S_DATA_DIR, default ./data)",
+    )
+    serve.add_argument(
+        "--host",
+        default=_env("S2S_HOST", "127.0.0.1"),
+        help="address to listen on (env S2S_HOST, default 127.0.0.1)",
+    )
+    serve.add_argument(
+        "--grpc-port",
+        type=int,
+        default=int(_env("S2S_GRPC_PORT", "50051")),
+        help="gRPC port, 0 for any free port (env S2S_GRPC_PORT, default 50051)",
+    )
+    return parser
+
+
+SHUTDOWN_GRACE_S = 5.0
+"""How long in-flight calls get to finish on SIGTERM before they are cancelled."""
+
+
+async def serve(data_dir: str, host: str, grpc_port: int) -> None:
+    """Run the server until SIGTERM or SIGINT, then stop without losing acknowledged data."""
+    store = await StreamStore.open(data_dir)
+    log.info("storage open at %s", os.path.abspath(data_dir))
+    grpc_server, bound = await start_grpc_server(store, host, grpc_port)
+    log.info("gRPC listening on %s:%d", host, bound)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down: draining calls, then finishing queued commits")
+        await grpc_server.stop(SHUTDOWN_GRACE_S)
+        await store.close()
+        log.info("stopped")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if args.command == "serve":
+        asyncio.run(serve(args.data_dir, args.host, args.grpc_port))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

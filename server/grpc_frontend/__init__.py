@@ -1,0 +1,1 @@
+"""The gRPC frontend: AccountService, BasinService and StreamService over the `StreamStore`."""

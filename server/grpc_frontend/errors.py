@@ -1,0 +1,100 @@
+"""How failures reach gRPC clients: status code and message from the error table
+(`s2s.errors`), plus machine-readable trailing metadata:
+
+| key                            | when                          | value                  |
+|--------------------------------|-------------------------------|------------------------|
+| `s2-error-code`                | always                        | S2 error code          |
+| `s2-expected-seq-num`          | `seq_num_mismatch`            | next sequence number   |
+| `s2-current-fencing-token-bin` | `fencing_token_mismatch`      | current token (UTF-8)  |
+| `s2-tail-seq-num`, `s2-tail-timestamp` | `read_unwritten`      | the stream's tail      |
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeAlias, TypeVar
+
+import grpc
+from grpc import aio
+
+from s2s.errors import FencingTokenMismatch, ReadUnwritten, S2Error, SeqNumMismatch
+
+log = logging.getLogger(__name__)
+
+ERROR_CODE_KEY = "s2-error-code"
+EXPECTED_SEQ_NUM_KEY = "s2-expected-seq-num"
+CURRENT_FENCING_TOKEN_KEY = "s2-current-fencing-token-bin"
+TAIL_SEQ_NUM_KEY = "s2-tail-seq-num"
+TAIL_TIMESTAMP_KEY = "s2-tail-timestamp"
+
+Context: TypeAlias = Any
+"""A `grpc.aio.ServicerContext`; grpcio ships no type information."""
+
+Metadata = tuple[tuple[str, str | bytes], ...]
+
+
+def trailing_metadata(error: S2Error) -> Metadata:
+    items: list[tuple[str, str | bytes]] = [(ERROR_CODE_KEY, error.code)]
+    if isinstance(error, SeqNumMismatch):
+        items.append((EXPECTED_SEQ_NUM_KEY, str(error.expected_seq_num)))
+    elif isinstance(error, FencingTokenMismatch):
+        items.append((CURRENT_FENCING_TOKEN_KEY, error.current_token.encode()))
+    elif isinstance(error, ReadUnwritten):
+        items.append((TAIL_SEQ_NUM_KEY, str(error.tail_seq_num)))
+        items.append((TAIL_TIMESTAMP_KEY, str(error.tail_timestamp)))
+    return tuple(items)
+
+
+async def abort_with(context: Context, error: S2Error) -> None:
+    """End the call with the error's status, message and metadata (raises)."""
+    await context.abort(error.kind.grpc_status, error.message, trailing_metadata(error))
+
+
+def _unexpected(exc: Exception) -> S2Error:
+    log.exception("unexpected error in gRPC handler")
+    return S2Error("other", f"internal error: {type(exc).__name__}")
+
+
+Servicer = TypeVar("Servicer")
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+
+def unary(
+    handler: Callable[[Servicer, Req, Context], Awaitable[Resp]],
+) -> Callable[[Servicer, Req, Context], Awaitable[Resp]]:
+    """Wrap a unary handler method so every `S2Error` becomes a proper gRPC status."""
+
+    async def wrapped(self: Servicer, request: Req, context: Context) -> Resp:
+        try:
+            return await handler(self, request, context)
+        except S2Error as error:
+            await abort_with(context, error)
+        except (aio.AbortError, grpc.RpcError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            await abort_with(context, _unexpected(exc))
+        raise AssertionError("abort returned")
+
+    return wrapped
+
+
+def streaming(
+    handler: Callable[[Servicer, Req, Context], AsyncIterator[Resp]],
+) -> Callable[[Servicer, Req, Context], AsyncIterator[Resp]]:
+    """Wrap a response-streaming handler method so every `S2Error` becomes a gRPC status."""
+
+    async def wrapped(self: Servicer, request: Req, context: Context) -> AsyncIterator[Resp]:
+        try:
+            async for response in handler(self, request, context):
+                yield response
+        except S2Error as error:
+            await abort_with(context, error)
+        except (aio.AbortError, grpc.RpcError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            await abort_with(context, _unexpected(exc))
+
+    return wrapped

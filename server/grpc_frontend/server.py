@@ -1,0 +1,54 @@
+"""Builds the gRPC server: our three services, the standard health service and reflection."""
+
+from __future__ import annotations
+
+from grpc import aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from s2s.v1 import services_pb2
+from s2s.v1 import services_pb2_grpc as services
+from server.grpc_frontend import stream
+from server.grpc_frontend.control import AccountServicer, BasinServicer
+from server.streamstore import StreamStore
+
+MESSAGE_BYTES_MAX = 8 * 1024 * 1024
+"""Largest gRPC message accepted or sent: a 1 MiB batch plus generous protobuf overhead."""
+
+SERVICE_NAMES = (
+    "s2s.v1.AccountService",
+    "s2s.v1.BasinService",
+    "s2s.v1.StreamService",
+)
+
+
+async def start_grpc_server(store: StreamStore, host: str, port: int) -> tuple[aio.Server, int]:
+    """Start serving on host:port (0 picks a free port); returns the server and its port."""
+    server = aio.server(
+        options=[
+            ("grpc.max_receive_message_length", MESSAGE_BYTES_MAX),
+            ("grpc.max_send_message_length", MESSAGE_BYTES_MAX),
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    services.add_AccountServiceServicer_to_server(AccountServicer(store), server)  # type: ignore[no-untyped-call]
+    services.add_BasinServiceServicer_to_server(BasinServicer(store), server)  # type: ignore[no-untyped-call]
+    server.add_generic_rpc_handlers((stream.handlers(stream.StreamServicer(store)),))
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ("", *SERVICE_NAMES):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection(
+        (
+            *(
+                services_pb2.DESCRIPTOR.services_by_name[n.split(".")[-1]].full_name
+                for n in SERVICE_NAMES
+            ),
+            health.SERVICE_NAME,
+            reflection.SERVICE_NAME,
+        ),
+        server,
+    )
+    bound = server.add_insecure_port(f"{host}:{port}")
+    await server.start()
+    return server, bound

@@ -1,0 +1,176 @@
+"""StreamService: appends (unary and pipelined sessions) and reads (unary and following).
+
+Read responses are assembled from stored record bytes (`s2s.wire`), so the read handlers
+return encoded messages and are registered with an identity serializer (`handlers`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+
+from s2s.errors import S2Error
+from s2s.records import validate_append_input
+from s2s.v1 import records_pb2 as pb
+from s2s.v1 import services_pb2 as spb
+from s2s.wire import read_response_bytes
+from server.grpc_frontend.errors import Context, abort_with, streaming, unary
+from server.reader import ReadLimits, ReadOutput, ReadStart
+from server.sequencer import AppendAck
+from server.streamstore import StreamStore
+
+SESSION_INFLIGHT_BATCHES_MAX = 32
+"""Batches an append session may have sequenced but not yet acknowledged (each <= 1 MiB)."""
+
+_SERVICE = "s2s.v1.StreamService"
+
+
+def ack_message(ack: AppendAck) -> pb.AppendAck:
+    return pb.AppendAck(
+        start=pb.StreamPosition(seq_num=ack.start.seq_num, timestamp=ack.start.timestamp),
+        end=pb.StreamPosition(seq_num=ack.end.seq_num, timestamp=ack.end.timestamp),
+        tail=pb.StreamPosition(seq_num=ack.tail.seq_num, timestamp=ack.tail.timestamp),
+    )
+
+
+def read_arguments(
+    request: spb.ReadRequest | spb.ReadSessionRequest,
+) -> tuple[ReadStart, ReadLimits]:
+    which = request.WhichOneof("start")
+    start = ReadStart(**{which: getattr(request, which)}) if which else ReadStart()
+    limits = ReadLimits(
+        count=request.count if request.HasField("count") else None,
+        bytes=request.bytes if request.HasField("bytes") else None,
+        until=request.until if request.HasField("until") else None,
+        clamp=request.clamp,
+        wait_secs=request.wait if request.HasField("wait") else None,
+    )
+    return start, limits
+
+
+def output_bytes(output: ReadOutput) -> bytes:
+    tail = None if output.tail is None else (output.tail.seq_num, output.tail.timestamp)
+    records = b"" if output.records is None else output.records.payload
+    return read_response_bytes(records, tail)
+
+
+def _stream_names(basin: str, stream: str) -> tuple[str, str]:
+    if not basin or not stream:
+        raise S2Error("invalid", "basin and stream must be set")
+    return basin, stream
+
+
+class StreamServicer:
+    def __init__(self, store: StreamStore) -> None:
+        self._store = store
+
+    @unary
+    async def CheckTail(
+        self, request: spb.CheckTailRequest, context: Context
+    ) -> spb.CheckTailResponse:
+        tail = await self._store.check_tail(*_stream_names(request.basin, request.stream))
+        return spb.CheckTailResponse(
+            tail=pb.StreamPosition(seq_num=tail.seq_num, timestamp=tail.timestamp)
+        )
+
+    @unary
+    async def Append(self, request: spb.AppendRequest, context: Context) -> spb.AppendResponse:
+        basin, stream = _stream_names(request.basin, request.stream)
+        batch = validate_append_input(request.input)
+        ack = await self._store.append(basin, stream, batch)
+        return spb.AppendResponse(ack=ack_message(ack))
+
+    async def AppendSession(
+        self, requests: AsyncIterator[spb.AppendSessionRequest], context: Context
+    ) -> AsyncIterator[spb.AppendSessionResponse]:
+        """Sequence each input as it arrives; ack in order as each becomes durable.
+
+        The first failure (a bad batch, a failed condition, storage) stops intake: batches
+        before it are still acknowledged, then the session ends with that error.
+        """
+        pending: asyncio.Queue[asyncio.Future[AppendAck] | S2Error | None] = asyncio.Queue(
+            SESSION_INFLIGHT_BATCHES_MAX
+        )
+
+        async def intake() -> None:
+            names: tuple[str, str] | None = None
+            try:
+                async for request in requests:
+                    if names is None:
+                        names = _stream_names(request.basin, request.stream)
+                    elif (request.basin or names[0], request.stream or names[1]) != names:
+                        raise S2Error("invalid", "an append session appends to one stream")
+                    batch = validate_append_input(request.input)
+                    await pending.put(await self._store.submit(*names, batch))
+                await pending.put(None)
+            except S2Error as error:
+                await pending.put(error)
+
+        feeder = asyncio.create_task(intake())
+        try:
+            while (item := await pending.get()) is not None:
+                if isinstance(item, S2Error):
+                    raise item
+                yield spb.AppendSessionResponse(ack=ack_message(await item))
+        except S2Error as error:
+            feeder.cancel()
+            await abort_with(context, error)
+        finally:
+            feeder.cancel()
+
+    @unary
+    async def Read(self, request: spb.ReadRequest, context: Context) -> bytes:
+        basin, stream = _stream_names(request.basin, request.stream)
+        start, limits = read_arguments(request)
+        return output_bytes(await self._store.read(basin, stream, start, limits))
+
+    @streaming
+    async def ReadSession(
+        self, request: spb.ReadSessionRequest, context: Context
+    ) -> AsyncIterator[bytes]:
+        basin, stream = _stream_names(request.basin, request.stream)
+        start, limits = read_arguments(request)
+        session = await self._store.read_session(basin, stream, start, limits)
+        async for output in session:
+            yield output_bytes(output)
+
+
+def _identity(data: bytes) -> bytes:
+    return data
+
+
+def handlers(servicer: StreamServicer) -> grpc.GenericRpcHandler:
+    """Register StreamService with stored-bytes serialization for the read methods."""
+    serialize = spb.AppendResponse.SerializeToString
+    return grpc.method_handlers_generic_handler(
+        _SERVICE,
+        {
+            "CheckTail": grpc.unary_unary_rpc_method_handler(
+                servicer.CheckTail,
+                request_deserializer=spb.CheckTailRequest.FromString,
+                response_serializer=spb.CheckTailResponse.SerializeToString,
+            ),
+            "Append": grpc.unary_unary_rpc_method_handler(
+                servicer.Append,
+                request_deserializer=spb.AppendRequest.FromString,
+                response_serializer=serialize,
+            ),
+            "AppendSession": grpc.stream_stream_rpc_method_handler(
+                servicer.AppendSession,
+                request_deserializer=spb.AppendSessionRequest.FromString,
+                response_serializer=spb.AppendSessionResponse.SerializeToString,
+            ),
+            "Read": grpc.unary_unary_rpc_method_handler(
+                servicer.Read,
+                request_deserializer=spb.ReadRequest.FromString,
+                response_serializer=_identity,
+            ),
+            "ReadSession": grpc.unary_stream_rpc_method_handler(
+                servicer.ReadSession,
+                request_deserializer=spb.ReadSessionRequest.FromString,
+                response_serializer=_identity,
+            ),
+        },
+    )
