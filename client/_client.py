@@ -1,0 +1,525 @@
+"""The asynchronous client: basins, streams, appends (unary, sessions, producer) and reads.
+
+Retry policy: a call is retried (up to `retries` times, with backoff) only when repeating it
+cannot duplicate data: reads, listings, config lookups, tail checks, and creates that carry a
+request token. Appends are never retried by the client: a failure after the server received
+the batch would leave it unknown whether the batch was applied. To make appends safely
+retryable, set `match_seq_num`: a repeat of an applied batch then fails with
+`SeqNumMismatchError` instead of writing twice. Read sessions that lose their connection resume
+from the record after the last one they delivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any, TypeVar
+
+import grpc
+from grpc import aio
+
+from client._errors import S2SError, error_from_rpc
+from s2s.config import BasinConfig, StreamConfig
+from s2s.convert import (
+    basin_config_from_proto,
+    basin_config_to_proto,
+    stream_config_from_proto,
+    stream_config_to_proto,
+)
+from s2s.records import BATCH_METERED_BYTES_MAX, BATCH_RECORDS_MAX, metered_size
+from s2s.v1 import control_pb2 as cpb
+from s2s.v1 import records_pb2 as pb
+from s2s.v1 import services_pb2 as spb
+from s2s.v1 import services_pb2_grpc as services
+
+T = TypeVar("T")
+
+MESSAGE_BYTES_MAX = 8 * 1024 * 1024
+RETRYABLE_STATUSES = (grpc.StatusCode.UNAVAILABLE,)
+
+
+class S2SClient:
+    """A connection to an s2s server's gRPC API. Use as `async with S2SClient(...) as c:`."""
+
+    def __init__(
+        self, target: str = "127.0.0.1:50051", *, retries: int = 3, backoff_s: float = 0.1
+    ) -> None:
+        self._channel = aio.insecure_channel(
+            target,
+            options=[
+                ("grpc.max_receive_message_length", MESSAGE_BYTES_MAX),
+                ("grpc.max_send_message_length", MESSAGE_BYTES_MAX),
+            ],
+        )
+        self._account = services.AccountServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        self._basins = services.BasinServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        self.streams = services.StreamServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        self._retries = retries
+        self._backoff_s = backoff_s
+
+    async def __aenter__(self) -> S2SClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def call(self, rpc: Callable[[], Awaitable[T]], retry: bool = False) -> T:
+        """Run one RPC, translating failures; retry on UNAVAILABLE only if `retry`."""
+        attempt = 0
+        while True:
+            try:
+                return await rpc()
+            except grpc.RpcError as error:
+                retryable = error.code() in RETRYABLE_STATUSES
+                if not (retry and retryable and attempt < self._retries):
+                    raise error_from_rpc(error) from None
+            attempt += 1
+            await asyncio.sleep(self._backoff_s * 2 ** (attempt - 1))
+
+    # --- basins ------------------------------------------------------------------------------
+
+    async def create_basin(
+        self, name: str, config: BasinConfig | None = None, request_token: str | None = None
+    ) -> cpb.CreateBasinResponse:
+        token = request_token or uuid.uuid4().hex
+        request = cpb.CreateBasinRequest(
+            basin=name, config=basin_config_to_proto(config or BasinConfig()), request_token=token
+        )
+        return await self.call(lambda: self._account.CreateBasin(request), retry=True)
+
+    async def list_basins(
+        self, prefix: str = "", start_after: str = "", limit: int = 0
+    ) -> cpb.ListBasinsResponse:
+        request = cpb.ListBasinsRequest(prefix=prefix, start_after=start_after, limit=limit)
+        return await self.call(lambda: self._account.ListBasins(request), retry=True)
+
+    async def get_basin_config(self, name: str) -> BasinConfig:
+        request = cpb.GetBasinConfigRequest(basin=name)
+        response = await self.call(lambda: self._account.GetBasinConfig(request), retry=True)
+        return basin_config_from_proto(response.config)
+
+    async def reconfigure_basin(
+        self, name: str, config: cpb.BasinConfig, mask: Iterable[str]
+    ) -> BasinConfig:
+        request = cpb.ReconfigureBasinRequest(basin=name, config=config)
+        request.mask.paths.extend(mask)
+        response = await self.call(lambda: self._account.ReconfigureBasin(request))
+        return basin_config_from_proto(response.config)
+
+    async def delete_basin(self, name: str) -> None:
+        request = cpb.DeleteBasinRequest(basin=name)
+        await self.call(lambda: self._account.DeleteBasin(request), retry=True)
+
+    # --- streams -----------------------------------------------------------------------------
+
+    async def create_stream(
+        self,
+        basin: str,
+        name: str,
+        config: StreamConfig | None = None,
+        request_token: str | None = None,
+    ) -> cpb.CreateStreamResponse:
+        token = request_token or uuid.uuid4().hex
+        request = cpb.CreateStreamRequest(
+            basin=basin,
+            stream=name,
+            config=stream_config_to_proto(config or StreamConfig()),
+            request_token=token,
+        )
+        return await self.call(lambda: self._basins.CreateStream(request), retry=True)
+
+    async def list_streams(
+        self, basin: str, prefix: str = "", start_after: str = "", limit: int = 0
+    ) -> cpb.ListStreamsResponse:
+        request = cpb.ListStreamsRequest(
+            basin=basin, prefix=prefix, start_after=start_after, limit=limit
+        )
+        return await self.call(lambda: self._basins.ListStreams(request), retry=True)
+
+    async def get_stream_config(self, basin: str, name: str) -> StreamConfig:
+        request = cpb.GetStreamConfigRequest(basin=basin, stream=name)
+        response = await self.call(lambda: self._basins.GetStreamConfig(request), retry=True)
+        return stream_config_from_proto(response.config)
+
+    async def reconfigure_stream(
+        self, basin: str, name: str, config: cpb.StreamConfig, mask: Iterable[str]
+    ) -> StreamConfig:
+        request = cpb.ReconfigureStreamRequest(basin=basin, stream=name, config=config)
+        request.mask.paths.extend(mask)
+        response = await self.call(lambda: self._basins.ReconfigureStream(request))
+        return stream_config_from_proto(response.config)
+
+    async def delete_stream(self, basin: str, name: str) -> None:
+        request = cpb.DeleteStreamRequest(basin=basin, stream=name)
+        await self.call(lambda: self._basins.DeleteStream(request), retry=True)
+
+    def stream(self, basin: str, name: str) -> Stream:
+        return Stream(self, basin, name)
+
+
+def make_input(
+    records: Iterable[pb.AppendRecord | bytes],
+    match_seq_num: int | None = None,
+    fencing_token: str | None = None,
+) -> pb.AppendInput:
+    """An `AppendInput` from records or plain bodies, with optional conditions."""
+    message = pb.AppendInput(
+        records=[r if isinstance(r, pb.AppendRecord) else pb.AppendRecord(body=r) for r in records]
+    )
+    if match_seq_num is not None:
+        message.match_seq_num = match_seq_num
+    if fencing_token is not None:
+        message.fencing_token = fencing_token
+    return message
+
+
+def read_request_fields(
+    seq_num: int | None,
+    timestamp: int | None,
+    tail_offset: int | None,
+    count: int | None,
+    bytes_: int | None,
+    until: int | None,
+    clamp: bool,
+    wait_s: int | None,
+) -> dict[str, Any]:
+    fields: dict[str, Any] = {"clamp": clamp}
+    for key, value in (
+        ("seq_num", seq_num),
+        ("timestamp", timestamp),
+        ("tail_offset", tail_offset),
+        ("count", count),
+        ("bytes", bytes_),
+        ("until", until),
+        ("wait", wait_s),
+    ):
+        if value is not None:
+            fields[key] = value
+    return fields
+
+
+class Stream:
+    """One stream of a basin: appends and reads."""
+
+    def __init__(self, client: S2SClient, basin: str, name: str) -> None:
+        self._client = client
+        self.basin = basin
+        self.name = name
+
+    async def check_tail(self) -> pb.StreamPosition:
+        request = spb.CheckTailRequest(basin=self.basin, stream=self.name)
+        stub = self._client.streams
+        response: spb.CheckTailResponse = await self._client.call(
+            lambda: stub.CheckTail(request), retry=True
+        )
+        return response.tail
+
+    async def append(
+        self,
+        records: Iterable[pb.AppendRecord | bytes] | pb.AppendInput,
+        match_seq_num: int | None = None,
+        fencing_token: str | None = None,
+    ) -> pb.AppendAck:
+        """Append one batch atomically; returns its ack once durable. Never retried."""
+        message = (
+            records
+            if isinstance(records, pb.AppendInput)
+            else make_input(records, match_seq_num, fencing_token)
+        )
+        request = spb.AppendRequest(basin=self.basin, stream=self.name, input=message)
+        stub = self._client.streams
+        response: spb.AppendResponse = await self._client.call(lambda: stub.Append(request))
+        return response.ack
+
+    def append_session(self, inflight_batches_max: int = 16) -> AppendSession:
+        return AppendSession(self, inflight_batches_max)
+
+    def producer(
+        self,
+        linger_s: float = 0.005,
+        batch_records_max: int = BATCH_RECORDS_MAX,
+        batch_bytes_max: int = BATCH_METERED_BYTES_MAX,
+        inflight_batches_max: int = 16,
+    ) -> Producer:
+        return Producer(
+            self.append_session(inflight_batches_max),
+            linger_s,
+            batch_records_max,
+            batch_bytes_max,
+        )
+
+    async def read(
+        self,
+        *,
+        seq_num: int | None = None,
+        timestamp: int | None = None,
+        tail_offset: int | None = None,
+        count: int | None = None,
+        bytes_: int | None = None,
+        until: int | None = None,
+        clamp: bool = False,
+        wait_s: int | None = None,
+    ) -> pb.ReadBatch:
+        """One batch (at most 1000 records and 1 MiB) from the given start."""
+        fields = read_request_fields(
+            seq_num, timestamp, tail_offset, count, bytes_, until, clamp, wait_s
+        )
+        request = spb.ReadRequest(basin=self.basin, stream=self.name, **fields)
+        stub = self._client.streams
+        response: spb.ReadResponse = await self._client.call(lambda: stub.Read(request), retry=True)
+        return response.batch
+
+    async def read_session(
+        self,
+        *,
+        seq_num: int | None = None,
+        timestamp: int | None = None,
+        tail_offset: int | None = None,
+        count: int | None = None,
+        bytes_: int | None = None,
+        until: int | None = None,
+        clamp: bool = False,
+        wait_s: int | None = None,
+        heartbeats: bool = False,
+    ) -> AsyncIterator[pb.ReadBatch]:
+        """Batches from the start, then live ones as they become durable.
+
+        If the connection drops, the session reopens after the last record delivered, with the
+        remaining count and bytes. Heartbeats (batches without records) are yielded only if
+        `heartbeats` is true.
+        """
+        fields = read_request_fields(
+            seq_num, timestamp, tail_offset, count, bytes_, until, clamp, wait_s
+        )
+        attempt = 0
+        while True:
+            request = spb.ReadSessionRequest(basin=self.basin, stream=self.name, **fields)
+            call = self._client.streams.ReadSession(request)
+            try:
+                async for response in call:
+                    attempt = 0
+                    batch = response.batch
+                    if batch.records:
+                        last = batch.records[-1]
+                        for key in ("seq_num", "timestamp", "tail_offset"):
+                            fields.pop(key, None)
+                        fields["seq_num"] = last.seq_num + 1
+                        if "count" in fields:
+                            fields["count"] -= len(batch.records)
+                        if "bytes" in fields:
+                            fields["bytes"] -= sum(metered_size(r) for r in batch.records)
+                        yield batch
+                    elif heartbeats:
+                        yield batch
+                return
+            except grpc.RpcError as error:
+                retryable = error.code() in RETRYABLE_STATUSES
+                if not retryable or attempt >= self._client._retries:
+                    raise error_from_rpc(error) from None
+            finally:
+                call.cancel()
+            attempt += 1
+            await asyncio.sleep(self._client._backoff_s * 2 ** (attempt - 1))
+
+
+class AppendSession:
+    """Pipelined appends over one bidirectional stream; acks come back in order.
+
+    `submit` waits only while `inflight_batches_max` batches are unacknowledged (backpressure).
+    The first failure fails that batch and every later one, and closes the session.
+    """
+
+    def __init__(self, stream: Stream, inflight_batches_max: int) -> None:
+        self._stream = stream
+        self._slots = asyncio.Semaphore(inflight_batches_max)
+        self._pending: collections.deque[asyncio.Future[pb.AppendAck]] = collections.deque()
+        self._call: Any = None
+        self._reader: asyncio.Task[None] | None = None
+        self._error: S2SError | None = None
+        self._first = True
+
+    async def __aenter__(self) -> AppendSession:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def submit(
+        self,
+        records: Iterable[pb.AppendRecord | bytes] | pb.AppendInput,
+        match_seq_num: int | None = None,
+        fencing_token: str | None = None,
+    ) -> asyncio.Future[pb.AppendAck]:
+        """Send a batch; the returned future resolves with its ack once it is durable."""
+        if self._error is not None:
+            raise self._error
+        message = (
+            records
+            if isinstance(records, pb.AppendInput)
+            else make_input(records, match_seq_num, fencing_token)
+        )
+        await self._slots.acquire()
+        if self._call is None:
+            self._call = self._stream._client.streams.AppendSession()
+            self._reader = asyncio.create_task(self._read_acks())
+        request = spb.AppendSessionRequest(input=message)
+        if self._first:
+            request.basin, request.stream = self._stream.basin, self._stream.name
+            self._first = False
+        future: asyncio.Future[pb.AppendAck] = asyncio.get_running_loop().create_future()
+        self._pending.append(future)
+        try:
+            await self._call.write(request)
+        except (grpc.RpcError, asyncio.InvalidStateError) as error:
+            # The call already ended; the reader reports why on the pending futures.
+            if self._reader is not None:
+                await asyncio.wait({self._reader})
+            if not future.done():
+                future.set_exception(self._error or S2SError("other", str(error)))
+        return future
+
+    async def append(
+        self,
+        records: Iterable[pb.AppendRecord | bytes] | pb.AppendInput,
+        match_seq_num: int | None = None,
+        fencing_token: str | None = None,
+    ) -> pb.AppendAck:
+        return await (await self.submit(records, match_seq_num, fencing_token))
+
+    async def _read_acks(self) -> None:
+        try:
+            while True:
+                response = await self._call.read()
+                if response is aio.EOF:
+                    break
+                future = self._pending.popleft()
+                self._slots.release()
+                if not future.done():
+                    future.set_result(response.ack)
+        except grpc.RpcError as error:
+            self._error = error_from_rpc(error)
+        if self._error is None and self._pending:
+            self._error = S2SError("other", "append session ended before every ack arrived")
+        while self._pending:
+            future = self._pending.popleft()
+            self._slots.release()
+            if not future.done() and self._error is not None:
+                future.set_exception(self._error)
+
+    async def close(self) -> None:
+        """Stop sending and wait for the acks of everything sent."""
+        if self._call is None:
+            return
+        if self._error is None:
+            with contextlib.suppress(grpc.RpcError):  # the reader reports the failure
+                await self._call.done_writing()
+        if self._reader is not None:
+            await self._reader
+        for future in self._pending:
+            future.cancel()
+
+
+class Producer:
+    """Batches single records into appends over an append session.
+
+    A batch is sent when it reaches `batch_records_max` records or `batch_bytes_max` metered
+    bytes, or `linger_s` after its first record. `append` returns a future of the record's
+    sequence number.
+    """
+
+    def __init__(
+        self,
+        session: AppendSession,
+        linger_s: float,
+        batch_records_max: int,
+        batch_bytes_max: int,
+    ) -> None:
+        self._session = session
+        self._linger_s = linger_s
+        self._records_max = batch_records_max
+        self._bytes_max = batch_bytes_max
+        self._records: list[pb.AppendRecord] = []
+        self._futures: list[asyncio.Future[int]] = []
+        self._bytes = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._flushes: set[asyncio.Task[None]] = set()
+        self._send_lock = asyncio.Lock()
+
+    async def __aenter__(self) -> Producer:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def append(self, record: pb.AppendRecord | bytes) -> asyncio.Future[int]:
+        if isinstance(record, bytes):
+            record = pb.AppendRecord(body=record)
+        size = metered_size(record)
+        if self._records and (
+            len(self._records) >= self._records_max or self._bytes + size > self._bytes_max
+        ):
+            await self._flush()
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._records.append(record)
+        self._futures.append(future)
+        self._bytes += size
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self._linger_s, self._on_linger)
+        return future
+
+    def _on_linger(self) -> None:
+        self._timer = None
+        task = asyncio.ensure_future(self._flush())
+        self._flushes.add(task)
+        task.add_done_callback(self._flushes.discard)
+
+    async def _flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        records, futures = self._records, self._futures
+        if not records:
+            return
+        self._records, self._futures, self._bytes = [], [], 0
+        async with self._send_lock:  # keeps batches in the order their records arrived
+            try:
+                ack_future = await self._session.submit(records)
+            except S2SError as error:
+                _fail_all(futures, error)
+                return
+        ack_future.add_done_callback(lambda done: _resolve_records(done, futures))
+
+    async def close(self) -> None:
+        """Send what is buffered and wait for every ack."""
+        await self._flush()
+        if self._flushes:
+            await asyncio.gather(*self._flushes)
+        await self._session.close()
+
+
+def _fail_all(futures: list[asyncio.Future[int]], error: BaseException) -> None:
+    for future in futures:
+        if not future.done():
+            future.set_exception(error)
+
+
+def _resolve_records(
+    done: asyncio.Future[pb.AppendAck], futures: list[asyncio.Future[int]]
+) -> None:
+    if done.cancelled():
+        _fail_all(futures, S2SError("other", "append session closed"))
+        return
+    error = done.exception()
+    if error is not None:
+        _fail_all(futures, error)
+        return
+    start = done.result().start.seq_num
+    for offset, future in enumerate(futures):
+        if not future.done():
+            future.set_result(start + offset)

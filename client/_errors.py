@@ -1,0 +1,70 @@
+"""Typed exceptions of the client, built from a gRPC status and its trailing metadata."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from s2s.v1 import records_pb2 as pb
+
+
+class S2SError(Exception):
+    """A failed call: `code` is the S2 error code (e.g. "stream_not_found")."""
+
+    def __init__(self, code: str, message: str, status: grpc.StatusCode | None = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.status = status
+
+
+class SeqNumMismatchError(S2SError):
+    """`match_seq_num` was not the stream's next sequence number, which is `expected_seq_num`."""
+
+    def __init__(self, message: str, expected_seq_num: int) -> None:
+        super().__init__("seq_num_mismatch", message, grpc.StatusCode.FAILED_PRECONDITION)
+        self.expected_seq_num = expected_seq_num
+
+
+class FencingTokenMismatchError(S2SError):
+    """The fencing token did not match; `current_token` is the stream's token."""
+
+    def __init__(self, message: str, current_token: str) -> None:
+        super().__init__("fencing_token_mismatch", message, grpc.StatusCode.FAILED_PRECONDITION)
+        self.current_token = current_token
+
+
+class ReadUnwrittenError(S2SError):
+    """The read started beyond the tail, which is `tail`."""
+
+    def __init__(self, message: str, tail: pb.StreamPosition) -> None:
+        super().__init__("read_unwritten", message, grpc.StatusCode.OUT_OF_RANGE)
+        self.tail = tail
+
+
+def metadata_dict(metadata: Any) -> dict[str, Any]:
+    """gRPC metadata as a dict; both aio `Metadata` and sync tuples iterate as (key, value)."""
+    return {key: value for key, value in metadata or ()}
+
+
+def error_from_rpc(error: grpc.RpcError) -> S2SError:
+    """Translate a gRPC failure; transport failures get code "unavailable"."""
+    status: grpc.StatusCode = error.code()
+    message: str = error.details() or ""
+    metadata = metadata_dict(error.trailing_metadata())
+    code = metadata.get("s2-error-code")
+    if code == "seq_num_mismatch":
+        return SeqNumMismatchError(message, int(metadata["s2-expected-seq-num"]))
+    if code == "fencing_token_mismatch":
+        token = metadata["s2-current-fencing-token-bin"]
+        return FencingTokenMismatchError(message, token.decode())
+    if code == "read_unwritten":
+        tail = pb.StreamPosition(
+            seq_num=int(metadata["s2-tail-seq-num"]),
+            timestamp=int(metadata["s2-tail-timestamp"]),
+        )
+        return ReadUnwrittenError(message, tail)
+    if code is None:
+        code = "unavailable" if status == grpc.StatusCode.UNAVAILABLE else "other"
+    return S2SError(str(code), message, status)

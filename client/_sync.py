@@ -1,0 +1,83 @@
+"""`SyncClient`: the async client driven from blocking code on a private event-loop thread."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine, Iterable, Iterator
+from typing import Any, TypeVar
+
+from client._client import S2SClient
+from s2s.config import StreamConfig
+from s2s.v1 import records_pb2 as pb
+
+T = TypeVar("T")
+
+
+class SyncClient:
+    """Blocking facade: each method runs the matching `S2SClient` call and waits for it."""
+
+    def __init__(self, target: str = "127.0.0.1:50051", **options: Any) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        self._client: S2SClient = self._run(self._make(target, options))
+
+    @staticmethod
+    async def _make(target: str, options: dict[str, Any]) -> S2SClient:
+        return S2SClient(target, **options)
+
+    def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    def __enter__(self) -> SyncClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._run(self._client.close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+
+    def create_basin(self, name: str, **kwargs: Any) -> Any:
+        return self._run(self._client.create_basin(name, **kwargs))
+
+    def list_basins(self, **kwargs: Any) -> Any:
+        return self._run(self._client.list_basins(**kwargs))
+
+    def delete_basin(self, name: str) -> None:
+        self._run(self._client.delete_basin(name))
+
+    def create_stream(self, basin: str, name: str, config: StreamConfig | None = None) -> Any:
+        return self._run(self._client.create_stream(basin, name, config))
+
+    def list_streams(self, basin: str, **kwargs: Any) -> Any:
+        return self._run(self._client.list_streams(basin, **kwargs))
+
+    def delete_stream(self, basin: str, name: str) -> None:
+        self._run(self._client.delete_stream(basin, name))
+
+    def check_tail(self, basin: str, stream: str) -> pb.StreamPosition:
+        return self._run(self._client.stream(basin, stream).check_tail())
+
+    def append(
+        self, basin: str, stream: str, records: Iterable[pb.AppendRecord | bytes], **kwargs: Any
+    ) -> pb.AppendAck:
+        return self._run(self._client.stream(basin, stream).append(list(records), **kwargs))
+
+    def read(self, basin: str, stream: str, **kwargs: Any) -> pb.ReadBatch:
+        return self._run(self._client.stream(basin, stream).read(**kwargs))
+
+    def read_session(self, basin: str, stream: str, **kwargs: Any) -> Iterator[pb.ReadBatch]:
+        """Blocking iterator over a read session's batches."""
+        session = self._client.stream(basin, stream).read_session(**kwargs)
+        try:
+            while True:
+                try:
+                    yield self._run(anext(session))  # type: ignore[arg-type]
+                except StopAsyncIteration:
+                    return
+        finally:
+            self._run(session.aclose())  # type: ignore[attr-defined]

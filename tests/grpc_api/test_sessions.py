@@ -1,0 +1,158 @@
+"""Append sessions, the producer and crash safety over gRPC, against a real server process."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+
+import pytest
+
+from client import FencingTokenMismatchError, S2SClient, S2SError, SeqNumMismatchError
+from s2s.records import fence_record
+from s2s.v1 import records_pb2 as pb
+from tests.grpc_api.conftest import BASIN
+from tests.server_process import ServerProcess
+
+
+async def read_bodies(client: S2SClient, stream: str) -> list[bytes]:
+    bodies: list[bytes] = []
+    tail = (await client.stream(BASIN, stream).check_tail()).seq_num
+    async for batch in client.stream(BASIN, stream).read_session(seq_num=0, count=tail):
+        bodies.extend(r.body for r in batch.records)
+    return bodies
+
+
+async def test_pipelined_session_acks_in_order(client: S2SClient) -> None:
+    await client.create_stream(BASIN, "pipe")
+    sizes = [random.Random(i).randint(1, 20) for i in range(2000)]
+    async with client.stream(BASIN, "pipe").append_session(inflight_batches_max=64) as session:
+        futures = [
+            await session.submit([b"%d.%d" % (i, j) for j in range(n)]) for i, n in enumerate(sizes)
+        ]
+        acks = [await f for f in futures]
+    expected_start = 0
+    for ack, size in zip(acks, sizes, strict=True):
+        assert ack.start.seq_num == expected_start
+        assert ack.end.seq_num - ack.start.seq_num == size
+        assert ack.tail.seq_num >= ack.end.seq_num
+        expected_start = ack.end.seq_num
+    assert (await client.stream(BASIN, "pipe").check_tail()).seq_num == sum(sizes)
+
+
+async def test_failed_batch_ends_session_and_applies_nothing_after(client: S2SClient) -> None:
+    await client.create_stream(BASIN, "midfail")
+    session = client.stream(BASIN, "midfail").append_session()
+    first = await session.submit([b"ok-1"], match_seq_num=0)
+    second = await session.submit([b"ok-2"], match_seq_num=1)
+    bad = await session.submit([b"bad"], match_seq_num=99)
+    later = [await session.submit([b"late-%d" % i]) for i in range(3)]
+    assert (await first).end.seq_num == 1 and (await second).end.seq_num == 2
+    with pytest.raises(SeqNumMismatchError) as info:
+        await bad
+    assert info.value.expected_seq_num == 2
+    for future in later:
+        with pytest.raises(S2SError):
+            await future
+    await session.close()
+    assert await read_bodies(client, "midfail") == [b"ok-1", b"ok-2"]
+
+
+async def test_invalid_batch_in_session_is_rejected(client: S2SClient) -> None:
+    await client.create_stream(BASIN, "badbatch")
+    session = client.stream(BASIN, "badbatch").append_session()
+    good = await session.submit([b"fine"])
+    empty = await session.submit(pb.AppendInput())
+    assert (await good).end.seq_num == 1
+    with pytest.raises(S2SError) as info:
+        await empty
+    assert info.value.code == "invalid"
+    await session.close()
+
+
+async def test_racing_producers_win_each_seq_num_once(client: S2SClient) -> None:
+    await client.create_stream(BASIN, "race")
+    stream = client.stream(BASIN, "race")
+    wins: dict[int, int] = {}
+
+    async def producer(index: int) -> None:
+        expected = 0
+        for _ in range(15):
+            while True:
+                try:
+                    ack = await stream.append([b"p%d" % index], match_seq_num=expected)
+                except SeqNumMismatchError as mismatch:
+                    expected = mismatch.expected_seq_num
+                    continue
+                assert ack.start.seq_num not in wins
+                wins[ack.start.seq_num] = index
+                expected = ack.end.seq_num
+                break
+
+    await asyncio.gather(*(producer(i) for i in range(8)))
+    assert sorted(wins) == list(range(8 * 15))
+    assert await read_bodies(client, "race") == [b"p%d" % wins[s] for s in range(8 * 15)]
+
+
+async def test_fencing_handover(client: S2SClient) -> None:
+    await client.create_stream(BASIN, "lease")
+    stream = client.stream(BASIN, "lease")
+    await stream.append([fence_record("writer-a")], fencing_token="")
+    await stream.append([b"a1"], fencing_token="writer-a")
+    # B takes over: it fences with the current token, then only B's token is accepted.
+    await stream.append([fence_record("writer-b")], fencing_token="writer-a")
+    with pytest.raises(FencingTokenMismatchError) as info:
+        await stream.append([b"a2"], fencing_token="writer-a")
+    assert info.value.current_token == "writer-b"
+    await stream.append([b"b1"], fencing_token="writer-b")
+    bodies = await read_bodies(client, "lease")
+    assert bodies == [b"writer-a", b"a1", b"writer-b", b"b1"]
+
+
+async def test_producer_assigns_each_record_its_seq_num(client: S2SClient) -> None:
+    await client.create_stream(BASIN, "prod")
+    async with client.stream(BASIN, "prod").producer(linger_s=0.002) as producer:
+        futures = [await producer.append(b"rec-%d" % i) for i in range(3000)]
+    seq_nums = [await f for f in futures]
+    assert seq_nums == list(range(3000))
+    assert await read_bodies(client, "prod") == [b"rec-%d" % i for i in range(3000)]
+
+
+async def test_kill9_during_session_flood_loses_no_ack(tmp_path: Path) -> None:
+    data_dir = str(tmp_path / "data")
+    server = ServerProcess(data_dir).start()
+    acked: list[tuple[int, int, int]] = []  # (batch id, start, end)
+    async with S2SClient(server.target) as client:
+        await client.create_basin(BASIN)
+        await client.create_stream(BASIN, "flood")
+        session = client.stream(BASIN, "flood").append_session(inflight_batches_max=32)
+
+        async def watch(batch_id: int, future: asyncio.Future[pb.AppendAck]) -> None:
+            ack = await future
+            acked.append((batch_id, ack.start.seq_num, ack.end.seq_num))
+
+        watchers = []
+        loop = asyncio.get_running_loop()
+        loop.call_later(1.5, server.kill)
+        try:
+            for batch_id in range(100_000):
+                bodies = [b"%d:%d" % (batch_id, j) for j in range(1 + batch_id % 50)]
+                watchers.append(
+                    asyncio.ensure_future(watch(batch_id, await session.submit(bodies)))
+                )
+        except S2SError:
+            pass  # the server died under us: expected
+        await asyncio.gather(*watchers, return_exceptions=True)
+        await session.close()
+    assert acked, "the server was killed before it acknowledged anything"
+    restarted = ServerProcess(data_dir).start()
+    try:
+        async with S2SClient(restarted.target) as client:
+            bodies = await read_bodies(client, "flood")
+            for batch_id, start, end in acked:
+                assert bodies[start:end] == [b"%d:%d" % (batch_id, j) for j in range(end - start)]
+            # Whatever survived beyond the acks is whole batches, and numbering continues.
+            ack = await client.stream(BASIN, "flood").append([b"after-restart"])
+            assert ack.start.seq_num == len(bodies)
+    finally:
+        restarted.stop()

@@ -1,0 +1,79 @@
+"""Runs a real `s2s serve` process on free ports for integration tests."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+_LISTENING = re.compile(r"gRPC listening on [^:]+:(\d+)")
+
+
+class ServerProcess:
+    """`s2s serve --grpc-port 0` on a data dir; learns its port from the log line."""
+
+    def __init__(self, data_dir: str) -> None:
+        self.data_dir = data_dir
+        self.process: subprocess.Popen[str] | None = None
+        self.grpc_port = 0
+        self.log: list[str] = []
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def start(self, timeout_s: float = 30.0) -> ServerProcess:
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "server.cli",
+                "serve",
+                "--data-dir",
+                self.data_dir,
+                "--grpc-port",
+                "0",
+            ],
+            cwd=REPO,
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
+        )
+        assert self.process.stderr is not None
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            line = self.process.stderr.readline()
+            if not line:
+                raise RuntimeError("server exited early:\n" + "".join(self.log))
+            self.log.append(line)
+            match = _LISTENING.search(line)
+            if match:
+                self.grpc_port = int(match.group(1))
+                # Keep draining the log so the server never blocks on a full pipe.
+                threading.Thread(target=self._drain, daemon=True).start()
+                return self
+        raise TimeoutError("server did not start:\n" + "".join(self.log))
+
+    def _drain(self) -> None:
+        assert self.process is not None and self.process.stderr is not None
+        for line in self.process.stderr:
+            self.log.append(line)
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs."""
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+    def stop(self, timeout_s: float = 20.0) -> int:
+        """SIGTERM, then wait for a clean exit."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout_s)
