@@ -1,4 +1,5 @@
-"""The `s2s` command line: `s2s serve` runs the server until SIGTERM or SIGINT."""
+"""The `s2s` command line: `s2s serve` runs the server until SIGTERM or SIGINT; the other
+commands (server/cli_client.py) talk to a running server."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import os
 import signal
 import sys
 
+from server.cli_client import SERVER_DEFAULT, add_commands, run
 from server.grpc_frontend.server import start_grpc_server
 from server.streamstore import StreamStore
 
@@ -39,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=int(_env("S2S_GRPC_PORT", "50051")),
         help="gRPC port, 0 for any free port (env S2S_GRPC_PORT, default 50051)",
     )
+    add_commands(commands, _env("S2S_SERVER", SERVER_DEFAULT))
     return parser
 
 
@@ -67,11 +70,12 @@ async def serve(data_dir: str, host: str, grpc_port: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command != "serve":
+        return run(args)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    if args.command == "serve":
-        asyncio.run(serve(args.data_dir, args.host, args.grpc_port))
+    asyncio.run(serve(args.data_dir, args.host, args.grpc_port))
     return 0
 
 

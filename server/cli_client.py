@@ -1,0 +1,318 @@
+"""`s2s` commands that talk to a running server through the client SDK.
+
+Each command prints results to stdout; a failure prints one line to stderr and exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from client import S2SClient, S2SError
+from s2s.config import (
+    basin_config_from_json,
+    basin_config_to_json,
+    stream_config_from_json,
+    stream_config_to_json,
+)
+from s2s.errors import S2Error
+from s2s.records import (
+    BATCH_METERED_BYTES_MAX,
+    BATCH_RECORDS_MAX,
+    fence_record,
+    metered_size,
+    trim_record,
+)
+from s2s.v1 import records_pb2 as pb
+
+SERVER_DEFAULT = "127.0.0.1:50051"
+
+
+def add_commands(commands: Any, env_server: str) -> None:
+    """Register the client commands on the `s2s` argument parser."""
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = commands.add_parser(name, help=help_text)
+        parser.add_argument(
+            "--server",
+            default=env_server,
+            help=f"gRPC address of the server (env S2S_SERVER, default {SERVER_DEFAULT})",
+        )
+        return parser
+
+    basins = command("basins", "manage basins")
+    basins.add_argument("action", choices=["create", "list", "delete", "config"])
+    basins.add_argument("name", nargs="?", default="")
+    basins.add_argument("--config", help="basin config as JSON (create)")
+    basins.add_argument("--prefix", default="")
+
+    streams = command("streams", "manage streams")
+    streams.add_argument("action", choices=["create", "list", "delete", "config"])
+    streams.add_argument("basin")
+    streams.add_argument("name", nargs="?", default="")
+    streams.add_argument("--config", help="stream config as JSON (create)")
+    streams.add_argument("--prefix", default="")
+
+    append = command("append", "append stdin lines as records (one batch per 1000 lines)")
+    append.add_argument("basin")
+    append.add_argument("stream")
+    append.add_argument("--ndjson", action="store_true", help='lines are {"body","headers",...}')
+    append.add_argument("--match-seq-num", type=int)
+    append.add_argument("--fencing-token")
+
+    read = command("read", "print records, one per line")
+    read.add_argument("basin")
+    read.add_argument("stream")
+    start = read.add_mutually_exclusive_group()
+    start.add_argument("--from-seq", type=int)
+    start.add_argument("--from-ts", type=int)
+    start.add_argument("--tail-offset", type=int)
+    read.add_argument("--count", type=int)
+    read.add_argument("--follow", action="store_true", help="keep reading new records")
+    read.add_argument("--ndjson", action="store_true", help="print seq_num, timestamp, headers")
+
+    tail = command("tail", "print the stream's tail")
+    tail.add_argument("basin")
+    tail.add_argument("stream")
+
+    fence = command("fence", "set the stream's fencing token")
+    fence.add_argument("basin")
+    fence.add_argument("stream")
+    fence.add_argument("token")
+    fence.add_argument("--fencing-token", help="the current token, if the stream is fenced")
+
+    trim = command("trim", "delete records before a sequence number")
+    trim.add_argument("basin")
+    trim.add_argument("stream")
+    trim.add_argument("seq_num", type=int)
+
+    bench = command("bench", "measure append throughput and ack latency")
+    bench.add_argument("basin")
+    bench.add_argument("--stream", default="s2s-bench")
+    bench.add_argument("--record-bytes", type=int, default=1024)
+    bench.add_argument("--batch-records", type=int, default=1000)
+    bench.add_argument("--inflight", type=int, default=16)
+    bench.add_argument("--seconds", type=float, default=10.0)
+
+
+COMMANDS = ("basins", "streams", "append", "read", "tail", "fence", "trim", "bench")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        asyncio.run(_dispatch(args))
+    except (S2SError, S2Error) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+async def _dispatch(args: argparse.Namespace) -> None:
+    async with S2SClient(args.server, retries=1) as client:
+        handler = globals()[f"_{args.command}"]
+        await handler(client, args)
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, ensure_ascii=False))
+
+
+async def _basins(client: S2SClient, args: argparse.Namespace) -> None:
+    if args.action == "list":
+        response = await client.list_basins(prefix=args.prefix)
+        for basin in response.basins:
+            state = "deleting" if basin.HasField("deleted_at_ms") else "active"
+            print(f"{basin.name}\t{state}")
+        return
+    if not args.name:
+        raise S2Error("invalid", f"basins {args.action} needs a basin name")
+    if args.action == "create":
+        config = basin_config_from_json(json.loads(args.config) if args.config else None)
+        await client.create_basin(args.name, config)
+        print(f"created basin {args.name}")
+    elif args.action == "delete":
+        await client.delete_basin(args.name)
+        print(f"deleting basin {args.name}")
+    else:
+        _print_json(basin_config_to_json(await client.get_basin_config(args.name)))
+
+
+async def _streams(client: S2SClient, args: argparse.Namespace) -> None:
+    if args.action == "list":
+        response = await client.list_streams(args.basin, prefix=args.prefix)
+        for stream in response.streams:
+            state = "deleting" if stream.HasField("deleted_at_ms") else "active"
+            print(f"{stream.name}\t{state}")
+        return
+    if not args.name:
+        raise S2Error("invalid", f"streams {args.action} needs a stream name")
+    if args.action == "create":
+        config = stream_config_from_json(json.loads(args.config) if args.config else None)
+        await client.create_stream(args.basin, args.name, config)
+        print(f"created stream {args.name}")
+    elif args.action == "delete":
+        await client.delete_stream(args.basin, args.name)
+        print(f"deleting stream {args.name}")
+    else:
+        _print_json(stream_config_to_json(await client.get_stream_config(args.basin, args.name)))
+
+
+def _record_from_json(line: str) -> pb.AppendRecord:
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise S2Error("invalid", f"not a JSON object: {error}") from None
+    if not isinstance(obj, dict):
+        raise S2Error("invalid", "each NDJSON line must be an object")
+    record = pb.AppendRecord(body=str(obj.get("body", "")).encode())
+    for name, value in obj.get("headers", []):
+        record.headers.add(name=str(name).encode(), value=str(value).encode())
+    if obj.get("timestamp") is not None:
+        record.timestamp = int(obj["timestamp"])
+    return record
+
+
+def _batches(lines: Iterator[str], ndjson: bool) -> Iterator[list[pb.AppendRecord]]:
+    batch: list[pb.AppendRecord] = []
+    size = 0
+    for line in lines:
+        line = line.rstrip("\n")
+        record = _record_from_json(line) if ndjson else pb.AppendRecord(body=line.encode())
+        record_size = metered_size(record)
+        if batch and (
+            len(batch) >= BATCH_RECORDS_MAX or size + record_size > BATCH_METERED_BYTES_MAX
+        ):
+            yield batch
+            batch, size = [], 0
+        batch.append(record)
+        size += record_size
+    if batch:
+        yield batch
+
+
+async def _append(client: S2SClient, args: argparse.Namespace) -> None:
+    stream = client.stream(args.basin, args.stream)
+    match = args.match_seq_num
+    total = 0
+    last: pb.AppendAck | None = None
+    for batch in _batches(iter(sys.stdin.readline, ""), args.ndjson):
+        last = await stream.append(batch, match_seq_num=match, fencing_token=args.fencing_token)
+        total += len(batch)
+        match = None if match is None else last.end.seq_num
+    if last is None:
+        raise S2Error("invalid", "nothing to append: stdin was empty")
+    print(f"appended {total} records, seq_num {last.end.seq_num - total}..{last.end.seq_num - 1}")
+
+
+def _record_line(record: pb.SequencedRecord, ndjson: bool) -> str:
+    body = record.body.decode("utf-8", errors="replace")
+    if not ndjson:
+        return body
+    headers = [
+        [h.name.decode("utf-8", errors="replace"), h.value.decode("utf-8", errors="replace")]
+        for h in record.headers
+    ]
+    return json.dumps(
+        {
+            "seq_num": record.seq_num,
+            "timestamp": record.timestamp,
+            "headers": headers,
+            "body": body,
+        },
+        ensure_ascii=False,
+    )
+
+
+async def _read(client: S2SClient, args: argparse.Namespace) -> None:
+    stream = client.stream(args.basin, args.stream)
+    start: dict[str, Any] = {}
+    if args.from_ts is not None:
+        start["timestamp"] = args.from_ts
+    elif args.tail_offset is not None:
+        start["tail_offset"] = args.tail_offset
+    else:
+        start["seq_num"] = args.from_seq or 0
+    count = args.count
+    if not args.follow and count is None:
+        tail = await stream.check_tail()
+        count = tail.seq_num  # everything up to now, then stop
+        if count == 0:
+            return
+    async for batch in stream.read_session(count=count, clamp=True, **start):
+        for record in batch.records:
+            print(_record_line(record, args.ndjson), flush=args.follow)
+
+
+async def _tail(client: S2SClient, args: argparse.Namespace) -> None:
+    tail = await client.stream(args.basin, args.stream).check_tail()
+    _print_json({"seq_num": tail.seq_num, "timestamp": tail.timestamp})
+
+
+async def _fence(client: S2SClient, args: argparse.Namespace) -> None:
+    ack = await client.stream(args.basin, args.stream).append(
+        [fence_record(args.token)], fencing_token=args.fencing_token
+    )
+    print(f"fenced at seq_num {ack.start.seq_num}")
+
+
+async def _trim(client: S2SClient, args: argparse.Namespace) -> None:
+    ack = await client.stream(args.basin, args.stream).append([trim_record(args.seq_num)])
+    print(f"trim requested at seq_num {ack.start.seq_num}")
+
+
+async def _bench(client: S2SClient, args: argparse.Namespace) -> None:
+    try:
+        await client.create_stream(args.basin, args.stream)
+    except S2SError as error:
+        if error.code != "resource_already_exists":
+            raise
+    stream = client.stream(args.basin, args.stream)
+    records = [pb.AppendRecord(body=b"x" * args.record_bytes) for _ in range(args.batch_records)]
+    message = pb.AppendInput(records=records)
+    batch_bytes = args.record_bytes * args.batch_records
+    latencies: list[float] = []
+    sent = 0
+    started = time.perf_counter()
+    deadline = started + args.seconds
+    next_report = started + 1.0
+
+    def on_ack(began: float) -> Any:
+        return lambda _: latencies.append(time.perf_counter() - began)
+
+    async with stream.append_session(inflight_batches_max=args.inflight) as session:
+        while (now := time.perf_counter()) < deadline:
+            future = await session.submit(message)
+            future.add_done_callback(on_ack(now))
+            sent += 1
+            if now >= next_report:
+                rate = len(latencies) * batch_bytes / (now - started) / 2**20
+                print(
+                    f"\r{len(latencies)} batches acked, {rate:.1f} MiB/s", end="", file=sys.stderr
+                )
+                next_report = now + 1.0
+    elapsed = time.perf_counter() - started
+    print(file=sys.stderr)
+    ordered = sorted(latencies)
+
+    def pct(p: float) -> float:
+        return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] * 1e3
+
+    _print_json(
+        {
+            "batches": len(latencies),
+            "records_per_s": round(len(latencies) * args.batch_records / elapsed),
+            "mib_per_s": round(len(latencies) * batch_bytes / elapsed / 2**20, 1),
+            "ack_latency_ms": {
+                "p50": round(pct(50), 2),
+                "p90": round(pct(90), 2),
+                "p99": round(pct(99), 2),
+            },
+        }
+    )
