@@ -39,6 +39,7 @@ T = TypeVar("T")
 
 MESSAGE_BYTES_MAX = 8 * 1024 * 1024
 RETRYABLE_STATUSES = (grpc.StatusCode.UNAVAILABLE,)
+BACKOFF_MAX_S = 2.0
 
 
 class S2SClient:
@@ -52,6 +53,10 @@ class S2SClient:
             options=[
                 ("grpc.max_receive_message_length", MESSAGE_BYTES_MAX),
                 ("grpc.max_send_message_length", MESSAGE_BYTES_MAX),
+                # Reconnect quickly after a server restart; gRPC's default waits up to minutes.
+                ("grpc.initial_reconnect_backoff_ms", 100),
+                ("grpc.min_reconnect_backoff_ms", 100),
+                ("grpc.max_reconnect_backoff_ms", int(BACKOFF_MAX_S * 1000)),
             ],
         )
         self._account = services.AccountServiceStub(self._channel)  # type: ignore[no-untyped-call]
@@ -80,7 +85,11 @@ class S2SClient:
                 if not (retry and retryable and attempt < self._retries):
                     raise error_from_rpc(error) from None
             attempt += 1
-            await asyncio.sleep(self._backoff_s * 2 ** (attempt - 1))
+            await asyncio.sleep(self.backoff_delay_s(attempt))
+
+    def backoff_delay_s(self, attempt: int) -> float:
+        """Exponential backoff from `backoff_s`, capped at BACKOFF_MAX_S."""
+        return float(min(self._backoff_s * 2 ** (attempt - 1), BACKOFF_MAX_S))
 
     # --- basins ------------------------------------------------------------------------------
 
@@ -325,7 +334,7 @@ class Stream:
             finally:
                 call.cancel()
             attempt += 1
-            await asyncio.sleep(self._client._backoff_s * 2 ** (attempt - 1))
+            await asyncio.sleep(self._client.backoff_delay_s(attempt))
 
 
 class AppendSession:

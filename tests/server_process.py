@@ -16,12 +16,12 @@ _LISTENING = re.compile(r"gRPC listening on [^:]+:(\d+)")
 
 
 class ServerProcess:
-    """`s2s serve --grpc-port 0` on a data dir; learns its port from the log line."""
+    """`s2s serve` on a data dir and a given port (0: any free one, learned from the log)."""
 
-    def __init__(self, data_dir: str) -> None:
+    def __init__(self, data_dir: str, grpc_port: int = 0) -> None:
         self.data_dir = data_dir
         self.process: subprocess.Popen[str] | None = None
-        self.grpc_port = 0
+        self.grpc_port = grpc_port
         self.log: list[str] = []
 
     @property
@@ -38,7 +38,7 @@ class ServerProcess:
                 "--data-dir",
                 self.data_dir,
                 "--grpc-port",
-                "0",
+                str(self.grpc_port),
             ],
             cwd=REPO,
             stderr=subprocess.PIPE,

@@ -156,3 +156,34 @@ async def test_kill9_during_session_flood_loses_no_ack(tmp_path: Path) -> None:
             assert ack.start.seq_num == len(bodies)
     finally:
         restarted.stop()
+
+
+async def test_read_session_resumes_after_server_restart(tmp_path: Path) -> None:
+    data_dir = str(tmp_path / "data")
+    server = ServerProcess(data_dir).start()
+    port = server.grpc_port
+    try:
+        async with S2SClient(server.target, retries=50, backoff_s=0.05) as client:
+            await client.create_basin(BASIN)
+            await client.create_stream(BASIN, "resume")
+            stream = client.stream(BASIN, "resume")
+            await stream.append([b"r0", b"r1"])
+            received: list[int] = []
+
+            async def follow() -> None:
+                async for batch in stream.read_session(seq_num=0):
+                    received.extend(r.seq_num for r in batch.records)
+                    if len(received) >= 4:
+                        return
+
+            follower = asyncio.create_task(follow())
+            while len(received) < 2:
+                await asyncio.sleep(0.05)
+            server.kill()
+            server = ServerProcess(data_dir, grpc_port=port).start()
+            await stream.check_tail()  # retried until the channel reconnects; appends are not
+            await stream.append([b"r2", b"r3"])
+            await asyncio.wait_for(follower, 30)
+            assert received == [0, 1, 2, 3]
+    finally:
+        server.stop()
