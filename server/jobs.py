@@ -61,15 +61,22 @@ class BackgroundJobs:
         self._wake.set()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        if self._task is None:
+            return
+        self._task.cancel()
+        try:
+            await self._task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # our caller was cancelled too: let that through
 
     async def _loop(self) -> None:
         while True:
+            # Not asyncio.wait_for: on 3.11 it can swallow a cancel that lands as the event fires.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._settings.interval_s)
+                async with asyncio.timeout(self._settings.interval_s):
+                    await self._wake.wait()
             self._wake.clear()
             try:
                 await self.run_once()

@@ -127,11 +127,12 @@ class StreamSequencer:
         end = StreamPosition(after.next_seq, after.last_timestamp)
 
         def resolve(done: asyncio.Future[None]) -> None:
-            if ack.cancelled():
-                return
             error = done.exception()
             if error is not None:
-                self.inflight -= 1
+                self.inflight -= 1  # on success, `on_durable` counted it
+            if ack.cancelled():
+                return
+            if error is not None:
                 ack.set_exception(error)
             else:
                 ack.set_result(AppendAck(start, end, self.tail))
@@ -208,7 +209,8 @@ class StreamSequencer:
             if remaining is not None and remaining <= 0:
                 return False
             try:
-                await asyncio.wait_for(self._durable_advanced.wait(), remaining)
+                async with asyncio.timeout(remaining):
+                    await self._durable_advanced.wait()
             except TimeoutError:
                 return False
         return True

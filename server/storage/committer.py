@@ -45,6 +45,8 @@ class _Job:
     size_bytes: int
     generation: int
     writes: Sequence[Write] = field(default_factory=tuple)
+    # Set by the encoder if `prepare` raised; the writer fails the job in its turn.
+    error: Exception | None = None
 
 
 class GroupCommitter:
@@ -178,8 +180,9 @@ class GroupCommitter:
             try:
                 job.writes = job.prepare() if job.generation == self._generation else ()
             except Exception as exc:
-                self._handle_failure([job], exc)
-                continue
+                # Failed in order, by the writer: earlier groups must land (and be seen as
+                # durable) before recovery resets in-memory state to the durable state.
+                job.error = exc
             with self._lock:
                 self._prepared.append(job)
                 self._job_prepared.notify()
@@ -193,7 +196,9 @@ class GroupCommitter:
             group = [self._prepared.popleft()]
             group_bytes = group[0].size_bytes
             while (
-                self._prepared
+                group[0].error is None
+                and self._prepared
+                and self._prepared[0].error is None
                 and len(group) < self._group_jobs_max
                 and group_bytes + self._prepared[0].size_bytes <= self._group_bytes_max
             ):
@@ -213,6 +218,8 @@ class GroupCommitter:
                 if not group:
                     continue
             try:
+                if group[0].error is not None:
+                    raise group[0].error
                 self._kv.commit([write for job in group for write in job.writes])
             except Exception as exc:
                 self._handle_failure(group, exc)
@@ -227,8 +234,9 @@ class GroupCommitter:
         with self._lock:
             self._generation += 1
             self._recovering = True
-        self._loop.call_soon_threadsafe(self._fail, group, f"storage commit failed: {exc}")
-        self._loop.call_soon_threadsafe(self._recover)
+        self._loop.call_soon_threadsafe(
+            self._fail_and_recover, group, f"storage commit failed: {exc}"
+        )
 
     # --- event loop callbacks ----------------------------------------------------------------
 
@@ -246,7 +254,9 @@ class GroupCommitter:
             if not job.future.done():
                 job.future.set_exception(S2Error("storage", reason))
 
-    def _recover(self) -> None:
+    def _fail_and_recover(self, group: list[_Job], reason: str) -> None:
+        """One callback, so no caller sees its failure before recovery is done."""
+        self._fail(group, reason)
         try:
             self._on_failure()
         finally:
