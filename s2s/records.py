@@ -45,6 +45,7 @@ class ValidatedBatch:
 
     records: list[pb.AppendRecord]
     metered_sizes: list[int]
+    has_client_timestamps: bool
     metered_bytes: int
     commands: list[Fence | Trim]
     match_seq_num: int | None
@@ -81,7 +82,10 @@ def validate_append_input(message: pb.AppendInput) -> ValidatedBatch:
     sizes: list[int] = []
     commands: list[Fence | Trim] = []
     total = 0
+    has_timestamps = False
     for index, record in enumerate(records):
+        if not has_timestamps and record.HasField("timestamp"):
+            has_timestamps = True
         headers = record.headers
         if headers:
             size = metered_size(record)
@@ -103,6 +107,7 @@ def validate_append_input(message: pb.AppendInput) -> ValidatedBatch:
     return ValidatedBatch(
         records=records,
         metered_sizes=sizes,
+        has_client_timestamps=has_timestamps,
         metered_bytes=total,
         commands=commands,
         match_seq_num=message.match_seq_num if message.HasField("match_seq_num") else None,

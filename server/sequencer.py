@@ -175,7 +175,7 @@ class StreamSequencer:
         """Apply the timestamping mode, the cap at arrival time, and per-stream monotonicity."""
         mode = self.config.timestamping_mode
         records = batch.records
-        if mode == "arrival" or not any(r.HasField("timestamp") for r in records):
+        if mode == "arrival" or not batch.has_client_timestamps:
             if mode == "client-require":
                 raise invalid("record timestamp was required but was missing")
             return [max(now, floor)] * len(records)

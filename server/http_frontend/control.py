@@ -1,0 +1,202 @@
+"""Control plane: basins (`/v1/basins`) and streams (`/v1/streams`) as JSON (contract 4, 5)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from s2s import names
+from s2s.config import (
+    basin_config_from_json,
+    basin_config_to_json,
+    basin_patch_from_json,
+    stream_config_from_json,
+    stream_config_to_json,
+    stream_patch_from_json,
+)
+from s2s.errors import S2Error
+from server.catalog import LOCATION_DEFAULT, BasinRecord, Provisioned, StreamRecord
+from server.http_frontend.exchange import Exchange
+from server.streamstore import StreamStore
+
+REQUEST_TOKEN_HEADER = "s2-request-token"
+PROVISION_RESULT_HEADER = "s2-provision-result"
+LOCATION_INFO = {"name": LOCATION_DEFAULT, "is_private": False}
+
+
+def rfc3339(ms: int | None) -> str | None:
+    if ms is None:
+        return None
+    moment = datetime.fromtimestamp(ms / 1000, tz=UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+def basin_info(record: BasinRecord) -> dict[str, Any]:
+    return {
+        "name": record.name,
+        "location": record.location,
+        "created_at": rfc3339(record.created_at_ms),
+        "deleted_at": rfc3339(record.deleted_at_ms),
+        "state": "deleting" if record.deleting else "active",
+    }
+
+
+def stream_info(record: StreamRecord) -> dict[str, Any]:
+    return {
+        "name": record.name,
+        "created_at": rfc3339(record.created_at_ms),
+        "deleted_at": rfc3339(record.deleted_at_ms),
+        "cipher": record.cipher,
+    }
+
+
+def _config_digest_json(value: Any) -> str:
+    """The raw requested config, canonicalized, so a replay with the same config matches."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def _request_token(exchange: Exchange) -> str | None:
+    token = exchange.header(REQUEST_TOKEN_HEADER)
+    if token is None:
+        return None
+    if len(token.encode()) > 36:
+        raise S2Error("bad_header", "s2-request-token must be at most 36 bytes")
+    return token
+
+
+def _object(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise S2Error("bad_json", f"{what} must be a JSON object")
+    return value
+
+
+def _list_query(exchange: Exchange) -> tuple[str, str, int | None]:
+    query = exchange.query()
+    limit: int | None = None
+    if "limit" in query:
+        try:
+            limit = int(query["limit"])
+        except ValueError:
+            raise S2Error("bad_query", "limit must be an unsigned integer") from None
+        if limit < 0:
+            raise S2Error("bad_query", "limit must be an unsigned integer")
+    return query.get("prefix", ""), query.get("start_after", ""), names.clamp_list_limit(limit)
+
+
+def _provision_headers(provisioned: Provisioned) -> list[tuple[str, str]]:
+    return [(PROVISION_RESULT_HEADER, provisioned.outcome)]
+
+
+def path_basin(name: str) -> str:
+    try:
+        names.validate_basin_name(name)
+    except S2Error as error:
+        raise S2Error("bad_path", error.message) from None
+    return name
+
+
+class BasinsApi:
+    def __init__(self, store: StreamStore) -> None:
+        self._store = store
+
+    async def list(self, exchange: Exchange) -> None:
+        prefix, start_after, limit = _list_query(exchange)
+        try:
+            records, has_more = self._store.list_basins(prefix, start_after, limit)
+        except S2Error as error:
+            raise S2Error("bad_query", error.message) from None
+        await exchange.respond_json(
+            200, {"basins": [basin_info(r) for r in records], "has_more": has_more}
+        )
+
+    async def create(self, exchange: Exchange) -> None:
+        token = _request_token(exchange)
+        body = _object(await exchange.json_body(), "request body")
+        name = body.get("basin")
+        if not isinstance(name, str):
+            raise S2Error("bad_json", "`basin` must be a string")
+        config_json = body.get("config")
+        config = basin_config_from_json(config_json) if config_json is not None else None
+        provisioned = await self._store.create_basin(
+            name, config, _config_digest_json(config_json), token
+        )
+        await exchange.respond_json(
+            201, basin_info(provisioned.record), _provision_headers(provisioned)
+        )
+
+    async def ensure(self, exchange: Exchange, name: str) -> None:
+        body = await exchange.json_body(allow_empty=True)
+        config_json = None if body is None else _object(body, "request body").get("config")
+        config = basin_config_from_json(config_json) if config_json is not None else None
+        provisioned = await self._store.ensure_basin(name, config)
+        status = 201 if provisioned.outcome == "created" else 200
+        await exchange.respond_json(
+            status, basin_info(provisioned.record), _provision_headers(provisioned)
+        )
+
+    async def get(self, exchange: Exchange, name: str) -> None:
+        record = self._store.get_basin(name)
+        await exchange.respond_json(200, basin_config_to_json(record.config))
+
+    async def reconfigure(self, exchange: Exchange, name: str) -> None:
+        patch = basin_patch_from_json(await exchange.json_body())
+        record = await self._store.reconfigure_basin(name, patch)
+        await exchange.respond_json(200, basin_config_to_json(record.config))
+
+    async def delete(self, exchange: Exchange, name: str) -> None:
+        await self._store.delete_basin(name)
+        await exchange.respond(202)
+
+
+class StreamsApi:
+    def __init__(self, store: StreamStore) -> None:
+        self._store = store
+
+    async def list(self, exchange: Exchange, basin: str) -> None:
+        prefix, start_after, limit = _list_query(exchange)
+        try:
+            records, has_more = self._store.list_streams(basin, prefix, start_after, limit)
+        except S2Error as error:
+            raise S2Error("bad_query", error.message) from None
+        await exchange.respond_json(
+            200,
+            {"streams": [stream_info(r) for r in records], "has_more": has_more},
+        )
+
+    async def create(self, exchange: Exchange, basin: str) -> None:
+        token = _request_token(exchange)
+        body = _object(await exchange.json_body(), "request body")
+        name = body.get("stream")
+        if not isinstance(name, str):
+            raise S2Error("bad_json", "`stream` must be a string")
+        config_json = body.get("config")
+        config = stream_config_from_json(config_json) if config_json is not None else None
+        provisioned = await self._store.create_stream(
+            basin, name, config, _config_digest_json(config_json), token
+        )
+        await exchange.respond_json(
+            201, stream_info(provisioned.record), _provision_headers(provisioned)
+        )
+
+    async def ensure(self, exchange: Exchange, basin: str, name: str) -> None:
+        body = await exchange.json_body(allow_empty=True)
+        config = stream_config_from_json(body) if body is not None else None
+        provisioned = await self._store.ensure_stream(basin, name, config)
+        status = 201 if provisioned.outcome == "created" else 200
+        await exchange.respond_json(
+            status, stream_info(provisioned.record), _provision_headers(provisioned)
+        )
+
+    async def get(self, exchange: Exchange, basin: str, name: str) -> None:
+        record = self._store.get_stream(basin, name)
+        await exchange.respond_json(200, stream_config_to_json(record.config))
+
+    async def reconfigure(self, exchange: Exchange, basin: str, name: str) -> None:
+        patch = stream_patch_from_json(await exchange.json_body())
+        record = await self._store.reconfigure_stream(basin, name, patch)
+        await exchange.respond_json(200, stream_config_to_json(record.config))
+
+    async def delete(self, exchange: Exchange, basin: str, name: str) -> None:
+        await self._store.delete_stream(basin, name)
+        await exchange.respond(202)
