@@ -207,7 +207,18 @@ def start_process(args: list[str], port_file: str) -> tuple[subprocess.Popen[byt
 
 def start_s2s(data_dir: str) -> tuple[subprocess.Popen[bytes], int]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "serve", "--data-dir", data_dir, "--grpc-port", "0"],
+        [
+            sys.executable,
+            "-m",
+            "server.cli",
+            "serve",
+            "--data-dir",
+            data_dir,
+            "--grpc-port",
+            "0",
+            "--http-port",
+            "0",
+        ],
         cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

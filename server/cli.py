@@ -12,6 +12,7 @@ import sys
 
 from server.cli_client import SERVER_DEFAULT, add_commands, run
 from server.grpc_frontend.server import start_grpc_server
+from server.http_frontend import start_http_server
 from server.streamstore import StreamStore
 
 log = logging.getLogger("s2s")
@@ -41,6 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=int(_env("S2S_GRPC_PORT", "50051")),
         help="gRPC port, 0 for any free port (env S2S_GRPC_PORT, default 50051)",
     )
+    serve.add_argument(
+        "--http-port",
+        type=int,
+        default=int(_env("S2S_HTTP_PORT", "8080")),
+        help="HTTP port (S2 v1 REST API), 0 for any free port (env S2S_HTTP_PORT, default 8080)",
+    )
     add_commands(commands, _env("S2S_SERVER", SERVER_DEFAULT))
     return parser
 
@@ -49,13 +56,15 @@ SHUTDOWN_GRACE_S = 5.0
 """How long in-flight calls get to finish on SIGTERM before they are cancelled."""
 
 
-async def serve(data_dir: str, host: str, grpc_port: int) -> None:
+async def serve(data_dir: str, host: str, grpc_port: int, http_port: int) -> None:
     """Run the server until SIGTERM or SIGINT, then stop without losing acknowledged data."""
     store = await StreamStore.open(data_dir)
     log.info("storage open at %s", os.path.abspath(data_dir))
     grpc_server, bound = await start_grpc_server(store, host, grpc_port)
     log.info("gRPC listening on %s:%d", host, bound)
     stop = asyncio.Event()
+    http_task, http_bound = await start_http_server(store, host, http_port, stop, SHUTDOWN_GRACE_S)
+    log.info("HTTP listening on %s:%d", host, http_bound)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
@@ -63,7 +72,14 @@ async def serve(data_dir: str, host: str, grpc_port: int) -> None:
         await stop.wait()
     finally:
         log.info("shutting down: draining calls, then finishing queued commits")
-        await grpc_server.stop(SHUTDOWN_GRACE_S)
+        stop.set()
+        # A frontend that fails while stopping must not keep the store from closing cleanly.
+        results = await asyncio.gather(
+            grpc_server.stop(SHUTDOWN_GRACE_S), http_task, return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                log.error("frontend failed while stopping", exc_info=result)
         await store.close()
         log.info("stopped")
 
@@ -75,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    asyncio.run(serve(args.data_dir, args.host, args.grpc_port))
+    asyncio.run(serve(args.data_dir, args.host, args.grpc_port, args.http_port))
     return 0
 
 

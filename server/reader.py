@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 
 from s2s.errors import ReadUnwritten, S2Error, invalid
@@ -261,7 +261,7 @@ class Reader:
         heartbeat_secs: Callable[[], float] = lambda: random.uniform(
             HEARTBEAT_SECS_MIN, HEARTBEAT_SECS_MAX
         ),
-    ) -> AsyncIterator[ReadOutput]:
+    ) -> AsyncGenerator[ReadOutput, None]:
         """Catch up from storage, then follow the tail live, with heartbeats while idle.
 
         Ends when count, bytes or `until` are exhausted, or when `wait` seconds pass without a

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from s2s.config import (
@@ -199,7 +199,7 @@ class StreamStore:
         start: ReadStart,
         limits: ReadLimits,
         create_config: StreamConfig | None = None,
-    ) -> AsyncIterator[ReadOutput]:
+    ) -> AsyncGenerator[ReadOutput, None]:
         """A read that catches up and then follows the tail (see `Reader.session`)."""
         validate_read(start, limits)
         sequencer = await self.sequencer(basin, stream, "read", create_config)

@@ -13,16 +13,22 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 _LISTENING = re.compile(r"gRPC listening on [^:]+:(\d+)")
+_HTTP_LISTENING = re.compile(r"HTTP listening on [^:]+:(\d+)")
 
 
 class ServerProcess:
-    """`s2s serve` on a data dir and a given port (0: any free one, learned from the log)."""
+    """`s2s serve` on a data dir and given ports (0: any free one, learned from the log)."""
 
-    def __init__(self, data_dir: str, grpc_port: int = 0) -> None:
+    def __init__(self, data_dir: str, grpc_port: int = 0, http_port: int = 0) -> None:
         self.data_dir = data_dir
         self.process: subprocess.Popen[str] | None = None
         self.grpc_port = grpc_port
+        self.http_port = http_port
         self.log: list[str] = []
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
 
     @property
     def target(self) -> str:
@@ -39,6 +45,8 @@ class ServerProcess:
                 self.data_dir,
                 "--grpc-port",
                 str(self.grpc_port),
+                "--http-port",
+                str(self.http_port),
             ],
             cwd=REPO,
             stderr=subprocess.PIPE,
@@ -55,6 +63,9 @@ class ServerProcess:
             match = _LISTENING.search(line)
             if match:
                 self.grpc_port = int(match.group(1))
+            match = _HTTP_LISTENING.search(line)
+            if match:
+                self.http_port = int(match.group(1))
                 # Keep draining the log so the server never blocks on a full pipe.
                 threading.Thread(target=self._drain, daemon=True).start()
                 return self

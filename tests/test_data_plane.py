@@ -293,7 +293,7 @@ async def test_session_catches_up_then_follows(store: StreamStore, clock: Manual
     live = await asyncio.wait_for(pending, 5)
     assert live.records is not None and live.tail is not None
     assert decode(live.records.payload)[0].seq_num == 3 and live.tail.seq_num == 4
-    await session.aclose()  # type: ignore[attr-defined]
+    await session.aclose()
 
 
 async def test_session_stops_at_limits(store: StreamStore, clock: ManualClock) -> None:
@@ -327,4 +327,4 @@ async def test_session_from_tail_of_empty_stream_waits(store: StreamStore) -> No
     await store.append(BASIN, "fresh", make_batch(b"first"))
     batch = await asyncio.wait_for(anext(iterator), 5)
     assert batch.records is not None and batch.records.first_seq == 0
-    await session.aclose()  # type: ignore[attr-defined]
+    await session.aclose()

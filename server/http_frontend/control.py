@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,7 +30,7 @@ LOCATION_INFO = {"name": LOCATION_DEFAULT, "is_private": False}
 def rfc3339(ms: int | None) -> str | None:
     if ms is None:
         return None
-    moment = datetime.fromtimestamp(ms / 1000, tz=UTC)
+    moment = datetime.fromtimestamp(ms // 1000, tz=UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
 
 
@@ -56,15 +58,6 @@ def _config_digest_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
-def _request_token(exchange: Exchange) -> str | None:
-    token = exchange.header(REQUEST_TOKEN_HEADER)
-    if token is None:
-        return None
-    if len(token.encode()) > 36:
-        raise S2Error("bad_header", "s2-request-token must be at most 36 bytes")
-    return token
-
-
 def _object(value: Any, what: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise S2Error("bad_json", f"{what} must be a JSON object")
@@ -82,6 +75,17 @@ def _list_query(exchange: Exchange) -> tuple[str, str, int | None]:
         if limit < 0:
             raise S2Error("bad_query", "limit must be an unsigned integer")
     return query.get("prefix", ""), query.get("start_after", ""), names.clamp_list_limit(limit)
+
+
+@contextlib.contextmanager
+def _query_errors() -> Iterator[None]:
+    """A prefix or start_after the name rules reject is a bad query parameter (400)."""
+    try:
+        yield
+    except S2Error as error:
+        if error.code != "invalid":
+            raise
+        raise S2Error("bad_query", error.message) from None
 
 
 def _provision_headers(provisioned: Provisioned) -> list[tuple[str, str]]:
@@ -102,16 +106,14 @@ class BasinsApi:
 
     async def list(self, exchange: Exchange) -> None:
         prefix, start_after, limit = _list_query(exchange)
-        try:
+        with _query_errors():
             records, has_more = self._store.list_basins(prefix, start_after, limit)
-        except S2Error as error:
-            raise S2Error("bad_query", error.message) from None
         await exchange.respond_json(
             200, {"basins": [basin_info(r) for r in records], "has_more": has_more}
         )
 
     async def create(self, exchange: Exchange) -> None:
-        token = _request_token(exchange)
+        token = exchange.header(REQUEST_TOKEN_HEADER)
         body = _object(await exchange.json_body(), "request body")
         name = body.get("basin")
         if not isinstance(name, str):
@@ -155,17 +157,15 @@ class StreamsApi:
 
     async def list(self, exchange: Exchange, basin: str) -> None:
         prefix, start_after, limit = _list_query(exchange)
-        try:
+        with _query_errors():
             records, has_more = self._store.list_streams(basin, prefix, start_after, limit)
-        except S2Error as error:
-            raise S2Error("bad_query", error.message) from None
         await exchange.respond_json(
             200,
             {"streams": [stream_info(r) for r in records], "has_more": has_more},
         )
 
     async def create(self, exchange: Exchange, basin: str) -> None:
-        token = _request_token(exchange)
+        token = exchange.header(REQUEST_TOKEN_HEADER)
         body = _object(await exchange.json_body(), "request body")
         name = body.get("stream")
         if not isinstance(name, str):

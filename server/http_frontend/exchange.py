@@ -28,6 +28,8 @@ with per-record overhead fits well inside."""
 
 
 class Exchange:
+    """A request (method, lower-cased headers, query, body) and its response, over ASGI."""
+
     def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.scope = scope
         self.receive = receive
@@ -92,9 +94,7 @@ class Exchange:
         except (ValueError, UnicodeDecodeError) as error:
             raise S2Error("bad_json", f"malformed JSON: {error}") from None
 
-    async def start(
-        self, status: int, headers: list[tuple[str, str]], more_body: bool = False
-    ) -> None:
+    async def start(self, status: int, headers: list[tuple[str, str]]) -> None:
         self.response_started = True
         await self.send(
             {

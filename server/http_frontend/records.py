@@ -59,7 +59,7 @@ def _uint(query: dict[str, str], name: str, maximum: int = _U64_MAX) -> int | No
     if name not in query:
         return None
     text = query[name]
-    if not text.isdigit() or int(text) > maximum:
+    if not (text.isascii() and text.isdigit()) or int(text) > maximum:
         raise S2Error("bad_query", f"{name} must be an unsigned integer")
     return int(text)
 

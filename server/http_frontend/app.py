@@ -1,0 +1,233 @@
+"""The ASGI application: routes on the undecoded path, maps failures to the error table.
+
+Routing uses `scope["raw_path"]` and decodes each segment on its own, so a stream named
+`a/b` (sent as `a%2Fb`) or `x/records` is one segment, never a deeper route (contract 1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+from s2s import names
+from s2s.errors import S2Error
+from server.http_frontend.control import LOCATION_INFO, BasinsApi, StreamsApi, path_basin
+from server.http_frontend.errors import internal_error, respond_error
+from server.http_frontend.exchange import (
+    Exchange,
+    Receive,
+    Scope,
+    Send,
+    first_accept,
+    media_type,
+)
+from server.http_frontend.records import RecordsApi
+from server.http_frontend.sessions import S2S_CONTENT_TYPE, SessionsApi
+from server.http_frontend.sse import SSE_CONTENT_TYPE, SseApi
+from server.streamstore import StreamStore
+
+log = logging.getLogger("s2s.http")
+
+BASIN_HEADER = "s2-basin"
+
+
+class NotFound(Exception):
+    """No route: a plain 404, as S2's reference server answers."""
+
+
+class MethodNotAllowed(Exception):
+    """A known route without this method: a plain 405."""
+
+
+def _segments(raw_path: bytes) -> list[str]:
+    parts = raw_path.split(b"?", 1)[0].split(b"/")
+    if parts[0] != b"":
+        raise NotFound()
+    out = []
+    for part in parts[1:]:
+        try:
+            out.append(unquote_to_bytes(part).decode("utf-8"))
+        except UnicodeDecodeError:
+            raise S2Error("bad_path", "path segment is not valid UTF-8") from None
+    return out
+
+
+def _stream_segment(name: str) -> str:
+    try:
+        names.validate_stream_name(name)
+    except S2Error as error:
+        raise S2Error("bad_path", error.message) from None
+    return name
+
+
+class HttpApp:
+    """S2 v1 REST API over a `StreamStore` (contract sections 1-9).
+
+    Setting `draining` ends open sessions with `server_draining` (see `lifecycle`).
+    """
+
+    def __init__(self, store: StreamStore, draining: asyncio.Event) -> None:
+        self._basins = BasinsApi(store)
+        self._streams = StreamsApi(store)
+        self._records = RecordsApi(store)
+        self._sessions = SessionsApi(store, draining)
+        self._sse = SseApi(store, draining)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        exchange = Exchange(scope, receive, send)
+        try:
+            await self._route(exchange, _segments(scope.get("raw_path") or scope["path"].encode()))
+        except NotFound:
+            await exchange.respond(404, b"Not Found", "text/plain")
+        except MethodNotAllowed:
+            await exchange.respond(405, b"Method Not Allowed", "text/plain")
+        except S2Error as error:
+            if exchange.response_started:
+                # Sessions report their own failures in-band; reaching here is a bug.
+                log.error("error after the response started: %s", error)
+            else:
+                await respond_error(exchange, error)
+        except Exception as error:
+            if exchange.response_started:
+                raise
+            await respond_error(exchange, internal_error(error))
+
+    async def _route(self, exchange: Exchange, path: list[str]) -> None:
+        method = exchange.method
+        if path in (["health"], ["ping"]):
+            _allow(method, "GET")
+            await exchange.respond(200, b"OK", "text/plain")
+            return
+        if len(path) < 2 or path[0] != "v1":
+            raise NotFound()
+        resource, rest = path[1], path[2:]
+        if resource == "basins":
+            await self._route_basins(exchange, method, rest)
+        elif resource == "streams":
+            await self._route_streams(exchange, method, rest)
+        elif resource == "locations":
+            await self._route_locations(exchange, method, rest)
+        elif resource in ("access-tokens", "metrics"):
+            raise S2Error("not_implemented", f"{resource} are not supported by this server")
+        else:
+            raise NotFound()
+
+    async def _route_basins(self, exchange: Exchange, method: str, rest: list[str]) -> None:
+        if not rest:
+            _allow(method, "GET", "POST")
+            if method == "GET":
+                await self._basins.list(exchange)
+            else:
+                await self._basins.create(exchange)
+            return
+        if len(rest) != 1:
+            raise NotFound()
+        _allow(method, "GET", "PUT", "PATCH", "DELETE")
+        name = path_basin(rest[0])
+        handlers = {
+            "GET": self._basins.get,
+            "PUT": self._basins.ensure,
+            "PATCH": self._basins.reconfigure,
+            "DELETE": self._basins.delete,
+        }
+        await handlers[method](exchange, name)
+
+    async def _route_streams(self, exchange: Exchange, method: str, rest: list[str]) -> None:
+        if len(rest) > 3 or (len(rest) >= 2 and rest[1] != "records"):
+            raise NotFound()
+        if len(rest) == 3 and rest[2] != "tail":
+            raise NotFound()
+        _allow_streams(method, len(rest))
+        basin = _basin_from_header(exchange)
+        if not rest:
+            if method == "GET":
+                await self._streams.list(exchange, basin)
+            else:
+                await self._streams.create(exchange, basin)
+            return
+        stream = _stream_segment(rest[0])
+        if len(rest) == 1:
+            handlers = {
+                "GET": self._streams.get,
+                "PUT": self._streams.ensure,
+                "PATCH": self._streams.reconfigure,
+                "DELETE": self._streams.delete,
+            }
+            await handlers[method](exchange, basin, stream)
+        elif len(rest) == 3:
+            await self._records.check_tail(exchange, basin, stream)
+        else:
+            await self._route_records(exchange, method, basin, stream)
+
+    async def _route_records(
+        self, exchange: Exchange, method: str, basin: str, stream: str
+    ) -> None:
+        s2s = media_type(exchange.header("content-type")) == S2S_CONTENT_TYPE
+        if method == "POST":
+            if s2s:
+                await self._sessions.append_session(exchange, basin, stream)
+            else:
+                await self._records.append(exchange, basin, stream)
+        elif s2s:
+            await self._sessions.read_session(exchange, basin, stream)
+        elif first_accept(exchange.header("accept")) == SSE_CONTENT_TYPE:
+            await self._sse.read(exchange, basin, stream)
+        else:
+            await self._records.read(exchange, basin, stream)
+
+    async def _route_locations(self, exchange: Exchange, method: str, rest: list[str]) -> None:
+        if not rest:
+            _allow(method, "GET")
+            await exchange.respond_json(200, [LOCATION_INFO])
+        elif rest == ["default"]:
+            _allow(method, "GET", "PUT")
+            if method == "PUT":
+                requested = await exchange.json_body()
+                if requested != LOCATION_INFO["name"]:
+                    raise S2Error("invalid", f"unknown location {requested!r}")
+            await exchange.respond_json(200, LOCATION_INFO)
+        else:
+            raise NotFound()
+
+
+def _allow(method: str, *allowed: str) -> None:
+    if method not in allowed:
+        raise MethodNotAllowed()
+
+
+def _allow_streams(method: str, depth: int) -> None:
+    allowed: dict[int, tuple[str, ...]] = {
+        0: ("GET", "POST"),
+        1: ("GET", "PUT", "PATCH", "DELETE"),
+        2: ("GET", "POST"),
+        3: ("GET",),
+    }
+    _allow(method, *allowed[depth])
+
+
+def _basin_from_header(exchange: Exchange) -> str:
+    value = exchange.header(BASIN_HEADER)
+    if value is None:
+        raise S2Error("bad_header", "missing s2-basin header")
+    try:
+        names.validate_basin_name(value)
+    except S2Error as error:
+        raise S2Error("bad_header", f"invalid s2-basin header: {error.message}") from None
+    return value
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message: dict[str, Any] = dict(await receive())
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return

@@ -1,0 +1,98 @@
+"""S2S framing (contract 9): `length(3, big-endian) | flags(1) | body`.
+
+`length` counts the flags byte and the body. Flags: `0x80` terminal, `0x60` compression
+(`0x20` zstd, `0x40` gzip), `0x10` reconnect advised, low bits reserved. A terminal body is a
+2-byte HTTP status followed by the JSON error body.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import zlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import zstandard
+
+from s2s.errors import S2Error
+
+FRAME_BYTES_MAX = 2 * 1024 * 1024
+"""Largest frame (flags and body) accepted or sent, as in S2's reference server."""
+COMPRESSION_THRESHOLD_BYTES = 1024
+"""Bodies smaller than this are sent uncompressed even when compression was negotiated."""
+
+_TERMINAL = 0x80
+_COMPRESSION_MASK = 0x60
+_ZSTD = 0x20
+_GZIP = 0x40
+
+
+def negotiate_compression(accept_encoding: str | None) -> str | None:
+    """zstd over gzip over none, from the request's `accept-encoding`."""
+    offered = {part.split(";", 1)[0].strip().lower() for part in (accept_encoding or "").split(",")}
+    if "zstd" in offered:
+        return "zstd"
+    if "gzip" in offered:
+        return "gzip"
+    return None
+
+
+def encode_frame(body: bytes, compression: str | None) -> bytes:
+    flags = 0
+    if compression is not None and len(body) >= COMPRESSION_THRESHOLD_BYTES:
+        if compression == "zstd":
+            body = zstandard.ZstdCompressor().compress(body)
+            flags = _ZSTD
+        else:
+            body = gzip.compress(body)
+            flags = _GZIP
+    return (1 + len(body)).to_bytes(3, "big") + bytes([flags]) + body
+
+
+def encode_terminal(status: int, error_body: dict[str, Any]) -> bytes:
+    body = status.to_bytes(2, "big") + json.dumps(error_body, separators=(",", ":")).encode()
+    return (1 + len(body)).to_bytes(3, "big") + bytes([_TERMINAL]) + body
+
+
+def terminal_for(error: S2Error) -> bytes:
+    return encode_terminal(error.kind.http_status, error.body())
+
+
+def _decompress(flags: int, body: bytes) -> bytes:
+    algorithm = flags & _COMPRESSION_MASK
+    try:
+        if algorithm == 0:
+            return body
+        if algorithm == _ZSTD:
+            out = zstandard.ZstdDecompressor().stream_reader(body).read(FRAME_BYTES_MAX + 1)
+        elif algorithm == _GZIP:
+            out = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(body, FRAME_BYTES_MAX + 1)
+        else:
+            raise S2Error("bad_frame", "invalid compression bits in frame flags")
+    except (zstandard.ZstdError, zlib.error) as error:
+        raise S2Error("bad_frame", f"cannot decompress frame: {error}") from None
+    if len(out) > FRAME_BYTES_MAX:
+        raise S2Error("bad_frame", f"decompressed frame exceeds {FRAME_BYTES_MAX} bytes")
+    return out
+
+
+async def read_frames(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Decompressed bodies of the frames in a byte stream; `bad_frame` on anything malformed."""
+    buffer = bytearray()
+    async for chunk in chunks:
+        buffer += chunk
+        while len(buffer) >= 4:
+            length = int.from_bytes(buffer[:3], "big")
+            if length < 1 or length > FRAME_BYTES_MAX:
+                raise S2Error("bad_frame", f"frame length {length} out of range")
+            if len(buffer) < 3 + length:
+                break
+            flags = buffer[3]
+            body = bytes(buffer[4 : 3 + length])
+            del buffer[: 3 + length]
+            if flags & _TERMINAL:
+                raise S2Error("bad_frame", "clients may not send terminal frames")
+            yield _decompress(flags, body)
+    if buffer:
+        raise S2Error("bad_frame", "request body ended inside a frame")

@@ -1,0 +1,48 @@
+"""Serves `HttpApp` with Hypercorn: HTTP/1.1 and cleartext HTTP/2 (prior knowledge) on one port.
+
+The listening socket is bound here, so port 0 yields a known free port before serving starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+
+from hypercorn.asyncio import serve
+from hypercorn.config import Config
+
+from server.http_frontend.app import HttpApp
+from server.streamstore import StreamStore
+
+KEEP_ALIVE_TIMEOUT_S = 75.0
+"""Idle connections are closed after this long; SDK connections are pooled and reused."""
+
+
+async def start_http_server(
+    store: StreamStore, host: str, port: int, shutdown: asyncio.Event, grace_s: float
+) -> tuple[asyncio.Task[None], int]:
+    """Start serving on host:port (0 picks a free port); returns the serving task and its port.
+
+    Setting `shutdown` stops accepting and ends open sessions with `server_draining`; other
+    in-flight requests get `grace_s` to finish.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    bound: int = sock.getsockname()[1]
+    config = Config()
+    # Hypercorn wraps the descriptor in its own socket object and closes it on shutdown.
+    config.bind = [f"fd://{sock.detach()}"]
+    config.keep_alive_timeout = KEEP_ALIVE_TIMEOUT_S
+    config.graceful_timeout = grace_s
+    config.accesslog = None
+    # A Logger (not a path) makes Hypercorn log through our handlers, once.
+    config.errorlog = logging.getLogger("hypercorn.error")
+    app = HttpApp(store, shutdown)
+    task = asyncio.create_task(
+        serve(app, config, shutdown_trigger=shutdown.wait)  # type: ignore[arg-type]
+    )
+    return task, bound
