@@ -20,6 +20,7 @@ import functools
 import os
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Coroutine
@@ -28,6 +29,7 @@ from typing import Any
 from s2s.config import StreamConfig
 from s2s.records import ValidatedBatch, validate_append_input
 from s2s.v1 import records_pb2 as pb
+from server.cli import GIL_SWITCH_INTERVAL_S
 from server.reader import ReadLimits, ReadStart
 from server.sequencer import AppendAck
 from server.streamstore import StreamStore
@@ -189,6 +191,7 @@ def main() -> None:
             functools.partial(scenario_read, gib=args.read_gib),
         ),
     }
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)  # as `s2s serve` does
     scratch = tempfile.mkdtemp(prefix="s2s-bench-")
     try:
         print(probe(scratch), flush=True)

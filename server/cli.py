@@ -52,6 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+GIL_SWITCH_INTERVAL_S = 0.0005
+"""The event loop, the encoder and the writer threads share the GIL. CPython's default 5 ms
+switch interval makes each hand-off between them wait up to 5 ms; 0.5 ms cut unary append p99
+at 1,000/s from ~100 ms to ~20 ms and raised session throughput ~20% (bench/grpc_append.py)."""
+
 SHUTDOWN_GRACE_S = 5.0
 """How long in-flight calls get to finish on SIGTERM before they are cancelled."""
 
@@ -91,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     asyncio.run(serve(args.data_dir, args.host, args.grpc_port, args.http_port))
     return 0
 
