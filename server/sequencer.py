@@ -100,7 +100,7 @@ class StreamSequencer:
             self.inflight -= 1
             self._committer.release(batch.metered_bytes)
             raise
-        self.pending = after
+        before, self.pending = self.pending, after
         sid = self.sid
         records = batch.records
         metered = batch.metered_sizes
@@ -115,29 +115,28 @@ class StreamSequencer:
                 Put(Table.TAILS, sid_key(sid), after.encode()),
             )
 
-        def on_durable() -> None:
-            self.durable = after
-            self.inflight -= 1
-            self._durable_advanced.set()
-            self._durable_advanced = asyncio.Event()
-
-        committed = self._committer.submit(prepare, on_durable, batch.metered_bytes)
         ack: asyncio.Future[AppendAck] = asyncio.get_running_loop().create_future()
         start = StreamPosition(first_seq, timestamps[0])
         end = StreamPosition(after.next_seq, after.last_timestamp)
 
-        def resolve(done: asyncio.Future[None]) -> None:
-            error = done.exception()
-            if error is not None:
-                self.inflight -= 1  # on success, `on_durable` counted it
-            if ack.cancelled():
+        def on_done(error: S2Error | None) -> None:
+            self.inflight -= 1
+            if error is not None and self.pending is after:
+                # Refused before it was queued (shutting down, recovering): nothing was built
+                # on it. After a failed commit, `resync` resets everything anyway.
+                self.pending = before
+            if error is None:
+                self.durable = after
+                self._durable_advanced.set()
+                self._durable_advanced = asyncio.Event()
+            if ack.cancelled():  # the caller gave up waiting; the outcome stands regardless
                 return
-            if error is not None:
-                ack.set_exception(error)
-            else:
+            if error is None:
                 ack.set_result(AppendAck(start, end, self.tail))
+            else:
+                ack.set_exception(error)
 
-        committed.add_done_callback(resolve)
+        self._committer.submit(prepare, on_done, batch.metered_bytes)
         return ack
 
     def _sequence(self, batch: ValidatedBatch) -> tuple[int, list[int], TailRow]:

@@ -8,7 +8,7 @@ overlaps with writing and fsyncing the current one:
    its writes (batch encoding happens here, off the event loop);
 2. the *writer* takes every prepared job (up to a group bound), commits their writes in one
    transaction (one fsync pair for the whole group), and then, on the event loop, runs each
-   job's `on_durable` callback in submission order and resolves its future.
+   job's `on_done` callback in submission order.
 
 Nothing is acknowledged before the commit that holds it has returned.
 
@@ -40,8 +40,7 @@ INFLIGHT_BYTES_MAX = 64 * 1024 * 1024
 @dataclass
 class _Job:
     prepare: Callable[[], Sequence[Write]]
-    on_durable: Callable[[], None] | None
-    future: asyncio.Future[None]
+    on_done: Callable[[S2Error | None], None]
     size_bytes: int
     generation: int
     writes: Sequence[Write] = field(default_factory=tuple)
@@ -127,16 +126,16 @@ class GroupCommitter:
     def submit(
         self,
         prepare: Callable[[], Sequence[Write]],
-        on_durable: Callable[[], None] | None = None,
+        on_done: Callable[[S2Error | None], None],
         reserved_bytes: int = 0,
-    ) -> asyncio.Future[None]:
-        """Queue a job; its future resolves after its writes are durable and `on_durable` ran.
+    ) -> None:
+        """Queue a job. `on_done(None)` runs on the loop after its writes are durable, in
+        submission order; `on_done(error)` if they never will be.
 
         Call from the event loop. `reserved_bytes` is what `reserve` granted for this job; it is
         released when the job completes either way.
         """
         assert self._loop is not None, "committer not started"
-        future: asyncio.Future[None] = self._loop.create_future()
         with self._lock:
             if self._closing:
                 rejected: S2Error | None = S2Error("unavailable", "server is shutting down")
@@ -144,17 +143,28 @@ class GroupCommitter:
                 rejected = S2Error("storage", "storage is recovering from a failed commit")
             else:
                 rejected = None
-                job = _Job(prepare, on_durable, future, reserved_bytes, self._generation)
+                job = _Job(prepare, on_done, reserved_bytes, self._generation)
                 self._submitted.append(job)
                 self._job_submitted.notify()
         if rejected is not None:
             self.release(reserved_bytes)
-            future.set_exception(rejected)
-        return future
+            on_done(rejected)
 
     async def commit(self, writes: Sequence[Write]) -> None:
         """Durably apply writes (control plane, jobs), sharing a group with appends."""
-        await self.submit(lambda: writes)
+        assert self._loop is not None, "committer not started"
+        done: asyncio.Future[None] = self._loop.create_future()
+
+        def on_done(error: S2Error | None) -> None:
+            if done.done():
+                return
+            if error is None:
+                done.set_result(None)
+            else:
+                done.set_exception(error)
+
+        self.submit(lambda: writes, on_done)
+        await done
 
     async def close(self) -> None:
         """Finish every queued job, then stop the threads."""
@@ -242,17 +252,13 @@ class GroupCommitter:
 
     def _succeed(self, group: list[_Job]) -> None:
         for job in group:
-            if job.on_durable is not None:
-                job.on_durable()
             self.release(job.size_bytes)
-            if not job.future.done():
-                job.future.set_result(None)
+            job.on_done(None)
 
     def _fail(self, group: list[_Job], reason: str) -> None:
         for job in group:
             self.release(job.size_bytes)
-            if not job.future.done():
-                job.future.set_exception(S2Error("storage", reason))
+            job.on_done(S2Error("storage", reason))
 
     def _fail_and_recover(self, group: list[_Job], reason: str) -> None:
         """One callback, so no caller sees its failure before recovery is done."""

@@ -335,7 +335,15 @@ async def test_failed_prepare_does_not_rewind_a_stream_behind_its_durable_tail(
         def broken() -> Sequence[Write]:
             raise RuntimeError("injected encoding failure")
 
-        failed = store.committer.submit(broken)
+        failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def on_done(error: S2Error | None) -> None:
+            if error is None:
+                failed.set_result(None)
+            else:
+                failed.set_exception(error)
+
+        store.committer.submit(broken, on_done)
         # Give the failure every chance to be handled while `held` is still being written.
         await asyncio.wait([failed], timeout=0.5)
         gate.release.set()
