@@ -21,12 +21,12 @@ from server.storage.kv import Delete, Table, Write
 from server.storage.layout import (
     DELETING_BASIN_PREFIX,
     DELETING_STREAM_PREFIX,
-    Batch,
     TailRow,
     batch_key,
     prefix_end,
     sid_key,
     stream_key,
+    summarize_batch,
     timestamp_key,
 )
 
@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class JobSettings:
     interval_s: float = 1.0
+    retention_interval_s: float = 10.0
     streams_per_run: int = 1000
     batches_per_commit: int = 64
     commits_per_stream_max: int = 16
@@ -53,6 +54,7 @@ class BackgroundJobs:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._retention_cursor = b""
+        self._retention_due_at = 0.0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="s2s-background-jobs")
@@ -84,9 +86,13 @@ class BackgroundJobs:
                 log.exception("background job run failed")
 
     async def run_once(self) -> None:
+        """Deletions on every run; the retention sweep at most every `retention_interval_s`."""
         await self._delete_basins()
         await self._delete_streams()
-        await self._enforce_retention()
+        now = asyncio.get_running_loop().time()
+        if now >= self._retention_due_at:
+            self._retention_due_at = now + self._settings.retention_interval_s
+            await self._enforce_retention()
 
     # --- deletion ----------------------------------------------------------------------------
 
@@ -151,26 +157,31 @@ class BackgroundJobs:
         full commit's worth (so more may remain).
         """
         store = self._store
-        items = await asyncio.to_thread(
-            store.kv.scan,
-            Table.BATCHES,
-            batch_key(sid, 0),
-            batch_key(sid + 1, 0),
-            self._settings.batches_per_commit,
-        )
-        writes: list[Write] = []
-        for key, value in items:
-            batch = Batch(value, verify=False)
-            expired = written_before_ms is not None and batch.arrival_ms < written_before_ms
-            trimmed = below_seq is not None and batch.last_seq < below_seq
-            if (below_seq is None and written_before_ms is None) or expired or trimmed:
-                writes.append(Delete(Table.BATCHES, key))
-                writes.append(
-                    Delete(
-                        Table.TIMESTAMPS, timestamp_key(sid, batch.timestamps[-1], batch.last_seq)
+        # Usually the oldest batch is still wanted: look at one first, then a commit's worth.
+        for limit in (1, self._settings.batches_per_commit):
+            items = await asyncio.to_thread(
+                store.kv.scan_map,
+                Table.BATCHES,
+                batch_key(sid, 0),
+                batch_key(sid + 1, 0),
+                limit,
+                summarize_batch,
+            )
+            writes: list[Write] = []
+            for key, batch in items:
+                expired = written_before_ms is not None and batch.arrival_ms < written_before_ms
+                trimmed = below_seq is not None and batch.last_seq < below_seq
+                if (below_seq is None and written_before_ms is None) or expired or trimmed:
+                    writes.append(Delete(Table.BATCHES, key))
+                    writes.append(
+                        Delete(
+                            Table.TIMESTAMPS,
+                            timestamp_key(sid, batch.last_timestamp, batch.last_seq),
+                        )
                     )
-                )
-            else:
+                else:
+                    break
+            if len(writes) < 2 * limit:
                 break
         if writes:
             await store.committer.commit(writes)
@@ -186,6 +197,7 @@ class BackgroundJobs:
         self._retention_cursor = items[-1][0] + b"\x00" if len(items) == limit else b""
         now = store.clock.now_ms()
         for key, value in items:
+            await asyncio.sleep(0)  # one stream at a time, so appends are never held up long
             record = StreamRecord.decode(key.split(b"\x00", 1)[0].decode(), value)
             if record.deleting:
                 continue

@@ -13,6 +13,9 @@ from server.streamstore import StreamStore
 
 BASIN = "test-basin"
 
+MANUAL_JOBS = JobSettings(interval_s=3600, retention_interval_s=0)
+"""Background jobs that run only when a test calls `store.jobs.run_once()`, sweeping fully."""
+
 
 class ManualClock:
     """Wall clock in ms that tests move by hand."""
@@ -60,9 +63,7 @@ def clock() -> ManualClock:
 
 @pytest.fixture
 async def store(tmp_path: object, clock: ManualClock) -> AsyncIterator[StreamStore]:
-    # Background jobs are run explicitly by tests (`store.jobs.run_once()`), not on a timer.
-    settings = JobSettings(interval_s=3600)
-    opened = await StreamStore.open(str(tmp_path), clock=clock, job_settings=settings)
+    opened = await StreamStore.open(str(tmp_path), clock=clock, job_settings=MANUAL_JOBS)
     await opened.create_basin(BASIN)
     yield opened
     await opened.close()

@@ -26,11 +26,10 @@ from s2s.config import StreamConfig
 from s2s.errors import FencingTokenMismatch, ReadUnwritten, S2Error, SeqNumMismatch
 from s2s.records import fence_record, trim_record, validate_append_input
 from s2s.v1 import records_pb2 as pb
-from server.jobs import JobSettings
 from server.reader import ReadLimits, ReadStart
 from server.sequencer import AppendAck, StreamPosition
 from server.streamstore import StreamStore
-from tests.conftest import BASIN, ManualClock, decode
+from tests.conftest import BASIN, MANUAL_JOBS, ManualClock, decode
 
 T = TypeVar("T")
 
@@ -451,9 +450,7 @@ class SequencerMachine(RuleBasedStateMachine):
         return self.loop.run_until_complete(coro)
 
     async def _open(self) -> StreamStore:
-        return await StreamStore.open(
-            self.dir, clock=self.clock, job_settings=JobSettings(interval_s=3600)
-        )
+        return await StreamStore.open(self.dir, clock=self.clock, job_settings=MANUAL_JOBS)
 
     def teardown(self) -> None:
         try:

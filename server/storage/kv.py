@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import enum
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import lmdb
+
+T = TypeVar("T")
 
 
 class Table(enum.Enum):
@@ -55,8 +57,16 @@ class KeyValueStore(Protocol):
     ) -> list[tuple[bytes, bytes]]:
         """Up to `limit` items with start <= key < end (no upper bound if None), in key order."""
 
-    def scan_reverse(self, table: Table, end: bytes, start: bytes, limit: int) -> list[bytes]:
-        """Up to `limit` keys with start <= key < end, from the largest down."""
+    def scan_map(
+        self,
+        table: Table,
+        start: bytes,
+        end: bytes | None,
+        limit: int,
+        project: Callable[[memoryview], T],
+    ) -> list[tuple[bytes, T]]:
+        """Like `scan`, but returns `project(value)`; the view is valid only inside `project`,
+        so large values are inspected without being copied."""
 
     def size_bytes(self) -> int:
         """Bytes up to the highest page in use; pages freed below it are reused first."""
@@ -119,20 +129,25 @@ class LmdbStore:
                 items.append((key, value))
         return items
 
-    def scan_reverse(self, table: Table, end: bytes, start: bytes, limit: int) -> list[bytes]:
-        keys: list[bytes] = []
-        with self._env.begin(db=self._dbs[table]) as txn:
+    def scan_map(
+        self,
+        table: Table,
+        start: bytes,
+        end: bytes | None,
+        limit: int,
+        project: Callable[[memoryview], T],
+    ) -> list[tuple[bytes, T]]:
+        items: list[tuple[bytes, T]] = []
+        with self._env.begin(db=self._dbs[table], buffers=True) as txn:
             cursor = txn.cursor()
-            positioned = cursor.set_range(end)
-            positioned = cursor.prev() if positioned else cursor.last()
-            while positioned and len(keys) < limit:
-                key = cursor.key()
-                if key < start:
+            if not (cursor.set_range(start) if start else cursor.first()):
+                return items
+            for key_view, value in cursor:
+                key = bytes(key_view)
+                if (end is not None and key >= end) or len(items) >= limit:
                     break
-                if key < end:
-                    keys.append(key)
-                positioned = cursor.prev()
-        return keys
+                items.append((key, project(memoryview(value))))
+        return items
 
     def size_bytes(self) -> int:
         info = self._env.info()

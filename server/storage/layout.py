@@ -199,6 +199,22 @@ def encode_batch(
     )
 
 
+@dataclass(frozen=True)
+class BatchSummary:
+    """What background jobs need of a batch, read without copying its records."""
+
+    last_seq: int
+    last_timestamp: int
+    arrival_ms: int
+
+
+def summarize_batch(data: memoryview) -> BatchSummary:
+    _, _, _, count, first_seq, arrival_ms, _ = _BATCH_HEADER.unpack_from(data)
+    last_ts_at = _BATCH_HEADER.size + 4 * (count + 1) + 8 * (count - 1)
+    (last_timestamp,) = struct.unpack_from("<Q", data, last_ts_at)
+    return BatchSummary(first_seq + count - 1, last_timestamp, arrival_ms)
+
+
 class Batch:
     """A decoded batch value: per-record positions and sizes, and the encoded payload."""
 

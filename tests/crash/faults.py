@@ -11,10 +11,10 @@ from __future__ import annotations
 import errno
 import random
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from server.storage.kv import KeyValueStore, Table, Write
+from server.storage.kv import KeyValueStore, T, Table, Write
 
 
 @dataclass
@@ -76,8 +76,15 @@ class FaultyStore:
     ) -> list[tuple[bytes, bytes]]:
         return self.inner.scan(table, start, end, limit)
 
-    def scan_reverse(self, table: Table, end: bytes, start: bytes, limit: int) -> list[bytes]:
-        return self.inner.scan_reverse(table, end, start, limit)
+    def scan_map(
+        self,
+        table: Table,
+        start: bytes,
+        end: bytes | None,
+        limit: int,
+        project: Callable[[memoryview], T],
+    ) -> list[tuple[bytes, T]]:
+        return self.inner.scan_map(table, start, end, limit, project)
 
     def size_bytes(self) -> int:
         return self.inner.size_bytes()
