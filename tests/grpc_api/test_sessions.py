@@ -187,3 +187,40 @@ async def test_read_session_resumes_after_server_restart(tmp_path: Path) -> None
             assert received == [0, 1, 2, 3]
     finally:
         server.stop()
+
+
+async def test_sigterm_during_session_flood_exits_cleanly_and_keeps_acks(tmp_path: Path) -> None:
+    data_dir = str(tmp_path / "data")
+    server = ServerProcess(data_dir).start()
+    acked: list[tuple[int, int, int]] = []
+    async with S2SClient(server.target) as client:
+        await client.create_basin(BASIN)
+        await client.create_stream(BASIN, "term")
+        session = client.stream(BASIN, "term").append_session(inflight_batches_max=16)
+
+        async def watch(batch_id: int, future: asyncio.Future[pb.AppendAck]) -> None:
+            ack = await future
+            acked.append((batch_id, ack.start.seq_num, ack.end.seq_num))
+
+        watchers = []
+        asyncio.get_running_loop().call_later(1.0, server.process.terminate)  # type: ignore[union-attr]
+        try:
+            for batch_id in range(100_000):
+                bodies = [b"%d:%d" % (batch_id, j) for j in range(10)]
+                watchers.append(
+                    asyncio.ensure_future(watch(batch_id, await session.submit(bodies)))
+                )
+        except S2SError:
+            pass  # the server went away: expected
+        await asyncio.gather(*watchers, return_exceptions=True)
+        await session.close()
+    assert server.stop() == 0, "".join(server.log)
+    assert acked
+    restarted = ServerProcess(data_dir).start()
+    try:
+        async with S2SClient(restarted.target) as client:
+            bodies = await read_bodies(client, "term")
+            for batch_id, start, end in acked:
+                assert bodies[start:end] == [b"%d:%d" % (batch_id, j) for j in range(10)]
+    finally:
+        restarted.stop()
