@@ -26,6 +26,8 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from benchlib import percentile, probe
+
 from s2s.config import StreamConfig
 from s2s.records import ValidatedBatch, validate_append_input
 from s2s.v1 import records_pb2 as pb
@@ -44,11 +46,6 @@ def batch_of(count: int) -> ValidatedBatch:
     return validate_append_input(
         pb.AppendInput(records=[pb.AppendRecord(body=body) for _ in range(count)])
     )
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
 
 async def open_store(path: str) -> StreamStore:
@@ -141,29 +138,6 @@ async def scenario_read(path: str, gib: float = 1.0) -> dict[str, float]:
         "mib_s": records * RECORD_BYTES / elapsed / MIB,
         "wire_mib_s": payload_bytes / elapsed / MIB,
     }
-
-
-def probe(directory: str) -> str:
-    path = os.path.join(directory, "probe.log")
-    record = os.urandom(RECORD_BYTES)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    latencies = []
-    try:
-        for _ in range(2000):
-            began = time.perf_counter()
-            os.write(fd, record)
-            os.fdatasync(fd)
-            latencies.append(time.perf_counter() - began)
-    finally:
-        os.close(fd)
-        os.unlink(path)
-    began = time.perf_counter()
-    sum(range(10**7))
-    cpu_ms = (time.perf_counter() - began) * 1e3
-    return (
-        f"probe: 1 KiB append+fdatasync p50 {percentile(latencies, 50) * 1e6:.0f} us "
-        f"p99 {percentile(latencies, 99) * 1e6:.0f} us; python sum(range(1e7)) {cpu_ms:.0f} ms"
-    )
 
 
 def summarize(name: str, runs: list[dict[str, float]]) -> None:

@@ -35,9 +35,12 @@ from grpc import aio
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchlib import percentile  # noqa: E402
+
 from client import S2SClient  # noqa: E402
 from s2s.v1 import records_pb2 as pb  # noqa: E402
 from s2s.v1 import services_pb2 as spb  # noqa: E402
+from tests.server_process import ServerProcess  # noqa: E402
 
 BASIN = "bench-basin"
 RECORD = b"x" * 1024
@@ -96,11 +99,6 @@ async def run_echo_server(port_file: str) -> None:
 
 
 # --- scenarios ----------------------------------------------------------------------------------
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
 
 async def session_flood(
@@ -205,32 +203,6 @@ def start_process(args: list[str], port_file: str) -> tuple[subprocess.Popen[byt
     raise TimeoutError("server did not start")
 
 
-def start_s2s(data_dir: str) -> tuple[subprocess.Popen[bytes], int]:
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "server.cli",
-            "serve",
-            "--data-dir",
-            data_dir,
-            "--grpc-port",
-            "0",
-            "--http-port",
-            "0",
-        ],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    assert process.stderr is not None
-    for raw in process.stderr:
-        line = raw.decode()
-        if "gRPC listening on" in line:
-            return process, int(line.rsplit(":", 1)[1])
-    raise RuntimeError("server exited before listening")
-
-
 async def run_against(port: int, names: list[str], seconds: float, s2s: bool) -> dict[str, Any]:
     results: dict[str, Any] = {}
     async with S2SClient(f"127.0.0.1:{port}") as client:
@@ -267,12 +239,11 @@ def main() -> None:
         finally:
             echo.kill()
             echo.wait()
-        server, port = start_s2s(os.path.join(scratch, "data"))
+        server = ServerProcess(os.path.join(scratch, "data")).start()
         try:
-            ours = asyncio.run(run_against(port, names, args.seconds, s2s=True))
+            ours = asyncio.run(run_against(server.grpc_port, names, args.seconds, s2s=True))
         finally:
-            server.terminate()
-            server.wait()
+            server.stop()
         for name in names:
             print(f"{name}:")
             print("  s2s (durable): " + _fmt(ours.get(name)))

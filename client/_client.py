@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import grpc
 from grpc import aio
 
-from client._errors import S2SError, error_from_rpc
+from client._errors import S2SError, error_from_rpc, error_from_status
 from s2s.config import BasinConfig, StreamConfig
 from s2s.convert import (
     basin_config_from_proto,
@@ -413,6 +413,13 @@ class AppendSession:
                     future.set_result(response.ack)
         except grpc.RpcError as error:
             self._error = error_from_rpc(error)
+        if self._error is None:
+            # A call can end without `read` raising; its status tells whether it failed.
+            status = await self._call.code()
+            if status != grpc.StatusCode.OK:
+                self._error = error_from_status(
+                    status, await self._call.details(), await self._call.trailing_metadata()
+                )
         if self._error is None and self._pending:
             self._error = S2SError("other", "append session ended before every ack arrived")
         while self._pending:

@@ -50,9 +50,13 @@ def metadata_dict(metadata: Any) -> dict[str, Any]:
 
 def error_from_rpc(error: grpc.RpcError) -> S2SError:
     """Translate a gRPC failure; transport failures get code "unavailable"."""
-    status: grpc.StatusCode = error.code()
-    message: str = error.details() or ""
-    metadata = metadata_dict(error.trailing_metadata())
+    return error_from_status(error.code(), error.details(), error.trailing_metadata())
+
+
+def error_from_status(status: grpc.StatusCode, details: str | None, trailing: Any) -> S2SError:
+    """Translate a call's final status, details and trailing metadata."""
+    message = details or ""
+    metadata = metadata_dict(trailing)
     code = metadata.get("s2-error-code")
     if code == "seq_num_mismatch":
         return SeqNumMismatchError(message, int(metadata["s2-expected-seq-num"]))

@@ -1,0 +1,37 @@
+"""Helpers shared by the bench scripts: percentiles and the machine probe line."""
+
+from __future__ import annotations
+
+import os
+import time
+
+PROBE_RECORD = b"x" * 1024
+
+
+def percentile(values: list[float], p: float) -> float:
+    """Nearest-rank percentile (p in 0..100) of a non-empty list."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+
+def probe(directory: str) -> str:
+    """1 KiB append+fdatasync latency on `directory`'s disk and a CPU loop: this VM drifts."""
+    path = os.path.join(directory, "probe.log")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    latencies = []
+    try:
+        for _ in range(2000):
+            began = time.perf_counter()
+            os.write(fd, PROBE_RECORD)
+            os.fdatasync(fd)
+            latencies.append(time.perf_counter() - began)
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    began = time.perf_counter()
+    sum(range(10**7))
+    cpu_ms = (time.perf_counter() - began) * 1e3
+    return (
+        f"probe: 1 KiB append+fdatasync p50 {percentile(latencies, 50) * 1e6:.0f} us "
+        f"p99 {percentile(latencies, 99) * 1e6:.0f} us; python sum(range(1e7)) {cpu_ms:.0f} ms"
+    )

@@ -1,0 +1,204 @@
+"""HTTP append benchmarks: the S2-v1 HTTP API, with the gRPC figure alongside, one server.
+
+    .venv/bin/python bench/http_append.py [--seconds 5]
+
+One `s2s serve` process (`--grpc-port 0 --http-port 0`, 127.0.0.1, data in a temporary
+directory) is started; every scenario runs against it, one after the other, for `--seconds`
+each. Every append is durable (fsync'd) before its ack. A probe line comes first (1 KiB
+append+fdatasync latency and a CPU loop, as in bench/engine.py) because this VM drifts.
+
+Scenarios:
+  sdk-session-1000x1k   S2S append session through the official SDK (`s2_sdk`, direct mode:
+                        both endpoints are our HTTP origin, the basin goes in `s2-basin`),
+                        1000 x 1 KiB batches, pipelined as far as the SDK allows by default
+                        (max_unacked_bytes 5 MiB, no batch limit: 5 batches of 1000 x 1 KiB,
+                        as the SDK meters them) (batches/s, records/s, MiB/s)
+  http-unary-500rps     unary JSON append, `POST /v1/streams/{s}/records` with
+                        `content-type: application/json` and `s2-basin`, one 1 KiB record per
+                        request, offered open-loop at 500 requests/s (request i is due at
+                        i/500 s; latency runs from the due time, so queueing counts), sent by
+                        16 workers over httpx's HTTP/1.1 cleartext keep-alive pool of 16
+                        connections (acks/s, ack latency p50/p99 ms). When acks/s falls short
+                        of 500 the load is beyond what client plus server sustain and the
+                        latencies are mostly queueing; httpx itself is a large share of the
+                        cost (its per-request CPU on the same 2-core VM).
+  grpc-session-1000x1k  for comparison: gRPC AppendSession with our own client
+                        (`client.S2SClient`), 1000 x 1 KiB batches, 16 in flight
+                        (batches/s, records/s, MiB/s)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+from s2_sdk import S2, AppendInput, Endpoints, Record
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from benchlib import percentile, probe  # noqa: E402
+
+from client import S2SClient  # noqa: E402
+from s2s.v1 import records_pb2 as pb  # noqa: E402
+from tests.server_process import ServerProcess  # noqa: E402
+
+BASIN = "bench-basin"
+RECORD = b"x" * 1024
+MIB = 1024 * 1024
+BATCH_RECORDS = 1000
+GRPC_INFLIGHT = 16
+UNARY_RATE = 500.0
+UNARY_CONNECTIONS = 16
+
+
+# --- scenarios ----------------------------------------------------------------------------------
+
+
+def _throughput(batches: int, elapsed: float) -> dict[str, float]:
+    return {
+        "batches_s": batches / elapsed,
+        "records_s": batches * BATCH_RECORDS / elapsed,
+        "mib_s": batches * BATCH_RECORDS * len(RECORD) / elapsed / MIB,
+    }
+
+
+async def sdk_session(sdk: S2, stream_name: str, seconds: float) -> dict[str, float]:
+    """Submits until the deadline, then closes the session (which waits for every ack)."""
+    stream = sdk.basin(BASIN).stream(stream_name)
+    batch = AppendInput(records=[Record(body=RECORD) for _ in range(BATCH_RECORDS)])
+    submitted = 0
+    start = time.perf_counter()
+    deadline = start + seconds
+    async with stream.append_session() as session:
+        last = None
+        while time.perf_counter() < deadline:
+            last = await session.submit(batch)
+            submitted += 1
+        assert last is not None
+        ack = await last
+    elapsed = time.perf_counter() - start
+    assert ack.end.seq_num == submitted * BATCH_RECORDS
+    return _throughput(submitted, elapsed)
+
+
+async def http_unary(http_url: str, stream_name: str, seconds: float) -> dict[str, float]:
+    """Open loop: request i is due at start + i/rate, whatever happened to the others.
+
+    `UNARY_CONNECTIONS` workers share a pool of as many HTTP/1.1 keep-alive connections and
+    take the next due request in turn (sending at once when behind schedule); latency runs from
+    the due time, so time spent queued behind a slow server counts (no coordinated omission)
+    and httpx's pool is never asked to hold thousands of waiting requests. (HTTP/2 prior
+    knowledge works for single requests, but httpx 0.28 raised WriteError under this load.)
+    """
+    url = f"{http_url}/v1/streams/{stream_name}/records"
+    headers = {
+        "content-type": "application/json",
+        "accept": "application/json",
+        "s2-basin": BASIN,
+        "authorization": "Bearer unused-token",
+    }
+    body = b'{"records": [{"body": "' + RECORD + b'"}]}'
+    total = int(UNARY_RATE * seconds)
+    interval = 1.0 / UNARY_RATE
+    latencies: list[float] = []
+    next_index = [0]
+    limits = httpx.Limits(
+        max_connections=UNARY_CONNECTIONS, max_keepalive_connections=UNARY_CONNECTIONS
+    )
+    async with httpx.AsyncClient(http1=True, http2=False, limits=limits, timeout=30) as http:
+
+        async def post() -> None:
+            response = await http.post(url, content=body, headers=headers)
+            if response.status_code != 200 or response.http_version != "HTTP/1.1":
+                raise RuntimeError(f"append: {response.status_code} {response.http_version}")
+            response.json()
+
+        await asyncio.gather(*(post() for _ in range(UNARY_CONNECTIONS)))  # warm-up
+        start = time.perf_counter()
+
+        async def worker() -> None:
+            while next_index[0] < total:
+                due = start + next_index[0] * interval
+                next_index[0] += 1
+                delay = due - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                await post()
+                latencies.append(time.perf_counter() - due)
+
+        await asyncio.gather(*(worker() for _ in range(UNARY_CONNECTIONS)))
+        elapsed = time.perf_counter() - start
+    return {
+        "offered_s": UNARY_RATE,
+        "acks_s": len(latencies) / elapsed,
+        "p50_ms": percentile(latencies, 50) * 1e3,
+        "p99_ms": percentile(latencies, 99) * 1e3,
+    }
+
+
+async def grpc_session(target: str, stream_name: str, seconds: float) -> dict[str, float]:
+    message = pb.AppendInput(records=[pb.AppendRecord(body=RECORD) for _ in range(BATCH_RECORDS)])
+    acked = [0]
+    start = time.perf_counter()
+    deadline = start + seconds
+    async with S2SClient(target) as client:
+        stream = client.stream(BASIN, stream_name)
+        async with stream.append_session(GRPC_INFLIGHT) as session:
+            while time.perf_counter() < deadline:
+                future = await session.submit(message)
+                future.add_done_callback(lambda _: acked.__setitem__(0, acked[0] + 1))
+    elapsed = time.perf_counter() - start
+    return _throughput(acked[0], elapsed)
+
+
+async def run_all(http_url: str, grpc_target: str, seconds: float) -> dict[str, dict[str, float]]:
+    endpoints = Endpoints(account=http_url, basin=http_url)
+    results: dict[str, dict[str, float]] = {}
+    async with S2("unused-token", endpoints=endpoints) as sdk:
+        await sdk.create_basin(BASIN)
+        basin = sdk.basin(BASIN)
+        for name in ("sdk-session", "http-unary", "grpc-session"):
+            await basin.create_stream(name)
+        results["sdk-session-1000x1k"] = await sdk_session(sdk, "sdk-session", seconds)
+    results["http-unary-500rps"] = await http_unary(http_url, "http-unary", seconds)
+    results["grpc-session-1000x1k"] = await grpc_session(grpc_target, "grpc-session", seconds)
+    return results
+
+
+# --- driver ---------------------------------------------------------------------------------
+
+
+def _fmt(result: dict[str, float]) -> str:
+    return ", ".join(f"{key} {value:,.1f}" for key, value in result.items())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, default=5.0)
+    args = parser.parse_args()
+    scratch = tempfile.mkdtemp(prefix="s2s-bench-http-")
+    try:
+        print(probe(scratch), flush=True)
+        server = ServerProcess(os.path.join(scratch, "data")).start()
+        try:
+            results = asyncio.run(run_all(server.http_url, server.target, args.seconds))
+        finally:
+            server.stop()
+        for name, result in results.items():
+            print(f"{name}: {_fmt(result)}")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
