@@ -214,7 +214,8 @@ async def test_sigterm_during_session_flood_exits_cleanly_and_keeps_acks(tmp_pat
             pass  # the server went away: expected
         await asyncio.gather(*watchers, return_exceptions=True)
         await session.close()
-    assert server.stop() == 0, "".join(server.log)
+    assert server.process is not None
+    assert server.process.wait(30) == 0, "".join(server.log)
     assert acked
     restarted = ServerProcess(data_dir).start()
     try:
