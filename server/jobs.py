@@ -16,6 +16,7 @@ import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from s2s.errors import S2Error
 from server.catalog import StreamRecord
 from server.storage.kv import Delete, Table, Write
 from server.storage.layout import (
@@ -221,9 +222,26 @@ class BackgroundJobs:
         if now - max(tail.last_write_ms, record.created_at_ms) < min_age_s * 1000:
             return
         store = self._store
-        has_records = tail.trim_point < tail.next_seq and store.kv.scan(
+        try:
+            # Every append goes through this one sequencer: checking it and marking it
+            # deleting with no await in between leaves no window for a write to slip in.
+            sequencer = await store.sequencer(record.basin, record.name)
+        except S2Error:
+            return  # deleted meanwhile
+        state = sequencer.pending
+        if sequencer.inflight or now - max(state.last_write_ms, record.created_at_ms) < (
+            min_age_s * 1000
+        ):
+            return
+        has_records = state.trim_point < state.next_seq and store.kv.scan(
             Table.BATCHES, batch_key(record.sid, 0), batch_key(record.sid + 1, 0), 1
         )
-        if not has_records:
-            log.info("deleting empty stream %s/%s", record.basin, record.name)
+        if has_records:
+            return
+        log.info("deleting empty stream %s/%s", record.basin, record.name)
+        sequencer.mark_deleting()
+        try:
             await store.delete_stream(record.basin, record.name)
+        except S2Error:
+            sequencer.deleting = False  # not marked on disk: the stream stays usable
+            raise

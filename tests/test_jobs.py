@@ -92,3 +92,18 @@ async def test_stream_deletion_frees_data(store: StreamStore) -> None:
     for _ in range(3):
         await store.jobs.run_once()
     assert stored_batches(store, record.sid) == 0
+
+
+async def test_delete_on_empty_never_deletes_a_stream_with_an_append_in_flight(
+    store: StreamStore, clock: ManualClock
+) -> None:
+    config = StreamConfig(retention="infinite", delete_on_empty_min_age_secs=60)
+    await store.create_stream(BASIN, "racy", config)
+    clock.advance(120_000)  # empty and idle long enough
+    pending = await store.submit(BASIN, "racy", make_batch(b"just-in-time"))
+    await store.jobs.run_once()
+    ack = await pending
+    await store.jobs.run_once()
+    assert ack.start.seq_num == 0
+    out = await store.read(BASIN, "racy", ReadStart(seq_num=0), ReadLimits())
+    assert out.records is not None and decode(out.records.payload)[0].body == b"just-in-time"
