@@ -28,15 +28,6 @@ _STORAGE_BACK = {v: k for k, v in _STORAGE.items()}
 _TIMESTAMPING_BACK = {v: k for k, v in _TIMESTAMPING.items()}
 _CIPHER_BACK = {v: k for k, v in _CIPHER.items()}
 
-STREAM_CONFIG_PATHS = (
-    "storage_class",
-    "retention_policy",
-    "timestamping",
-    "timestamping.mode",
-    "timestamping.uncapped",
-    "delete_on_empty",
-    "delete_on_empty.min_age_secs",
-)
 _FIELDS_OF_PATH = {
     "storage_class": ("storage_class",),
     "retention_policy": ("retention",),

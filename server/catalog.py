@@ -12,7 +12,7 @@ import asyncio
 import hashlib
 import json
 import struct
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import Any
@@ -279,16 +279,6 @@ class Catalog:
         items, has_more = self._list(Table.STREAMS, scan_prefix, start_after_key, limit)
         records = [StreamRecord.decode(basin, value) for _, value in items]
         return [r for r in records if r.name.startswith(prefix)], has_more
-
-    def iter_stream_records(self, basin: str, batch: int = 1000) -> Iterator[StreamRecord]:
-        """Every stream of a basin, in name order, read `batch` at a time."""
-        after = ""
-        while True:
-            records, has_more = self.list_streams(basin, start_after=after, limit=batch)
-            yield from records
-            if not has_more or not records:
-                return
-            after = records[-1].name
 
     async def create_stream(
         self,

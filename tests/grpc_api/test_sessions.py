@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -118,39 +119,55 @@ async def test_producer_assigns_each_record_its_seq_num(client: S2SClient) -> No
     assert await read_bodies(client, "prod") == [b"rec-%d" % i for i in range(3000)]
 
 
-async def test_kill9_during_session_flood_loses_no_ack(tmp_path: Path) -> None:
-    data_dir = str(tmp_path / "data")
-    server = ServerProcess(data_dir).start()
-    acked: list[tuple[int, int, int]] = []  # (batch id, start, end)
-    async with S2SClient(server.target) as client:
+def flood_body(batch_id: int, index: int) -> bytes:
+    return b"%d:%d" % (batch_id, index)
+
+
+async def flood_until_server_stops(
+    target: str, stream: str, batch_records: Callable[[int], int], stop: Callable[[], object]
+) -> list[tuple[int, int, int]]:
+    """Append batches over one session until the server goes away (`stop` runs after 1.5 s).
+
+    Returns (batch id, start, end) of every batch whose ack arrived.
+    """
+    acked: list[tuple[int, int, int]] = []
+    async with S2SClient(target) as client:
         await client.create_basin(BASIN)
-        await client.create_stream(BASIN, "flood")
-        session = client.stream(BASIN, "flood").append_session(inflight_batches_max=32)
+        await client.create_stream(BASIN, stream)
+        session = client.stream(BASIN, stream).append_session(inflight_batches_max=32)
 
         async def watch(batch_id: int, future: asyncio.Future[pb.AppendAck]) -> None:
             ack = await future
             acked.append((batch_id, ack.start.seq_num, ack.end.seq_num))
 
         watchers = []
-        loop = asyncio.get_running_loop()
-        loop.call_later(1.5, server.kill)
+        asyncio.get_running_loop().call_later(1.5, stop)
         try:
             for batch_id in range(100_000):
-                bodies = [b"%d:%d" % (batch_id, j) for j in range(1 + batch_id % 50)]
+                bodies = [flood_body(batch_id, j) for j in range(batch_records(batch_id))]
                 watchers.append(
                     asyncio.ensure_future(watch(batch_id, await session.submit(bodies)))
                 )
         except S2SError:
-            pass  # the server died under us: expected
+            pass  # the server went away under us: expected
         await asyncio.gather(*watchers, return_exceptions=True)
         await session.close()
-    assert acked, "the server was killed before it acknowledged anything"
+    assert acked, "the server stopped before it acknowledged anything"
+    return acked
+
+
+async def test_kill9_during_session_flood_loses_no_ack(tmp_path: Path) -> None:
+    data_dir = str(tmp_path / "data")
+    server = ServerProcess(data_dir).start()
+    acked = await flood_until_server_stops(
+        server.target, "flood", lambda batch_id: 1 + batch_id % 50, server.kill
+    )
     restarted = ServerProcess(data_dir).start()
     try:
         async with S2SClient(restarted.target) as client:
             bodies = await read_bodies(client, "flood")
             for batch_id, start, end in acked:
-                assert bodies[start:end] == [b"%d:%d" % (batch_id, j) for j in range(end - start)]
+                assert bodies[start:end] == [flood_body(batch_id, j) for j in range(end - start)]
             # Whatever survived beyond the acks is whole batches, and numbering continues.
             ack = await client.stream(BASIN, "flood").append([b"after-restart"])
             assert ack.start.seq_num == len(bodies)
@@ -192,36 +209,16 @@ async def test_read_session_resumes_after_server_restart(tmp_path: Path) -> None
 async def test_sigterm_during_session_flood_exits_cleanly_and_keeps_acks(tmp_path: Path) -> None:
     data_dir = str(tmp_path / "data")
     server = ServerProcess(data_dir).start()
-    acked: list[tuple[int, int, int]] = []
-    async with S2SClient(server.target) as client:
-        await client.create_basin(BASIN)
-        await client.create_stream(BASIN, "term")
-        session = client.stream(BASIN, "term").append_session(inflight_batches_max=16)
-
-        async def watch(batch_id: int, future: asyncio.Future[pb.AppendAck]) -> None:
-            ack = await future
-            acked.append((batch_id, ack.start.seq_num, ack.end.seq_num))
-
-        watchers = []
-        asyncio.get_running_loop().call_later(1.0, server.process.terminate)  # type: ignore[union-attr]
-        try:
-            for batch_id in range(100_000):
-                bodies = [b"%d:%d" % (batch_id, j) for j in range(10)]
-                watchers.append(
-                    asyncio.ensure_future(watch(batch_id, await session.submit(bodies)))
-                )
-        except S2SError:
-            pass  # the server went away: expected
-        await asyncio.gather(*watchers, return_exceptions=True)
-        await session.close()
     assert server.process is not None
+    acked = await flood_until_server_stops(
+        server.target, "term", lambda _: 10, server.process.terminate
+    )
     assert server.process.wait(30) == 0, "".join(server.log)
-    assert acked
     restarted = ServerProcess(data_dir).start()
     try:
         async with S2SClient(restarted.target) as client:
             bodies = await read_bodies(client, "term")
             for batch_id, start, end in acked:
-                assert bodies[start:end] == [b"%d:%d" % (batch_id, j) for j in range(10)]
+                assert bodies[start:end] == [flood_body(batch_id, j) for j in range(10)]
     finally:
         restarted.stop()
