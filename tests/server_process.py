@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -19,8 +20,15 @@ _HTTP_LISTENING = re.compile(r"HTTP listening on [^:]+:(\d+)")
 class ServerProcess:
     """`s2s serve` on a data dir and given ports (0: any free one, learned from the log)."""
 
-    def __init__(self, data_dir: str, grpc_port: int = 0, http_port: int = 0) -> None:
+    def __init__(
+        self,
+        data_dir: str,
+        grpc_port: int = 0,
+        http_port: int = 0,
+        extra_args: Sequence[str] = (),
+    ) -> None:
         self.data_dir = data_dir
+        self.extra_args = list(extra_args)
         self.process: subprocess.Popen[str] | None = None
         self.grpc_port = grpc_port
         self.http_port = http_port
@@ -47,6 +55,7 @@ class ServerProcess:
                 str(self.grpc_port),
                 "--http-port",
                 str(self.http_port),
+                *self.extra_args,
             ],
             cwd=REPO,
             stderr=subprocess.PIPE,
