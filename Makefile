@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROTO_FILES := $(wildcard proto/s2s/v1/*.proto)
 
-.PHONY: serve test lint typecheck proto proto-check unit bench clean
+.PHONY: serve test lint typecheck proto proto-check unit bench clean postgres
 
 BUF_VERSION := 1.75.0
 BUF := $(VENV)/buf/node_modules/.bin/buf
@@ -20,7 +20,7 @@ $(STAMP): requirements.lock pyproject.toml
 serve: $(STAMP)
 	$(BIN)/s2s serve
 
-test: $(STAMP) proto-check lint typecheck
+test: $(STAMP) postgres proto-check lint typecheck
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
 lint: $(STAMP) $(BUF)
@@ -31,6 +31,15 @@ lint: $(STAMP) $(BUF)
 # buf ships on npm as a prebuilt binary package; pinned, installed beside the virtualenv.
 $(BUF):
 	npm install --silent --no-audit --no-fund --prefix $(VENV)/buf @bufbuild/buf@$(BUF_VERSION)
+
+# DuckLake's PostgreSQL catalog is tested against a real server that tests/postgres.py starts
+# from Debian's binaries; install them only if no version is there. The package's own cluster
+# (if it starts at all) is never used: tests run their own initdb on a free port.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+		SUDO=; [ "$$(id -u)" = 0 ] || ! command -v sudo >/dev/null || SUDO=sudo; \
+		$$SUDO apt-get update -qq && \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -9,10 +9,13 @@ import logging
 import os
 import signal
 import sys
+from pathlib import Path
 
 from server.cli_client import SERVER_DEFAULT, add_commands, run
 from server.grpc_frontend.server import start_grpc_server
 from server.http_frontend import start_http_server
+from server.lake.connection import LakeSettings
+from server.lake.service import Lake
 from server.streamstore import StreamStore
 
 log = logging.getLogger("s2s")
@@ -48,6 +51,25 @@ def build_parser() -> argparse.ArgumentParser:
         default=int(_env("S2S_HTTP_PORT", "8080")),
         help="HTTP port (S2 v1 REST API), 0 for any free port (env S2S_HTTP_PORT, default 8080)",
     )
+    serve.add_argument(
+        "--lake-catalog",
+        default=os.environ.get("S2S_LAKE_CATALOG"),
+        help="DuckLake catalog connection string, e.g. 'postgres:dbname=lake host=db' "
+        "(env S2S_LAKE_CATALOG; default: embedded, DATA_DIR/lake/catalog.ducklake)",
+    )
+    serve.add_argument(
+        "--lake-data-path",
+        default=os.environ.get("S2S_LAKE_DATA_PATH"),
+        help="where the lake's Parquet files go; set it with a shared catalog "
+        "(env S2S_LAKE_DATA_PATH; default DATA_DIR/lake/data)",
+    )
+    serve.add_argument(
+        "--lake-linger-ms",
+        type=int,
+        default=int(_env("S2S_LAKE_LINGER_MS", "500")),
+        help="how long a materialization gathers records before a commit "
+        "(env S2S_LAKE_LINGER_MS, default 500)",
+    )
     add_commands(commands, _env("S2S_SERVER", SERVER_DEFAULT))
     return parser
 
@@ -61,14 +83,31 @@ SHUTDOWN_GRACE_S = 5.0
 """How long in-flight calls get to finish on SIGTERM before they are cancelled."""
 
 
-async def serve(data_dir: str, host: str, grpc_port: int, http_port: int) -> None:
+def lake_settings(args: argparse.Namespace) -> LakeSettings:
+    if args.lake_catalog and not args.lake_data_path:
+        raise SystemExit("--lake-catalog needs --lake-data-path: where the Parquet files go")
+    return LakeSettings(
+        root=Path(args.data_dir) / "lake",
+        catalog=args.lake_catalog,
+        data_path=args.lake_data_path,
+        linger_s=args.lake_linger_ms / 1000,
+    )
+
+
+async def serve(
+    data_dir: str, host: str, grpc_port: int, http_port: int, lake_config: LakeSettings
+) -> None:
     """Run the server until SIGTERM or SIGINT, then stop without losing acknowledged data."""
     store = await StreamStore.open(data_dir)
     log.info("storage open at %s", os.path.abspath(data_dir))
-    grpc_server, bound = await start_grpc_server(store, host, grpc_port)
+    lake = await Lake.open(store, lake_config)
+    log.info("lake open: catalog %s, data %s", lake_config.catalog_uri, lake_config.data_dir)
+    grpc_server, bound = await start_grpc_server(store, host, grpc_port, lake)
     log.info("gRPC listening on %s:%d", host, bound)
     stop = asyncio.Event()
-    http_task, http_bound = await start_http_server(store, host, http_port, stop, SHUTDOWN_GRACE_S)
+    http_task, http_bound = await start_http_server(
+        store, host, http_port, stop, SHUTDOWN_GRACE_S, lake
+    )
     log.info("HTTP listening on %s:%d", host, http_bound)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -85,6 +124,7 @@ async def serve(data_dir: str, host: str, grpc_port: int, http_port: int) -> Non
         for result in results:
             if isinstance(result, BaseException):
                 log.error("frontend failed while stopping", exc_info=result)
+        await lake.close()
         await store.close()
         log.info("stopped")
 
@@ -97,7 +137,9 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
-    asyncio.run(serve(args.data_dir, args.host, args.grpc_port, args.http_port))
+    asyncio.run(
+        serve(args.data_dir, args.host, args.grpc_port, args.http_port, lake_settings(args))
+    )
     return 0
 
 

@@ -10,6 +10,7 @@ from s2s.v1 import services_pb2
 from s2s.v1 import services_pb2_grpc as services
 from server.grpc_frontend import stream
 from server.grpc_frontend.control import AccountServicer, BasinServicer
+from server.lake.service import Lake
 from server.streamstore import StreamStore
 
 MESSAGE_BYTES_MAX = 8 * 1024 * 1024
@@ -22,7 +23,9 @@ SERVICE_NAMES = (
 )
 
 
-async def start_grpc_server(store: StreamStore, host: str, port: int) -> tuple[aio.Server, int]:
+async def start_grpc_server(
+    store: StreamStore, host: str, port: int, lake: Lake | None = None
+) -> tuple[aio.Server, int]:
     """Start serving on host:port (0 picks a free port); returns the server and its port."""
     server = aio.server(
         options=[

@@ -26,6 +26,7 @@ from server.http_frontend.exchange import (
 from server.http_frontend.records import RecordsApi
 from server.http_frontend.sessions import S2S_CONTENT_TYPE, SessionsApi
 from server.http_frontend.sse import SSE_CONTENT_TYPE, SseApi
+from server.lake.service import Lake
 from server.streamstore import StreamStore
 
 log = logging.getLogger("s2s.http")
@@ -68,7 +69,10 @@ class HttpApp:
     Setting `draining` ends open sessions with `server_draining` (see `lifecycle`).
     """
 
-    def __init__(self, store: StreamStore, draining: asyncio.Event) -> None:
+    def __init__(
+        self, store: StreamStore, draining: asyncio.Event, lake: Lake | None = None
+    ) -> None:
+        self._lake = lake
         self._basins = BasinsApi(store)
         self._streams = StreamsApi(store)
         self._records = RecordsApi(store)

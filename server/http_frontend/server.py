@@ -13,6 +13,7 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
 from server.http_frontend.app import HttpApp
+from server.lake.service import Lake
 from server.streamstore import StreamStore
 
 KEEP_ALIVE_TIMEOUT_S = 75.0
@@ -20,7 +21,12 @@ KEEP_ALIVE_TIMEOUT_S = 75.0
 
 
 async def start_http_server(
-    store: StreamStore, host: str, port: int, shutdown: asyncio.Event, grace_s: float
+    store: StreamStore,
+    host: str,
+    port: int,
+    shutdown: asyncio.Event,
+    grace_s: float,
+    lake: Lake | None = None,
 ) -> tuple[asyncio.Task[None], int]:
     """Start serving on host:port (0 picks a free port); returns the serving task and its port.
 
@@ -41,7 +47,7 @@ async def start_http_server(
     config.accesslog = None
     # A Logger (not a path) makes Hypercorn log through our handlers, once.
     config.errorlog = logging.getLogger("hypercorn.error")
-    app = HttpApp(store, shutdown)
+    app = HttpApp(store, shutdown, lake)
     task = asyncio.create_task(
         serve(app, config, shutdown_trigger=shutdown.wait)  # type: ignore[arg-type]
     )

@@ -1,0 +1,483 @@
+"""Applies one batch of stream records to a materialization's table in one DuckLake transaction.
+
+Per batch, not per record: the records go to DuckDB as one Arrow table; validation, the
+projection, type casts and the write are set-based SQL. The steps:
+
+1. stage: each record's body as text; records that are not UTF-8 or not JSON (or, without a
+   projection, not a JSON object) get a rejection reason.
+2. shape: without a projection, the top-level keys become columns (new keys are typed by
+   coercion.infer_type); with one, the user's select list and predicate run over the staged
+   records. A projection that fails at run time is retried record by record, so only the
+   records it fails on are rejected.
+3. cast: every value is cast to its column's type under coercion.py's rules; a value that
+   does not fit rejects its record, naming the column.
+4. commit, in ONE transaction: create or evolve the table, insert (append) or upsert (merge,
+   latest record per key wins), write rejected records to `s2s.dead_letters`, and advance the
+   checkpoint to the batch's last sequence number. Either all of it is in the lake or none.
+
+Steps 1-3 use temp tables outside the transaction: a failing statement inside a DuckDB
+transaction aborts it, and step 2's fallback needs to survive failures.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import duckdb
+import pyarrow as pa
+
+from server.lake import coercion
+from server.lake.connection import CATALOG_ALIAS, META_SCHEMA
+from server.lake.definition import Materialization
+
+_STAGE = "s2s_stage"
+_REJECTS = "s2s_rejects"
+_SHAPED = "s2s_shaped"
+_TYPED = "s2s_typed"
+_INCOMING = "s2s_incoming"
+_PROJECTION_INPUT = (
+    f"(SELECT seq_num, timestamp, headers, body::JSON AS body FROM {_STAGE}) AS records"
+)
+_NESTED_PREFIXES = ("STRUCT", "MAP", "UNION")
+
+
+@dataclass
+class RecordBatch:
+    """Records read from the source stream, in order; command records already dropped."""
+
+    seq_nums: list[int]
+    timestamps: list[int]
+    bodies: list[bytes]
+    headers: list[list[tuple[str, str]]] | None
+    last_seq_num: int
+    """The last sequence number this batch covers (command records included)."""
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    last_seq_num: int
+    rows_applied: int
+    rows_rejected: int
+    snapshot_id: int | None
+
+
+class TableMissing(Exception):
+    """The target table does not exist and the materialization may not create it."""
+
+
+def _arrow_input(batch: RecordBatch) -> pa.Table:
+    offsets = pa.array([0, *itertools.accumulate(map(len, batch.bodies))], pa.int64())
+    data = pa.py_buffer(b"".join(batch.bodies))
+    raw = pa.LargeBinaryArray.from_buffers(
+        pa.large_binary(), len(batch.bodies), [None, offsets.buffers()[1], data]
+    )
+    try:
+        text = raw.cast(pa.large_string())
+    except pa.ArrowInvalid:
+        text = pa.array([_utf8_or_none(body) for body in batch.bodies], pa.large_string())
+    columns = {
+        "seq_num": pa.array(batch.seq_nums, pa.int64()),
+        "timestamp": pa.array(batch.timestamps, pa.int64()),
+        "body": text,
+        "raw": raw,
+    }
+    if batch.headers is not None:
+        columns["headers"] = pa.array(batch.headers, pa.map_(pa.string(), pa.string()))
+    return pa.table(columns)
+
+
+def _utf8_or_none(body: bytes) -> str | None:
+    try:
+        return body.decode()
+    except UnicodeDecodeError:
+        return None
+
+
+def _alias(index: int) -> str:
+    """Cast columns get private names, so they never clash with a record's own field names."""
+    return f"__s2s_c{index}"
+
+
+def _column_type_for(source_type: str) -> str:
+    upper = source_type.upper()
+    if upper.startswith(_NESTED_PREFIXES) or upper.endswith("]"):
+        return "JSON"
+    return source_type
+
+
+class Applier:
+    """Applies batches for one materialization; owns one DuckDB cursor, used by one thread."""
+
+    def __init__(self, cursor: duckdb.DuckDBPyConnection, definition: Materialization) -> None:
+        self._cursor = cursor
+        self._definition = definition
+        self._target = (
+            f"{CATALOG_ALIAS}.{coercion.quote_identifier(definition.target_schema)}."
+            f"{coercion.quote_identifier(definition.target_table)}"
+        )
+
+    @property
+    def definition(self) -> Materialization:
+        return self._definition
+
+    def uses_headers(self) -> bool:
+        text = f"{self._definition.select or ''} {self._definition.where or ''}".lower()
+        return "headers" in text
+
+    def check_projection(self) -> None:
+        """Compile the projection against an empty input: a syntax or name error raises."""
+        cursor = self._cursor
+        cursor.execute(
+            f"CREATE OR REPLACE TEMP TABLE {_STAGE} (seq_num BIGINT, timestamp BIGINT, "
+            "headers MAP(VARCHAR, VARCHAR), body VARCHAR)"
+        )
+        try:
+            cursor.execute(f"SELECT * FROM ({self._projection_sql()}) LIMIT 0")
+        finally:
+            cursor.execute(f"DROP TABLE IF EXISTS {_STAGE}")
+
+    def apply(self, batch: RecordBatch) -> ApplyResult:
+        cursor = self._cursor
+        cursor.register(_INCOMING, _arrow_input(batch))
+        try:
+            self._stage(batch.headers is not None)
+            columns = self._table_columns()
+            if self._definition.select is None:
+                new_columns = self._shape_json(columns)
+            else:
+                new_columns = self._shape_projection(columns)
+            all_columns = {**columns, **new_columns}
+            self._cast(all_columns)
+            return self._commit(batch, columns, new_columns, all_columns)
+        finally:
+            self._drop_temporaries()
+            cursor.unregister(_INCOMING)
+
+    def _drop_temporaries(self) -> None:
+        # Dependents first: the views read the registered Arrow table.
+        for name in (_TYPED, _SHAPED, _REJECTS, _STAGE):
+            kinds = self._cursor.execute(
+                "SELECT 'VIEW' FROM duckdb_views() WHERE temporary AND view_name = $name "
+                "UNION ALL "
+                "SELECT 'TABLE' FROM duckdb_tables() WHERE temporary AND table_name = $name",
+                {"name": name},
+            ).fetchall()
+            for (kind,) in kinds:
+                self._cursor.execute(f"DROP {kind} {name}")
+
+    # --- 1. stage ------------------------------------------------------------------------
+
+    def _valid(self) -> str:
+        """The SQL predicate for a record whose body can be shaped (see `_stage`)."""
+        if self._definition.select is None:
+            return "(body IS NOT NULL AND json_valid(body) AND json_type(body) = 'OBJECT')"
+        return "(body IS NOT NULL AND json_valid(body))"
+
+    def _stage(self, has_headers: bool) -> None:
+        """Reject what cannot be shaped; the bodies stay in the Arrow table (no copy)."""
+        object_check = (
+            "WHEN json_type(body) <> 'OBJECT' THEN 'body is not a JSON object' "
+            if self._definition.select is None
+            else ""
+        )
+        headers = "headers" if has_headers else "NULL::MAP(VARCHAR, VARCHAR) AS headers"
+        self._cursor.execute(
+            f"CREATE OR REPLACE TEMP VIEW {_STAGE} AS SELECT seq_num, timestamp, {headers}, "
+            f"body FROM {_INCOMING} WHERE {self._valid()}"
+        )
+        self._cursor.execute(
+            f"CREATE OR REPLACE TEMP TABLE {_REJECTS} AS SELECT seq_num, reason FROM ("
+            "SELECT seq_num, CASE WHEN body IS NULL THEN 'body is not valid UTF-8' "
+            "WHEN NOT json_valid(body) THEN 'body is not valid JSON' "
+            f"{object_check}END AS reason FROM {_INCOMING}) WHERE reason IS NOT NULL"
+        )
+
+    # --- 2. shape ------------------------------------------------------------------------
+
+    def _table_columns(self) -> dict[str, str]:
+        rows = self._cursor.execute(
+            "SELECT column_name, data_type FROM information_schema.columns "
+            "WHERE table_catalog = ? AND table_schema = ? AND table_name = ? "
+            "ORDER BY ordinal_position",
+            [CATALOG_ALIAS, self._definition.target_schema, self._definition.target_table],
+        ).fetchall()
+        return {str(name): str(kind) for name, kind in rows}
+
+    def _shape_json(self, columns: dict[str, str]) -> dict[str, str]:
+        """Top-level keys become columns; returns the new ones with their inferred types."""
+        cursor = self._cursor
+        keys = [
+            str(row[0])
+            for row in cursor.execute(
+                f"SELECT DISTINCT unnest(json_keys(body)) FROM {_STAGE}"
+            ).fetchall()
+        ]
+        spellings: dict[str, list[str]] = {}
+        for key in sorted(keys):
+            spellings.setdefault(key.lower(), []).append(key)
+        existing = {name.lower(): name for name in columns}
+        new_columns: dict[str, str] = {}
+        for lowered, variants in spellings.items():
+            if lowered in existing:
+                continue
+            column_type = self._infer(variants)
+            if column_type is not None:
+                # Names are case-insensitive in DuckDB: prefer the lower-case spelling.
+                new_columns[min(variants, key=lambda key: (key != lowered, key))] = column_type
+        names = {**existing, **{name.lower(): name for name in new_columns}}
+        paths: list[str] = []
+        value_exprs: dict[str, str] = {}
+        for lowered, column in names.items():
+            indexes = []
+            for key in spellings.get(lowered, [column]):
+                paths.append(coercion.quote_literal(coercion.json_path(key)))
+                indexes.append(len(paths))
+            parts = [f"v[{index}]" for index in indexes]
+            value_exprs[column] = parts[0] if len(parts) == 1 else f"coalesce({', '.join(parts)})"
+        selected = ", ".join(
+            f"{expr} AS {coercion.quote_identifier(column)}" for column, expr in value_exprs.items()
+        )
+        extract = f"json_extract(body, [{', '.join(paths)}])" if paths else "[]::JSON[]"
+        # A view: the cast step reads it once, so the JSON values are never materialized.
+        cursor.execute(
+            f"CREATE OR REPLACE TEMP VIEW {_SHAPED} AS SELECT seq_num"
+            f"{', ' if selected else ''}{selected} FROM (SELECT seq_num, {extract} AS v "
+            f"FROM {_STAGE})"
+        )
+        return new_columns
+
+    def _infer(self, spellings: list[str]) -> str | None:
+        paths = [
+            f"json_extract(body, {coercion.quote_literal(coercion.json_path(key))})"
+            for key in spellings
+        ]
+        value = paths[0] if len(paths) == 1 else f"coalesce({', '.join(paths)})"
+        row = self._cursor.execute(
+            f"{coercion.inference_query('v')} FROM (SELECT {value} AS v FROM {_STAGE})"
+        ).fetchone()
+        assert row is not None
+        kinds, all_dates, all_datetimes = row
+        return coercion.infer_type(list(kinds or []), all_dates, all_datetimes)
+
+    def _projection_sql(self, seq_filter: str = "") -> str:
+        definition = self._definition
+        predicate = f"({definition.where})" if definition.where else "true"
+        if seq_filter:
+            predicate = f"{predicate} AND {seq_filter}"
+        return (
+            f"SELECT records.seq_num AS __s2s_seq_num, {definition.select or 'records.*'} "
+            f"FROM {_PROJECTION_INPUT} WHERE {predicate}"
+        )
+
+    def _shape_projection(self, columns: dict[str, str]) -> dict[str, str]:
+        cursor = self._cursor
+        projection = self._projection_sql()
+        try:
+            cursor.execute(f"CREATE OR REPLACE TEMP TABLE {_SHAPED} AS {projection}")
+        except duckdb.Error:
+            self._project_record_by_record()
+        described = cursor.execute(f"DESCRIBE {_SHAPED}").fetchall()
+        existing = {name.lower() for name in columns}
+        new_columns: dict[str, str] = {}
+        for row in described[1:]:
+            name, source_type = str(row[0]), str(row[1])
+            if name.lower() not in existing:
+                new_columns[name] = _column_type_for(source_type)
+        cursor.execute(f"ALTER TABLE {_SHAPED} RENAME COLUMN __s2s_seq_num TO seq_num")
+        return new_columns
+
+    def _project_record_by_record(self) -> None:
+        """The projection failed on some record: find which ones, reject only those."""
+        cursor = self._cursor
+        cursor.execute(
+            f"CREATE OR REPLACE TEMP TABLE {_SHAPED} AS {self._projection_sql()} LIMIT 0"
+        )
+        seq_nums = [
+            int(row[0])
+            for row in cursor.execute(f"SELECT seq_num FROM {_STAGE} ORDER BY seq_num").fetchall()
+        ]
+        for seq_num in seq_nums:
+            try:
+                cursor.execute(
+                    f"INSERT INTO {_SHAPED} {self._projection_sql('records.seq_num = $seq')}",
+                    {"seq": seq_num},
+                )
+            except duckdb.Error as error:
+                message = str(error).splitlines()[0]
+                cursor.execute(
+                    f"INSERT INTO {_REJECTS} VALUES ($seq, $reason)",
+                    {"seq": seq_num, "reason": f"projection failed: {message}"[:1000]},
+                )
+
+    # --- 3. cast -------------------------------------------------------------------------
+
+    def _cast(self, columns: dict[str, str]) -> None:
+        cursor = self._cursor
+        shaped = {
+            str(row[0]): str(row[1])
+            for row in cursor.execute(f"DESCRIBE {_SHAPED}").fetchall()
+            if str(row[0]) != "seq_num"
+        }
+        shaped_by_lower = {name.lower(): name for name in shaped}
+        casts: list[str] = []
+        reasons: list[str] = []
+        for index, (column, column_type) in enumerate(columns.items()):
+            source = shaped_by_lower.get(column.lower())
+            alias = _alias(index)
+            if source is None:
+                casts.append(f"NULL::{column_type} AS {alias}")
+                continue
+            value = coercion.quote_identifier(source)
+            if self._definition.select is None:
+                cast = coercion.cast_from_json(value, column_type)
+                missing = coercion.is_null_json(value)
+                shown = f"left({value}::VARCHAR, 80)"
+            else:
+                cast = coercion.cast_typed(value, shaped[source], column_type)
+                missing = f"({value} IS NULL)"
+                shown = f"left({value}::VARCHAR, 80)"
+            casts.append(f"{cast} AS {alias}")
+            reasons.append(
+                f"CASE WHEN NOT {missing} AND {alias} IS NULL THEN "
+                f"{coercion.quote_literal(f'column {column!r}: cannot store ')} || {shown} || "
+                f"{coercion.quote_literal(f' as {column_type}')} END"
+            )
+        key = self._definition.primary_key
+        if key is not None:
+            key_alias = self._alias_of(columns, key)
+            reasons.insert(
+                0,
+                f"CASE WHEN {key_alias} IS NULL THEN "
+                f"{coercion.quote_literal(f'primary key column {key!r} is missing or null')} END"
+                if key_alias
+                else coercion.quote_literal(f"primary key column {key!r} is missing or null"),
+            )
+        reason = f"nullif(concat_ws('; ', {', '.join(reasons)}), '')" if reasons else "NULL"
+        aliases = ", ".join(_alias(index) for index in range(len(columns)))
+        cursor.execute(
+            f"CREATE OR REPLACE TEMP TABLE {_TYPED} AS SELECT seq_num, "
+            f"{aliases}{', ' if aliases else ''}{reason} AS reason FROM "
+            f"(SELECT *{', ' if casts else ''}{', '.join(casts)} FROM {_SHAPED})"
+        )
+        cursor.execute(
+            f"INSERT INTO {_REJECTS} SELECT seq_num, reason FROM {_TYPED} WHERE reason IS NOT NULL"
+        )
+
+    @staticmethod
+    def _alias_of(columns: dict[str, str], name: str) -> str | None:
+        for index, column in enumerate(columns):
+            if column.lower() == name.lower():
+                return _alias(index)
+        return None
+
+    # --- 4. commit -----------------------------------------------------------------------
+
+    def _commit(
+        self,
+        batch: RecordBatch,
+        columns: dict[str, str],
+        new_columns: dict[str, str],
+        all_columns: dict[str, str],
+    ) -> ApplyResult:
+        cursor = self._cursor
+        definition = self._definition
+        good = cursor.execute(f"SELECT count(*) FROM {_TYPED} WHERE reason IS NULL").fetchone()
+        rows = int(good[0]) if good else 0
+        rejected_row = cursor.execute(f"SELECT count(*) FROM {_REJECTS}").fetchone()
+        rejected = int(rejected_row[0]) if rejected_row else 0
+        if rows and not columns and not definition.create_table:
+            raise TableMissing(
+                f"table {definition.target} does not exist and materialization "
+                f"{definition.name!r} may not create it (create_table is false)"
+            )
+        cursor.execute("BEGIN")
+        try:
+            if rows:
+                self._evolve(columns, new_columns)
+                self._write(all_columns)
+            self._dead_letters()
+            self._checkpoint(batch.last_seq_num, rows, rejected)
+            cursor.execute("COMMIT")
+        except BaseException:
+            cursor.execute("ROLLBACK")
+            raise
+        snapshot = cursor.execute(f"SELECT id FROM {CATALOG_ALIAS}.current_snapshot()").fetchone()
+        return ApplyResult(
+            batch.last_seq_num, rows, rejected, int(snapshot[0]) if snapshot else None
+        )
+
+    def _evolve(self, columns: dict[str, str], new_columns: dict[str, str]) -> None:
+        cursor = self._cursor
+        definition = self._definition
+        if not columns:
+            cursor.execute(
+                f"CREATE SCHEMA IF NOT EXISTS {CATALOG_ALIAS}."
+                f"{coercion.quote_identifier(definition.target_schema)}"
+            )
+            column_list = ", ".join(
+                f"{coercion.quote_identifier(name)} {kind}" for name, kind in new_columns.items()
+            )
+            cursor.execute(f"CREATE TABLE {self._target} ({column_list})")
+            if definition.partition_by:
+                cursor.execute(
+                    f"ALTER TABLE {self._target} SET PARTITIONED BY "
+                    f"({', '.join(definition.partition_by)})"
+                )
+            return
+        for name, kind in new_columns.items():
+            cursor.execute(
+                f"ALTER TABLE {self._target} ADD COLUMN {coercion.quote_identifier(name)} {kind}"
+            )
+
+    def _write(self, columns: dict[str, str]) -> None:
+        names = [coercion.quote_identifier(name) for name in columns]
+        aliases = [_alias(index) for index in range(len(columns))]
+        key = self._definition.primary_key
+        if key is None:
+            self._cursor.execute(
+                f"INSERT INTO {self._target} ({', '.join(names)}) SELECT {', '.join(aliases)} "
+                f"FROM {_TYPED} WHERE reason IS NULL ORDER BY seq_num"
+            )
+            return
+        key_alias = self._alias_of(columns, key)
+        key_column = next(name for name in columns if name.lower() == key.lower())
+        quoted_key = coercion.quote_identifier(key_column)
+        updates = ", ".join(
+            f"{name} = s.{alias}" for name, alias in zip(names, aliases, strict=True)
+        )
+        self._cursor.execute(
+            f"MERGE INTO {self._target} AS t USING (SELECT * FROM {_TYPED} WHERE reason IS NULL "
+            f"QUALIFY row_number() OVER (PARTITION BY {key_alias} ORDER BY seq_num DESC) = 1) AS s "
+            f"ON t.{quoted_key} = s.{key_alias} "
+            f"WHEN MATCHED THEN UPDATE SET {updates} "
+            f"WHEN NOT MATCHED THEN INSERT ({', '.join(names)}) "
+            f"VALUES ({', '.join('s.' + alias for alias in aliases)})"
+        )
+
+    def _dead_letters(self) -> None:
+        definition = self._definition
+        self._cursor.execute(
+            f"INSERT INTO {META_SCHEMA}.dead_letters SELECT $name, $target, $basin, $stream, "
+            "s.seq_num, s.timestamp, s.raw, r.reason, now() "
+            f"FROM {_REJECTS} AS r JOIN {_INCOMING} AS s USING (seq_num) ORDER BY s.seq_num",
+            {
+                "name": definition.name,
+                "target": definition.target,
+                "basin": definition.basin,
+                "stream": definition.stream,
+            },
+        )
+
+    def _checkpoint(self, last_seq_num: int, rows: int, rejected: int) -> None:
+        self._cursor.execute(
+            f"UPDATE {META_SCHEMA}.checkpoints SET last_seq_num = $last, "
+            "rows_applied = rows_applied + $rows, rows_rejected = rows_rejected + $rejected, "
+            "updated_at = now() WHERE name = $name",
+            {
+                "last": last_seq_num,
+                "rows": rows,
+                "rejected": rejected,
+                "name": self._definition.name,
+            },
+        )

@@ -1,0 +1,144 @@
+"""How JSON values become column values: type inference for new columns and the cast rules.
+
+Inference (a column's type, from the JSON values of the first batch that has the field):
+integers → BIGINT; any fractional number → DOUBLE; booleans → BOOLEAN; strings that are all
+ISO-8601 dates → DATE, all date-times → TIMESTAMPTZ, otherwise VARCHAR; objects, arrays or
+a mix of strings and other scalars → JSON. A field that is only ever null gets no column yet.
+
+Casting (a JSON value into an existing column) never loses information silently; a value that
+does not fit is rejected and its record goes to the dead-letter table:
+- VARCHAR takes anything: strings as they are, other values as their JSON text.
+- integer columns take integers, numbers with no fractional part (2.0), and strings holding
+  either ("42"); 2.5, true and "abc" are rejected. Out-of-range values are rejected.
+- floating and decimal columns take numbers and numeric strings.
+- BOOLEAN takes true/false and the strings "true"/"false" (any case).
+- dates and times take ISO-8601 strings; numbers are rejected (seconds or milliseconds would
+  be a guess).
+- JSON takes anything. Other types take the value's text when DuckDB casts it exactly.
+Null, or a missing field, is NULL in any column.
+"""
+
+from __future__ import annotations
+
+_INTEGER_TYPES = {
+    "TINYINT",
+    "SMALLINT",
+    "INTEGER",
+    "BIGINT",
+    "HUGEINT",
+    "UTINYINT",
+    "USMALLINT",
+    "UINTEGER",
+    "UBIGINT",
+    "UHUGEINT",
+}
+_FLOAT_TYPES = {"FLOAT", "DOUBLE", "REAL"}
+_TEMPORAL_TYPES = {"DATE", "TIME", "TIMESTAMP", "TIMESTAMP WITH TIME ZONE", "TIMESTAMPTZ"}
+_DATE_PATTERN = r"^\d{4}-\d{2}-\d{2}$"
+_DATETIME_PATTERN = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}(:?\d{2})?)?$"
+
+
+def quote_identifier(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def quote_literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def json_path(key: str) -> str:
+    """A JSONPath selecting one top-level key, whatever characters it holds."""
+    return "$." + '"' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def inference_query(values: str) -> str:
+    """SQL over a relation with a JSON column `v` that infers one column type (see module doc)."""
+    strings = f"({values}->>'$')"
+    only_strings = f"FILTER (WHERE json_type({values}) = 'VARCHAR')"
+    return (
+        f"SELECT list(DISTINCT json_type({values})) AS kinds, "
+        f"bool_and(regexp_matches({strings}, '{_DATE_PATTERN}')) {only_strings} AS all_dates, "
+        f"bool_and(regexp_matches({strings}, '{_DATETIME_PATTERN}') "
+        f"AND TRY_CAST({strings} AS TIMESTAMPTZ) IS NOT NULL) {only_strings} AS all_datetimes"
+    )
+
+
+def infer_type(kinds: list[str], all_dates: bool | None, all_datetimes: bool | None) -> str | None:
+    """The column type for the JSON types seen (None: only nulls, no column yet)."""
+    seen = {kind for kind in kinds if kind not in (None, "NULL")}
+    if not seen:
+        return None
+    if seen <= {"BIGINT", "UBIGINT"}:
+        return "BIGINT"
+    if seen <= {"BIGINT", "UBIGINT", "DOUBLE"}:
+        return "DOUBLE"
+    if seen == {"BOOLEAN"}:
+        return "BOOLEAN"
+    if seen == {"VARCHAR"}:
+        if all_dates:
+            return "DATE"
+        if all_datetimes:
+            return "TIMESTAMPTZ"
+        return "VARCHAR"
+    return "JSON"
+
+
+def _scalar_text(value: str) -> str:
+    """The value's text for casting: strings unquoted, numbers as written, others NULL."""
+    return (
+        f"(CASE json_type({value}) WHEN 'VARCHAR' THEN trim({value}->>'$') "
+        f"WHEN 'BIGINT' THEN {value}::VARCHAR WHEN 'UBIGINT' THEN {value}::VARCHAR "
+        f"WHEN 'DOUBLE' THEN {value}::VARCHAR END)"
+    )
+
+
+def cast_from_json(value: str, column_type: str) -> str:
+    """SQL casting JSON `value` to `column_type`; NULL where the value does not fit."""
+    upper = column_type.upper()
+    if upper == "JSON":
+        return f"(CASE WHEN json_type({value}) <> 'NULL' THEN {value} END)"
+    if upper == "VARCHAR":
+        return (
+            f"(CASE json_type({value}) WHEN 'VARCHAR' THEN {value}->>'$' "
+            f"WHEN 'NULL' THEN NULL ELSE {value}::VARCHAR END)"
+        )
+    text = _scalar_text(value)
+    if upper in _INTEGER_TYPES:
+        number = f"TRY_CAST({text} AS DOUBLE)"
+        return (
+            f"(CASE WHEN regexp_full_match({text}, '[+-]?\\d+') THEN TRY_CAST({text} AS {upper}) "
+            f"WHEN {number} = trunc({number}) THEN TRY_CAST({number} AS {upper}) END)"
+        )
+    if upper in _FLOAT_TYPES or upper.startswith("DECIMAL"):
+        return f"TRY_CAST({text} AS {column_type})"
+    if upper == "BOOLEAN":
+        return (
+            f"(CASE WHEN json_type({value}) = 'BOOLEAN' THEN {value}::VARCHAR::BOOLEAN "
+            f"WHEN json_type({value}) = 'VARCHAR' AND lower({value}->>'$') IN ('true', 'false') "
+            f"THEN ({value}->>'$')::BOOLEAN END)"
+        )
+    if upper in _TEMPORAL_TYPES:
+        return (
+            f"(CASE WHEN json_type({value}) = 'VARCHAR' "
+            f"THEN TRY_CAST({value}->>'$' AS {column_type}) END)"
+        )
+    if upper.endswith("]") or upper.startswith(("STRUCT", "MAP", "LIST")):
+        return (
+            f"(CASE WHEN json_type({value}) <> 'NULL' THEN TRY_CAST({value} AS {column_type}) END)"
+        )
+    return f"TRY_CAST({text} AS {column_type})"
+
+
+def cast_typed(value: str, source_type: str, column_type: str) -> str:
+    """SQL casting an already typed projection column to the table's column type."""
+    if source_type.upper() == column_type.upper():
+        return value
+    if column_type.upper() == "JSON":
+        return f"to_json({value})"
+    if source_type.upper() == "JSON":
+        return cast_from_json(value, column_type)
+    return f"TRY_CAST({value} AS {column_type})"
+
+
+def is_null_json(value: str) -> str:
+    return f"({value} IS NULL OR json_type({value}) = 'NULL')"

@@ -1,0 +1,116 @@
+"""Opens the DuckLake catalog in an embedded DuckDB, offline, and creates the lake's own tables.
+
+The catalog is a DuckDB file at `DATA_DIR/lake/catalog.ducklake` with Parquet files beside it,
+unless a catalog connection string (e.g. `postgres:dbname=lake host=db user=s2s`) and a shared
+data path are configured for deployments that outgrow one machine.
+
+The lake's bookkeeping lives in the lake itself, in schema `s2s`, so that a batch of rows, its
+dead letters and the materialization's checkpoint commit in one DuckLake transaction:
+
+- `s2s.materializations(name, definition)`: one row per materialization; `definition` is the
+  JSON of `Materialization` (see definition.py). Updatable.
+- `s2s.checkpoints(name, last_seq_num, rows_applied, rows_rejected, updated_at)`: the last
+  sequence number whose effects are in the target table (-1: none). Updated only in the same
+  transaction as the rows it covers: that is the exactly-once invariant.
+- `s2s.dead_letters(...)`: records that could not become rows, with the reason. Append-only.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+from duckdb_extensions import import_extension
+
+CATALOG_ALIAS = "lake"
+META_SCHEMA = "s2s"
+
+_META_TABLES = (
+    f"CREATE TABLE IF NOT EXISTS {META_SCHEMA}.materializations (name VARCHAR, definition VARCHAR)",
+    f"CREATE TABLE IF NOT EXISTS {META_SCHEMA}.checkpoints "
+    "(name VARCHAR, last_seq_num BIGINT, rows_applied BIGINT, rows_rejected BIGINT, "
+    "updated_at TIMESTAMPTZ)",
+    f"CREATE TABLE IF NOT EXISTS {META_SCHEMA}.dead_letters "
+    "(materialization VARCHAR, target_table VARCHAR, basin VARCHAR, stream VARCHAR, "
+    "seq_num BIGINT, record_timestamp BIGINT, body BLOB, reason VARCHAR, "
+    "rejected_at TIMESTAMPTZ)",
+)
+
+
+@dataclass(frozen=True)
+class LakeSettings:
+    """Where the lake lives and how materializations batch."""
+
+    root: Path
+    """`DATA_DIR/lake`: the embedded catalog, temp files and (by default) the Parquet files."""
+    catalog: str | None = None
+    """A DuckLake catalog connection string; None: the embedded DuckDB file under `root`."""
+    data_path: str | None = None
+    """Where Parquet files go; None: `root/data`. Required with a shared catalog."""
+    batch_rows_max: int = 100_000
+    """Rows per commit at most: bounds the memory one batch holds."""
+    linger_s: float = 0.5
+    """How long a materialization waits for more records before committing what it has."""
+
+    @property
+    def catalog_uri(self) -> str:
+        return "ducklake:" + (self.catalog or str(self.root / "catalog.ducklake"))
+
+    @property
+    def data_dir(self) -> str:
+        return self.data_path or str(self.root / "data")
+
+
+def _quote_literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def open_lake(settings: LakeSettings) -> duckdb.DuckDBPyConnection:
+    """Connect, load DuckLake from the pip-installed extension, attach the catalog as `lake`.
+
+    External file access is then limited to the lake's own directories: `/v1/lake/query` runs
+    user SQL on this instance, and must not read the server's files.
+    """
+    settings.root.mkdir(parents=True, exist_ok=True)
+    data_dir = settings.data_dir
+    if "://" not in data_dir:
+        os.makedirs(data_dir, exist_ok=True)
+    extensions = settings.root / "extensions"
+    temp = settings.root / "tmp"
+    temp.mkdir(exist_ok=True)
+    conn = duckdb.connect(
+        config={
+            "autoinstall_known_extensions": False,
+            "autoload_known_extensions": False,
+            "extension_directory": str(extensions),
+            "temp_directory": str(temp),
+        }
+    )
+    import_extension("ducklake", con=conn)
+    conn.execute("LOAD ducklake")
+    if settings.catalog and settings.catalog.startswith("postgres:"):
+        import_extension("postgres_scanner", con=conn)
+        conn.execute("LOAD postgres_scanner")
+    conn.execute(
+        f"ATTACH {_quote_literal(settings.catalog_uri)} AS {CATALOG_ALIAS} "
+        f"(DATA_PATH {_quote_literal(data_dir)})"
+    )
+    conn.execute(f"USE {CATALOG_ALIAS}")
+    conn.execute(f"CREATE SCHEMA IF NOT EXISTS {META_SCHEMA}")
+    for statement in _META_TABLES:
+        conn.execute(statement)
+    allowed = [str(settings.root) + os.sep]
+    if "://" not in data_dir:
+        allowed.append(os.path.abspath(data_dir) + os.sep)
+    conn.execute(f"SET allowed_directories = [{', '.join(map(_quote_literal, allowed))}]")
+    conn.execute("SET enable_external_access = false")
+    return conn
+
+
+def lake_cursor(conn: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+    """A new connection to the same lake, for one thread; unqualified names resolve in it."""
+    cursor = conn.cursor()
+    cursor.execute(f"USE {CATALOG_ALIAS}")
+    return cursor

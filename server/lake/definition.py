@@ -1,0 +1,151 @@
+"""What a materialization is: a source stream, a target table, a mode, and an optional SQL
+projection; validated once, when it is declared, so a running one never meets a bad definition.
+
+The projection sees one row per record with the columns `seq_num` (BIGINT), `timestamp`
+(BIGINT, milliseconds), `headers` (MAP(VARCHAR, VARCHAR)) and `body` (JSON), and is a DuckDB
+select list (`select`) and predicate (`where`): that covers dropping, masking, renaming,
+deriving and sampling. Without `select`, each top-level field of the JSON object becomes a
+column.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from s2s import names
+from s2s.errors import S2Error, invalid
+
+MODES = ("append", "merge")
+INGEST_BASIN = "lake-ingest"
+"""Streams written by `/v2/stream` live here, one per table, named `schema.table`."""
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_SQL_FRAGMENT_BYTES_MAX = 16 * 1024
+
+
+@dataclass(frozen=True)
+class Materialization:
+    name: str
+    basin: str
+    stream: str
+    target_schema: str
+    target_table: str
+    mode: str = "append"
+    primary_key: str | None = None
+    select: str | None = None
+    where: str | None = None
+    partition_by: list[str] = field(default_factory=list)
+    create_table: bool = False
+    paused: bool = False
+
+    @property
+    def target(self) -> str:
+        return f"{self.target_schema}.{self.target_table}"
+
+    @property
+    def source(self) -> str:
+        return f"{self.basin}/{self.stream}"
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @staticmethod
+    def from_json(text: str) -> Materialization:
+        return Materialization(**json.loads(text))
+
+    def with_paused(self, paused: bool) -> Materialization:
+        return replace(self, paused=paused)
+
+
+def split_table(table: str) -> tuple[str, str]:
+    """`schema.table` or `lake.schema.table` (the catalog prefix is optional)."""
+    parts = table.split(".")
+    if len(parts) == 3 and parts[0].lower() == "lake":
+        parts = parts[1:]
+    if len(parts) != 2 or not all(_IDENTIFIER.match(part) for part in parts):
+        raise invalid(
+            f"table {table!r} must be 'schema.table' (letters, digits and underscores, "
+            "starting with a letter or underscore, at most 63 each)"
+        )
+    return parts[0], parts[1]
+
+
+def _optional_sql(value: Any, what: str) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise invalid(f"{what} must be a string of DuckDB SQL")
+    if len(value.encode()) > _SQL_FRAGMENT_BYTES_MAX:
+        raise invalid(f"{what} must be at most {_SQL_FRAGMENT_BYTES_MAX} bytes")
+    if ";" in value:
+        raise invalid(f"{what} must be a single SQL expression list, without ';'")
+    return value
+
+
+def build_materialization(spec: dict[str, Any]) -> Materialization:
+    """Check a declaration (the JSON shape of the HTTP API) and build the definition.
+
+    The SQL fragments are checked for syntax against the projection's input columns by the
+    lake (`Lake.create_materialization`), which has a DuckDB connection.
+    """
+    name = spec.get("name")
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise invalid(
+            "name must be 1-128 characters: letters, digits, '_', '.', '-', "
+            "starting with a letter or digit"
+        )
+    table = spec.get("table")
+    if not isinstance(table, str):
+        raise invalid("table is required: 'schema.table'")
+    schema, table_name = split_table(table)
+    basin = spec.get("basin") or INGEST_BASIN
+    stream = spec.get("stream") or f"{schema}.{table_name}"
+    if not isinstance(basin, str) or not isinstance(stream, str):
+        raise invalid("basin and stream must be strings")
+    names.validate_basin_name(basin)
+    names.validate_stream_name(stream)
+    mode = spec.get("mode") or "append"
+    if mode not in MODES:
+        raise invalid(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+    primary_key = spec.get("primary_key")
+    if isinstance(primary_key, list):
+        if len(primary_key) != 1:
+            raise invalid("primary_key must name exactly one column")
+        primary_key = primary_key[0]
+    if mode == "merge":
+        if not isinstance(primary_key, str) or not primary_key:
+            raise invalid("merge mode needs primary_key: the one column to upsert on")
+    else:
+        primary_key = None
+    partition_by = spec.get("partition_by") or []
+    if isinstance(partition_by, str):
+        partition_by = [part.strip() for part in partition_by.split(",") if part.strip()]
+    if not isinstance(partition_by, list) or not all(isinstance(p, str) for p in partition_by):
+        raise invalid("partition_by must be a list of column names or transforms like year(ts)")
+    for part in partition_by:
+        _optional_sql(part, "partition_by")
+    for flag in ("create_table", "paused"):
+        if not isinstance(spec.get(flag, False), bool):
+            raise invalid(f"{flag} must be true or false")
+    return Materialization(
+        name=name,
+        basin=basin,
+        stream=stream,
+        target_schema=schema,
+        target_table=table_name,
+        mode=mode,
+        primary_key=primary_key,
+        select=_optional_sql(spec.get("select"), "select"),
+        where=_optional_sql(spec.get("where"), "where"),
+        partition_by=list(partition_by),
+        create_table=bool(spec.get("create_table", False)),
+        paused=bool(spec.get("paused", False)),
+    )
+
+
+def not_found(name: str) -> S2Error:
+    return S2Error("materialization_not_found", f"materialization {name!r} does not exist")

@@ -1,0 +1,530 @@
+"""Parsing and validation of `POST /v2/stream` ingest bodies (the Definite Stream API shape).
+
+Pure functions only: the HTTP frontend hands over the raw body, its content headers and the
+query parameters, and gets back an `IngestRequest` (accepted rows as JSON text plus per-row
+rejections) or an `IngestError` carrying the HTTP status and error code to answer with.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import zlib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import zstandard
+
+MAX_PAYLOAD_BYTES = 10 * 1024 * 1024
+"""Largest body accepted, checked both as received and after decompression."""
+
+MAX_ROWS = 50_000
+"""Most rows in one request, counting rows that end up rejected."""
+
+MAX_FIELD_BYTES = 1024 * 1024
+"""Largest top-level field value of a row: UTF-8 length for strings, compact JSON otherwise."""
+
+MAX_ROW_BYTES = 1024 * 1024 - 8
+"""Largest compact JSON encoding of a row, so that every row fits in one stream record."""
+
+MAX_DEPTH = 10
+"""Deepest nesting of a row, the row object itself being depth 1."""
+
+APPEND = "append"
+MERGE = "merge"
+
+_JSON_TYPES = frozenset({"", "application/json"})
+_NDJSON_TYPES = frozenset(
+    {
+        "application/x-ndjson",
+        "application/jsonl",
+        "application/json-lines",
+        "application/x-jsonlines",
+    }
+)
+_QUERY_BOOLS = {"true": True, "1": True, "false": False, "0": False}
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+_GZIP_WBITS = 16 + zlib.MAX_WBITS
+# Decompressed output is produced at most this much at a time, which bounds the overshoot
+# past MAX_PAYLOAD_BYTES when a small body inflates enormously.
+_DECOMPRESS_CHUNK = 256 * 1024
+_PREVIEW_CHARS = 80
+_CONTAINER_TYPES = frozenset({dict, list})
+_MIB = 1024 * 1024
+
+
+def _reject_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+# NaN and Infinity are Python extensions, not JSON; refusing them keeps stored rows portable.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+class IngestError(Exception):
+    """A request rejected as a whole; `status` and `code` become the HTTP error response."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class RejectedRow:
+    """A row left out of an otherwise accepted request."""
+
+    index: int
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class IngestRequest:
+    """A validated ingest request: target table, options and the accepted rows."""
+
+    schema: str
+    table: str
+    mode: str
+    primary_key: str | None
+    wait: bool
+    tags: dict[str, Any]
+    rows: list[bytes]
+    row_indexes: list[int]
+    rejected: list[RejectedRow]
+
+    @property
+    def qualified_table(self) -> str:
+        return f"{self.schema}.{self.table}"
+
+
+@dataclass(frozen=True)
+class _Config:
+    schema: str
+    table: str
+    mode: str
+    primary_key: str | None
+    wait: bool
+    tags: dict[str, Any]
+
+
+def parse_ingest_request(
+    body: bytes,
+    *,
+    content_type: str | None,
+    content_encoding: str | None,
+    query: Mapping[str, str],
+) -> IngestRequest:
+    """Decode, parse and validate an ingest body; raises `IngestError` if it is unacceptable.
+
+    JSON bodies carry their own config; NDJSON bodies take it from the query parameters.
+    """
+    if len(body) > MAX_PAYLOAD_BYTES:
+        raise _payload_too_large(f"request body is {len(body)} bytes, which")
+    ndjson = _is_ndjson(content_type)
+    text = _decode_utf8(_decompress(body, content_encoding))
+    if ndjson:
+        return _parse_ndjson(text, _config_from_query(query))
+    return _parse_json(text)
+
+
+def _is_ndjson(content_type: str | None) -> bool:
+    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    if media_type in _NDJSON_TYPES:
+        return True
+    if media_type in _JSON_TYPES:
+        return False
+    raise IngestError(
+        415,
+        "unsupported_media_type",
+        f"unsupported Content-Type {content_type!r}; use application/json or application/x-ndjson",
+    )
+
+
+def _payload_too_large(subject: str) -> IngestError:
+    return IngestError(
+        413,
+        "payload_too_large",
+        f"{subject} exceeds the limit of {MAX_PAYLOAD_BYTES} bytes "
+        f"({MAX_PAYLOAD_BYTES // _MIB} MiB)",
+    )
+
+
+def _invalid_encoding(detail: str) -> IngestError:
+    return IngestError(400, "invalid_encoding", f"cannot decompress body: {detail}")
+
+
+def _decompress(body: bytes, content_encoding: str | None) -> bytes | bytearray:
+    coding = (content_encoding or "").strip().lower()
+    if coding in ("", "identity"):
+        return body
+    if coding in ("gzip", "x-gzip"):
+        return _gunzip(body)
+    if coding == "zstd":
+        return _unzstd(body)
+    raise IngestError(
+        415,
+        "unsupported_encoding",
+        f"unsupported Content-Encoding {content_encoding!r}; use gzip, zstd or identity",
+    )
+
+
+def _gunzip(data: bytes) -> bytearray:
+    """Inflate concatenated gzip members, never holding much more than the payload limit."""
+    out = bytearray()
+    member = zlib.decompressobj(_GZIP_WBITS)
+    try:
+        while True:
+            chunk = member.decompress(data, _DECOMPRESS_CHUNK)
+            out += chunk
+            if len(out) > MAX_PAYLOAD_BYTES:
+                raise _payload_too_large("decompressed body")
+            if member.eof:
+                data = member.unused_data
+                if not data:
+                    return out
+                member = zlib.decompressobj(_GZIP_WBITS)
+            elif len(chunk) < _DECOMPRESS_CHUNK and not member.unconsumed_tail:
+                # A short chunk with no input left means zlib is waiting for more: truncated.
+                raise _invalid_encoding("gzip data is truncated")
+            else:
+                data = member.unconsumed_tail
+    except zlib.error as exc:
+        raise _invalid_encoding(f"corrupt gzip data ({exc})") from None
+
+
+def _unzstd(data: bytes) -> bytearray:
+    """Decompress concatenated zstd frames, refusing bombs before materializing them.
+
+    zstandard offers no decompressor that both bounds its output and reports truncated
+    input, so a streaming pass first measures the output size in bounded chunks, and only a
+    body known to fit is then decompressed for real, frame by frame, checking each ends.
+    """
+    decompressor = zstandard.ZstdDecompressor()
+    try:
+        _measure_zstd(decompressor, data)
+        out = bytearray()
+        while True:
+            frame = decompressor.decompressobj()
+            out += frame.decompress(data)
+            if not frame.eof:
+                raise _invalid_encoding("zstd data is truncated")
+            data = frame.unused_data
+            if not data:
+                return out
+    except zstandard.ZstdError as exc:
+        raise _invalid_encoding(f"corrupt zstd data ({exc})") from None
+
+
+def _measure_zstd(decompressor: zstandard.ZstdDecompressor, data: bytes) -> None:
+    size = 0
+    with decompressor.stream_reader(data, read_across_frames=True) as reader:
+        while chunk := reader.read(_DECOMPRESS_CHUNK):
+            size += len(chunk)
+            if size > MAX_PAYLOAD_BYTES:
+                raise _payload_too_large("decompressed body")
+
+
+def _decode_utf8(raw: bytes | bytearray) -> str:
+    try:
+        # utf-8-sig drops a leading byte order mark, which some Windows clients send.
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise IngestError(
+            400, "invalid_json", f"body is not valid UTF-8 (bad byte at offset {exc.start})"
+        ) from None
+
+
+def _invalid_request(message: str) -> IngestError:
+    return IngestError(400, "invalid_request", message)
+
+
+def _nesting_too_deep(where: str) -> IngestError:
+    return IngestError(
+        422, "nesting_too_deep", f"{where} nests deeper than the limit of {MAX_DEPTH} levels"
+    )
+
+
+def _parse_json(text: str) -> IngestRequest:
+    try:
+        document = _DECODER.decode(text)
+    except RecursionError:
+        raise _nesting_too_deep("request body") from None
+    except ValueError as exc:
+        raise IngestError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise _invalid_request("body must be a JSON object with 'data' and 'config'")
+    if "data" not in document:
+        raise _invalid_request("missing field 'data'")
+    if "config" not in document:
+        raise _invalid_request("missing field 'config'")
+    config = _config_from_body(document["config"])
+    data = document["data"]
+    if isinstance(data, dict):
+        data = [data]
+    elif not isinstance(data, list):
+        raise _invalid_request("'data' must be an object (one row) or an array of rows")
+    _check_row_count(len(data))
+    validator = _RowValidator(config.primary_key)
+    for index, row in enumerate(data):
+        validator.add(index, row)
+    return validator.finish(config)
+
+
+def _parse_ndjson(text: str, config: _Config) -> IngestRequest:
+    lines = [stripped for line in text.split("\n") if (stripped := line.strip(" \t\r"))]
+    _check_row_count(len(lines))
+    validator = _RowValidator(config.primary_key)
+    for index, line in enumerate(lines):
+        try:
+            row = _DECODER.decode(line)
+        except RecursionError:
+            raise _nesting_too_deep(f"row {index}") from None
+        except ValueError as exc:
+            validator.reject(index, "invalid_json", f"line is not valid JSON: {exc}")
+        else:
+            validator.add(index, row, line)
+    return validator.finish(config)
+
+
+def _check_row_count(count: int) -> None:
+    if count == 0:
+        raise _invalid_request("no rows: the request must carry at least one row")
+    if count > MAX_ROWS:
+        raise IngestError(
+            422, "too_many_rows", f"request has {count} rows; the limit is {MAX_ROWS} rows"
+        )
+
+
+def _config_from_body(config: Any) -> _Config:
+    if not isinstance(config, dict):
+        raise _invalid_request("'config' must be an object")
+    if "table" not in config:
+        raise _invalid_request("missing field 'config.table'")
+    wait = config.get("wait", False)
+    if not isinstance(wait, bool):
+        raise _invalid_request("'config.wait' must be a boolean")
+    tags = config.get("tags", {})
+    if not isinstance(tags, dict):
+        raise _invalid_request("'config.tags' must be an object")
+    return _make_config(
+        config["table"],
+        config.get("mode", APPEND),
+        lambda: _columns_from_body(config.get("primary_key")),
+        wait,
+        dict(tags),
+    )
+
+
+def _columns_from_body(primary_key: Any) -> list[str]:
+    if primary_key is None:
+        return []
+    if isinstance(primary_key, str):
+        return [primary_key]
+    if isinstance(primary_key, list) and all(isinstance(column, str) for column in primary_key):
+        return primary_key
+    raise _invalid_request("'config.primary_key' must be a column name or a list of column names")
+
+
+def _config_from_query(query: Mapping[str, str]) -> _Config:
+    if "table" not in query:
+        raise _invalid_request("missing query parameter 'table'")
+    wait = _QUERY_BOOLS.get(query.get("wait", "false").strip().lower())
+    if wait is None:
+        raise _invalid_request("query parameter 'wait' must be true, false, 1 or 0")
+    primary_key = query.get("primary_key", "")
+    return _make_config(
+        query["table"],
+        query.get("mode", APPEND),
+        lambda: [column.strip() for column in primary_key.split(",") if column.strip()],
+        wait,
+        {},
+    )
+
+
+def _make_config(
+    table: Any, mode: Any, primary_key_columns: Callable[[], list[str]], wait: bool, tags: Any
+) -> _Config:
+    """Shared checks; the primary key is only looked at in merge mode, where it matters."""
+    if not isinstance(table, str):
+        raise _invalid_request("the table name must be a string")
+    schema, name = _split_table(table)
+    if mode not in (APPEND, MERGE):
+        raise _invalid_request(f"mode must be {APPEND!r} or {MERGE!r}, got {_preview(mode)}")
+    primary_key = _single_key(primary_key_columns()) if mode == MERGE else None
+    return _Config(schema, name, mode, primary_key, wait, tags)
+
+
+def _split_table(qualified: str) -> tuple[str, str]:
+    parts = qualified.split(".")
+    if len(parts) == 3 and parts[0].lower() == "lake":
+        parts = parts[1:]
+    if len(parts) != 2 or not all(_IDENTIFIER.fullmatch(part) for part in parts):
+        raise IngestError(
+            400,
+            "invalid_table",
+            f"invalid table name {_preview(qualified)}: expected 'schema.table' or "
+            "'lake.schema.table', each part a letter or underscore followed by up to 62 "
+            "letters, digits or underscores",
+        )
+    return parts[0], parts[1]
+
+
+def _single_key(columns: list[str]) -> str:
+    if len(columns) != 1 or not columns[0]:
+        raise IngestError(
+            422,
+            "invalid_primary_key",
+            f"merge mode needs exactly one primary key column, got {_preview(columns)}",
+        )
+    return columns[0]
+
+
+class _RowValidator:
+    """Checks rows one by one, collecting accepted rows and per-row rejections."""
+
+    def __init__(self, primary_key: str | None) -> None:
+        self._primary_key = primary_key
+        self._rows: list[bytes] = []
+        self._row_indexes: list[int] = []
+        self._rejected: list[RejectedRow] = []
+        self._first_index_by_key: dict[str | int, int] = {}
+        # Raised only after every row was seen, so that limit violations take precedence.
+        self._duplicate: IngestError | None = None
+
+    def reject(self, index: int, code: str, message: str) -> None:
+        self._rejected.append(RejectedRow(index, code, message))
+
+    def add(self, index: int, row: Any, source: str | None = None) -> None:
+        """Validates one parsed row; `source` is its JSON text when it came alone on a line."""
+        if type(row) is not dict:
+            self.reject(index, "not_an_object", f"row is a JSON {_json_type(row)}, not an object")
+            return
+        _check_depth(index, row)
+        encoded = _verbatim(source) or self._encode(index, row)
+        if encoded is None:
+            return
+        if len(encoded) > MAX_ROW_BYTES:
+            _raise_oversized(index, row, len(encoded))
+        key_column = self._primary_key
+        if key_column is not None and not self._check_key(index, row.get(key_column)):
+            return
+        self._rows.append(encoded)
+        self._row_indexes.append(index)
+
+    def _encode(self, index: int, row: dict[str, Any]) -> bytes | None:
+        try:
+            return _ENCODER.encode(row).encode("utf-8")
+        except UnicodeEncodeError:
+            self.reject(index, "invalid_json", "row contains an unpaired UTF-16 surrogate escape")
+        except ValueError:
+            self.reject(index, "invalid_json", "row contains a number too large for a double")
+        return None
+
+    def _check_key(self, index: int, key: Any) -> bool:
+        column = self._primary_key
+        if key is None:
+            self.reject(
+                index, "missing_primary_key", f"primary key column {column!r} is missing or null"
+            )
+            return False
+        # bool is excluded although it subclasses int; floats are refused outright, so
+        # 1 and 1.0 never meet, and 1 and "1" are different keys.
+        if type(key) is not str and type(key) is not int:
+            self.reject(
+                index,
+                "invalid_primary_key",
+                f"primary key column {column!r} must be a string or an integer, "
+                f"got a JSON {_json_type(key)}",
+            )
+            return False
+        first = self._first_index_by_key.setdefault(key, index)
+        if first != index and self._duplicate is None:
+            self._duplicate = IngestError(
+                422,
+                "duplicate_primary_key",
+                f"rows {first} and {index} have the same primary key {column}={_preview(key)}",
+            )
+        return True
+
+    def finish(self, config: _Config) -> IngestRequest:
+        if self._duplicate is not None:
+            raise self._duplicate
+        return IngestRequest(
+            schema=config.schema,
+            table=config.table,
+            mode=config.mode,
+            primary_key=config.primary_key,
+            wait=config.wait,
+            tags=config.tags,
+            rows=self._rows,
+            row_indexes=self._row_indexes,
+            rejected=self._rejected,
+        )
+
+
+def _verbatim(source: str | None) -> bytes | None:
+    """Reuses a row's own JSON text, re-encoding being the costliest step for large requests.
+
+    Text with escapes is re-encoded instead, so that unpaired surrogates get caught, and so is
+    text too large as sent, since its compact form may still fit.
+    """
+    if source is None or "\\u" in source:
+        return None
+    encoded = source.encode("utf-8")
+    return encoded if len(encoded) <= MAX_ROW_BYTES else None
+
+
+def _check_depth(index: int, row: dict[str, Any]) -> None:
+    if _CONTAINER_TYPES.isdisjoint(map(type, row.values())):
+        return
+    pending = [(value, 2) for value in row.values() if type(value) in _CONTAINER_TYPES]
+    while pending:
+        value, depth = pending.pop()
+        if depth > MAX_DEPTH:
+            raise _nesting_too_deep(f"row {index}")
+        children: Iterable[Any] = value.values() if type(value) is dict else value
+        pending.extend((child, depth + 1) for child in children if type(child) in _CONTAINER_TYPES)
+
+
+def _raise_oversized(index: int, row: dict[str, Any], size: int) -> NoReturn:
+    """Names the offending field when there is one; only called for rows already too large."""
+    for name, value in row.items():
+        if _field_size(value) > MAX_FIELD_BYTES:
+            raise IngestError(
+                422,
+                "field_too_large",
+                f"row {index}: field {_preview(name)} exceeds the limit of {MAX_FIELD_BYTES} bytes",
+            )
+    raise IngestError(
+        422,
+        "row_too_large",
+        f"row {index} is {size} bytes as JSON; the limit is {MAX_ROW_BYTES} bytes",
+    )
+
+
+def _field_size(value: Any) -> int:
+    if isinstance(value, str):
+        return len(value.encode("utf-8"))
+    return len(_ENCODER.encode(value).encode("utf-8"))
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else "object"
+
+
+def _preview(value: Any) -> str:
+    """A repr short enough for an error message, whatever the client sent."""
+    text = repr(value)
+    return text if len(text) <= _PREVIEW_CHARS else text[: _PREVIEW_CHARS - 3] + "..."

@@ -1,0 +1,77 @@
+"""Read-only SQL over the lake, for `/v1/lake/query`, the SDK and `s2s sql`.
+
+Three fences keep a query from changing anything: only one statement, of a reading type;
+it runs inside a transaction that is always rolled back; and DuckDB's file access is limited
+to the lake's own directories (connection.py), so `read_csv('/etc/passwd')` fails too.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import duckdb
+import pyarrow as pa
+
+from s2s.errors import S2Error
+from server.lake.connection import lake_cursor
+
+ROWS_MAX = 100_000
+"""The most rows one query returns; more are cut off and the result says `truncated`."""
+_READING_TYPES = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
+_QUERY_THREADS = 2
+
+
+class QueryRunner:
+    def __init__(self, conn: duckdb.DuckDBPyConnection) -> None:
+        self._conn = conn
+        self._executor = ThreadPoolExecutor(_QUERY_THREADS, thread_name_prefix="lake-query")
+
+    @property
+    def executor(self) -> ThreadPoolExecutor:
+        return self._executor
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+
+    def run(self, sql: str, rows_max: int = ROWS_MAX) -> tuple[pa.Table, bool]:
+        """Run on a query thread: the result (at most `rows_max` rows) and whether it was cut."""
+        cursor = lake_cursor(self._conn)
+        try:
+            try:
+                statements = cursor.extract_statements(sql)
+            except duckdb.Error as error:
+                raise S2Error("bad_sql", _first_line(error)) from None
+            if len(statements) != 1:
+                raise S2Error("bad_sql", f"send exactly one statement, not {len(statements)}")
+            kind = statements[0].type
+            if kind not in _READING_TYPES:
+                raise S2Error(
+                    "read_only_sql",
+                    f"only reading statements (SELECT, WITH, DESCRIBE, SHOW, EXPLAIN) may run "
+                    f"here; this one is {kind.name}",
+                )
+            cursor.execute("BEGIN")
+            try:
+                reader = cursor.execute(sql).fetch_record_batch(min(rows_max, 10_000) or 1)
+                batches: list[pa.RecordBatch] = []
+                count = 0
+                truncated = False
+                for batch in reader:
+                    if count + batch.num_rows > rows_max:
+                        batches.append(batch.slice(0, rows_max - count))
+                        truncated = True
+                        break
+                    batches.append(batch)
+                    count += batch.num_rows
+                return pa.Table.from_batches(batches, schema=reader.schema), truncated
+            except duckdb.Error as error:
+                raise S2Error("bad_sql", _first_line(error)) from None
+            finally:
+                cursor.execute("ROLLBACK")
+        finally:
+            cursor.close()
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -1,0 +1,243 @@
+"""Runs one materialization: follows its source stream from the checkpoint, batches records by
+rows and time, and applies each batch on the lake's writer thread.
+
+Resuming is always from the checkpoint stored in the lake (never from memory), so a batch
+whose commit finished after its runner was cancelled, or before the process was killed, is
+never applied twice: its records are at or below the checkpoint that committed with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+
+from s2s.errors import S2Error
+from s2s.v1 import records_pb2 as pb
+from server.lake import registry
+from server.lake.apply import Applier, ApplyResult, RecordBatch, TableMissing
+from server.lake.definition import Materialization
+from server.lake.writer import LakeWriter
+from server.reader import ReadLimits, ReadStart, RecordSlice
+from server.streamstore import StreamStore
+
+log = logging.getLogger("s2s.lake")
+
+_QUEUE_SLICES_MAX = 256
+"""Read-ahead bound: at most this many slices (each <= 1000 records, 1 MiB) wait to apply."""
+_RETRY_S_MIN = 0.5
+_RETRY_S_MAX = 30.0
+_MISSING_SOURCE_CODES = ("stream_not_found", "basin_not_found")
+
+
+@dataclass(frozen=True)
+class RunnerStatus:
+    state: str
+    last_error: str | None
+    next_seq_num: int
+    rows_applied: int
+    rows_rejected: int
+    last_snapshot_id: int | None
+    last_commit_at: float | None
+
+
+def decode_slices(slices: list[RecordSlice], with_headers: bool) -> RecordBatch:
+    """Stream records to a batch; command records (fence, trim) carry no row and are skipped."""
+    seq_nums: list[int] = []
+    timestamps: list[int] = []
+    bodies: list[bytes] = []
+    headers: list[list[tuple[str, str]]] | None = [] if with_headers else None
+    for piece in slices:
+        for record in pb.ReadBatch.FromString(piece.payload).records:
+            if len(record.headers) == 1 and record.headers[0].name == b"":
+                continue
+            seq_nums.append(record.seq_num)
+            timestamps.append(record.timestamp)
+            bodies.append(record.body)
+            if headers is not None:
+                headers.append(
+                    [
+                        (h.name.decode(errors="replace"), h.value.decode(errors="replace"))
+                        for h in record.headers
+                    ]
+                )
+    return RecordBatch(seq_nums, timestamps, bodies, headers, slices[-1].last_seq)
+
+
+class MaterializationRunner:
+    def __init__(
+        self,
+        definition: Materialization,
+        checkpoint: registry.Checkpoint,
+        store: StreamStore,
+        writer: LakeWriter,
+    ) -> None:
+        self.definition = definition
+        self._store = store
+        self._writer = writer
+        self._applier = Applier(writer.cursor, definition)
+        self._next_seq = checkpoint.last_seq_num + 1
+        self._rows_applied = checkpoint.rows_applied
+        self._rows_rejected = checkpoint.rows_rejected
+        self._state = "paused" if definition.paused else "starting"
+        self._last_error: str | None = None
+        self._last_snapshot_id: int | None = None
+        self._last_commit_at: float | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._waiters: list[tuple[int, asyncio.Future[int | None]]] = []
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._task is None:
+            self._state = "starting"
+            self._task = asyncio.create_task(self._run(), name=f"lake:{self.definition.name}")
+
+    async def stop(self, state: str = "paused") -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._state = state
+        for _, waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._waiters.clear()
+
+    def status(self) -> RunnerStatus:
+        return RunnerStatus(
+            self._state,
+            self._last_error,
+            self._next_seq,
+            self._rows_applied,
+            self._rows_rejected,
+            self._last_snapshot_id,
+            self._last_commit_at,
+        )
+
+    async def wait_applied(self, seq_num: int, timeout_s: float) -> int | None:
+        """The snapshot that made `seq_num` visible, or None if it did not happen in time."""
+        if self._next_seq > seq_num:
+            return self._last_snapshot_id
+        if self._task is None:
+            return None
+        waiter: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((seq_num, waiter))
+        try:
+            return await asyncio.wait_for(waiter, timeout_s)
+        except TimeoutError:
+            return None
+        finally:
+            self._waiters = [(seq, w) for seq, w in self._waiters if w is not waiter]
+
+    # --- the loop ------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        retry_s = _RETRY_S_MIN
+        while True:
+            try:
+                checkpoint = await self._writer.run(self._load_checkpoint)
+                self._next_seq = checkpoint.last_seq_num + 1
+                await self._follow()
+            except S2Error as error:
+                waiting = error.code in _MISSING_SOURCE_CODES
+                self._fail("waiting_for_stream" if waiting else "error", error.message)
+            except TableMissing as error:
+                self._fail("waiting_for_table", str(error))
+            except Exception as error:  # a lake or read failure: retry from the checkpoint
+                log.exception("materialization %s failed", self.definition.name)
+                self._fail("error", f"{type(error).__name__}: {error}")
+            await asyncio.sleep(retry_s)
+            retry_s = min(retry_s * 2, _RETRY_S_MAX)
+
+    def _fail(self, state: str, message: str) -> None:
+        self._state = state
+        self._last_error = message
+
+    def _load_checkpoint(self) -> registry.Checkpoint:
+        for definition, checkpoint in registry.load_all(self._writer.cursor):
+            if definition.name == self.definition.name:
+                return checkpoint
+        return registry.Checkpoint(self._next_seq - 1, self._rows_applied, self._rows_rejected)
+
+    async def _follow(self) -> None:
+        definition = self.definition
+        session = await self._store.read_session(
+            definition.basin, definition.stream, ReadStart(seq_num=self._next_seq), ReadLimits()
+        )
+        queue: asyncio.Queue[RecordSlice | BaseException | None] = asyncio.Queue(_QUEUE_SLICES_MAX)
+
+        async def read() -> None:
+            try:
+                async for output in session:
+                    if output.records is not None:
+                        await queue.put(output.records)
+                await queue.put(None)
+            except Exception as error:
+                await queue.put(error)
+
+        reader = asyncio.create_task(read(), name=f"lake-read:{definition.name}")
+        self._state = "running"
+        try:
+            await self._batch_and_apply(queue)
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+            await session.aclose()
+
+    async def _batch_and_apply(
+        self, queue: asyncio.Queue[RecordSlice | BaseException | None]
+    ) -> None:
+        settings = self._writer.settings
+        loop = asyncio.get_running_loop()
+        pending: list[RecordSlice] = []
+        pending_records = 0
+        deadline = 0.0
+        while True:
+            item: RecordSlice | BaseException | None
+            try:
+                timeout = max(0.0, deadline - loop.time()) if pending else None
+                item = await asyncio.wait_for(queue.get(), timeout)
+            except TimeoutError:
+                item = None
+                timed_out = True
+            else:
+                timed_out = False
+            if isinstance(item, BaseException):
+                raise item
+            if isinstance(item, RecordSlice):
+                if not pending:
+                    deadline = loop.time() + settings.linger_s
+                pending.append(item)
+                pending_records += item.count
+            elif not timed_out:
+                return  # the read session ended (it follows forever, so: stream deleted)
+            if pending and (timed_out or pending_records >= settings.batch_rows_max):
+                await self._apply(pending)
+                pending, pending_records = [], 0
+
+    async def _apply(self, slices: list[RecordSlice]) -> None:
+        result: ApplyResult = await self._writer.run(self._decode_and_apply, slices)
+        self._next_seq = result.last_seq_num + 1
+        self._rows_applied += result.rows_applied
+        self._rows_rejected += result.rows_rejected
+        self._last_snapshot_id = result.snapshot_id
+        self._last_commit_at = time.time()
+        self._last_error = None
+        self._state = "running"
+        still_waiting = []
+        for seq_num, waiter in self._waiters:
+            if seq_num <= result.last_seq_num:
+                if not waiter.done():
+                    waiter.set_result(result.snapshot_id)
+            else:
+                still_waiting.append((seq_num, waiter))
+        self._waiters = still_waiting
+
+    def _decode_and_apply(self, slices: list[RecordSlice]) -> ApplyResult:
+        batch = decode_slices(slices, self._applier.uses_headers())
+        return self._applier.apply(batch)

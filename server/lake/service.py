@@ -1,0 +1,370 @@
+"""The lake as the frontends see it: declare and control materializations, ingest rows for a
+table (`/v2/stream`), read dead letters, run read-only SQL, and count what happened.
+
+Ingest never writes to a table directly: rows become records in the table's ingest stream
+(durable before the response), and the table's materialization applies them, exactly once,
+like any other stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from s2s.config import StreamConfig
+from s2s.errors import S2Error, invalid
+from s2s.records import validate_append_input
+from s2s.v1 import records_pb2 as pb
+from server.lake import registry
+from server.lake.apply import Applier
+from server.lake.connection import META_SCHEMA, LakeSettings
+from server.lake.definition import (
+    INGEST_BASIN,
+    Materialization,
+    build_materialization,
+    not_found,
+)
+from server.lake.ingest import IngestRequest
+from server.lake.query import ROWS_MAX, QueryRunner
+from server.lake.runner import MaterializationRunner
+from server.lake.writer import LakeWriter
+from server.reader import ReadLimits, ReadStart
+from server.streamstore import StreamStore
+
+INGEST_WAIT_S = 30.0
+"""How long `wait=true` waits for the lake commit before answering without a snapshot."""
+DEAD_LETTERS_LIMIT_MAX = 1000
+_BATCH_RECORDS_MAX = 1000
+_BATCH_BYTES_MAX = 1024 * 1024
+_RECORD_OVERHEAD_BYTES = 8
+
+
+@dataclass
+class TableCounters:
+    requests: int = 0
+    rows_accepted: int = 0
+    rows_rejected: int = 0
+    errors: int = 0
+
+
+class Lake:
+    def __init__(self, store: StreamStore, settings: LakeSettings) -> None:
+        self._store = store
+        self._writer = LakeWriter(settings)
+        self._runners: dict[str, MaterializationRunner] = {}
+        self._queries: QueryRunner | None = None
+        self._lock = asyncio.Lock()
+        self.counters: dict[str, TableCounters] = {}
+        self.error_codes: Counter[tuple[str, str]] = Counter()
+
+    @classmethod
+    async def open(cls, store: StreamStore, settings: LakeSettings) -> Lake:
+        lake = cls(store, settings)
+        await lake._writer.open()
+        lake._queries = QueryRunner(lake._writer.connection)
+        loaded = await lake._writer.run(registry.load_all, lake._writer.cursor)
+        for definition, checkpoint in loaded:
+            runner = MaterializationRunner(definition, checkpoint, store, lake._writer)
+            lake._runners[definition.name] = runner
+            if not definition.paused:
+                runner.start()
+        return lake
+
+    async def close(self) -> None:
+        for runner in self._runners.values():
+            await runner.stop("stopped")
+        if self._queries is not None:
+            self._queries.close()
+        await self._writer.close()
+
+    # --- materializations ----------------------------------------------------------------
+
+    async def create_materialization(self, spec: dict[str, Any]) -> dict[str, Any]:
+        definition = build_materialization(spec)
+        async with self._lock:
+            if definition.name in self._runners:
+                raise S2Error(
+                    "resource_already_exists",
+                    f"materialization {definition.name!r} already exists",
+                )
+            if definition.select is not None or definition.where is not None:
+                await self._writer.run(self._check_projection, definition)
+            if definition.basin == INGEST_BASIN:
+                await self._ensure_ingest_stream(definition.stream)
+            created = await self._writer.run(registry.insert, self._writer.cursor, definition)
+            if not created:
+                raise S2Error(
+                    "resource_already_exists",
+                    f"materialization {definition.name!r} already exists",
+                )
+            runner = MaterializationRunner(
+                definition, registry.Checkpoint(-1, 0, 0), self._store, self._writer
+            )
+            self._runners[definition.name] = runner
+            if not definition.paused:
+                runner.start()
+        return await self.materialization_status(definition.name)
+
+    async def _ensure_ingest_stream(self, stream: str) -> None:
+        """Create the ingest basin and stream if absent; never touch an existing config."""
+        catalog = self._store.catalog
+        if catalog.get_basin(INGEST_BASIN) is None:
+            await self._store.create_basin(INGEST_BASIN)
+        await catalog.create_stream_if_absent(INGEST_BASIN, stream, StreamConfig())
+
+    def _check_projection(self, definition: Materialization) -> None:
+        try:
+            Applier(self._writer.cursor, definition).check_projection()
+        except Exception as error:
+            first = str(error).strip().splitlines()[0]
+            raise invalid(f"select/where do not compile: {first}") from None
+
+    def _runner(self, name: str) -> MaterializationRunner:
+        runner = self._runners.get(name)
+        if runner is None:
+            raise not_found(name)
+        return runner
+
+    async def list_materializations(self) -> list[dict[str, Any]]:
+        return [await self.materialization_status(name) for name in sorted(self._runners)]
+
+    async def pause(self, name: str) -> dict[str, Any]:
+        async with self._lock:
+            runner = self._runner(name)
+            await runner.stop("paused")
+            runner.definition = runner.definition.with_paused(True)
+            await self._writer.run(registry.update, self._writer.cursor, runner.definition)
+        return await self.materialization_status(name)
+
+    async def resume(self, name: str) -> dict[str, Any]:
+        async with self._lock:
+            runner = self._runner(name)
+            runner.definition = runner.definition.with_paused(False)
+            await self._writer.run(registry.update, self._writer.cursor, runner.definition)
+            runner.start()
+        return await self.materialization_status(name)
+
+    async def delete(self, name: str) -> None:
+        async with self._lock:
+            runner = self._runner(name)
+            await runner.stop("deleted")
+            await self._writer.run(registry.delete, self._writer.cursor, name)
+            del self._runners[name]
+
+    async def materialization_status(self, name: str) -> dict[str, Any]:
+        runner = self._runner(name)
+        definition = runner.definition
+        status = runner.status()
+        tail_seq: int | None = None
+        lag_s = 0.0
+        try:
+            tail = await self._store.check_tail(definition.basin, definition.stream)
+            tail_seq = tail.seq_num
+            if tail_seq > status.next_seq_num:
+                lag_s = await self._oldest_unapplied_age_s(definition, status.next_seq_num)
+        except S2Error:
+            pass  # the source does not exist (yet): no lag to report
+        return {
+            "name": definition.name,
+            "source": {"basin": definition.basin, "stream": definition.stream},
+            "table": definition.target,
+            "mode": definition.mode,
+            "primary_key": definition.primary_key,
+            "select": definition.select,
+            "where": definition.where,
+            "partition_by": definition.partition_by,
+            "create_table": definition.create_table,
+            "state": status.state,
+            "last_error": status.last_error,
+            "applied_seq_num": status.next_seq_num,
+            "tail_seq_num": tail_seq,
+            "lag_records": max(0, (tail_seq or 0) - status.next_seq_num),
+            "lag_seconds": round(lag_s, 3),
+            "rows_applied": status.rows_applied,
+            "rows_rejected": status.rows_rejected,
+            "last_snapshot_id": status.last_snapshot_id,
+            "last_commit_at": status.last_commit_at,
+        }
+
+    async def _oldest_unapplied_age_s(self, definition: Materialization, seq_num: int) -> float:
+        output = await self._store.read(
+            definition.basin,
+            definition.stream,
+            ReadStart(seq_num=seq_num),
+            ReadLimits(count=1, clamp=True),
+        )
+        if output.records is None:
+            return 0.0
+        first = pb.ReadBatch.FromString(output.records.payload).records[0]
+        return max(0.0, time.time() - first.timestamp / 1000)
+
+    # --- ingest --------------------------------------------------------------------------
+
+    async def ingest(self, request: IngestRequest) -> dict[str, Any]:
+        """Append the request's rows to its table's stream; with `wait`, await the commit."""
+        table = request.qualified_table
+        counters = self.counters.setdefault(table, TableCounters())
+        counters.requests += 1
+        runner = await self._ingest_runner(request)
+        definition = runner.definition
+        first_seq: int | None = None
+        last_seq: int | None = None
+        for batch in _record_batches(request):
+            ack = await self._store.append(definition.basin, definition.stream, batch)
+            if first_seq is None:
+                first_seq = ack.start.seq_num
+            last_seq = ack.end.seq_num - 1
+        rejected = [
+            {"index": row.index, "code": row.code, "message": row.message}
+            for row in request.rejected
+        ]
+        accepted = len(request.rows)
+        successful = accepted
+        warnings: list[str] = []
+        snapshot_id: int | None = None
+        if request.wait and last_seq is not None and first_seq is not None:
+            snapshot_id = await runner.wait_applied(last_seq, INGEST_WAIT_S)
+            if snapshot_id is None:
+                warnings.append(
+                    f"rows are durable in stream {definition.source} but were not committed "
+                    f"to the table within {INGEST_WAIT_S:.0f} s "
+                    f"(materialization state: {runner.status().state})"
+                )
+            else:
+                late = await self._rejected_between(definition, first_seq, last_seq)
+                index_of = dict(
+                    zip(range(first_seq, last_seq + 1), request.row_indexes, strict=True)
+                )
+                for seq_num, reason in late:
+                    rejected.append(
+                        {"index": index_of[seq_num], "code": "rejected", "message": reason}
+                    )
+                successful -= len(late)
+        counters.rows_accepted += accepted
+        counters.rows_rejected += len(rejected)
+        return {
+            "success": accepted > 0 and successful == accepted and not request.rejected,
+            "request_id": "req_" + uuid.uuid4().hex[:20],
+            "stream_id": definition.source,
+            "table": f"lake.{table}",
+            "accepted": accepted,
+            "successful_rows": successful,
+            "rejected_rows": len(rejected),
+            "partitions": [],
+            "snapshot_id": snapshot_id,
+            "warnings": warnings,
+            "errors": [],
+            "rejected": sorted(rejected, key=lambda row: row["index"]),
+        }
+
+    def count_error(self, table: str | None, code: str) -> None:
+        if table is not None:
+            self.counters.setdefault(table, TableCounters()).errors += 1
+        self.error_codes[(table or "", code)] += 1
+
+    async def _ingest_runner(self, request: IngestRequest) -> MaterializationRunner:
+        """The table's materialization; one is declared on first use if the table exists."""
+        table = request.qualified_table.lower()
+        candidates = [r for r in self._runners.values() if r.definition.target.lower() == table]
+        candidates.sort(key=lambda r: r.definition.basin != INGEST_BASIN)
+        if candidates and candidates[0].definition.basin == INGEST_BASIN:
+            runner = candidates[0]
+        elif await self._table_exists(request.schema, request.table):
+            spec: dict[str, Any] = {
+                "name": f"ingest.{request.schema}.{request.table}",
+                "table": request.qualified_table,
+                "mode": request.mode,
+                "primary_key": request.primary_key,
+            }
+            await self.create_materialization(spec)
+            runner = self._runners[spec["name"]]
+        else:
+            raise S2Error(
+                "table_not_found",
+                f"table {request.qualified_table} does not exist; declare a materialization "
+                "for it with create_table=true to have ingest create it",
+            )
+        definition = runner.definition
+        if definition.mode != request.mode:
+            raise invalid(
+                f"table {definition.target} is materialized in {definition.mode} mode; "
+                f"send mode={definition.mode!r}"
+            )
+        key = definition.primary_key
+        if key is not None and (request.primary_key or "").lower() != key.lower():
+            raise invalid(f"table {definition.target} merges on primary_key [{key!r}]")
+        return runner
+
+    async def _table_exists(self, schema: str, table: str) -> bool:
+        result, _ = await self.query(
+            "SELECT count(*) AS n FROM information_schema.tables WHERE table_catalog = 'lake' "
+            f"AND table_schema = {_literal(schema)} AND table_name = {_literal(table)}"
+        )
+        return bool(result.column("n")[0].as_py())
+
+    async def _rejected_between(
+        self, definition: Materialization, first: int, last: int
+    ) -> list[tuple[int, str]]:
+        result, _ = await self.query(
+            f"SELECT seq_num, reason FROM {META_SCHEMA}.dead_letters "
+            f"WHERE materialization = {_literal(definition.name)} "
+            f"AND seq_num BETWEEN {int(first)} AND {int(last)} ORDER BY seq_num"
+        )
+        return [(int(row["seq_num"]), str(row["reason"])) for row in result.to_pylist()]
+
+    async def dead_letters(self, table: str, limit: int) -> list[dict[str, Any]]:
+        """The most recent rejected records for `schema.table`, newest first."""
+        if not 1 <= limit <= DEAD_LETTERS_LIMIT_MAX:
+            raise invalid(f"limit must be between 1 and {DEAD_LETTERS_LIMIT_MAX}")
+        result, _ = await self.query(
+            "SELECT materialization, basin, stream, seq_num, record_timestamp, "
+            "body, reason, rejected_at FROM "
+            f"{META_SCHEMA}.dead_letters WHERE lower(target_table) = {_literal(table.lower())} "
+            f"ORDER BY rejected_at DESC, seq_num DESC LIMIT {int(limit)}"
+        )
+        rows = []
+        for row in result.to_pylist():
+            body = row.pop("body")
+            row["body"] = body.decode(errors="replace") if body is not None else None
+            row["rejected_at"] = row["rejected_at"].isoformat()
+            rows.append(row)
+        return rows
+
+    # --- SQL -----------------------------------------------------------------------------
+
+    async def query(self, sql: str, rows_max: int = ROWS_MAX) -> tuple[pa.Table, bool]:
+        assert self._queries is not None
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._queries.executor, self._queries.run, sql, rows_max)
+
+
+def _literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _record_batches(request: IngestRequest) -> list[Any]:
+    """The rows as append batches within the stream limits (1000 records, 1 MiB)."""
+    headers = [
+        pb.Header(name=f"tag:{key}".encode(), value=str(value).encode())
+        for key, value in sorted(request.tags.items())
+    ]
+    header_bytes = sum(len(h.name) + len(h.value) for h in headers)
+    batches = []
+    records: list[pb.AppendRecord] = []
+    size = 0
+    for row in request.rows:
+        metered = _RECORD_OVERHEAD_BYTES + 2 * len(headers) + header_bytes + len(row)
+        if records and (len(records) == _BATCH_RECORDS_MAX or size + metered > _BATCH_BYTES_MAX):
+            batches.append(validate_append_input(pb.AppendInput(records=records)))
+            records, size = [], 0
+        records.append(pb.AppendRecord(headers=headers, body=row))
+        size += metered
+    if records:
+        batches.append(validate_append_input(pb.AppendInput(records=records)))
+    return batches

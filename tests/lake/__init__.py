@@ -1,0 +1,1 @@
+"""Tests for projecting streams into DuckLake tables."""
