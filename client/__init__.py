@@ -3,9 +3,11 @@
 async with S2SClient("127.0.0.1:50051") as client:
     stream = client.stream("my-basin", "events")
     ack = await stream.append([b"hello"])
+    result = await client.sql("SELECT count(*) AS n FROM lake.app.events")
+    print(result.table, result.truncated)
 """
 
-from client._client import AppendSession, Producer, S2SClient, Stream, make_input
+from client._client import AppendSession, Producer, S2SClient, SqlResult, Stream, make_input
 from client._errors import (
     FencingTokenMismatchError,
     ReadUnwrittenError,
@@ -22,6 +24,7 @@ __all__ = [
     "S2SClient",
     "S2SError",
     "SeqNumMismatchError",
+    "SqlResult",
     "Stream",
     "SyncClient",
     "make_input",

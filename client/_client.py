@@ -1,8 +1,12 @@
-"""The asynchronous client: basins, streams, appends (unary, sessions, producer) and reads.
+"""The asynchronous client: basins, streams, appends (unary, sessions, producer), reads, and
+the lake (materializations and read-only SQL).
 
 Retry policy: a call is retried (up to `retries` times, with backoff) only when repeating it
-cannot duplicate data: reads, listings, config lookups, tail checks, and creates that carry a
-request token. Appends are never retried by the client: a failure after the server received
+cannot duplicate data: reads, listings, config lookups, tail checks, materialization lookups,
+SQL queries (always read-only), and creates that carry a request token. Materialization
+create, pause, resume and delete carry no token and are not retried, like reconfigures: a
+repeat after a lost response would fail (e.g. `resource_already_exists`) although the first
+call succeeded. Appends are never retried by the client: a failure after the server received
 the batch would leave it unknown whether the batch was applied. To make appends safely
 retryable, set `match_seq_num`: a repeat of an applied batch then fails with
 `SeqNumMismatchError` instead of writing twice. Read sessions that lose their connection resume
@@ -16,9 +20,11 @@ import collections
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
+import pyarrow as pa
 from grpc import aio
 
 from client._errors import S2SError, error_from_rpc, error_from_status
@@ -31,6 +37,8 @@ from s2s.convert import (
 )
 from s2s.records import BATCH_METERED_BYTES_MAX, BATCH_RECORDS_MAX, metered_size
 from s2s.v1 import control_pb2 as cpb
+from s2s.v1 import lake_pb2 as lpb
+from s2s.v1 import lake_pb2_grpc as lake_services
 from s2s.v1 import records_pb2 as pb
 from s2s.v1 import services_pb2 as spb
 from s2s.v1 import services_pb2_grpc as services
@@ -40,6 +48,15 @@ T = TypeVar("T")
 MESSAGE_BYTES_MAX = 8 * 1024 * 1024
 RETRYABLE_STATUSES = (grpc.StatusCode.UNAVAILABLE,)
 BACKOFF_MAX_S = 2.0
+
+
+@dataclass(frozen=True)
+class SqlResult:
+    """A query's rows, and whether the server cut them off at the row limit (or at the
+    message size cap) so that more rows matched than `table` holds."""
+
+    table: pa.Table
+    truncated: bool
 
 
 class S2SClient:
@@ -62,6 +79,7 @@ class S2SClient:
         self._account = services.AccountServiceStub(self._channel)  # type: ignore[no-untyped-call]
         self._basins = services.BasinServiceStub(self._channel)  # type: ignore[no-untyped-call]
         self.streams = services.StreamServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        self._lake = lake_services.LakeServiceStub(self._channel)  # type: ignore[no-untyped-call]
         self._retries = retries
         self._backoff_s = backoff_s
 
@@ -170,6 +188,92 @@ class S2SClient:
 
     def stream(self, basin: str, name: str) -> Stream:
         return Stream(self, basin, name)
+
+    # --- lake --------------------------------------------------------------------------------
+
+    async def create_materialization(
+        self,
+        name: str,
+        table: str,
+        *,
+        basin: str | None = None,
+        stream: str | None = None,
+        mode: str = "append",
+        primary_key: str | None = None,
+        select: str | None = None,
+        where: str | None = None,
+        partition_by: Iterable[str] = (),
+        create_table: bool = False,
+        paused: bool = False,
+    ) -> lpb.MaterializationStatus:
+        """Materialize a stream's JSON records into `table` ("schema.table").
+
+        Without basin and stream the source is the table's ingest stream. `select` and
+        `where` are DuckDB SQL over `seq_num`, `timestamp`, `headers` and `body` (JSON).
+        """
+        spec = lpb.MaterializationSpec(
+            name=name,
+            table=table,
+            mode=mode,
+            partition_by=list(partition_by),
+            create_table=create_table,
+            paused=paused,
+        )
+        for key, value in (
+            ("basin", basin),
+            ("stream", stream),
+            ("primary_key", primary_key),
+            ("select", select),
+            ("where", where),
+        ):
+            if value is not None:
+                setattr(spec, key, value)
+        request = lpb.CreateMaterializationRequest(spec=spec)
+        response: lpb.CreateMaterializationResponse = await self.call(
+            lambda: self._lake.CreateMaterialization(request)
+        )
+        return response.materialization
+
+    async def list_materializations(self) -> list[lpb.MaterializationStatus]:
+        request = lpb.ListMaterializationsRequest()
+        response: lpb.ListMaterializationsResponse = await self.call(
+            lambda: self._lake.ListMaterializations(request), retry=True
+        )
+        return list(response.materializations)
+
+    async def get_materialization(self, name: str) -> lpb.MaterializationStatus:
+        request = lpb.GetMaterializationRequest(name=name)
+        response: lpb.GetMaterializationResponse = await self.call(
+            lambda: self._lake.GetMaterialization(request), retry=True
+        )
+        return response.materialization
+
+    async def pause_materialization(self, name: str) -> lpb.MaterializationStatus:
+        request = lpb.PauseMaterializationRequest(name=name)
+        response: lpb.PauseMaterializationResponse = await self.call(
+            lambda: self._lake.PauseMaterialization(request)
+        )
+        return response.materialization
+
+    async def resume_materialization(self, name: str) -> lpb.MaterializationStatus:
+        request = lpb.ResumeMaterializationRequest(name=name)
+        response: lpb.ResumeMaterializationResponse = await self.call(
+            lambda: self._lake.ResumeMaterialization(request)
+        )
+        return response.materialization
+
+    async def delete_materialization(self, name: str) -> None:
+        request = lpb.DeleteMaterializationRequest(name=name)
+        await self.call(lambda: self._lake.DeleteMaterialization(request))
+
+    async def sql(self, query: str, limit: int | None = None) -> SqlResult:
+        """Run one read-only statement; at most `limit` rows (default: the server's maximum)."""
+        request = lpb.QueryRequest(sql=query)
+        if limit is not None:
+            request.limit = limit
+        response: lpb.QueryResponse = await self.call(lambda: self._lake.Query(request), retry=True)
+        table = pa.ipc.open_stream(response.arrow_ipc_stream).read_all()
+        return SqlResult(table, response.truncated)
 
 
 def make_input(

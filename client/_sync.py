@@ -7,8 +7,9 @@ import threading
 from collections.abc import Coroutine, Iterable, Iterator
 from typing import Any, TypeVar
 
-from client._client import S2SClient
+from client._client import S2SClient, SqlResult
 from s2s.config import StreamConfig
+from s2s.v1 import lake_pb2 as lpb
 from s2s.v1 import records_pb2 as pb
 
 T = TypeVar("T")
@@ -69,6 +70,29 @@ class SyncClient:
 
     def read(self, basin: str, stream: str, **kwargs: Any) -> pb.ReadBatch:
         return self._run(self._client.stream(basin, stream).read(**kwargs))
+
+    def create_materialization(
+        self, name: str, table: str, **kwargs: Any
+    ) -> lpb.MaterializationStatus:
+        return self._run(self._client.create_materialization(name, table, **kwargs))
+
+    def list_materializations(self) -> list[lpb.MaterializationStatus]:
+        return self._run(self._client.list_materializations())
+
+    def get_materialization(self, name: str) -> lpb.MaterializationStatus:
+        return self._run(self._client.get_materialization(name))
+
+    def pause_materialization(self, name: str) -> lpb.MaterializationStatus:
+        return self._run(self._client.pause_materialization(name))
+
+    def resume_materialization(self, name: str) -> lpb.MaterializationStatus:
+        return self._run(self._client.resume_materialization(name))
+
+    def delete_materialization(self, name: str) -> None:
+        self._run(self._client.delete_materialization(name))
+
+    def sql(self, query: str, limit: int | None = None) -> SqlResult:
+        return self._run(self._client.sql(query, limit))
 
     def read_session(self, basin: str, stream: str, **kwargs: Any) -> Iterator[pb.ReadBatch]:
         """Blocking iterator over a read session's batches."""

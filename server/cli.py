@@ -70,6 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long a materialization gathers records before a commit "
         "(env S2S_LAKE_LINGER_MS, default 500)",
     )
+    serve.add_argument(
+        "--lake-batch-rows",
+        type=int,
+        default=int(_env("S2S_LAKE_BATCH_ROWS", "100000")),
+        help="most records a materialization applies in one commit "
+        "(env S2S_LAKE_BATCH_ROWS, default 100000)",
+    )
     add_commands(commands, _env("S2S_SERVER", SERVER_DEFAULT))
     return parser
 
@@ -91,6 +98,7 @@ def lake_settings(args: argparse.Namespace) -> LakeSettings:
         catalog=args.lake_catalog,
         data_path=args.lake_data_path,
         linger_s=args.lake_linger_ms / 1000,
+        batch_rows_max=args.lake_batch_rows,
     )
 
 

@@ -13,7 +13,9 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from client import S2SClient, S2SError
+import pyarrow as pa
+
+from client import S2SClient, S2SError, SqlResult
 from s2s.config import (
     basin_config_from_json,
     basin_config_to_json,
@@ -28,6 +30,7 @@ from s2s.records import (
     metered_size,
     trim_record,
 )
+from s2s.v1 import lake_pb2 as lpb
 from s2s.v1 import records_pb2 as pb
 
 SERVER_DEFAULT = "127.0.0.1:50051"
@@ -91,6 +94,31 @@ def add_commands(commands: Any, env_server: str) -> None:
     trim.add_argument("stream")
     trim.add_argument("seq_num", type=int)
 
+    materializations = command(
+        "materializations", "manage materializations (streams applied to lake tables)"
+    )
+    materializations.add_argument(
+        "action", choices=["create", "list", "get", "pause", "resume", "delete"]
+    )
+    materializations.add_argument("name", nargs="?", default="")
+    materializations.add_argument("--table", help="target table, schema.table (create)")
+    materializations.add_argument("--basin", help="source basin (default: the ingest stream)")
+    materializations.add_argument("--stream", help="source stream (default: schema.table)")
+    materializations.add_argument("--mode", choices=["append", "merge"], default="append")
+    materializations.add_argument("--primary-key", help="the column merge mode upserts on")
+    materializations.add_argument("--select", help="DuckDB select list over the record columns")
+    materializations.add_argument("--where", help="DuckDB predicate over the record columns")
+    materializations.add_argument(
+        "--partition-by", nargs="+", action="extend", default=[], metavar="EXPR"
+    )
+    materializations.add_argument("--create-table", action="store_true")
+    materializations.add_argument("--paused", action="store_true", help="create it paused")
+
+    sql = command("sql", "run a read-only SQL query over the lake and print the rows")
+    sql.add_argument("query")
+    sql.add_argument("--limit", type=int, help="at most this many rows")
+    sql.add_argument("--json", action="store_true", help="print one JSON object per row")
+
     bench = command("bench", "measure append throughput and ack latency")
     bench.add_argument("basin")
     bench.add_argument("--stream", default="s2s-bench")
@@ -100,7 +128,18 @@ def add_commands(commands: Any, env_server: str) -> None:
     bench.add_argument("--seconds", type=float, default=10.0)
 
 
-COMMANDS = ("basins", "streams", "append", "read", "tail", "fence", "trim", "bench")
+COMMANDS = (
+    "basins",
+    "streams",
+    "append",
+    "read",
+    "tail",
+    "fence",
+    "trim",
+    "materializations",
+    "sql",
+    "bench",
+)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -265,6 +304,128 @@ async def _fence(client: S2SClient, args: argparse.Namespace) -> None:
 async def _trim(client: S2SClient, args: argparse.Namespace) -> None:
     ack = await client.stream(args.basin, args.stream).append([trim_record(args.seq_num)])
     print(f"trim requested at seq_num {ack.start.seq_num}")
+
+
+def materialization_json(status: lpb.MaterializationStatus) -> dict[str, Any]:
+    """The status in the JSON shape of the HTTP API: unset optional fields are null."""
+
+    def optional(key: str) -> Any:
+        return getattr(status, key) if status.HasField(key) else None
+
+    return {
+        "name": status.name,
+        "source": {"basin": status.source.basin, "stream": status.source.stream},
+        "table": status.table,
+        "mode": status.mode,
+        "primary_key": optional("primary_key"),
+        "select": optional("select"),
+        "where": optional("where"),
+        "partition_by": list(status.partition_by),
+        "create_table": status.create_table,
+        "state": status.state,
+        "last_error": optional("last_error"),
+        "applied_seq_num": status.applied_seq_num,
+        "tail_seq_num": optional("tail_seq_num"),
+        "lag_records": status.lag_records,
+        "lag_seconds": status.lag_seconds,
+        "rows_applied": status.rows_applied,
+        "rows_rejected": status.rows_rejected,
+        "last_snapshot_id": optional("last_snapshot_id"),
+        "last_commit_at": optional("last_commit_at"),
+    }
+
+
+async def _materializations(client: S2SClient, args: argparse.Namespace) -> None:
+    if args.action == "list":
+        for status in await client.list_materializations():
+            source = f"{status.source.basin}/{status.source.stream}"
+            print(
+                f"{status.name}\t{status.state}\t{source} -> {status.table}\t"
+                f"{status.rows_applied} rows, {status.lag_records} behind"
+            )
+        return
+    if not args.name:
+        raise S2Error("invalid", f"materializations {args.action} needs a name")
+    if args.action == "create":
+        if not args.table:
+            raise S2Error("invalid", "materializations create needs --table schema.table")
+        status = await client.create_materialization(
+            args.name,
+            args.table,
+            basin=args.basin,
+            stream=args.stream,
+            mode=args.mode,
+            primary_key=args.primary_key,
+            select=args.select,
+            where=args.where,
+            partition_by=args.partition_by,
+            create_table=args.create_table,
+            paused=args.paused,
+        )
+        source = f"{status.source.basin}/{status.source.stream}"
+        print(f"created materialization {status.name}: {source} -> {status.table} ({status.state})")
+    elif args.action == "get":
+        _print_json(materialization_json(await client.get_materialization(args.name)))
+    elif args.action == "pause":
+        await client.pause_materialization(args.name)
+        print(f"paused materialization {args.name}")
+    elif args.action == "resume":
+        await client.resume_materialization(args.name)
+        print(f"resumed materialization {args.name}")
+    else:
+        await client.delete_materialization(args.name)
+        print(f"deleted materialization {args.name}")
+
+
+def _cell_text(value: Any) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", errors="replace")
+    # One line per row keeps the columns aligned.
+    return str(value).replace("\n", "\\n")
+
+
+def format_table(result: SqlResult) -> str:
+    """Aligned columns under a header, numbers right-aligned, then the row count."""
+    table = result.table
+    columns = table.column_names
+    rows = [[_cell_text(v) for v in row.values()] for row in table.to_pylist()]
+    numeric = [
+        pa.types.is_integer(f.type) or pa.types.is_floating(f.type) or pa.types.is_decimal(f.type)
+        for f in table.schema
+    ]
+    widths = [max([len(name)] + [len(row[i]) for row in rows]) for i, name in enumerate(columns)]
+
+    def line(cells: list[str]) -> str:
+        return " | ".join(
+            cell.rjust(width) if right else cell.ljust(width)
+            for cell, width, right in zip(cells, widths, numeric, strict=True)
+        ).rstrip()
+
+    lines = [line(columns), "-+-".join("-" * width for width in widths)]
+    lines += [line(row) for row in rows]
+    lines.append(f"({len(rows)} row{'' if len(rows) == 1 else 's'})")
+    if result.truncated:
+        lines.append("(truncated: more rows matched; raise --limit or narrow the query)")
+    return "\n".join(lines)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return str(value)  # timestamps, dates, decimals, UUIDs: their usual text form
+
+
+async def _sql(client: S2SClient, args: argparse.Namespace) -> None:
+    result = await client.sql(args.query, args.limit)
+    if not args.json:
+        print(format_table(result))
+        return
+    for row in result.table.to_pylist():
+        print(json.dumps(row, ensure_ascii=False, default=_json_default))
+    if result.truncated:
+        print("truncated: more rows matched than were returned", file=sys.stderr)
 
 
 async def _bench(client: S2SClient, args: argparse.Namespace) -> None:

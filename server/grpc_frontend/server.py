@@ -1,4 +1,5 @@
-"""Builds the gRPC server: our three services, the standard health service and reflection."""
+"""Builds the gRPC server: our services (LakeService only with a lake), the standard health
+service and reflection."""
 
 from __future__ import annotations
 
@@ -6,10 +7,11 @@ from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from s2s.v1 import services_pb2
+from s2s.v1 import lake_pb2, lake_pb2_grpc, services_pb2
 from s2s.v1 import services_pb2_grpc as services
 from server.grpc_frontend import stream
 from server.grpc_frontend.control import AccountServicer, BasinServicer
+from server.grpc_frontend.lake import LakeServicer
 from server.lake.service import Lake
 from server.streamstore import StreamStore
 
@@ -21,6 +23,7 @@ SERVICE_NAMES = (
     "s2s.v1.BasinService",
     "s2s.v1.StreamService",
 )
+LAKE_SERVICE_NAME = lake_pb2.DESCRIPTOR.services_by_name["LakeService"].full_name
 
 
 async def start_grpc_server(
@@ -37,16 +40,19 @@ async def start_grpc_server(
     services.add_AccountServiceServicer_to_server(AccountServicer(store), server)  # type: ignore[no-untyped-call]
     services.add_BasinServiceServicer_to_server(BasinServicer(store), server)  # type: ignore[no-untyped-call]
     server.add_generic_rpc_handlers((stream.handlers(stream.StreamServicer(store)),))
+    names = [
+        services_pb2.DESCRIPTOR.services_by_name[n.split(".")[-1]].full_name for n in SERVICE_NAMES
+    ]
+    if lake is not None:
+        lake_pb2_grpc.add_LakeServiceServicer_to_server(LakeServicer(lake), server)  # type: ignore[no-untyped-call]
+        names.append(LAKE_SERVICE_NAME)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    for name in ("", *SERVICE_NAMES):
+    for name in ("", *names):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection(
         (
-            *(
-                services_pb2.DESCRIPTOR.services_by_name[n.split(".")[-1]].full_name
-                for n in SERVICE_NAMES
-            ),
+            *names,
             health.SERVICE_NAME,
             reflection.SERVICE_NAME,
         ),

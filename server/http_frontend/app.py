@@ -23,6 +23,7 @@ from server.http_frontend.exchange import (
     first_accept,
     media_type,
 )
+from server.http_frontend.lake import LakeApi
 from server.http_frontend.records import RecordsApi
 from server.http_frontend.sessions import S2S_CONTENT_TYPE, SessionsApi
 from server.http_frontend.sse import SSE_CONTENT_TYPE, SseApi
@@ -64,7 +65,7 @@ def _stream_segment(name: str) -> str:
 
 
 class HttpApp:
-    """S2 v1 REST API over a `StreamStore` (contract sections 1-9).
+    """S2 v1 REST API over a `StreamStore` (contract sections 1-9), plus the lake API.
 
     Setting `draining` ends open sessions with `server_draining` (see `lifecycle`).
     """
@@ -72,7 +73,7 @@ class HttpApp:
     def __init__(
         self, store: StreamStore, draining: asyncio.Event, lake: Lake | None = None
     ) -> None:
-        self._lake = lake
+        self._lake = LakeApi(lake) if lake is not None else None
         self._basins = BasinsApi(store)
         self._streams = StreamsApi(store)
         self._records = RecordsApi(store)
@@ -108,6 +109,9 @@ class HttpApp:
         if path in (["health"], ["ping"]):
             _allow(method, "GET")
             await exchange.respond(200, b"OK", "text/plain")
+            return
+        if path == ["metrics"] or path[:1] == ["v2"] or path[:2] == ["v1", "lake"]:
+            await self._route_lake(exchange, method, path)
             return
         if len(path) < 2 or path[0] != "v1":
             raise NotFound()
@@ -199,6 +203,53 @@ class HttpApp:
             await exchange.respond_json(200, LOCATION_INFO)
         else:
             raise NotFound()
+
+    async def _route_lake(self, exchange: Exchange, method: str, path: list[str]) -> None:
+        """`/metrics`, `/v2/stream[/errors]` and `/v1/lake/...`; all 404 without a lake."""
+        lake = self._lake
+        if lake is None:
+            raise NotFound()
+        if path == ["metrics"]:
+            _allow(method, "GET")
+            await lake.metrics(exchange)
+        elif path == ["v2", "stream"]:
+            _allow(method, "POST")
+            await lake.ingest(exchange)
+        elif path == ["v2", "stream", "errors"]:
+            _allow(method, "GET")
+            await lake.dead_letters(exchange)
+        elif path == ["v1", "lake", "query"]:
+            _allow(method, "POST")
+            await lake.query(exchange)
+        elif path[:3] == ["v1", "lake", "materializations"]:
+            await _route_materializations(lake, exchange, method, path[3:])
+        else:
+            raise NotFound()
+
+
+async def _route_materializations(
+    lake: LakeApi, exchange: Exchange, method: str, rest: list[str]
+) -> None:
+    if not rest:
+        _allow(method, "GET", "POST")
+        if method == "GET":
+            await lake.list_materializations(exchange)
+        else:
+            await lake.create_materialization(exchange)
+    elif len(rest) == 1:
+        _allow(method, "GET", "DELETE")
+        if method == "GET":
+            await lake.get_materialization(exchange, rest[0])
+        else:
+            await lake.delete_materialization(exchange, rest[0])
+    elif len(rest) == 2 and rest[1] in ("pause", "resume"):
+        _allow(method, "POST")
+        if rest[1] == "pause":
+            await lake.pause_materialization(exchange, rest[0])
+        else:
+            await lake.resume_materialization(exchange, rest[0])
+    else:
+        raise NotFound()
 
 
 def _allow(method: str, *allowed: str) -> None:

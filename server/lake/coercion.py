@@ -93,39 +93,44 @@ def _scalar_text(value: str) -> str:
 
 
 def cast_from_json(value: str, column_type: str) -> str:
-    """SQL casting JSON `value` to `column_type`; NULL where the value does not fit."""
+    """SQL casting JSON `value` to `column_type`; NULL where the value does not fit.
+
+    Each rule starts with the JSON type that matches the column, which DuckDB casts natively;
+    the slower text path runs only for values of another type.
+    """
     upper = column_type.upper()
+    kind = f"json_type({value})"
     if upper == "JSON":
-        return f"(CASE WHEN json_type({value}) <> 'NULL' THEN {value} END)"
+        return f"(CASE WHEN {kind} <> 'NULL' THEN {value} END)"
     if upper == "VARCHAR":
         return (
-            f"(CASE json_type({value}) WHEN 'VARCHAR' THEN {value}->>'$' "
+            f"(CASE {kind} WHEN 'VARCHAR' THEN {value}->>'$' "
             f"WHEN 'NULL' THEN NULL ELSE {value}::VARCHAR END)"
         )
     text = _scalar_text(value)
     if upper in _INTEGER_TYPES:
         number = f"TRY_CAST({text} AS DOUBLE)"
         return (
-            f"(CASE WHEN regexp_full_match({text}, '[+-]?\\d+') THEN TRY_CAST({text} AS {upper}) "
+            f"(CASE WHEN {kind} IN ('BIGINT', 'UBIGINT') THEN TRY_CAST({value} AS {upper}) "
+            f"WHEN regexp_full_match({text}, '[+-]?\\d+') THEN TRY_CAST({text} AS {upper}) "
             f"WHEN {number} = trunc({number}) THEN TRY_CAST({number} AS {upper}) END)"
         )
     if upper in _FLOAT_TYPES or upper.startswith("DECIMAL"):
-        return f"TRY_CAST({text} AS {column_type})"
+        return (
+            f"(CASE WHEN {kind} IN ('DOUBLE', 'BIGINT', 'UBIGINT') "
+            f"THEN TRY_CAST({value} AS {column_type}) "
+            f"ELSE TRY_CAST({text} AS {column_type}) END)"
+        )
     if upper == "BOOLEAN":
         return (
-            f"(CASE WHEN json_type({value}) = 'BOOLEAN' THEN {value}::VARCHAR::BOOLEAN "
-            f"WHEN json_type({value}) = 'VARCHAR' AND lower({value}->>'$') IN ('true', 'false') "
-            f"THEN ({value}->>'$')::BOOLEAN END)"
+            f"(CASE {kind} WHEN 'BOOLEAN' THEN TRY_CAST({value} AS BOOLEAN) "
+            f"WHEN 'VARCHAR' THEN CASE WHEN lower({value}->>'$') IN ('true', 'false') "
+            f"THEN ({value}->>'$')::BOOLEAN END END)"
         )
     if upper in _TEMPORAL_TYPES:
-        return (
-            f"(CASE WHEN json_type({value}) = 'VARCHAR' "
-            f"THEN TRY_CAST({value}->>'$' AS {column_type}) END)"
-        )
+        return f"(CASE WHEN {kind} = 'VARCHAR' THEN TRY_CAST({value}->>'$' AS {column_type}) END)"
     if upper.endswith("]") or upper.startswith(("STRUCT", "MAP", "LIST")):
-        return (
-            f"(CASE WHEN json_type({value}) <> 'NULL' THEN TRY_CAST({value} AS {column_type}) END)"
-        )
+        return f"(CASE WHEN {kind} <> 'NULL' THEN TRY_CAST({value} AS {column_type}) END)"
     return f"TRY_CAST({text} AS {column_type})"
 
 

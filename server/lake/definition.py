@@ -41,6 +41,9 @@ class Materialization:
     partition_by: list[str] = field(default_factory=list)
     create_table: bool = False
     paused: bool = False
+    owner: str = ""
+    """The id of the server that runs it: with a shared catalog, each server runs only its own
+    materializations, because the source streams live on the server that owns them."""
 
     @property
     def target(self) -> str:
@@ -86,7 +89,7 @@ def _optional_sql(value: Any, what: str) -> str | None:
     return value
 
 
-def build_materialization(spec: dict[str, Any]) -> Materialization:
+def build_materialization(spec: dict[str, Any], owner: str = "") -> Materialization:
     """Check a declaration (the JSON shape of the HTTP API) and build the definition.
 
     The SQL fragments are checked for syntax against the projection's input columns by the
@@ -144,6 +147,7 @@ def build_materialization(spec: dict[str, Any]) -> Materialization:
         partition_by=list(partition_by),
         create_table=bool(spec.get("create_table", False)),
         paused=bool(spec.get("paused", False)),
+        owner=owner,
     )
 
 

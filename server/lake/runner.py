@@ -87,6 +87,7 @@ class MaterializationRunner:
         self._last_commit_at: float | None = None
         self._task: asyncio.Task[None] | None = None
         self._waiters: list[tuple[int, asyncio.Future[int | None]]] = []
+        self._retry_s = _RETRY_S_MIN
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -136,11 +137,12 @@ class MaterializationRunner:
     # --- the loop ------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        retry_s = _RETRY_S_MIN
         while True:
             try:
                 checkpoint = await self._writer.run(self._load_checkpoint)
                 self._next_seq = checkpoint.last_seq_num + 1
+                self._rows_applied = checkpoint.rows_applied
+                self._rows_rejected = checkpoint.rows_rejected
                 await self._follow()
             except S2Error as error:
                 waiting = error.code in _MISSING_SOURCE_CODES
@@ -150,8 +152,8 @@ class MaterializationRunner:
             except Exception as error:  # a lake or read failure: retry from the checkpoint
                 log.exception("materialization %s failed", self.definition.name)
                 self._fail("error", f"{type(error).__name__}: {error}")
-            await asyncio.sleep(retry_s)
-            retry_s = min(retry_s * 2, _RETRY_S_MAX)
+            await asyncio.sleep(self._retry_s)
+            self._retry_s = min(self._retry_s * 2, _RETRY_S_MAX)
 
     def _fail(self, state: str, message: str) -> None:
         self._state = state
@@ -229,6 +231,7 @@ class MaterializationRunner:
         self._last_commit_at = time.time()
         self._last_error = None
         self._state = "running"
+        self._retry_s = _RETRY_S_MIN
         still_waiting = []
         for seq_num, waiter in self._waiters:
             if seq_num <= result.last_seq_num:

@@ -9,10 +9,12 @@ like any other stream.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -57,6 +59,7 @@ class Lake:
     def __init__(self, store: StreamStore, settings: LakeSettings) -> None:
         self._store = store
         self._writer = LakeWriter(settings)
+        self._server_id = _server_id(settings.root)
         self._runners: dict[str, MaterializationRunner] = {}
         self._queries: QueryRunner | None = None
         self._lock = asyncio.Lock()
@@ -70,6 +73,8 @@ class Lake:
         lake._queries = QueryRunner(lake._writer.connection)
         loaded = await lake._writer.run(registry.load_all, lake._writer.cursor)
         for definition, checkpoint in loaded:
+            if definition.owner != lake._server_id:
+                continue  # another server's, in a shared catalog
             runner = MaterializationRunner(definition, checkpoint, store, lake._writer)
             lake._runners[definition.name] = runner
             if not definition.paused:
@@ -86,7 +91,7 @@ class Lake:
     # --- materializations ----------------------------------------------------------------
 
     async def create_materialization(self, spec: dict[str, Any]) -> dict[str, Any]:
-        definition = build_materialization(spec)
+        definition = build_materialization(spec, owner=self._server_id)
         async with self._lock:
             if definition.name in self._runners:
                 raise S2Error(
@@ -208,15 +213,26 @@ class Lake:
 
     async def ingest(self, request: IngestRequest) -> dict[str, Any]:
         """Append the request's rows to its table's stream; with `wait`, await the commit."""
-        table = request.qualified_table
-        counters = self.counters.setdefault(table, TableCounters())
-        counters.requests += 1
         runner = await self._ingest_runner(request)
         definition = runner.definition
+        # Counted only once the table is known: made-up names must not grow the metrics.
+        counters = self.counters.setdefault(definition.target.lower(), TableCounters())
+        counters.requests += 1
         first_seq: int | None = None
         last_seq: int | None = None
         for batch in _record_batches(request):
-            ack = await self._store.append(definition.basin, definition.stream, batch)
+            try:
+                ack = await self._store.append(definition.basin, definition.stream, batch)
+            except S2Error as error:
+                if first_seq is None or last_seq is None:
+                    raise
+                # A request larger than one append batch is not atomic: say what landed.
+                raise S2Error(
+                    error.code,
+                    f"{error.message}; the first {last_seq - first_seq + 1} accepted rows are "
+                    f"already durable (seq_num {first_seq}..{last_seq}) and will be applied: "
+                    "resending them appends them again",
+                ) from error
             if first_seq is None:
                 first_seq = ack.start.seq_num
             last_seq = ack.end.seq_num - 1
@@ -252,7 +268,7 @@ class Lake:
             "success": accepted > 0 and successful == accepted and not request.rejected,
             "request_id": "req_" + uuid.uuid4().hex[:20],
             "stream_id": definition.source,
-            "table": f"lake.{table}",
+            "table": f"lake.{request.qualified_table}",
             "accepted": accepted,
             "successful_rows": successful,
             "rejected_rows": len(rejected),
@@ -264,9 +280,14 @@ class Lake:
         }
 
     def count_error(self, table: str | None, code: str) -> None:
-        if table is not None:
-            self.counters.setdefault(table, TableCounters()).errors += 1
-        self.error_codes[(table or "", code)] += 1
+        """Count a refused request against its table, if that table is a known one."""
+        known = table is not None and table.lower() in self.counters
+        if known:
+            assert table is not None
+            counters = self.counters[table.lower()]
+            counters.requests += 1
+            counters.errors += 1
+        self.error_codes[(table.lower() if known and table else "", code)] += 1
 
     async def _ingest_runner(self, request: IngestRequest) -> MaterializationRunner:
         """The table's materialization; one is declared on first use if the table exists."""
@@ -282,7 +303,11 @@ class Lake:
                 "mode": request.mode,
                 "primary_key": request.primary_key,
             }
-            await self.create_materialization(spec)
+            try:
+                await self.create_materialization(spec)
+            except S2Error as error:
+                if error.code != "resource_already_exists":  # a concurrent ingest declared it
+                    raise
             runner = self._runners[spec["name"]]
         else:
             raise S2Error(
@@ -342,6 +367,17 @@ class Lake:
         assert self._queries is not None
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._queries.executor, self._queries.run, sql, rows_max)
+
+
+def _server_id(root: Path) -> str:
+    """This server's stable id, made on first start and kept in its data directory."""
+    path = root / "server-id"
+    if not path.exists():
+        root.mkdir(parents=True, exist_ok=True)
+        staging = path.with_suffix(".tmp")
+        staging.write_text(uuid.uuid4().hex)
+        os.replace(staging, path)
+    return path.read_text().strip()
 
 
 def _literal(value: str) -> str:

@@ -1,0 +1,218 @@
+"""The batch applier against a real embedded DuckLake: shaping, casting, schema evolution,
+merge, dead letters, and the one-transaction commit that makes materialization exactly once."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+
+from server.lake.apply import Applier, RecordBatch, TableMissing
+from server.lake.connection import LakeSettings, lake_cursor, open_lake
+from server.lake.definition import build_materialization
+from server.lake.registry import Checkpoint, insert, load_all
+
+
+@pytest.fixture
+def lake(tmp_path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
+    conn = open_lake(LakeSettings(root=tmp_path / "lake"))
+    yield conn
+    conn.close()
+
+
+def _applier(conn: duckdb.DuckDBPyConnection, **spec: Any) -> Applier:
+    definition = build_materialization({"name": "m", "create_table": True, **spec})
+    cursor = lake_cursor(conn)
+    assert insert(cursor, definition)
+    return Applier(cursor, definition)
+
+
+def _batch(first_seq: int, *bodies: Any) -> RecordBatch:
+    encoded = [b if isinstance(b, bytes) else json.dumps(b).encode() for b in bodies]
+    seq_nums = list(range(first_seq, first_seq + len(encoded)))
+    return RecordBatch(seq_nums, [1_700_000_000_000] * len(encoded), encoded, None, seq_nums[-1])
+
+
+def _rows(conn: duckdb.DuckDBPyConnection, sql: str) -> list[tuple[Any, ...]]:
+    return lake_cursor(conn).execute(sql).fetchall()
+
+
+def _checkpoint(conn: duckdb.DuckDBPyConnection) -> Checkpoint:
+    [(_, checkpoint)] = load_all(lake_cursor(conn))
+    return checkpoint
+
+
+def test_infers_columns_and_rejects_what_is_not_an_object(lake) -> None:
+    applier = _applier(lake, table="bronze.events")
+    result = applier.apply(
+        _batch(
+            0,
+            {"id": 1, "name": "a", "score": 1.5, "ok": True, "at": "2024-05-01T10:00:00Z"},
+            {"id": 2, "name": "b", "score": 2, "day": "2024-05-02", "tags": ["x"]},
+            b"not json",
+            b"\xff\xfe",
+            [1, 2],
+        )
+    )
+    assert (result.rows_applied, result.rows_rejected, result.last_seq_num) == (2, 3, 4)
+    types = dict(
+        _rows(
+            lake,
+            "SELECT column_name, data_type FROM information_schema.columns "
+            "WHERE table_name = 'events'",
+        )
+    )
+    assert types == {
+        "id": "BIGINT",
+        "name": "VARCHAR",
+        "score": "DOUBLE",
+        "ok": "BOOLEAN",
+        "at": "TIMESTAMP WITH TIME ZONE",
+        "day": "DATE",
+        "tags": "JSON",
+    }
+    reasons = _rows(lake, "SELECT seq_num, reason, body FROM s2s.dead_letters ORDER BY seq_num")
+    assert reasons == [
+        (2, "body is not valid JSON", b"not json"),
+        (3, "body is not valid UTF-8", b"\xff\xfe"),
+        (4, "body is not a JSON object", b"[1, 2]"),
+    ]
+    assert _checkpoint(lake) == Checkpoint(4, 2, 3)
+
+
+@pytest.mark.parametrize(
+    ("column_type", "value", "stored"),
+    [
+        ("BIGINT", 42, 42),
+        ("BIGINT", "42", 42),
+        ("BIGINT", 2.0, 2),
+        ("BIGINT", 2.5, None),
+        ("BIGINT", True, None),
+        ("BIGINT", "abc", None),
+        ("DOUBLE", "2.5", 2.5),
+        ("DOUBLE", False, None),
+        ("BOOLEAN", "TRUE", True),
+        ("BOOLEAN", 1, None),
+        ("VARCHAR", 7, "7"),
+        ("VARCHAR", {"a": 1}, '{"a":1}'),
+        ("DATE", "2024-02-29", "2024-02-29"),
+        ("DATE", 20240229, None),
+        ("INTEGER", 3_000_000_000, None),
+    ],
+)
+def test_casts_lossless_or_rejects(lake, column_type: str, value: Any, stored: Any) -> None:
+    lake_cursor(lake).execute(f"CREATE SCHEMA IF NOT EXISTS s; CREATE TABLE s.t (v {column_type})")
+    applier = _applier(lake, table="s.t")
+    result = applier.apply(_batch(0, {"v": value}))
+    if stored is None:
+        assert (result.rows_applied, result.rows_rejected) == (0, 1)
+        [(reason,)] = _rows(lake, "SELECT reason FROM s2s.dead_letters")
+        assert reason.startswith("column 'v': cannot store") and column_type in reason
+    else:
+        assert (result.rows_applied, result.rows_rejected) == (1, 0)
+        [(got,)] = _rows(lake, "SELECT v::VARCHAR FROM s.t")
+        assert got == str(stored).lower() if isinstance(stored, bool) else got == str(stored)
+
+
+def test_new_fields_add_columns(lake) -> None:
+    applier = _applier(lake, table="s.evolving")
+    applier.apply(_batch(0, {"a": 1}))
+    applier.apply(_batch(1, {"a": 2, "b": "new"}, {"a": 3, "c": None}))
+    assert _rows(lake, "SELECT a, b FROM s.evolving ORDER BY a") == [
+        (1, None),
+        (2, "new"),
+        (3, None),
+    ]
+    columns = [r[0] for r in _rows(lake, "DESCRIBE s.evolving")]
+    assert columns == ["a", "b"]  # a field that was only ever null gets no column yet
+
+
+def test_merge_keeps_the_latest_record_per_key(lake) -> None:
+    applier = _applier(lake, table="s.kv", mode="merge", primary_key=["k"])
+    applier.apply(_batch(0, {"k": "a", "v": 1}, {"k": "b", "v": 1}, {"k": "a", "v": 2}))
+    result = applier.apply(_batch(3, {"k": "b", "v": 5}, {"v": 9}, {"k": None, "v": 9}))
+    assert (result.rows_applied, result.rows_rejected) == (1, 2)
+    assert _rows(lake, "SELECT k, v FROM s.kv ORDER BY k") == [("a", 2), ("b", 5)]
+    reasons = [r[0] for r in _rows(lake, "SELECT reason FROM s2s.dead_letters")]
+    assert reasons == ["primary key column 'k' is missing or null"] * 2
+
+
+def test_projection_renames_derives_filters_and_rejects_only_failing_records(lake) -> None:
+    applier = _applier(
+        lake,
+        table="s.projected",
+        select="(body->>'id')::INT AS user_id, upper(body->>'name') AS name, seq_num AS seq",
+        where="body->>'kind' = 'keep'",
+    )
+    applier.check_projection()
+    result = applier.apply(
+        _batch(
+            10,
+            {"id": 1, "name": "ann", "kind": "keep"},
+            {"id": 2, "name": "bob", "kind": "drop"},
+            {"id": "x", "name": "cat", "kind": "keep"},
+            {"id": 4, "name": "dan", "kind": "keep"},
+        )
+    )
+    assert (result.rows_applied, result.rows_rejected) == (2, 1)
+    assert _rows(lake, "SELECT user_id, name, seq FROM s.projected ORDER BY seq") == [
+        (1, "ANN", 10),
+        (4, "DAN", 13),
+    ]
+    [(seq_num, reason)] = _rows(lake, "SELECT seq_num, reason FROM s2s.dead_letters")
+    assert seq_num == 12 and reason.startswith("projection failed:")
+
+
+def test_projection_that_does_not_compile_is_refused(lake) -> None:
+    applier = _applier(lake, table="s.bad", select="no_such_column + 1 AS x")
+    with pytest.raises(duckdb.Error):
+        applier.check_projection()
+
+
+def test_missing_table_without_create_table_applies_nothing(lake) -> None:
+    definition = build_materialization({"name": "m", "table": "s.absent"})
+    cursor = lake_cursor(lake)
+    insert(cursor, definition)
+    with pytest.raises(TableMissing):
+        Applier(cursor, definition).apply(_batch(0, {"a": 1}))
+    assert _checkpoint(lake) == Checkpoint(-1, 0, 0)
+
+
+class FailingCursor:
+    """Delegates to a real cursor but fails the statement that matches `fail_on`."""
+
+    def __init__(self, cursor: duckdb.DuckDBPyConnection, fail_on: str) -> None:
+        self._cursor = cursor
+        self.fail_on = fail_on
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        if self.fail_on and self.fail_on in sql:
+            raise duckdb.IOException(f"injected failure: {self.fail_on}")
+        return self._cursor.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cursor, name)
+
+
+@pytest.mark.parametrize("fail_on", ["INSERT INTO lake.", "dead_letters", "checkpoints", "COMMIT"])
+def test_a_failed_commit_leaves_rows_and_checkpoint_together(lake, fail_on: str) -> None:
+    definition = build_materialization({"name": "m", "table": "s.once", "create_table": True})
+    cursor = lake_cursor(lake)
+    insert(cursor, definition)
+    failing = FailingCursor(cursor, fail_on)
+    applier = Applier(failing, definition)  # type: ignore[arg-type]
+    batch = _batch(0, {"id": 1}, {"id": 2}, b"bad")
+    with pytest.raises(duckdb.IOException):
+        applier.apply(batch)
+    assert _checkpoint(lake) == Checkpoint(-1, 0, 0)
+    assert _rows(lake, "SELECT count(*) FROM s2s.dead_letters") == [(0,)]
+    tables = _rows(lake, "SELECT count(*) FROM information_schema.tables WHERE table_name = 'once'")
+    assert tables == [(0,)]
+    failing.fail_on = ""
+    applier.apply(batch)
+    assert _rows(lake, "SELECT id FROM s.once ORDER BY id") == [(1,), (2,)]
+    assert _checkpoint(lake) == Checkpoint(2, 2, 1)
