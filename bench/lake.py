@@ -10,7 +10,8 @@ Scenarios:
   append    a stream of --rows records already written; a new append-mode materialization
             applies them all (rows/s from creation until the checkpoint covers the stream)
   merge     a merge-mode table loaded with --merge-base distinct keys, then --rows updates
-            to random existing keys (rows/s of the updates only)
+            to random existing keys, written while the materialization is paused (rows/s from
+            resume until the updates are applied)
   lag       --lag-seconds of appends at 5,000 rows/s (batches of 50 every 10 ms) into a
             running materialization; lag = time a record's append was acknowledged until the
             status shows it applied (polled every 10 ms), p50/p99 over every record
@@ -111,8 +112,11 @@ async def bench_merge(server: ServerProcess, http: httpx.Client, rows: int, base
     materialize(http, "merge_rows", "merge-src", mode="merge", primary_key="id")
     load_s = wait_applied(http, "merge_rows", base)
     updates = [record(base + i, key=random.randrange(base)) for i in range(rows)]
+    # Paused while writing, so the timing covers applying the updates and nothing else.
+    http.post("/v1/lake/materializations/merge_rows/pause").raise_for_status()
     await write(server.target, "merge-src", updates)
     began = time.perf_counter()
+    http.post("/v1/lake/materializations/merge_rows/resume").raise_for_status()
     wait_applied(http, "merge_rows", base + rows)
     elapsed = time.perf_counter() - began
     return (

@@ -33,6 +33,7 @@ from server.lake.definition import Materialization
 
 _STAGE = "s2s_stage"
 _REJECTS = "s2s_rejects"
+_CHECKED = "s2s_checked"
 _SHAPED = "s2s_shaped"
 _TYPED = "s2s_typed"
 _INCOMING = "s2s_incoming"
@@ -156,7 +157,7 @@ class Applier:
 
     def _drop_temporaries(self) -> None:
         # Dependents first: the views read the registered Arrow table.
-        for name in (_TYPED, _SHAPED, _REJECTS, _STAGE):
+        for name in (_TYPED, _SHAPED, _REJECTS, _STAGE, _CHECKED):
             kinds = self._cursor.execute(
                 "SELECT 'VIEW' FROM duckdb_views() WHERE temporary AND view_name = $name "
                 "UNION ALL "
@@ -168,29 +169,28 @@ class Applier:
 
     # --- 1. stage ------------------------------------------------------------------------
 
-    def _valid(self) -> str:
-        """The SQL predicate for a record whose body can be shaped (see `_stage`)."""
-        if self._definition.select is None:
-            return "(body IS NOT NULL AND json_valid(body) AND json_type(body) = 'OBJECT')"
-        return "(body IS NOT NULL AND json_valid(body))"
-
     def _stage(self, has_headers: bool) -> None:
-        """Reject what cannot be shaped; the bodies stay in the Arrow table (no copy)."""
-        object_check = (
-            "WHEN json_type(body) <> 'OBJECT' THEN 'body is not a JSON object' "
-            if self._definition.select is None
-            else ""
-        )
-        headers = "headers" if has_headers else "NULL::MAP(VARCHAR, VARCHAR) AS headers"
+        """Classify each record once (one JSON parse); the bodies stay in the Arrow table.
+
+        `s2s_checked` holds one reason per record, in the Arrow table's order, so the stage
+        view pairs them by position instead of parsing every body again in each later step.
+        """
+        wanted = "'OBJECT'" if self._definition.select is None else "kind"
         self._cursor.execute(
-            f"CREATE OR REPLACE TEMP VIEW {_STAGE} AS SELECT seq_num, timestamp, {headers}, "
-            f"body FROM {_INCOMING} WHERE {self._valid()}"
+            f"CREATE OR REPLACE TEMP TABLE {_CHECKED} AS SELECT CASE "
+            "WHEN body IS NULL THEN 'body is not valid UTF-8' "
+            "WHEN kind IS NULL THEN 'body is not valid JSON' "
+            f"WHEN kind <> {wanted} THEN 'body is not a JSON object' END AS reason "
+            f"FROM (SELECT body, TRY(json_type(body)) AS kind FROM {_INCOMING})"
+        )
+        headers = "i.headers" if has_headers else "NULL::MAP(VARCHAR, VARCHAR) AS headers"
+        self._cursor.execute(
+            f"CREATE OR REPLACE TEMP VIEW {_STAGE} AS SELECT i.seq_num, i.timestamp, {headers}, "
+            f"i.body FROM {_INCOMING} AS i POSITIONAL JOIN {_CHECKED} AS c WHERE c.reason IS NULL"
         )
         self._cursor.execute(
-            f"CREATE OR REPLACE TEMP TABLE {_REJECTS} AS SELECT seq_num, reason FROM ("
-            "SELECT seq_num, CASE WHEN body IS NULL THEN 'body is not valid UTF-8' "
-            "WHEN NOT json_valid(body) THEN 'body is not valid JSON' "
-            f"{object_check}END AS reason FROM {_INCOMING}) WHERE reason IS NOT NULL"
+            f"CREATE OR REPLACE TEMP TABLE {_REJECTS} AS SELECT i.seq_num, c.reason "
+            f"FROM {_INCOMING} AS i POSITIONAL JOIN {_CHECKED} AS c WHERE c.reason IS NOT NULL"
         )
 
     # --- 2. shape ------------------------------------------------------------------------
@@ -217,14 +217,12 @@ class Applier:
         for key in sorted(keys):
             spellings.setdefault(key.lower(), []).append(key)
         existing = {name.lower(): name for name in columns}
+        unseen = {lowered: v for lowered, v in spellings.items() if lowered not in existing}
         new_columns: dict[str, str] = {}
-        for lowered, variants in spellings.items():
-            if lowered in existing:
-                continue
-            column_type = self._infer(variants)
-            if column_type is not None:
-                # Names are case-insensitive in DuckDB: prefer the lower-case spelling.
-                new_columns[min(variants, key=lambda key: (key != lowered, key))] = column_type
+        for lowered, column_type in self._infer(unseen).items():
+            variants = unseen[lowered]
+            # Names are case-insensitive in DuckDB: prefer the lower-case spelling.
+            new_columns[min(variants, key=lambda key: (key != lowered, key))] = column_type
         names = {**existing, **{name.lower(): name for name in new_columns}}
         paths: list[str] = []
         value_exprs: dict[str, str] = {}
@@ -247,18 +245,30 @@ class Applier:
         )
         return new_columns
 
-    def _infer(self, spellings: list[str]) -> str | None:
-        paths = [
-            f"json_extract(body, {coercion.quote_literal(coercion.json_path(key))})"
-            for key in spellings
-        ]
-        value = paths[0] if len(paths) == 1 else f"coalesce({', '.join(paths)})"
+    def _infer(self, unseen: dict[str, list[str]]) -> dict[str, str]:
+        """Types for new columns (by lower-case name), from one pass over the batch."""
+        if not unseen:
+            return {}
+        paths: list[str] = []
+        values: list[str] = []
+        for variants in unseen.values():
+            parts = []
+            for key in variants:
+                paths.append(coercion.quote_literal(coercion.json_path(key)))
+                parts.append(f"v[{len(paths)}]")
+            values.append(parts[0] if len(parts) == 1 else f"coalesce({', '.join(parts)})")
         row = self._cursor.execute(
-            f"{coercion.inference_query('v')} FROM (SELECT {value} AS v FROM {_STAGE})"
+            f"SELECT {', '.join(coercion.inference_aggregates(value) for value in values)} "
+            f"FROM (SELECT json_extract(body, [{', '.join(paths)}]) AS v FROM {_STAGE})"
         ).fetchone()
         assert row is not None
-        kinds, all_dates, all_datetimes = row
-        return coercion.infer_type(list(kinds or []), all_dates, all_datetimes)
+        inferred: dict[str, str] = {}
+        for index, lowered in enumerate(unseen):
+            kinds, all_dates, all_datetimes = row[3 * index : 3 * index + 3]
+            column_type = coercion.infer_type(list(kinds or []), all_dates, all_datetimes)
+            if column_type is not None:
+                inferred[lowered] = column_type
+        return inferred
 
     def _projection_sql(self, seq_filter: str = "") -> str:
         definition = self._definition

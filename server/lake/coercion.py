@@ -51,15 +51,19 @@ def json_path(key: str) -> str:
     return "$." + '"' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def inference_query(values: str) -> str:
-    """SQL over a relation with a JSON column `v` that infers one column type (see module doc)."""
-    strings = f"({values}->>'$')"
-    only_strings = f"FILTER (WHERE json_type({values}) = 'VARCHAR')"
+def inference_aggregates(value: str) -> str:
+    """Three aggregates over JSON values that `infer_type` turns into a column type: the JSON
+    types seen, and whether every string is a date / a date-time."""
+    text = f"({value}->>'$')"
+    only_strings = f"FILTER (WHERE json_type({value}) = 'VARCHAR')"
+    datetime = (
+        f"CASE WHEN regexp_matches({text}, '{_DATETIME_PATTERN}') "
+        f"THEN TRY_CAST({text} AS TIMESTAMPTZ) IS NOT NULL ELSE false END"
+    )
     return (
-        f"SELECT list(DISTINCT json_type({values})) AS kinds, "
-        f"bool_and(regexp_matches({strings}, '{_DATE_PATTERN}')) {only_strings} AS all_dates, "
-        f"bool_and(regexp_matches({strings}, '{_DATETIME_PATTERN}') "
-        f"AND TRY_CAST({strings} AS TIMESTAMPTZ) IS NOT NULL) {only_strings} AS all_datetimes"
+        f"list(DISTINCT json_type({value})), "
+        f"bool_and(regexp_matches({text}, '{_DATE_PATTERN}')) {only_strings}, "
+        f"bool_and({datetime}) {only_strings}"
     )
 
 

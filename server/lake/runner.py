@@ -194,36 +194,49 @@ class MaterializationRunner:
     async def _batch_and_apply(
         self, queue: asyncio.Queue[RecordSlice | BaseException | None]
     ) -> None:
+        """Gather slices into batches; decode batch N+1 while batch N commits on the writer."""
         settings = self._writer.settings
         loop = asyncio.get_running_loop()
         pending: list[RecordSlice] = []
         pending_records = 0
         deadline = 0.0
-        while True:
-            item: RecordSlice | BaseException | None
-            try:
-                timeout = max(0.0, deadline - loop.time()) if pending else None
-                item = await asyncio.wait_for(queue.get(), timeout)
-            except TimeoutError:
-                item = None
-                timed_out = True
-            else:
-                timed_out = False
-            if isinstance(item, BaseException):
-                raise item
-            if isinstance(item, RecordSlice):
-                if not pending:
-                    deadline = loop.time() + settings.linger_s
-                pending.append(item)
-                pending_records += item.count
-            elif not timed_out:
-                return  # the read session ended (it follows forever, so: stream deleted)
-            if pending and (timed_out or pending_records >= settings.batch_rows_max):
-                await self._apply(pending)
-                pending, pending_records = [], 0
+        committing: asyncio.Task[None] | None = None
+        try:
+            while True:
+                item: RecordSlice | BaseException | None
+                try:
+                    timeout = max(0.0, deadline - loop.time()) if pending else None
+                    item = await asyncio.wait_for(queue.get(), timeout)
+                except TimeoutError:
+                    item = None
+                    timed_out = True
+                else:
+                    timed_out = False
+                if isinstance(item, BaseException):
+                    raise item
+                if isinstance(item, RecordSlice):
+                    if not pending:
+                        deadline = loop.time() + settings.linger_s
+                    pending.append(item)
+                    pending_records += item.count
+                elif not timed_out:
+                    break  # the read session ended (it follows forever, so: stream deleted)
+                if pending and (timed_out or pending_records >= settings.batch_rows_max):
+                    batch = await asyncio.to_thread(
+                        decode_slices, pending, self._applier.uses_headers()
+                    )
+                    pending, pending_records = [], 0
+                    if committing is not None:
+                        await committing
+                    committing = asyncio.create_task(self._apply(batch))
+            if committing is not None:
+                await committing
+        finally:
+            if committing is not None and not committing.done():
+                committing.cancel()
 
-    async def _apply(self, slices: list[RecordSlice]) -> None:
-        result: ApplyResult = await self._writer.run(self._decode_and_apply, slices)
+    async def _apply(self, batch: RecordBatch) -> None:
+        result: ApplyResult = await self._writer.run(self._applier.apply, batch)
         self._next_seq = result.last_seq_num + 1
         self._rows_applied += result.rows_applied
         self._rows_rejected += result.rows_rejected
@@ -240,7 +253,3 @@ class MaterializationRunner:
             else:
                 still_waiting.append((seq_num, waiter))
         self._waiters = still_waiting
-
-    def _decode_and_apply(self, slices: list[RecordSlice]) -> ApplyResult:
-        batch = decode_slices(slices, self._applier.uses_headers())
-        return self._applier.apply(batch)
