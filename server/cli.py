@@ -77,6 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="most records a materialization applies in one commit "
         "(env S2S_LAKE_BATCH_ROWS, default 100000)",
     )
+    serve.add_argument(
+        "--lake-maintenance-interval-s",
+        type=float,
+        default=float(_env("S2S_LAKE_MAINTENANCE_INTERVAL_S", "600")),
+        help="how often the lake merges small files and expires snapshots older than a day, "
+        "0 never (env S2S_LAKE_MAINTENANCE_INTERVAL_S, default 600)",
+    )
     add_commands(commands, _env("S2S_SERVER", SERVER_DEFAULT))
     return parser
 
@@ -99,6 +106,7 @@ def lake_settings(args: argparse.Namespace) -> LakeSettings:
         data_path=args.lake_data_path,
         linger_s=args.lake_linger_ms / 1000,
         batch_rows_max=args.lake_batch_rows,
+        maintenance_interval_s=args.lake_maintenance_interval_s,
     )
 
 

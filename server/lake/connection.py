@@ -53,6 +53,12 @@ class LakeSettings:
     """Rows per commit at most: bounds the memory one batch holds."""
     linger_s: float = 0.5
     """How long a materialization waits for more records before committing what it has."""
+    maintenance_interval_s: float = 600.0
+    """How often small files are merged and old snapshots expired (maintenance.py); 0: never."""
+    snapshot_retention_s: int = 24 * 3600
+    """How long a snapshot stays readable for time travel."""
+    file_grace_s: int = 3600
+    """How long a dropped file is kept for queries that started before it was dropped."""
 
     @property
     def catalog_uri(self) -> str:

@@ -22,8 +22,8 @@ MODES = ("append", "merge")
 INGEST_BASIN = "lake-ingest"
 """Streams written by `/v2/stream` live here, one per table, named `schema.table`."""
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _SQL_FRAGMENT_BYTES_MAX = 16 * 1024
 
 
@@ -64,17 +64,27 @@ class Materialization:
         return replace(self, paused=paused)
 
 
-def split_table(table: str) -> tuple[str, str]:
-    """`schema.table` or `lake.schema.table` (the catalog prefix is optional)."""
+TABLE_FORM = (
+    "'schema.table' or 'lake.schema.table', each part a letter or underscore followed by up "
+    "to 62 letters, digits or underscores"
+)
+
+
+def parse_table(table: str) -> tuple[str, str] | None:
+    """(schema, table) from `schema.table` or `lake.schema.table`; None if malformed."""
     parts = table.split(".")
     if len(parts) == 3 and parts[0].lower() == "lake":
         parts = parts[1:]
-    if len(parts) != 2 or not all(_IDENTIFIER.match(part) for part in parts):
-        raise invalid(
-            f"table {table!r} must be 'schema.table' (letters, digits and underscores, "
-            "starting with a letter or underscore, at most 63 each)"
-        )
+    if len(parts) != 2 or not all(_IDENTIFIER.fullmatch(part) for part in parts):
+        return None
     return parts[0], parts[1]
+
+
+def split_table(table: str) -> tuple[str, str]:
+    parsed = parse_table(table)
+    if parsed is None:
+        raise invalid(f"table {table!r} must be {TABLE_FORM}")
+    return parsed
 
 
 def _optional_sql(value: Any, what: str) -> str | None:
@@ -96,7 +106,7 @@ def build_materialization(spec: dict[str, Any], owner: str = "") -> Materializat
     lake (`Lake.create_materialization`), which has a DuckDB connection.
     """
     name = spec.get("name")
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise invalid(
             "name must be 1-128 characters: letters, digits, '_', '.', '-', "
             "starting with a letter or digit"

@@ -8,13 +8,14 @@ rejections) or an `IngestError` carrying the HTTP status and error code to answe
 from __future__ import annotations
 
 import json
-import re
 import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import zstandard
+
+from server.lake.definition import TABLE_FORM, parse_table
 
 MAX_PAYLOAD_BYTES = 10 * 1024 * 1024
 """Largest body accepted, checked both as received and after decompression."""
@@ -44,7 +45,6 @@ _NDJSON_TYPES = frozenset(
     }
 )
 _QUERY_BOOLS = {"true": True, "1": True, "false": False, "0": False}
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _GZIP_WBITS = 16 + zlib.MAX_WBITS
 # Decompressed output is produced at most this much at a time, which bounds the overshoot
 # past MAX_PAYLOAD_BYTES when a small body inflates enormously.
@@ -359,18 +359,12 @@ def _make_config(
 
 
 def _split_table(qualified: str) -> tuple[str, str]:
-    parts = qualified.split(".")
-    if len(parts) == 3 and parts[0].lower() == "lake":
-        parts = parts[1:]
-    if len(parts) != 2 or not all(_IDENTIFIER.fullmatch(part) for part in parts):
+    parsed = parse_table(qualified)
+    if parsed is None:
         raise IngestError(
-            400,
-            "invalid_table",
-            f"invalid table name {_preview(qualified)}: expected 'schema.table' or "
-            "'lake.schema.table', each part a letter or underscore followed by up to 62 "
-            "letters, digits or underscores",
+            400, "invalid_table", f"invalid table name {_preview(qualified)}: expected {TABLE_FORM}"
         )
-    return parts[0], parts[1]
+    return parsed
 
 
 def _single_key(columns: list[str]) -> str:

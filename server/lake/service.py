@@ -9,6 +9,8 @@ like any other stream.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
 import time
 import uuid
@@ -33,11 +35,14 @@ from server.lake.definition import (
     not_found,
 )
 from server.lake.ingest import IngestRequest
+from server.lake.maintenance import MaintenanceResult, maintain
 from server.lake.query import ROWS_MAX, QueryRunner
 from server.lake.runner import MaterializationRunner
 from server.lake.writer import LakeWriter
 from server.reader import ReadLimits, ReadStart
 from server.streamstore import StreamStore
+
+log = logging.getLogger("s2s.lake")
 
 INGEST_WAIT_S = 30.0
 """How long `wait=true` waits for the lake commit before answering without a snapshot."""
@@ -63,6 +68,7 @@ class Lake:
         self._runners: dict[str, MaterializationRunner] = {}
         self._queries: QueryRunner | None = None
         self._lock = asyncio.Lock()
+        self._maintenance: asyncio.Task[None] | None = None
         self.counters: dict[str, TableCounters] = {}
         self.error_codes: Counter[tuple[str, str]] = Counter()
 
@@ -79,9 +85,31 @@ class Lake:
             lake._runners[definition.name] = runner
             if not definition.paused:
                 runner.start()
+        if settings.maintenance_interval_s > 0:
+            lake._maintenance = asyncio.create_task(lake._maintain_forever(), name="lake-maint")
         return lake
 
+    async def _maintain_forever(self) -> None:
+        settings = self._writer.settings
+        while True:
+            await asyncio.sleep(settings.maintenance_interval_s)
+            try:
+                result = await self._writer.run(
+                    maintain,
+                    self._writer.cursor,
+                    settings.snapshot_retention_s,
+                    settings.file_grace_s,
+                )
+                if result != MaintenanceResult(0, 0, 0):
+                    log.info("lake maintenance: %s", result)
+            except Exception:  # the next pass retries; the lake stays correct, only larger
+                log.exception("lake maintenance failed")
+
     async def close(self) -> None:
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._maintenance
         for runner in self._runners.values():
             await runner.stop("stopped")
         if self._queries is not None:

@@ -4,6 +4,7 @@ merge, dead letters, and the one-transaction commit that makes materialization e
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import pytest
 from server.lake.apply import Applier, RecordBatch, TableMissing
 from server.lake.connection import LakeSettings, lake_cursor, open_lake
 from server.lake.definition import build_materialization
+from server.lake.maintenance import maintain
 from server.lake.registry import Checkpoint, insert, load_all
 
 
@@ -216,3 +218,25 @@ def test_a_failed_commit_leaves_rows_and_checkpoint_together(lake, fail_on: str)
     applier.apply(batch)
     assert _rows(lake, "SELECT id FROM s.once ORDER BY id") == [(1,), (2,)]
     assert _checkpoint(lake) == Checkpoint(2, 2, 1)
+
+
+def test_maintenance_compacts_files_and_keeps_rows(lake, tmp_path: Path) -> None:
+    cursor = lake_cursor(lake)
+    cursor.execute("CREATE SCHEMA s; CREATE TABLE s.t (a BIGINT, b VARCHAR)")
+    for i in range(20):  # one Parquet file per commit, as materializations make them
+        cursor.execute(
+            f"INSERT INTO s.t SELECT range, 'x' FROM range({i * 1000}, {i * 1000 + 1000})"
+        )
+    cursor.execute("DELETE FROM s.t WHERE a % 2 = 0")
+
+    def files() -> int:
+        return len(list((tmp_path / "lake" / "data").rglob("*.parquet")))
+
+    assert files() == 40  # 20 data files and 20 deletion files
+    first = maintain(cursor, snapshot_retention_s=0, file_grace_s=0)
+    assert first.files_merged >= 20 and first.snapshots_expired > 0
+    time.sleep(1.1)  # a file is deletable once its grace period has passed
+    second = maintain(cursor, snapshot_retention_s=0, file_grace_s=0)
+    assert first.files_deleted + second.files_deleted >= 40
+    assert files() <= 2
+    assert _rows(lake, "SELECT count(*), sum(a) FROM s.t") == [(10_000, 100_000_000)]

@@ -18,7 +18,15 @@ BASIN = "crash-lake"
 STREAM = "events"
 RECORDS_PER_ROUND = 4000
 ROUNDS = 3
-SERVER_ARGS = ["--lake-batch-rows", "400", "--lake-linger-ms", "20"]
+# Maintenance every second: kills also land while small files are being merged.
+SERVER_ARGS = [
+    "--lake-batch-rows",
+    "400",
+    "--lake-linger-ms",
+    "20",
+    "--lake-maintenance-interval-s",
+    "1",
+]
 
 
 def _status(http: httpx.Client) -> dict[str, Any]:
