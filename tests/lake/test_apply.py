@@ -240,3 +240,18 @@ def test_maintenance_compacts_files_and_keeps_rows(lake, tmp_path: Path) -> None
     assert first.files_deleted + second.files_deleted >= 40
     assert files() <= 2
     assert _rows(lake, "SELECT count(*), sum(a) FROM s.t") == [(10_000, 100_000_000)]
+
+
+def test_partitioned_table_writes_one_directory_per_value(lake, tmp_path: Path) -> None:
+    applier = _applier(lake, table="s.parts", partition_by=["kind", "year(ts)"])
+    # Enough rows that DuckLake writes Parquet instead of inlining them in the catalog.
+    rows = [
+        {"kind": kind, "ts": f"{year}-01-02T00:00:00Z", "n": n}
+        for kind, year in (("click", 2025), ("view", 2026), ("click", 2026))
+        for n in range(200)
+    ]
+    applier.apply(_batch(0, *rows))
+    table_dir = tmp_path / "lake" / "data" / "s" / "parts"
+    directories = {p.parent.relative_to(table_dir).as_posix() for p in table_dir.rglob("*.parquet")}
+    assert directories == {"kind=click/year=2025", "kind=click/year=2026", "kind=view/year=2026"}
+    assert _rows(lake, "SELECT count(*) FROM s.parts WHERE kind = 'click'") == [(400,)]
