@@ -22,6 +22,7 @@ transaction aborts it, and step 2's fallback needs to survive failures.
 from __future__ import annotations
 
 import itertools
+import json
 from dataclasses import dataclass
 
 import duckdb
@@ -224,6 +225,44 @@ class Applier:
             # Names are case-insensitive in DuckDB: prefer the lower-case spelling.
             new_columns[min(variants, key=lambda key: (key != lowered, key))] = column_type
         names = {**existing, **{name.lower(): name for name in new_columns}}
+        types = {**columns, **new_columns}
+        if any(len(variants) > 1 for variants in spellings.values()):
+            extract = self._extract_by_path(names, spellings)
+        else:
+            extract = self._extract_by_struct(names, types, spellings)
+        # A view: the cast step reads it once, so the values are never materialized twice.
+        cursor.execute(f"CREATE OR REPLACE TEMP VIEW {_SHAPED} AS {extract}")
+        return new_columns
+
+    @staticmethod
+    def _extract_by_struct(
+        names: dict[str, str], types: dict[str, str], spellings: dict[str, list[str]]
+    ) -> str:
+        """One parse per record into a struct: VARCHAR columns come out as text directly (the
+        bulk of the bytes, and their cast rule is exactly json_transform's), the others as JSON
+        values for coercion.cast_from_json."""
+        fields = {
+            spellings.get(lowered, [column])[0]: (
+                "VARCHAR" if types[column].upper() == "VARCHAR" else "JSON"
+            )
+            for lowered, column in names.items()
+        }
+        if not fields:
+            return f"SELECT seq_num FROM {_STAGE}"
+        selected = ", ".join(
+            f"v.{coercion.quote_identifier(key)} AS {coercion.quote_identifier(column)}"
+            for key, column in zip(fields, names.values(), strict=True)
+        )
+        structure = coercion.quote_literal(json.dumps(fields))
+        return (
+            f"SELECT seq_num, {selected} FROM "
+            f"(SELECT seq_num, from_json(body, {structure}) AS v FROM {_STAGE})"
+        )
+
+    @staticmethod
+    def _extract_by_path(names: dict[str, str], spellings: dict[str, list[str]]) -> str:
+        """Keys spelled in several cases (one column, as DuckDB names ignore case) cannot be
+        struct fields side by side: extract each spelling by path and take the first present."""
         paths: list[str] = []
         value_exprs: dict[str, str] = {}
         for lowered, column in names.items():
@@ -236,14 +275,10 @@ class Applier:
         selected = ", ".join(
             f"{expr} AS {coercion.quote_identifier(column)}" for column, expr in value_exprs.items()
         )
-        extract = f"json_extract(body, [{', '.join(paths)}])" if paths else "[]::JSON[]"
-        # A view: the cast step reads it once, so the JSON values are never materialized.
-        cursor.execute(
-            f"CREATE OR REPLACE TEMP VIEW {_SHAPED} AS SELECT seq_num"
-            f"{', ' if selected else ''}{selected} FROM (SELECT seq_num, {extract} AS v "
-            f"FROM {_STAGE})"
+        return (
+            f"SELECT seq_num{', ' if selected else ''}{selected} FROM "
+            f"(SELECT seq_num, json_extract(body, [{', '.join(paths)}]) AS v FROM {_STAGE})"
         )
-        return new_columns
 
     def _infer(self, unseen: dict[str, list[str]]) -> dict[str, str]:
         """Types for new columns (by lower-case name), from one pass over the batch."""
@@ -339,14 +374,16 @@ class Applier:
                 casts.append(f"NULL::{column_type} AS {alias}")
                 continue
             value = coercion.quote_identifier(source)
+            if shaped[source].upper() == column_type.upper() != "JSON":
+                casts.append(f"{value} AS {alias}")  # already the column's type: nothing to check
+                continue
             if self._definition.select is None:
                 cast = coercion.cast_from_json(value, column_type)
                 missing = coercion.is_null_json(value)
-                shown = f"left({value}::VARCHAR, 80)"
             else:
                 cast = coercion.cast_typed(value, shaped[source], column_type)
                 missing = f"({value} IS NULL)"
-                shown = f"left({value}::VARCHAR, 80)"
+            shown = f"left({value}::VARCHAR, 80)"
             casts.append(f"{cast} AS {alias}")
             reasons.append(
                 f"CASE WHEN NOT {missing} AND {alias} IS NULL THEN "

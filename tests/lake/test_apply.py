@@ -255,3 +255,10 @@ def test_partitioned_table_writes_one_directory_per_value(lake, tmp_path: Path) 
     directories = {p.parent.relative_to(table_dir).as_posix() for p in table_dir.rglob("*.parquet")}
     assert directories == {"kind=click/year=2025", "kind=click/year=2026", "kind=view/year=2026"}
     assert _rows(lake, "SELECT count(*) FROM s.parts WHERE kind = 'click'") == [(400,)]
+
+
+def test_keys_differing_only_in_case_share_one_column(lake) -> None:
+    applier = _applier(lake, table="s.cased")
+    applier.apply(_batch(0, {"id": 1, "Name": "a"}, {"ID": 2, "name": "b"}))
+    assert [r[0] for r in _rows(lake, "DESCRIBE s.cased")] == ["id", "name"]
+    assert _rows(lake, "SELECT id, name FROM s.cased ORDER BY id") == [(1, "a"), (2, "b")]
