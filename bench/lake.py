@@ -1,14 +1,16 @@
 """Lake benchmarks: rows/s a materialization applies, and end-to-end lag at a steady rate.
 
-    .venv/bin/python bench/lake.py [--rows 200000] [--merge-base 1000000] [--lag-seconds 30]
+    .venv/bin/python bench/lake.py [--append-rows 1000000] [--rows 300000]
+                                   [--merge-base 1000000] [--lag-seconds 30]
 
 One real server process (`s2s serve`, default lake settings) on a temp data dir; records
 are written over gRPC with the SDK, materializations are declared and watched over HTTP.
 Records are JSON objects of about 1 KiB (ten fields, one of them padding).
 
 Scenarios:
-  append    a stream of --rows records already written; a new append-mode materialization
-            applies them all (rows/s from creation until the checkpoint covers the stream)
+  append    a stream of --append-rows records already written; a new append-mode
+            materialization applies them all (rows/s from creation until the checkpoint covers
+            the stream; the first batch also creates the table and infers its types)
   merge     a merge-mode table loaded with --merge-base distinct keys, then --rows updates
             to random existing keys, written while the materialization is paused (rows/s from
             resume until the updates are applied)
@@ -167,7 +169,8 @@ async def bench_lag(server: ServerProcess, http: httpx.Client, seconds: float) -
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--append-rows", type=int, default=1_000_000)
+    parser.add_argument("--rows", type=int, default=300_000, help="merge updates")
     parser.add_argument("--merge-base", type=int, default=1_000_000)
     parser.add_argument("--lag-seconds", type=float, default=30.0)
     parser.add_argument("--only", nargs="*", default=["append", "merge", "lag"])
@@ -180,7 +183,7 @@ async def main() -> None:
             await client.create_basin(BASIN)
         with httpx.Client(base_url=server.http_url, timeout=60) as http:
             if "append" in args.only:
-                print(await bench_append(server, http, args.rows), flush=True)
+                print(await bench_append(server, http, args.append_rows), flush=True)
             if "merge" in args.only:
                 print(await bench_merge(server, http, args.rows, args.merge_base), flush=True)
             if "lag" in args.only:

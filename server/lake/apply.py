@@ -225,14 +225,18 @@ class Applier:
             # Names are case-insensitive in DuckDB: prefer the lower-case spelling.
             new_columns[min(variants, key=lambda key: (key != lowered, key))] = column_type
         names = {**existing, **{name.lower(): name for name in new_columns}}
-        types = {**columns, **new_columns}
-        if any(len(variants) > 1 for variants in spellings.values()):
-            extract = self._extract_by_path(names, spellings)
-        else:
-            extract = self._extract_by_struct(names, types, spellings)
+        extraction = self._extraction(names, {**columns, **new_columns}, spellings)
         # A view: the cast step reads it once, so the values are never materialized twice.
-        cursor.execute(f"CREATE OR REPLACE TEMP VIEW {_SHAPED} AS {extract}")
+        cursor.execute(f"CREATE OR REPLACE TEMP VIEW {_SHAPED} AS {extraction}")
         return new_columns
+
+    def _extraction(
+        self, names: dict[str, str], types: dict[str, str], spellings: dict[str, list[str]]
+    ) -> str:
+        """SQL with `seq_num` and one column per entry of `names` (lower-case key → column)."""
+        if any(len(spellings.get(lowered, ())) > 1 for lowered in names):
+            return self._extract_by_path(names, spellings)
+        return self._extract_by_struct(names, types, spellings)
 
     @staticmethod
     def _extract_by_struct(
@@ -284,17 +288,15 @@ class Applier:
         """Types for new columns (by lower-case name), from one pass over the batch."""
         if not unseen:
             return {}
-        paths: list[str] = []
-        values: list[str] = []
-        for variants in unseen.values():
-            parts = []
-            for key in variants:
-                paths.append(coercion.quote_literal(coercion.json_path(key)))
-                parts.append(f"v[{len(paths)}]")
-            values.append(parts[0] if len(parts) == 1 else f"coalesce({', '.join(parts)})")
+        names = {lowered: f"__s2s_new{index}" for index, lowered in enumerate(unseen)}
+        extraction = self._extraction(names, dict.fromkeys(names.values(), "JSON"), unseen)
+        inputs = ", ".join(
+            coercion.inference_inputs(coercion.quote_identifier(column), index)
+            for index, column in enumerate(names.values())
+        )
+        aggregates = ", ".join(coercion.inference_aggregates(index) for index in range(len(names)))
         row = self._cursor.execute(
-            f"SELECT {', '.join(coercion.inference_aggregates(value) for value in values)} "
-            f"FROM (SELECT json_extract(body, [{', '.join(paths)}]) AS v FROM {_STAGE})"
+            f"SELECT {aggregates} FROM (SELECT {inputs} FROM ({extraction}))"
         ).fetchone()
         assert row is not None
         inferred: dict[str, str] = {}

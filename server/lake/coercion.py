@@ -51,19 +51,28 @@ def json_path(key: str) -> str:
     return "$." + '"' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def inference_aggregates(value: str) -> str:
-    """Three aggregates over JSON values that `infer_type` turns into a column type: the JSON
-    types seen, and whether every string is a date / a date-time."""
-    text = f"({value}->>'$')"
-    only_strings = f"FILTER (WHERE json_type({value}) = 'VARCHAR')"
+def inference_inputs(value: str, index: int) -> str:
+    """Select-list items computing, once per JSON value, what `inference_aggregates` reads:
+    its JSON type and, for strings, the text."""
+    return (
+        f"json_type({value}) AS kind{index}, "
+        f"CASE WHEN kind{index} = 'VARCHAR' THEN {value}->>'$' END AS text{index}"
+    )
+
+
+def inference_aggregates(index: int) -> str:
+    """Three aggregates that `infer_type` turns into a column type: the JSON types seen, and
+    whether every string is a date / a date-time."""
+    text = f"text{index}"
     datetime = (
-        f"CASE WHEN regexp_matches({text}, '{_DATETIME_PATTERN}') "
+        f"CASE WHEN {text} IS NULL THEN NULL "  # not a string: bool_and skips it
+        f"WHEN regexp_matches({text}, '{_DATETIME_PATTERN}') "
         f"THEN TRY_CAST({text} AS TIMESTAMPTZ) IS NOT NULL ELSE false END"
     )
     return (
-        f"list(DISTINCT json_type({value})), "
-        f"bool_and(regexp_matches({text}, '{_DATE_PATTERN}')) {only_strings}, "
-        f"bool_and({datetime}) {only_strings}"
+        f"list(DISTINCT kind{index}), "
+        f"bool_and(regexp_matches({text}, '{_DATE_PATTERN}')), "
+        f"bool_and({datetime})"
     )
 
 
