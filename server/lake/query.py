@@ -7,6 +7,7 @@ to the lake's own directories (connection.py), so `read_csv('/etc/passwd')` fail
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import duckdb
@@ -17,6 +18,9 @@ from server.lake.connection import lake_cursor
 
 ROWS_MAX = 100_000
 """The most rows one query returns; more are cut off and the result says `truncated`."""
+TIMEOUT_S = 60.0
+"""A query running longer is interrupted: the pool has two threads, and a runaway query must
+not hold one forever."""
 _READING_TYPES = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
 _QUERY_THREADS = 2
 
@@ -33,9 +37,13 @@ class QueryRunner:
     def close(self) -> None:
         self._executor.shutdown(wait=True)
 
-    def run(self, sql: str, rows_max: int = ROWS_MAX) -> tuple[pa.Table, bool]:
+    def run(
+        self, sql: str, rows_max: int = ROWS_MAX, timeout_s: float = TIMEOUT_S
+    ) -> tuple[pa.Table, bool]:
         """Run on a query thread: the result (at most `rows_max` rows) and whether it was cut."""
         cursor = lake_cursor(self._conn)
+        watchdog = threading.Timer(timeout_s, cursor.interrupt)
+        watchdog.start()
         try:
             try:
                 statements = cursor.extract_statements(sql)
@@ -64,11 +72,16 @@ class QueryRunner:
                     batches.append(batch)
                     count += batch.num_rows
                 return pa.Table.from_batches(batches, schema=reader.schema), truncated
+            except duckdb.InterruptException:
+                raise S2Error(
+                    "request_timeout", f"the query ran longer than {timeout_s:g} s"
+                ) from None
             except duckdb.Error as error:
                 raise S2Error("bad_sql", _first_line(error)) from None
             finally:
                 cursor.execute("ROLLBACK")
         finally:
+            watchdog.cancel()
             cursor.close()
 
 
