@@ -60,7 +60,7 @@ class QueryRunner:
                 )
             cursor.execute("BEGIN")
             try:
-                reader = cursor.execute(sql).fetch_record_batch(min(rows_max, 10_000) or 1)
+                reader = cursor.execute(sql).to_arrow_reader(min(rows_max, 10_000) or 1)
                 batches: list[pa.RecordBatch] = []
                 count = 0
                 truncated = False
