@@ -15,10 +15,11 @@ import time
 from dataclasses import dataclass
 
 from s2s.errors import S2Error
+from s2s.records import trim_record, validate_append_input
 from s2s.v1 import records_pb2 as pb
 from server.lake import registry
 from server.lake.apply import Applier, ApplyResult, RecordBatch, TableMissing
-from server.lake.definition import Materialization
+from server.lake.definition import INGEST_BASIN, Materialization
 from server.lake.writer import LakeWriter
 from server.reader import ReadLimits, ReadStart, RecordSlice
 from server.streamstore import StreamStore
@@ -30,6 +31,9 @@ _QUEUE_SLICES_MAX = 256
 _RETRY_S_MIN = 0.5
 _RETRY_S_MAX = 30.0
 _MISSING_SOURCE_CODES = ("stream_not_found", "basin_not_found")
+TRIM_AFTER_RECORDS = 10_000
+"""An ingest stream is trimmed up to the checkpoint once this many records were applied
+since the last trim: its records live on in the table, and a trim is one more append."""
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,7 @@ class MaterializationRunner:
         self._task: asyncio.Task[None] | None = None
         self._waiters: list[tuple[int, asyncio.Future[int | None]]] = []
         self._retry_s = _RETRY_S_MIN
+        self._trimmed_to = 0
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -245,6 +250,7 @@ class MaterializationRunner:
         self._last_error = None
         self._state = "running"
         self._retry_s = _RETRY_S_MIN
+        await self._trim_applied(result.last_seq_num + 1)
         still_waiting = []
         for seq_num, waiter in self._waiters:
             if seq_num <= result.last_seq_num:
@@ -253,3 +259,20 @@ class MaterializationRunner:
             else:
                 still_waiting.append((seq_num, waiter))
         self._waiters = still_waiting
+
+    async def _trim_applied(self, first_kept: int) -> None:
+        """Free an ingest stream's applied records (its retention is infinite, see service.py).
+
+        Safe for exactly once: everything below `first_kept` is covered by a committed
+        checkpoint, and a restart resumes at or above it.
+        """
+        definition = self.definition
+        if definition.basin != INGEST_BASIN or first_kept - self._trimmed_to < TRIM_AFTER_RECORDS:
+            return
+        command = validate_append_input(pb.AppendInput(records=[trim_record(first_kept)]))
+        try:
+            await self._store.append(definition.basin, definition.stream, command)
+        except S2Error as error:  # the stream is being deleted: nothing left to free
+            log.warning("could not trim %s: %s", definition.source, error.message)
+            return
+        self._trimmed_to = first_kept

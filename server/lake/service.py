@@ -149,7 +149,11 @@ class Lake:
         catalog = self._store.catalog
         if catalog.get_basin(INGEST_BASIN) is None:
             await self._store.create_basin(INGEST_BASIN)
-        await catalog.create_stream_if_absent(INGEST_BASIN, stream, StreamConfig())
+        # Infinite retention: rows wait for their materialization however long it is paused;
+        # the runner trims what it has applied (runner.py).
+        await catalog.create_stream_if_absent(
+            INGEST_BASIN, stream, StreamConfig(retention="infinite")
+        )
 
     def _check_projection(self, definition: Materialization) -> None:
         try:
@@ -246,24 +250,7 @@ class Lake:
         # Counted only once the table is known: made-up names must not grow the metrics.
         counters = self.counters.setdefault(definition.target.lower(), TableCounters())
         counters.requests += 1
-        first_seq: int | None = None
-        last_seq: int | None = None
-        for batch in _record_batches(request):
-            try:
-                ack = await self._store.append(definition.basin, definition.stream, batch)
-            except S2Error as error:
-                if first_seq is None or last_seq is None:
-                    raise
-                # A request larger than one append batch is not atomic: say what landed.
-                raise S2Error(
-                    error.code,
-                    f"{error.message}; the first {last_seq - first_seq + 1} accepted rows are "
-                    f"already durable (seq_num {first_seq}..{last_seq}) and will be applied: "
-                    "resending them appends them again",
-                ) from error
-            if first_seq is None:
-                first_seq = ack.start.seq_num
-            last_seq = ack.end.seq_num - 1
+        index_of = await self._append_rows(definition, request)
         rejected = [
             {"index": row.index, "code": row.code, "message": row.message}
             for row in request.rejected
@@ -272,7 +259,8 @@ class Lake:
         successful = accepted
         warnings: list[str] = []
         snapshot_id: int | None = None
-        if request.wait and last_seq is not None and first_seq is not None:
+        if request.wait and index_of:
+            first_seq, last_seq = min(index_of), max(index_of)
             snapshot_id = await runner.wait_applied(last_seq, INGEST_WAIT_S)
             if snapshot_id is None:
                 warnings.append(
@@ -282,14 +270,12 @@ class Lake:
                 )
             else:
                 late = await self._rejected_between(definition, first_seq, last_seq)
-                index_of = dict(
-                    zip(range(first_seq, last_seq + 1), request.row_indexes, strict=True)
-                )
                 for seq_num, reason in late:
-                    rejected.append(
-                        {"index": index_of[seq_num], "code": "rejected", "message": reason}
-                    )
-                successful -= len(late)
+                    if seq_num in index_of:  # not a record another writer interleaved
+                        rejected.append(
+                            {"index": index_of[seq_num], "code": "rejected", "message": reason}
+                        )
+                        successful -= 1
         counters.rows_accepted += accepted
         counters.rows_rejected += len(rejected)
         return {
@@ -306,6 +292,33 @@ class Lake:
             "errors": [],
             "rejected": sorted(rejected, key=lambda row: row["index"]),
         }
+
+    async def _append_rows(
+        self, definition: Materialization, request: IngestRequest
+    ) -> dict[int, int]:
+        """Append the rows in batches; the sequence number each row got → its request index.
+
+        Batches of one request need not be contiguous in the stream (the materializer's trim
+        commands or other writers may land between them), so the mapping is kept per batch.
+        """
+        index_of: dict[int, int] = {}
+        position = 0
+        for batch in _record_batches(request):
+            try:
+                ack = await self._store.append(definition.basin, definition.stream, batch)
+            except S2Error as error:
+                if not index_of:
+                    raise
+                # A request larger than one append batch is not atomic: say what landed.
+                raise S2Error(
+                    error.code,
+                    f"{error.message}; the first {len(index_of)} accepted rows are already "
+                    "durable and will be applied: resending them appends them again",
+                ) from error
+            rows = request.row_indexes[position : position + batch.count]
+            index_of.update(zip(range(ack.start.seq_num, ack.end.seq_num), rows, strict=True))
+            position += batch.count
+        return index_of
 
     def count_error(self, table: str | None, code: str) -> None:
         """Count a refused request against its table, if that table is a known one."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import time
 from typing import Any
 
 import pytest
@@ -237,3 +238,25 @@ def test_metrics_count_requests_rows_and_errors(lake: LakeClient, table: str) ->
     assert lake.metric("s2s_lake_materialization_rows_applied_total", name=table) == 2
     assert lake.metric("s2s_lake_materialization_rows_rejected_total", name=table) == 1
     assert lake.metric("s2s_lake_materialization_lag_records", name=table) == 0
+
+
+def test_applied_ingest_records_are_trimmed_from_the_stream(lake: LakeClient, table: str) -> None:
+    lake.declare(table)
+    rows = [{"i": i, "pad": "p" * 100} for i in range(12_000)]  # > TRIM_AFTER_RECORDS
+    result = lake.ingest_ok(table, rows)
+    assert result["successful_rows"] == 12_000
+    assert lake.rows(f"SELECT count(*), count(DISTINCT i) FROM {table}") == [[12_000, 12_000]]
+    # The ingest stream keeps nothing the table already has: the first readable record is
+    # past the applied ones (the trim is appended right after the commit).
+    stream = {"s2-basin": "lake-ingest"}
+    deadline = time.monotonic() + 15
+    while True:
+        response = lake.http.get(
+            f"/v1/streams/{table}/records", params={"seq_num": 0, "count": 1}, headers=stream
+        )
+        assert response.status_code == 200, response.text
+        records = response.json()["records"]
+        if not records or records[0]["seq_num"] >= 12_000 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert not records or records[0]["seq_num"] >= 12_000, records[:1]
