@@ -18,6 +18,10 @@ from server.streamstore import StreamStore
 
 KEEP_ALIVE_TIMEOUT_S = 75.0
 """Idle connections are closed after this long; SDK connections are pooled and reused."""
+KEEP_ALIVE_REQUESTS_MAX = 2**62
+"""Effectively unlimited. Hypercorn's default (1000) closes an HTTP/2 connection after its
+1000th request; the official SDK's request sent just after the GOAWAY then stalled for 5 s
+before its retry (bench: every 1000th unary append at 500/s)."""
 
 
 async def start_http_server(
@@ -43,6 +47,7 @@ async def start_http_server(
     # Hypercorn wraps the descriptor in its own socket object and closes it on shutdown.
     config.bind = [f"fd://{sock.detach()}"]
     config.keep_alive_timeout = KEEP_ALIVE_TIMEOUT_S
+    config.keep_alive_max_requests = KEEP_ALIVE_REQUESTS_MAX
     config.graceful_timeout = grace_s
     config.accesslog = None
     # A Logger (not a path) makes Hypercorn log through our handlers, once.

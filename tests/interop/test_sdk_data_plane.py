@@ -240,3 +240,26 @@ async def test_idle_read_session_outlives_sdk_silence_timeout(
         await stream.append(AppendInput(records=[Record(body=b"late")]))
         await asyncio.wait_for(follower, 10)
         assert received == [b"late"]
+
+
+async def test_a_connection_outlives_a_thousand_requests(
+    server: ServerProcess, basin_name: str
+) -> None:
+    """Hypercorn closes an HTTP/2 connection after 1000 requests by default; the SDK's request
+    in flight at that moment then stalled for 5 s. Every append here must stay fast, and land
+    once."""
+    async with sdk_client(server) as client:
+        stream = await _stream(client, basin_name)
+        record = AppendInput(records=[Record(body=b"r")])
+        slowest = 0.0
+
+        async def worker() -> None:
+            nonlocal slowest
+            for _ in range(300):
+                began = asyncio.get_running_loop().time()
+                await stream.append(record)
+                slowest = max(slowest, asyncio.get_running_loop().time() - began)
+
+        await asyncio.gather(*(worker() for _ in range(4)))
+        assert slowest < 2.0
+        assert (await stream.check_tail()).seq_num == 1200
