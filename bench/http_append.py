@@ -13,6 +13,10 @@ Scenarios:
                         1000 x 1 KiB batches, pipelined as far as the SDK allows by default
                         (max_unacked_bytes 5 MiB, no batch limit: 5 batches of 1000 x 1 KiB,
                         as the SDK meters them) (batches/s, records/s, MiB/s)
+  sdk-unary-500rps      unary append through the official SDK (`stream.append`, one 1 KiB
+                        record, the SDK's own HTTP/2 connection), offered open-loop at 500/s:
+                        each append is a task started at its due time i/500 s; latency runs
+                        from the due time (acks/s, ack latency p50/p99/max ms)
   http-unary-500rps     unary JSON append, `POST /v1/streams/{s}/records` with
                         `content-type: application/json` and `s2-basin`, one 1 KiB record per
                         request, offered open-loop at 500 requests/s (request i is due at
@@ -87,6 +91,32 @@ async def sdk_session(sdk: S2, stream_name: str, seconds: float) -> dict[str, fl
     elapsed = time.perf_counter() - start
     assert ack.end.seq_num == submitted * BATCH_RECORDS
     return _throughput(submitted, elapsed)
+
+
+async def sdk_unary(sdk: S2, stream_name: str, seconds: float) -> dict[str, float]:
+    stream = sdk.basin(BASIN).stream(stream_name)
+    record = AppendInput(records=[Record(body=RECORD)])
+    for _ in range(UNARY_CONNECTIONS):  # warm-up: the connection and the stream's sequencer
+        await stream.append(record)
+    total = int(UNARY_RATE * seconds)
+    latencies: list[float] = []
+    start = time.perf_counter()
+
+    async def append(index: int) -> None:
+        due = start + index / UNARY_RATE
+        await asyncio.sleep(max(0.0, due - time.perf_counter()))
+        await stream.append(record)
+        latencies.append(time.perf_counter() - due)
+
+    await asyncio.gather(*(append(index) for index in range(total)))
+    elapsed = time.perf_counter() - start
+    return {
+        "offered_s": UNARY_RATE,
+        "acks_s": len(latencies) / elapsed,
+        "p50_ms": percentile(latencies, 50) * 1e3,
+        "p99_ms": percentile(latencies, 99) * 1e3,
+        "max_ms": max(latencies) * 1e3,
+    }
 
 
 async def http_unary(http_url: str, stream_name: str, seconds: float) -> dict[str, float]:
@@ -165,8 +195,9 @@ async def run_all(http_url: str, grpc_target: str, seconds: float) -> dict[str, 
     async with S2("unused-token", endpoints=endpoints) as sdk:
         await sdk.create_basin(BASIN)
         basin = sdk.basin(BASIN)
-        for name in ("sdk-session", "http-unary", "grpc-session"):
+        for name in ("sdk-session", "sdk-unary", "http-unary", "grpc-session"):
             await basin.create_stream(name)
+        results["sdk-unary-500rps"] = await sdk_unary(sdk, "sdk-unary", seconds)
         results["sdk-session-1000x1k"] = await sdk_session(sdk, "sdk-session", seconds)
     results["http-unary-500rps"] = await http_unary(http_url, "http-unary", seconds)
     results["grpc-session-1000x1k"] = await grpc_session(grpc_target, "grpc-session", seconds)
