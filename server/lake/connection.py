@@ -50,7 +50,10 @@ class LakeSettings:
     data_path: str | None = None
     """Where Parquet files go; None: `root/data`. Required with a shared catalog."""
     batch_rows_max: int = 100_000
-    """Rows per commit at most: bounds the memory one batch holds."""
+    """Records per commit at most."""
+    batch_bytes_max: int = 128 * 1024 * 1024
+    """Metered bytes per commit at most: with large records, this bounds a batch's memory
+    (the batch, its Arrow copy and DuckDB's working set are each about this size)."""
     linger_s: float = 0.5
     """How long a materialization waits for more records before committing what it has."""
     maintenance_interval_s: float = 600.0

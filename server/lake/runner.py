@@ -26,8 +26,9 @@ from server.streamstore import StreamStore
 
 log = logging.getLogger("s2s.lake")
 
-_QUEUE_SLICES_MAX = 256
-"""Read-ahead bound: at most this many slices (each <= 1000 records, 1 MiB) wait to apply."""
+_QUEUE_SLICES_MAX = 32
+"""Read-ahead bound: at most this many slices (each <= 1000 records, 1 MiB) wait to be
+batched, on top of the batch being gathered (bounded by LakeSettings.batch_*_max)."""
 _RETRY_S_MIN = 0.5
 _RETRY_S_MAX = 30.0
 _MISSING_SOURCE_CODES = ("stream_not_found", "basin_not_found")
@@ -204,6 +205,7 @@ class MaterializationRunner:
         loop = asyncio.get_running_loop()
         pending: list[RecordSlice] = []
         pending_records = 0
+        pending_bytes = 0
         deadline = 0.0
         committing: asyncio.Task[None] | None = None
         try:
@@ -224,13 +226,18 @@ class MaterializationRunner:
                         deadline = loop.time() + settings.linger_s
                     pending.append(item)
                     pending_records += item.count
+                    pending_bytes += item.metered_bytes
                 elif not timed_out:
                     break  # the read session ended (it follows forever, so: stream deleted)
-                if pending and (timed_out or pending_records >= settings.batch_rows_max):
+                full = (
+                    pending_records >= settings.batch_rows_max
+                    or pending_bytes >= settings.batch_bytes_max
+                )
+                if pending and (timed_out or full):
                     batch = await asyncio.to_thread(
                         decode_slices, pending, self._applier.uses_headers()
                     )
-                    pending, pending_records = [], 0
+                    pending, pending_records, pending_bytes = [], 0, 0
                     if committing is not None:
                         await committing
                     committing = asyncio.create_task(self._apply(batch))
