@@ -22,6 +22,10 @@ from server.sequencer import AppendAck
 from server.streamstore import StreamStore
 
 SESSION_INFLIGHT_BATCHES_MAX = 32
+DRAIN_QUIET_S = 0.05
+DRAIN_S_MAX = 1.0
+"""After a failure, a session reads and discards the client's further batches until the
+client half-closes, is quiet for DRAIN_QUIET_S, or DRAIN_S_MAX passes; then it ends."""
 """Batches an append session may have sequenced but not yet acknowledged (each <= 1 MiB)."""
 
 _SERVICE = "s2s.v1.StreamService"
@@ -88,25 +92,36 @@ class StreamServicer:
         """Sequence each input as it arrives; ack in order as each becomes durable.
 
         The first failure (a bad batch, a failed condition, storage) stops intake: batches
-        before it are still acknowledged, then the session ends with that error.
+        before it are still acknowledged, then the session ends with that error. Before
+        ending, the session drains what the client is still sending (see `_drain`): a client
+        write that races the end of the call makes grpc report INTERNAL instead of our status,
+        and the client would lose the typed error.
         """
         pending: asyncio.Queue[asyncio.Future[AppendAck] | S2Error | None] = asyncio.Queue(
             SESSION_INFLIGHT_BATCHES_MAX
         )
+        loop = asyncio.get_running_loop()
+        failed = asyncio.Event()
+        last_received = [loop.time()]
 
         async def intake() -> None:
             names: tuple[str, str] | None = None
-            try:
-                async for request in requests:
+            async for request in requests:
+                last_received[0] = loop.time()
+                if failed.is_set():
+                    continue  # draining: nothing after a failure is sequenced
+                try:
                     if names is None:
                         names = _stream_names(request.basin, request.stream)
                     elif (request.basin or names[0], request.stream or names[1]) != names:
                         raise S2Error("invalid", "an append session appends to one stream")
                     batch = validate_append_input(request.input)
                     await pending.put(await self._store.submit(*names, batch))
+                except S2Error as error:
+                    failed.set()
+                    await pending.put(error)
+            if not failed.is_set():
                 await pending.put(None)
-            except S2Error as error:
-                await pending.put(error)
 
         feeder = asyncio.create_task(intake())
         try:
@@ -115,7 +130,8 @@ class StreamServicer:
                     raise item
                 yield spb.AppendSessionResponse(ack=ack_message(await item))
         except S2Error as error:
-            feeder.cancel()
+            failed.set()
+            await _drain(feeder, last_received)
             await abort_with(context, error)
         finally:
             feeder.cancel()
@@ -135,6 +151,20 @@ class StreamServicer:
         session = await self._store.read_session(basin, stream, start, limits)
         async for output in session:
             yield output_bytes(output)
+
+
+async def _drain(intake: asyncio.Task[None], last_received: list[float]) -> None:
+    """Wait until the client stops sending: it half-closes, or nothing arrives for
+    `DRAIN_QUIET_S` (a pipelining client goes quiet once its window of unacknowledged batches
+    is full), or `DRAIN_S_MAX` passes."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + DRAIN_S_MAX
+    while not intake.done():
+        now = loop.time()
+        quiet_until = last_received[0] + DRAIN_QUIET_S
+        if now >= deadline or now >= quiet_until:
+            return
+        await asyncio.wait({intake}, timeout=min(deadline, quiet_until) - now)
 
 
 def _identity(data: bytes) -> bytes:

@@ -54,10 +54,12 @@ async def test_failed_batch_ends_session_and_applies_nothing_after(client: S2SCl
         except S2SError:
             break  # the failure already ended the session: it refuses new batches at once
     assert (await first).end.seq_num == 1 and (await second).end.seq_num == 2
-    # Writes racing the session's end can make grpc report INTERNAL instead of the server's
-    # status; the typed error is pinned by the next test, where nothing races it.
-    for future in (bad, *later):
-        with pytest.raises(S2SError):
+    # The typed error survives the writes racing the session's end (the server drains them).
+    with pytest.raises(SeqNumMismatchError) as info:
+        await bad
+    assert info.value.expected_seq_num == 2
+    for future in later:
+        with pytest.raises(SeqNumMismatchError):
             await future
     await session.close()
     assert await read_bodies(client, "midfail") == [b"ok-1", b"ok-2"]
