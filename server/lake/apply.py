@@ -119,10 +119,6 @@ class Applier:
             f"{coercion.quote_identifier(definition.target_table)}"
         )
 
-    @property
-    def definition(self) -> Materialization:
-        return self._definition
-
     def uses_headers(self) -> bool:
         text = f"{self._definition.select or ''} {self._definition.where or ''}".lower()
         return "headers" in text
