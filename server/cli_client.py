@@ -390,7 +390,9 @@ def format_table(result: SqlResult) -> str:
     """Aligned columns under a header, numbers right-aligned, then the row count."""
     table = result.table
     columns = table.column_names
-    rows = [[_cell_text(v) for v in row.values()] for row in table.to_pylist()]
+    # Column by column: a result may repeat a column name (SELECT 1 AS a, 2 AS a).
+    cells = [[_cell_text(value) for value in column.to_pylist()] for column in table.columns]
+    rows = [list(row) for row in zip(*cells, strict=True)] if cells else []
     numeric = [
         pa.types.is_integer(f.type) or pa.types.is_floating(f.type) or pa.types.is_decimal(f.type)
         for f in table.schema

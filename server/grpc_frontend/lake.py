@@ -6,6 +6,7 @@ translates them, so both frontends validate and behave alike.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pyarrow as pa
@@ -140,4 +141,5 @@ class LakeServicer(lake_services.LakeServiceServicer):
         if not 1 <= rows_max <= ROWS_MAX:
             raise invalid(f"limit must be between 1 and {ROWS_MAX}")
         table, truncated = await self._lake.query(request.sql, rows_max)
-        return encode_result(table, truncated)
+        # Encoding up to ROWS_MAX rows (maybe more than once, to fit) stays off the event loop.
+        return await asyncio.to_thread(encode_result, table, truncated)
