@@ -35,6 +35,9 @@ from server.lake.definition import Materialization
 _STAGE = "s2s_stage"
 _REJECTS = "s2s_rejects"
 _CHECKED = "s2s_checked"
+_SEQ = "__s2s_seq_num"
+"""The record's sequence number in the shaped and typed tables: a private name, so a record
+field or a projected column may be called `seq_num` too."""
 _SHAPED = "s2s_shaped"
 _TYPED = "s2s_typed"
 _INCOMING = "s2s_incoming"
@@ -229,7 +232,7 @@ class Applier:
     def _extraction(
         self, names: dict[str, str], types: dict[str, str], spellings: dict[str, list[str]]
     ) -> str:
-        """SQL with `seq_num` and one column per entry of `names` (lower-case key → column)."""
+        """SQL with `_SEQ` and one column per entry of `names` (lower-case key → column)."""
         if any(len(spellings.get(lowered, ())) > 1 for lowered in names):
             return self._extract_by_path(names, spellings)
         return self._extract_by_struct(names, types, spellings)
@@ -248,14 +251,14 @@ class Applier:
             for lowered, column in names.items()
         }
         if not fields:
-            return f"SELECT seq_num FROM {_STAGE}"
+            return f"SELECT seq_num AS {_SEQ} FROM {_STAGE}"
         selected = ", ".join(
             f"v.{coercion.quote_identifier(key)} AS {coercion.quote_identifier(column)}"
             for key, column in zip(fields, names.values(), strict=True)
         )
         structure = coercion.quote_literal(json.dumps(fields))
         return (
-            f"SELECT seq_num, {selected} FROM "
+            f"SELECT seq_num AS {_SEQ}, {selected} FROM "
             f"(SELECT seq_num, from_json(body, {structure}) AS v FROM {_STAGE})"
         )
 
@@ -276,7 +279,7 @@ class Applier:
             f"{expr} AS {coercion.quote_identifier(column)}" for column, expr in value_exprs.items()
         )
         return (
-            f"SELECT seq_num{', ' if selected else ''}{selected} FROM "
+            f"SELECT seq_num AS {_SEQ}{', ' if selected else ''}{selected} FROM "
             f"(SELECT seq_num, json_extract(body, [{', '.join(paths)}]) AS v FROM {_STAGE})"
         )
 
@@ -309,7 +312,7 @@ class Applier:
         if seq_filter:
             predicate = f"{predicate} AND {seq_filter}"
         return (
-            f"SELECT records.seq_num AS __s2s_seq_num, {definition.select or 'records.*'} "
+            f"SELECT records.seq_num AS {_SEQ}, {definition.select or 'records.*'} "
             f"FROM {_PROJECTION_INPUT} WHERE {predicate}"
         )
 
@@ -327,7 +330,6 @@ class Applier:
             name, source_type = str(row[0]), str(row[1])
             if name.lower() not in existing:
                 new_columns[name] = _column_type_for(source_type)
-        cursor.execute(f"ALTER TABLE {_SHAPED} RENAME COLUMN __s2s_seq_num TO seq_num")
         return new_columns
 
     def _project_record_by_record(self) -> None:
@@ -360,7 +362,7 @@ class Applier:
         shaped = {
             str(row[0]): str(row[1])
             for row in cursor.execute(f"DESCRIBE {_SHAPED}").fetchall()
-            if str(row[0]) != "seq_num"
+            if str(row[0]) != _SEQ
         }
         shaped_by_lower = {name.lower(): name for name in shaped}
         casts: list[str] = []
@@ -401,12 +403,12 @@ class Applier:
         reason = f"nullif(concat_ws('; ', {', '.join(reasons)}), '')" if reasons else "NULL"
         aliases = ", ".join(_alias(index) for index in range(len(columns)))
         cursor.execute(
-            f"CREATE OR REPLACE TEMP TABLE {_TYPED} AS SELECT seq_num, "
+            f"CREATE OR REPLACE TEMP TABLE {_TYPED} AS SELECT {_SEQ}, "
             f"{aliases}{', ' if aliases else ''}{reason} AS reason FROM "
             f"(SELECT *{', ' if casts else ''}{', '.join(casts)} FROM {_SHAPED})"
         )
         cursor.execute(
-            f"INSERT INTO {_REJECTS} SELECT seq_num, reason FROM {_TYPED} WHERE reason IS NOT NULL"
+            f"INSERT INTO {_REJECTS} SELECT {_SEQ}, reason FROM {_TYPED} WHERE reason IS NOT NULL"
         )
 
     @staticmethod
@@ -482,7 +484,7 @@ class Applier:
         if key is None:
             self._cursor.execute(
                 f"INSERT INTO {self._target} ({', '.join(names)}) SELECT {', '.join(aliases)} "
-                f"FROM {_TYPED} WHERE reason IS NULL ORDER BY seq_num"
+                f"FROM {_TYPED} WHERE reason IS NULL ORDER BY {_SEQ}"
             )
             return
         key_alias = self._alias_of(columns, key)
@@ -493,7 +495,7 @@ class Applier:
         )
         self._cursor.execute(
             f"MERGE INTO {self._target} AS t USING (SELECT * FROM {_TYPED} WHERE reason IS NULL "
-            f"QUALIFY row_number() OVER (PARTITION BY {key_alias} ORDER BY seq_num DESC) = 1) AS s "
+            f"QUALIFY row_number() OVER (PARTITION BY {key_alias} ORDER BY {_SEQ} DESC) = 1) AS s "
             f"ON t.{quoted_key} = s.{key_alias} "
             f"WHEN MATCHED THEN UPDATE SET {updates} "
             f"WHEN NOT MATCHED THEN INSERT ({', '.join(names)}) "

@@ -262,3 +262,16 @@ def test_keys_differing_only_in_case_share_one_column(lake) -> None:
     applier.apply(_batch(0, {"id": 1, "Name": "a"}, {"ID": 2, "name": "b"}))
     assert [r[0] for r in _rows(lake, "DESCRIBE s.cased")] == ["id", "name"]
     assert _rows(lake, "SELECT id, name FROM s.cased ORDER BY id") == [(1, "a"), (2, "b")]
+
+
+def test_a_field_or_projected_column_may_be_called_seq_num(lake) -> None:
+    plain = _applier(lake, table="s.plain")
+    plain.apply(_batch(5, {"seq_num": 99, "v": 1}))
+    assert _rows(lake, "SELECT seq_num, v FROM s.plain") == [(99, 1)]
+    definition = build_materialization(
+        {"name": "p", "table": "s.projected_seq", "create_table": True, "select": "seq_num"}
+    )
+    cursor = lake_cursor(lake)
+    insert(cursor, definition)
+    Applier(cursor, definition).apply(_batch(7, {"x": 1}, {"x": 2}))
+    assert _rows(lake, "SELECT seq_num FROM s.projected_seq ORDER BY 1") == [(7,), (8,)]

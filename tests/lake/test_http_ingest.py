@@ -260,3 +260,18 @@ def test_applied_ingest_records_are_trimmed_from_the_stream(lake: LakeClient, ta
             break
         time.sleep(0.1)
     assert not records or records[0]["seq_num"] >= 12_000, records[:1]
+
+
+def test_tags_reach_the_projection_as_headers(lake: LakeClient, table: str) -> None:
+    lake.declare(
+        table,
+        select="(body->>'id')::INT AS id, headers['tag:source'] AS source, seq_num",
+        where="headers['tag:source'] <> 'ignored'",
+    )
+    lake.ingest_ok(table, [{"id": 1}, {"id": 2}], tags={"source": "my-app"})
+    lake.ingest_ok(table, [{"id": 3}], tags={"source": "ignored"})
+    lake.ingest_ok(table, [{"id": 4}])  # no tags: no header, so the predicate is NULL
+    assert lake.rows(f"SELECT id, source, seq_num FROM {table} ORDER BY id") == [
+        [1, "my-app", 0],
+        [2, "my-app", 1],
+    ]
