@@ -275,3 +275,27 @@ def test_a_field_or_projected_column_may_be_called_seq_num(lake) -> None:
     insert(cursor, definition)
     Applier(cursor, definition).apply(_batch(7, {"x": 1}, {"x": 2}))
     assert _rows(lake, "SELECT seq_num FROM s.projected_seq ORDER BY 1") == [(7,), (8,)]
+
+
+def test_any_field_name_but_the_empty_one_becomes_a_column(lake) -> None:
+    applier = _applier(lake, table="s.names")
+    odd = {"a b": 1, "x.y": 2, 'q"uote': 3, "ünï": 4, "select": 5, "seq_num": 6}
+    result = applier.apply(_batch(0, odd, {"": 1, "a b": 9}))
+    assert (result.rows_applied, result.rows_rejected) == (1, 1)
+    assert [r[0] for r in _rows(lake, "DESCRIBE s.names")] == sorted(odd)
+    assert _rows(lake, 'SELECT "a b", "x.y", "q""uote", "ünï", "select" FROM s.names') == [
+        (1, 2, 3, 4, 5)
+    ]
+    [(reason,)] = _rows(lake, "SELECT reason FROM s2s.dead_letters")
+    assert reason == "a field has an empty name, which cannot be a column name"
+
+
+def test_records_with_nothing_to_store_before_the_table_exists_are_dead_letters(lake) -> None:
+    applier = _applier(lake, table="s.later")
+    result = applier.apply(_batch(0, {}, {"a": None}))
+    assert (result.rows_applied, result.rows_rejected, result.last_seq_num) == (0, 2, 1)
+    assert _rows(
+        lake, "SELECT count(*) FROM information_schema.tables WHERE table_name = 'later'"
+    ) == [(0,)]
+    applier.apply(_batch(2, {"a": 1}, {}))  # once the table exists, an empty object is a row
+    assert _rows(lake, "SELECT a FROM s.later ORDER BY a NULLS LAST") == [(1,), (None,)]
