@@ -14,7 +14,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from s2s.errors import S2Error
+from s2s.errors import ReadUnwritten, S2Error
 from s2s.records import trim_record, validate_append_input
 from s2s.v1 import records_pb2 as pb
 from server.lake import registry
@@ -150,6 +150,13 @@ class MaterializationRunner:
                 self._rows_applied = checkpoint.rows_applied
                 self._rows_rejected = checkpoint.rows_rejected
                 await self._follow()
+            except ReadUnwritten as error:
+                self._fail(
+                    "error",
+                    f"the source stream ends at {error.tail_seq_num}, before the checkpoint "
+                    f"({self._next_seq}): it was deleted and created again; delete and declare "
+                    "the materialization again to start over",
+                )
             except S2Error as error:
                 waiting = error.code in _MISSING_SOURCE_CODES
                 self._fail("waiting_for_stream" if waiting else "error", error.message)

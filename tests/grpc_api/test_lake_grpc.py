@@ -304,3 +304,34 @@ async def test_cli_materializations_and_sql(client: S2SClient, lake_server: Serv
     missing = s2s(lake_server, "materializations", "pause", "nope")
     assert missing.returncode == 1
     assert missing.stderr.startswith("error: materialization_not_found")
+
+
+async def test_a_recreated_source_stream_is_reported_not_replayed(client: S2SClient) -> None:
+    await write_stream(client, "lake-recreate", "events", [{"n": i} for i in range(3)])
+    await client.create_materialization(
+        "recreate", "grpc.recreated", basin="lake-recreate", stream="events", create_table=True
+    )
+    await wait_applied(client, "recreate", 3)
+    await client.delete_stream("lake-recreate", "events")
+    deadline = time.monotonic() + APPLY_TIMEOUT_S
+    while True:  # the name is free once the deletion job has run
+        try:
+            await client.create_stream("lake-recreate", "events")
+            break
+        except S2SError as error:
+            assert error.code == "stream_deletion_pending" and time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+    await client.stream("lake-recreate", "events").append([b'{"n": 100}'])
+    # Transient errors come first (the stream is being deleted, then briefly missing).
+    while (
+        "deleted and created again"
+        not in (status := await client.get_materialization("recreate")).last_error
+    ):
+        assert time.monotonic() < deadline, f"no error reported: {status}"
+        await asyncio.sleep(0.1)
+    assert status.state == "error"
+    assert await rows(client, "SELECT n FROM lake.grpc.recreated ORDER BY n") == [
+        {"n": 0},
+        {"n": 1},
+        {"n": 2},
+    ]
