@@ -21,6 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from client import S2SClient, S2SError, SyncClient
+from s2s.records import fence_record
 from s2s.v1 import lake_pb2 as lpb
 from tests.server_process import REPO, ServerProcess
 
@@ -331,6 +332,23 @@ async def test_a_recreated_source_stream_is_reported_not_replayed(client: S2SCli
         await asyncio.sleep(0.1)
     assert status.state == "error"
     assert await rows(client, "SELECT n FROM lake.grpc.recreated ORDER BY n") == [
+        {"n": 0},
+        {"n": 1},
+        {"n": 2},
+    ]
+
+
+async def test_command_records_are_skipped_not_rejected(client: S2SClient) -> None:
+    await write_stream(client, "lake-commands", "fenced", [{"n": 0}, {"n": 1}])
+    stream = client.stream("lake-commands", "fenced")
+    await stream.append([fence_record("owner-1")])
+    await stream.append([b'{"n": 2}'], fencing_token="owner-1")
+    await client.create_materialization(
+        "commands", "grpc.commands", basin="lake-commands", stream="fenced", create_table=True
+    )
+    status = await wait_applied(client, "commands", 4)
+    assert (status.rows_applied, status.rows_rejected) == (3, 0)
+    assert await rows(client, "SELECT n FROM lake.grpc.commands ORDER BY n") == [
         {"n": 0},
         {"n": 1},
         {"n": 2},
