@@ -41,6 +41,15 @@ def load_all(cursor: duckdb.DuckDBPyConnection) -> list[tuple[Materialization, C
     ]
 
 
+def checkpoint(cursor: duckdb.DuckDBPyConnection, name: str) -> Checkpoint | None:
+    row = cursor.execute(
+        f"SELECT last_seq_num, rows_applied, rows_rejected FROM {META_SCHEMA}.checkpoints "
+        "WHERE name = $name",
+        {"name": name},
+    ).fetchone()
+    return None if row is None else Checkpoint(int(row[0]), int(row[1]), int(row[2]))
+
+
 def insert(cursor: duckdb.DuckDBPyConnection, definition: Materialization) -> bool:
     """Store a new definition with an empty checkpoint; False if the name is taken."""
     cursor.execute("BEGIN")

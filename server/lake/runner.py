@@ -173,10 +173,10 @@ class MaterializationRunner:
         self._last_error = message
 
     def _load_checkpoint(self) -> registry.Checkpoint:
-        for definition, checkpoint in registry.load_all(self._writer.cursor):
-            if definition.name == self.definition.name:
-                return checkpoint
-        return registry.Checkpoint(self._next_seq - 1, self._rows_applied, self._rows_rejected)
+        stored = registry.checkpoint(self._writer.cursor, self.definition.name)
+        if stored is None:  # deleted while this runner stopped: keep what it knew
+            return registry.Checkpoint(self._next_seq - 1, self._rows_applied, self._rows_rejected)
+        return stored
 
     async def _follow(self) -> None:
         definition = self.definition

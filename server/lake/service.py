@@ -122,20 +122,14 @@ class Lake:
         definition = build_materialization(spec, owner=self._server_id)
         async with self._lock:
             if definition.name in self._runners:
-                raise S2Error(
-                    "resource_already_exists",
-                    f"materialization {definition.name!r} already exists",
-                )
+                raise _already_exists(definition.name)
             if definition.select is not None or definition.where is not None:
                 await self._writer.run(self._check_projection, definition)
             if definition.basin == INGEST_BASIN:
                 await self._ensure_ingest_stream(definition.stream)
             created = await self._writer.run(registry.insert, self._writer.cursor, definition)
-            if not created:
-                raise S2Error(
-                    "resource_already_exists",
-                    f"materialization {definition.name!r} already exists",
-                )
+            if not created:  # another server sharing the catalog has one of this name
+                raise _already_exists(definition.name)
             runner = MaterializationRunner(
                 definition, registry.Checkpoint(-1, 0, 0), self._store, self._writer
             )
@@ -408,6 +402,10 @@ class Lake:
         assert self._queries is not None
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._queries.executor, self._queries.run, sql, rows_max)
+
+
+def _already_exists(name: str) -> S2Error:
+    return S2Error("resource_already_exists", f"materialization {name!r} already exists")
 
 
 def _server_id(root: Path) -> str:
