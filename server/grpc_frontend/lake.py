@@ -15,7 +15,7 @@ from s2s.errors import invalid
 from s2s.v1 import lake_pb2 as lpb
 from s2s.v1 import lake_pb2_grpc as lake_services
 from server.grpc_frontend.errors import Context, unary
-from server.lake.query import ROWS_MAX
+from server.lake.query import ROWS_MAX, arrow_ipc_stream
 from server.lake.service import Lake
 
 
@@ -67,13 +67,6 @@ def status_to_proto(status: dict[str, Any]) -> lpb.MaterializationStatus:
 
 RESULT_BYTES_MAX = 7 * 1024 * 1024
 """Largest encoded result: room for the response's framing under the 8 MiB message cap."""
-
-
-def arrow_ipc_stream(table: pa.Table) -> bytes:
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return bytes(sink.getvalue().to_pybytes())
 
 
 def encode_result(table: pa.Table, truncated: bool) -> lpb.QueryResponse:

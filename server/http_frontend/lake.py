@@ -28,7 +28,7 @@ from s2s.errors import S2Error, invalid
 from server.http_frontend.exchange import Exchange, first_accept
 from server.lake.definition import split_table
 from server.lake.ingest import MAX_PAYLOAD_BYTES, IngestError, parse_ingest_request
-from server.lake.query import ROWS_MAX
+from server.lake.query import ROWS_MAX, arrow_ipc_stream
 from server.lake.service import DEAD_LETTERS_LIMIT_MAX, Lake
 
 ARROW_STREAM_CONTENT_TYPE = "application/vnd.apache.arrow.stream"
@@ -108,7 +108,7 @@ class LakeApi:
         # Encoding up to ROWS_MAX rows takes long enough to stall other requests; a thread
         # keeps the event loop free.
         if first_accept(exchange.header("accept")) == ARROW_STREAM_CONTENT_TYPE:
-            data = await asyncio.to_thread(_arrow_stream, table)
+            data = await asyncio.to_thread(arrow_ipc_stream, table)
             await exchange.respond(200, data, ARROW_STREAM_CONTENT_TYPE, headers)
         else:
             data = await asyncio.to_thread(_json_result, table, truncated)
@@ -207,14 +207,6 @@ def _int_param(query: dict[str, str], name: str, default: int, maximum: int) -> 
 
 
 # --- result encodings --------------------------------------------------------------------
-
-
-def _arrow_stream(table: pa.Table) -> bytes:
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    data: bytes = sink.getvalue().to_pybytes()
-    return data
 
 
 def _json_result(table: pa.Table, truncated: bool) -> bytes:

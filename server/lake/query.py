@@ -85,6 +85,15 @@ class QueryRunner:
             cursor.close()
 
 
+def arrow_ipc_stream(table: pa.Table) -> bytes:
+    """A result as Arrow IPC stream bytes: what both frontends send for Arrow results."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    data: bytes = sink.getvalue().to_pybytes()
+    return data
+
+
 def _first_line(error: Exception) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
