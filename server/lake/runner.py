@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from s2s.errors import ReadUnwritten, S2Error
@@ -78,8 +79,12 @@ class MaterializationRunner:
         checkpoint: registry.Checkpoint,
         store: StreamStore,
         writer: LakeWriter,
+        trim_floor: Callable[[], int],
     ) -> None:
+        """`trim_floor` gives the lowest next sequence number among the materializations
+        reading this runner's source: an ingest stream is never trimmed past it."""
         self.definition = definition
+        self._trim_floor = trim_floor
         self._store = store
         self._writer = writer
         self._applier = Applier(writer.cursor, definition)
@@ -277,16 +282,24 @@ class MaterializationRunner:
     async def _trim_applied(self, first_kept: int) -> None:
         """Free an ingest stream's applied records (its retention is infinite, see service.py).
 
-        Safe for exactly once: everything below `first_kept` is covered by a committed
-        checkpoint, and a restart resumes at or above it.
+        Safe for exactly once: everything below the floor is covered by the committed
+        checkpoint of every materialization reading the stream, and a restart resumes at or
+        above it.
         """
         definition = self.definition
+        first_kept = min(first_kept, self._trim_floor())
         if definition.basin != INGEST_BASIN or first_kept - self._trimmed_to < TRIM_AFTER_RECORDS:
             return
-        command = validate_append_input(pb.AppendInput(records=[trim_record(first_kept)]))
-        try:
-            await self._store.append(definition.basin, definition.stream, command)
-        except S2Error as error:  # the stream is being deleted: nothing left to free
-            log.warning("could not trim %s: %s", definition.source, error.message)
-            return
-        self._trimmed_to = first_kept
+        if await trim_stream(self._store, definition, first_kept):
+            self._trimmed_to = first_kept
+
+
+async def trim_stream(store: StreamStore, definition: Materialization, first_kept: int) -> bool:
+    """Append a trim command to the materialization's source; False if the stream is gone."""
+    command = validate_append_input(pb.AppendInput(records=[trim_record(first_kept)]))
+    try:
+        await store.append(definition.basin, definition.stream, command)
+    except S2Error as error:  # the stream is being deleted: nothing left to free
+        log.warning("could not trim %s: %s", definition.source, error.message)
+        return False
+    return True

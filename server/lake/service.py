@@ -15,6 +15,7 @@ import os
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ from server.lake.definition import (
 from server.lake.ingest import IngestRequest
 from server.lake.maintenance import MaintenanceResult, maintain
 from server.lake.query import ROWS_MAX, QueryRunner
-from server.lake.runner import MaterializationRunner
+from server.lake.runner import MaterializationRunner, trim_stream
 from server.lake.writer import LakeWriter
 from server.reader import ReadLimits, ReadStart
 from server.streamstore import StreamStore
@@ -81,7 +82,9 @@ class Lake:
         for definition, checkpoint in loaded:
             if definition.owner != lake._server_id:
                 continue  # another server's, in a shared catalog
-            runner = MaterializationRunner(definition, checkpoint, store, lake._writer)
+            runner = MaterializationRunner(
+                definition, checkpoint, store, lake._writer, lake._trim_floor(definition)
+            )
             lake._runners[definition.name] = runner
             if not definition.paused:
                 runner.start()
@@ -131,7 +134,11 @@ class Lake:
             if not created:  # another server sharing the catalog has one of this name
                 raise _already_exists(definition.name)
             runner = MaterializationRunner(
-                definition, registry.Checkpoint(-1, 0, 0), self._store, self._writer
+                definition,
+                registry.Checkpoint(-1, 0, 0),
+                self._store,
+                self._writer,
+                self._trim_floor(definition),
             )
             self._runners[definition.name] = runner
             if not definition.paused:
@@ -182,11 +189,38 @@ class Lake:
         return await self.materialization_status(name)
 
     async def delete(self, name: str) -> None:
+        """Forget a materialization. What it applied from an ingest stream is trimmed from the
+        stream, so a materialization declared later on it (ingest declares one on first use)
+        does not apply those rows a second time."""
         async with self._lock:
             runner = self._runner(name)
             await runner.stop("deleted")
+            # Read after stop: a commit finishing after the cancel is in the stored checkpoint.
+            stored = await self._writer.run(registry.checkpoint, self._writer.cursor, name)
             await self._writer.run(registry.delete, self._writer.cursor, name)
             del self._runners[name]
+            definition = runner.definition
+            if definition.basin == INGEST_BASIN and stored is not None:
+                floor = min(stored.last_seq_num + 1, self._trim_floor(definition)())
+                if floor > 0:
+                    await trim_stream(self._store, definition, floor)
+
+    def _trim_floor(self, definition: Materialization) -> Callable[[], int]:
+        """The lowest next sequence number among this lake's materializations of the same
+        source (a large number when there are none)."""
+
+        def floor() -> int:
+            return min(
+                (
+                    r.status().next_seq_num
+                    for r in self._runners.values()
+                    if (r.definition.basin, r.definition.stream)
+                    == (definition.basin, definition.stream)
+                ),
+                default=2**63 - 1,
+            )
+
+        return floor
 
     async def materialization_status(self, name: str) -> dict[str, Any]:
         runner = self._runner(name)

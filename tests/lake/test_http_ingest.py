@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -275,3 +276,21 @@ def test_tags_reach_the_projection_as_headers(lake: LakeClient, table: str) -> N
         [1, "my-app", 0],
         [2, "my-app", 1],
     ]
+
+
+def test_concurrent_first_ingests_into_an_existing_table_declare_it_once(
+    lake: LakeClient, table: str
+) -> None:
+    lake.declare(table)
+    lake.ingest_ok(table, [{"n": 0}])
+    name = table  # LakeClient.declare names the materialization after the table
+    assert lake.http.delete(f"/v1/lake/materializations/{name}").status_code == 204
+    # The table stays; the next ingests find no materialization and declare one, racing.
+    with ThreadPoolExecutor(6) as pool:
+        responses = list(pool.map(lambda n: lake.ingest(table, [{"n": n}], wait=True), range(1, 7)))
+    assert [r.status_code for r in responses] == [200] * 6, [r.text for r in responses]
+    assert lake.rows(f"SELECT count(*), count(DISTINCT n) FROM {table}") == [[7, 7]]
+    names = [
+        m["name"] for m in lake.http.get("/v1/lake/materializations").json()["materializations"]
+    ]
+    assert names.count(f"ingest.{table}") == 1
