@@ -332,6 +332,7 @@ def materialization_json(status: lpb.MaterializationStatus) -> dict[str, Any]:
         "rows_rejected": status.rows_rejected,
         "last_snapshot_id": optional("last_snapshot_id"),
         "last_commit_at": optional("last_commit_at"),
+        "records_skipped": status.records_skipped,
     }
 
 

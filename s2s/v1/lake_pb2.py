@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11s2s/v1/lake.proto\x12\x06s2s.v1\"\xb0\x02\n\x13MaterializationSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05table\x18\x02 \x01(\t\x12\x12\n\x05\x62\x61sin\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x13\n\x06stream\x18\x04 \x01(\tH\x01\x88\x01\x01\x12\x11\n\x04mode\x18\x05 \x01(\tH\x02\x88\x01\x01\x12\x18\n\x0bprimary_key\x18\x06 \x01(\tH\x03\x88\x01\x01\x12\x13\n\x06select\x18\x07 \x01(\tH\x04\x88\x01\x01\x12\x12\n\x05where\x18\x08 \x01(\tH\x05\x88\x01\x01\x12\x14\n\x0cpartition_by\x18\t \x03(\t\x12\x14\n\x0c\x63reate_table\x18\n \x01(\x08\x12\x0e\n\x06paused\x18\x0b \x01(\x08\x42\x08\n\x06_basinB\t\n\x07_streamB\x07\n\x05_modeB\x0e\n\x0c_primary_keyB\t\n\x07_selectB\x08\n\x06_where\"6\n\x15MaterializationSource\x12\r\n\x05\x62\x61sin\x18\x01 \x01(\t\x12\x0e\n\x06stream\x18\x02 \x01(\t\"\xbc\x04\n\x15MaterializationStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12-\n\x06source\x18\x02 \x01(\x0b\x32\x1d.s2s.v1.MaterializationSource\x12\r\n\x05table\x18\x03 \x01(\t\x12\x0c\n\x04mode\x18\x04 \x01(\t\x12\x18\n\x0bprimary_key\x18\x05 \x01(\tH\x00\x88\x01\x01\x12\x13\n\x06select\x18\x06 \x01(\tH\x01\x88\x01\x01\x12\x12\n\x05where\x18\x07 \x01(\tH\x02\x88\x01\x01\x12\x14\n\x0cpartition_by\x18\x08 \x03(\t\x12\x14\n\x0c\x63reate_table\x18\t \x01(\x08\x12\r\n\x05state\x18\n \x01(\t\x12\x17\n\nlast_error\x18\x0b \x01(\tH\x03\x88\x01\x01\x12\x17\n\x0f\x61pplied_seq_num\x18\x0c \x01(\x04\x12\x19\n\x0ctail_seq_num\x18\r \x01(\x04H\x04\x88\x01\x01\x12\x13\n\x0blag_records\x18\x0e \x01(\x04\x12\x13\n\x0blag_seconds\x18\x0f \x01(\x01\x12\x14\n\x0crows_applied\x18\x10 \x01(\x04\x12\x15\n\rrows_rejected\x18\x11 \x01(\x04\x12\x1d\n\x10last_snapshot_id\x18\x12 \x01(\x03H\x05\x88\x01\x01\x12\x1b\n\x0elast_commit_at\x18\x13 \x01(\x01H\x06\x88\x01\x01\x42\x0e\n\x0c_primary_keyB\t\n\x07_selectB\x08\n\x06_whereB\r\n\x0b_last_errorB\x0f\n\r_tail_seq_numB\x13\n\x11_last_snapshot_idB\x11\n\x0f_last_commit_at\"I\n\x1c\x43reateMaterializationRequest\x12)\n\x04spec\x18\x01 \x01(\x0b\x32\x1b.s2s.v1.MaterializationSpec\"W\n\x1d\x43reateMaterializationResponse\x12\x36\n\x0fmaterialization\x18\x01 \x01(\x0b\x32\x1d.s2s.v1.MaterializationStatus\"\x1d\n\x1bListMaterializationsRequest\"W\n\x1cListMaterializationsResponse\x12\x37\n\x10materializations\x18\x01 \x03(\x0b\x32\x1d.s2s.v1.MaterializationStatus\")\n\x19GetMaterializationRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"T\n\x1aGetMaterializationResponse\x12\x36\n\x0fmaterialization\x18\x01 \x01(\x0b\x32\x1d.s2s.v1.MaterializationStatus\"+\n\x1bPauseMaterializationRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"V\n\x1cPauseMaterializationResponse\x12\x36\n\x0fmaterialization\x18\x01 \x01(\x0b\x32\x1d.s2s.v1.MaterializationStatus\",\n\x1cResumeMaterializationRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"W\n\x1dResumeMaterializationResponse\x12\x36\n\x0fmaterialization\x18\x01 \x01(\x0b\x32\x1d.s2s.v1.MaterializationStatus\",\n\x1c\x44\x65leteMaterializationRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x1f\n\x1d\x44\x65leteMaterializationResponse\"9\n\x0cQueryRequest\x12\x0b\n\x03sql\x18\x01 \x01(\t\x12\x12\n\x05limit\x18\x02 \x01(\rH\x00\x88\x01\x01\x42\x08\n\x06_limit\"<\n\rQueryResponse\x12\x18\n\x10\x61rrow_ipc_stream\x18\x01 \x01(\x0c\x12\x11\n\ttruncated\x18\x02 \x01(\x08\x32\x98\x05\n\x0bLakeService\x12\x64\n\x15\x43reateMaterialization\x12$.s2s.v1.CreateMaterializationRequest\x1a%.s2s.v1.CreateMaterializationResponse\x12\x61\n\x14ListMaterializations\x12#.s2s.v1.ListMaterializationsRequest\x1a$.s2s.v1.ListMaterializationsResponse\x12[\n\x12GetMaterialization\x12!.s2s.v1.GetMaterializationRequest\x1a\".s2s.v1.GetMaterializationResponse\x12\x61\n\x14PauseMaterialization\x12#.s2s.v1.PauseMaterializationRequest\x1a$.s2s.v1.PauseMaterializationResponse\x12\x64\n\x15ResumeMaterialization\x12$.s2s.v1.ResumeMaterializationRequest\x1a%.s2s.v1.ResumeMaterializationResponse\x12\x64\n\x15\x44\x65leteMaterialization\x12$.s2s.v1.DeleteMaterializationRequest\x1a%.s2s.v1.DeleteMaterializationResponse\x12\x34\n\x05Query\x12\x14.s2s.v1.QueryRequest\x1a\x15.s2s.v1.QueryResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11s2s/v1/lake.proto\x12\x06s2s.v1\"\xb0\x02\n\x13MaterializationSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05table\x18\x02 \x01(\t\x12\x12\n\x05\x62\x61sin\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x13\n\x06stream\x18\x04 \x01(\tH\x01\x88\x01\x01\x12\x11\n\x04mode\x18\x05 \x01(\tH\x02\x88\x01\x01\x12\x18\n\x0bprimary_key\x18\x06 \x01(\tH\x03\x88\x01\x01\x12\x13\n\x06select\x18\x07 \x01(\tH\x04\x88\x01\x01\x12\x12\n\x05where\x18\x08 \x01(\tH\x05\x88\x01\x01\x12\x14\n\x0cpartition_by\x18\t \x03(\t\x12\x14\n\x0c\x63reate_table\x18\n \x01(\x08\x12\x0e\n\x06paused\x18\x0b \x01(\x08\x42\x08\n\x06_basinB\t\n\x07_streamB\x07\n\x05_modeB\x0e\n\x0c_primary_keyB\t\n\x07_selectB\x08\n\x06_where\"6\n\x15MaterializationSource\x12\r\n\x05\x62\x61sin\x18\x01 \x01(\t\x12\x0e\n\x06stream\x18\x02 \x01(\t\"\xd5\x04\n\x15MaterializationStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12-\n\x06source\x18\x02 \x01(\x0b\x32\x1d.s2s.v1.MaterializationSource\x12\r\n\x05table\x18\x03 \x01(\t\x12\x0c\n\x04mode\x18\x04 \x01(\t\x12\x18\n\x0bprimary_key\x18\x05 \x01(\tH\x00\x88\x01\x01\x12\x13\n\x06select\x18\x06 \x01(\tH\x01\x88\x01\x01\x12\x12\n\x05where\x18\x07 \x01(\tH\x02\x88\x01\x01\x12\x14\n\x0cpartition_by\x18\x08 \x03(\t\x12\x14\n\x0c\x63reate_table\x18\t \x01(\x08\x12\r\n\x05state\x18\n \x01(\t\x12\x17\n\nlast_error\x18\x0b \x01(\tH\x03\x88\x01\x01\x12\x17\n\x0f\x61pplied_seq_num\x18\x0c \x01(\x04\x12\x19\n\x0ctail_seq_num\x18\r \x01(\x04H\x04\x88\x01\x01\x12\x13\n\x0blag_records\x18\x0e \x01(\x04\x12\x13\n\x0blag_seconds\x18\x0f \x01(\x01\x12\x14\n\x0crows_applied\x18\x10 \x01(\x04\x12\x15\n\rrows_rejected\x18\x11 \x01(\x04\x12\x1d\n\x10last_snapshot_id\x18\x12 \x01(\x03H\x05\x88\x01\x01\x12\x1b\n\x0elast_commit_at\x18\x13 \x01(\x01H\x06\x88\x01\x01\x12\x17\n\x0frecords_skipped\x18\x14 \x01(\x04\x42\x0e\n\x0c_primary_keyB\t\n\x07_selectB\x08\n\x06_whereB\r\n\x0b_last_errorB\x0f\n\r_tail_seq_numB\x13\n\x11_last_snapshot_idB\x11\n\x0f_last_commit_at\"I\n\x1c\x43reateMaterializationRequest\x12)\n\x04spec\x18\x01 \x01(\x0b\x32\x1b.s2s.v1.MaterializationSpec\"W\n\x1d\x43reateMaterializationResponse\x12\x36\n\x0fmaterialization\x18\x01 \x01(\x0b\x32\x1d.s2s.v1.MaterializationStatus\"\x1d\n\x1bListMaterializationsRequest\"W\n\x1cListMaterializationsResponse\x12\x37\n\x10materializations\x18\x01 \x03(\x0b\x32\x1d.s2s.v1.MaterializationStatus\")\n\x19GetMaterializationRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"T\n\x1aGetMaterializationResponse\x12\x36\n\x0fmaterialization\x18\x01 \x01(\x0b\x32\x1d.s2s.v1.MaterializationStatus\"+\n\x1bPauseMaterializationRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"V\n\x1cPauseMaterializationResponse\x12\x36\n\x0fmaterialization\x18\x01 \x01(\x0b\x32\x1d.s2s.v1.MaterializationStatus\",\n\x1cResumeMaterializationRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"W\n\x1dResumeMaterializationResponse\x12\x36\n\x0fmaterialization\x18\x01 \x01(\x0b\x32\x1d.s2s.v1.MaterializationStatus\",\n\x1c\x44\x65leteMaterializationRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x1f\n\x1d\x44\x65leteMaterializationResponse\"9\n\x0cQueryRequest\x12\x0b\n\x03sql\x18\x01 \x01(\t\x12\x12\n\x05limit\x18\x02 \x01(\rH\x00\x88\x01\x01\x42\x08\n\x06_limit\"<\n\rQueryResponse\x12\x18\n\x10\x61rrow_ipc_stream\x18\x01 \x01(\x0c\x12\x11\n\ttruncated\x18\x02 \x01(\x08\x32\x98\x05\n\x0bLakeService\x12\x64\n\x15\x43reateMaterialization\x12$.s2s.v1.CreateMaterializationRequest\x1a%.s2s.v1.CreateMaterializationResponse\x12\x61\n\x14ListMaterializations\x12#.s2s.v1.ListMaterializationsRequest\x1a$.s2s.v1.ListMaterializationsResponse\x12[\n\x12GetMaterialization\x12!.s2s.v1.GetMaterializationRequest\x1a\".s2s.v1.GetMaterializationResponse\x12\x61\n\x14PauseMaterialization\x12#.s2s.v1.PauseMaterializationRequest\x1a$.s2s.v1.PauseMaterializationResponse\x12\x64\n\x15ResumeMaterialization\x12$.s2s.v1.ResumeMaterializationRequest\x1a%.s2s.v1.ResumeMaterializationResponse\x12\x64\n\x15\x44\x65leteMaterialization\x12$.s2s.v1.DeleteMaterializationRequest\x1a%.s2s.v1.DeleteMaterializationResponse\x12\x34\n\x05Query\x12\x14.s2s.v1.QueryRequest\x1a\x15.s2s.v1.QueryResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,35 +36,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MATERIALIZATIONSOURCE']._serialized_start=336
   _globals['_MATERIALIZATIONSOURCE']._serialized_end=390
   _globals['_MATERIALIZATIONSTATUS']._serialized_start=393
-  _globals['_MATERIALIZATIONSTATUS']._serialized_end=965
-  _globals['_CREATEMATERIALIZATIONREQUEST']._serialized_start=967
-  _globals['_CREATEMATERIALIZATIONREQUEST']._serialized_end=1040
-  _globals['_CREATEMATERIALIZATIONRESPONSE']._serialized_start=1042
-  _globals['_CREATEMATERIALIZATIONRESPONSE']._serialized_end=1129
-  _globals['_LISTMATERIALIZATIONSREQUEST']._serialized_start=1131
-  _globals['_LISTMATERIALIZATIONSREQUEST']._serialized_end=1160
-  _globals['_LISTMATERIALIZATIONSRESPONSE']._serialized_start=1162
-  _globals['_LISTMATERIALIZATIONSRESPONSE']._serialized_end=1249
-  _globals['_GETMATERIALIZATIONREQUEST']._serialized_start=1251
-  _globals['_GETMATERIALIZATIONREQUEST']._serialized_end=1292
-  _globals['_GETMATERIALIZATIONRESPONSE']._serialized_start=1294
-  _globals['_GETMATERIALIZATIONRESPONSE']._serialized_end=1378
-  _globals['_PAUSEMATERIALIZATIONREQUEST']._serialized_start=1380
-  _globals['_PAUSEMATERIALIZATIONREQUEST']._serialized_end=1423
-  _globals['_PAUSEMATERIALIZATIONRESPONSE']._serialized_start=1425
-  _globals['_PAUSEMATERIALIZATIONRESPONSE']._serialized_end=1511
-  _globals['_RESUMEMATERIALIZATIONREQUEST']._serialized_start=1513
-  _globals['_RESUMEMATERIALIZATIONREQUEST']._serialized_end=1557
-  _globals['_RESUMEMATERIALIZATIONRESPONSE']._serialized_start=1559
-  _globals['_RESUMEMATERIALIZATIONRESPONSE']._serialized_end=1646
-  _globals['_DELETEMATERIALIZATIONREQUEST']._serialized_start=1648
-  _globals['_DELETEMATERIALIZATIONREQUEST']._serialized_end=1692
-  _globals['_DELETEMATERIALIZATIONRESPONSE']._serialized_start=1694
-  _globals['_DELETEMATERIALIZATIONRESPONSE']._serialized_end=1725
-  _globals['_QUERYREQUEST']._serialized_start=1727
-  _globals['_QUERYREQUEST']._serialized_end=1784
-  _globals['_QUERYRESPONSE']._serialized_start=1786
-  _globals['_QUERYRESPONSE']._serialized_end=1846
-  _globals['_LAKESERVICE']._serialized_start=1849
-  _globals['_LAKESERVICE']._serialized_end=2513
+  _globals['_MATERIALIZATIONSTATUS']._serialized_end=990
+  _globals['_CREATEMATERIALIZATIONREQUEST']._serialized_start=992
+  _globals['_CREATEMATERIALIZATIONREQUEST']._serialized_end=1065
+  _globals['_CREATEMATERIALIZATIONRESPONSE']._serialized_start=1067
+  _globals['_CREATEMATERIALIZATIONRESPONSE']._serialized_end=1154
+  _globals['_LISTMATERIALIZATIONSREQUEST']._serialized_start=1156
+  _globals['_LISTMATERIALIZATIONSREQUEST']._serialized_end=1185
+  _globals['_LISTMATERIALIZATIONSRESPONSE']._serialized_start=1187
+  _globals['_LISTMATERIALIZATIONSRESPONSE']._serialized_end=1274
+  _globals['_GETMATERIALIZATIONREQUEST']._serialized_start=1276
+  _globals['_GETMATERIALIZATIONREQUEST']._serialized_end=1317
+  _globals['_GETMATERIALIZATIONRESPONSE']._serialized_start=1319
+  _globals['_GETMATERIALIZATIONRESPONSE']._serialized_end=1403
+  _globals['_PAUSEMATERIALIZATIONREQUEST']._serialized_start=1405
+  _globals['_PAUSEMATERIALIZATIONREQUEST']._serialized_end=1448
+  _globals['_PAUSEMATERIALIZATIONRESPONSE']._serialized_start=1450
+  _globals['_PAUSEMATERIALIZATIONRESPONSE']._serialized_end=1536
+  _globals['_RESUMEMATERIALIZATIONREQUEST']._serialized_start=1538
+  _globals['_RESUMEMATERIALIZATIONREQUEST']._serialized_end=1582
+  _globals['_RESUMEMATERIALIZATIONRESPONSE']._serialized_start=1584
+  _globals['_RESUMEMATERIALIZATIONRESPONSE']._serialized_end=1671
+  _globals['_DELETEMATERIALIZATIONREQUEST']._serialized_start=1673
+  _globals['_DELETEMATERIALIZATIONREQUEST']._serialized_end=1717
+  _globals['_DELETEMATERIALIZATIONRESPONSE']._serialized_start=1719
+  _globals['_DELETEMATERIALIZATIONRESPONSE']._serialized_end=1750
+  _globals['_QUERYREQUEST']._serialized_start=1752
+  _globals['_QUERYREQUEST']._serialized_end=1809
+  _globals['_QUERYRESPONSE']._serialized_start=1811
+  _globals['_QUERYRESPONSE']._serialized_end=1871
+  _globals['_LAKESERVICE']._serialized_start=1874
+  _globals['_LAKESERVICE']._serialized_end=2538
 # @@protoc_insertion_point(module_scope)

@@ -41,7 +41,7 @@ class MaterializationSource(_message.Message):
     def __init__(self, basin: _Optional[str] = ..., stream: _Optional[str] = ...) -> None: ...
 
 class MaterializationStatus(_message.Message):
-    __slots__ = ("name", "source", "table", "mode", "primary_key", "select", "where", "partition_by", "create_table", "state", "last_error", "applied_seq_num", "tail_seq_num", "lag_records", "lag_seconds", "rows_applied", "rows_rejected", "last_snapshot_id", "last_commit_at")
+    __slots__ = ("name", "source", "table", "mode", "primary_key", "select", "where", "partition_by", "create_table", "state", "last_error", "applied_seq_num", "tail_seq_num", "lag_records", "lag_seconds", "rows_applied", "rows_rejected", "last_snapshot_id", "last_commit_at", "records_skipped")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     TABLE_FIELD_NUMBER: _ClassVar[int]
@@ -61,6 +61,7 @@ class MaterializationStatus(_message.Message):
     ROWS_REJECTED_FIELD_NUMBER: _ClassVar[int]
     LAST_SNAPSHOT_ID_FIELD_NUMBER: _ClassVar[int]
     LAST_COMMIT_AT_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_SKIPPED_FIELD_NUMBER: _ClassVar[int]
     name: str
     source: MaterializationSource
     table: str
@@ -80,7 +81,8 @@ class MaterializationStatus(_message.Message):
     rows_rejected: int
     last_snapshot_id: int
     last_commit_at: float
-    def __init__(self, name: _Optional[str] = ..., source: _Optional[_Union[MaterializationSource, _Mapping]] = ..., table: _Optional[str] = ..., mode: _Optional[str] = ..., primary_key: _Optional[str] = ..., select: _Optional[str] = ..., where: _Optional[str] = ..., partition_by: _Optional[_Iterable[str]] = ..., create_table: bool = ..., state: _Optional[str] = ..., last_error: _Optional[str] = ..., applied_seq_num: _Optional[int] = ..., tail_seq_num: _Optional[int] = ..., lag_records: _Optional[int] = ..., lag_seconds: _Optional[float] = ..., rows_applied: _Optional[int] = ..., rows_rejected: _Optional[int] = ..., last_snapshot_id: _Optional[int] = ..., last_commit_at: _Optional[float] = ...) -> None: ...
+    records_skipped: int
+    def __init__(self, name: _Optional[str] = ..., source: _Optional[_Union[MaterializationSource, _Mapping]] = ..., table: _Optional[str] = ..., mode: _Optional[str] = ..., primary_key: _Optional[str] = ..., select: _Optional[str] = ..., where: _Optional[str] = ..., partition_by: _Optional[_Iterable[str]] = ..., create_table: bool = ..., state: _Optional[str] = ..., last_error: _Optional[str] = ..., applied_seq_num: _Optional[int] = ..., tail_seq_num: _Optional[int] = ..., lag_records: _Optional[int] = ..., lag_seconds: _Optional[float] = ..., rows_applied: _Optional[int] = ..., rows_rejected: _Optional[int] = ..., last_snapshot_id: _Optional[int] = ..., last_commit_at: _Optional[float] = ..., records_skipped: _Optional[int] = ...) -> None: ...
 
 class CreateMaterializationRequest(_message.Message):
     __slots__ = ("spec",)

@@ -50,6 +50,7 @@ def status_to_proto(status: dict[str, Any]) -> lpb.MaterializationStatus:
         lag_seconds=status["lag_seconds"],
         rows_applied=status["rows_applied"],
         rows_rejected=status["rows_rejected"],
+        records_skipped=status["records_skipped"],
     )
     for key in (
         "primary_key",

@@ -306,6 +306,12 @@ _MATERIALIZATION_METRICS = (
         "rows_rejected",
         "Records sent to the dead-letter table.",
     ),
+    (
+        "s2s_lake_materialization_records_skipped_total",
+        "counter",
+        "records_skipped",
+        "Records trimmed or expired from the source before they were applied (lost).",
+    ),
 )
 
 

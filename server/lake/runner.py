@@ -47,6 +47,7 @@ class RunnerStatus:
     rows_rejected: int
     last_snapshot_id: int | None
     last_commit_at: float | None
+    records_skipped: int
 
 
 def decode_slices(slices: list[RecordSlice], with_headers: bool) -> RecordBatch:
@@ -99,6 +100,7 @@ class MaterializationRunner:
         self._waiters: list[tuple[int, asyncio.Future[int | None]]] = []
         self._retry_s = _RETRY_S_MIN
         self._trimmed_to = 0
+        self._records_skipped = 0
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -128,6 +130,7 @@ class MaterializationRunner:
             self._rows_rejected,
             self._last_snapshot_id,
             self._last_commit_at,
+            self._records_skipped,
         )
 
     async def wait_applied(self, seq_num: int, timeout_s: float) -> int | None:
@@ -220,6 +223,7 @@ class MaterializationRunner:
         pending_bytes = 0
         deadline = 0.0
         committing: asyncio.Task[None] | None = None
+        expected_seq = self._next_seq
         try:
             while True:
                 item: RecordSlice | BaseException | None
@@ -234,6 +238,8 @@ class MaterializationRunner:
                 if isinstance(item, BaseException):
                     raise item
                 if isinstance(item, RecordSlice):
+                    self._note_gap(expected_seq, item.first_seq)
+                    expected_seq = item.last_seq + 1
                     if not pending:
                         deadline = loop.time() + settings.linger_s
                     pending.append(item)
@@ -258,6 +264,23 @@ class MaterializationRunner:
         finally:
             if committing is not None and not committing.done():
                 committing.cancel()
+
+    def _note_gap(self, expected_seq: int, first_seq: int) -> None:
+        """Records missing between the checkpoint and what the stream still has were trimmed
+        or expired before they could be applied: say so, loudly, since they are lost."""
+        if first_seq <= expected_seq or expected_seq == 0:
+            return  # nothing missing; or a new materialization: the stream starts where it starts
+        skipped = first_seq - expected_seq
+        self._records_skipped += skipped
+        log.warning(
+            "materialization %s: records %d..%d of %s were trimmed or expired before they "
+            "were applied; they are not in %s",
+            self.definition.name,
+            expected_seq,
+            first_seq - 1,
+            self.definition.source,
+            self.definition.target,
+        )
 
     async def _apply(self, batch: RecordBatch) -> None:
         result: ApplyResult = await self._writer.run(self._applier.apply, batch)

@@ -255,6 +255,7 @@ class Lake:
             "rows_rejected": status.rows_rejected,
             "last_snapshot_id": status.last_snapshot_id,
             "last_commit_at": status.last_commit_at,
+            "records_skipped": status.records_skipped,
         }
 
     async def _oldest_unapplied_age_s(self, definition: Materialization, seq_num: int) -> float:

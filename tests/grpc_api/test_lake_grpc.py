@@ -21,7 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from client import S2SClient, S2SError, SyncClient
-from s2s.records import fence_record
+from s2s.records import fence_record, trim_record
 from s2s.v1 import lake_pb2 as lpb
 from tests.server_process import REPO, ServerProcess
 
@@ -352,4 +352,26 @@ async def test_command_records_are_skipped_not_rejected(client: S2SClient) -> No
         {"n": 0},
         {"n": 1},
         {"n": 2},
+    ]
+
+
+async def test_records_trimmed_before_they_were_applied_are_counted(client: S2SClient) -> None:
+    await write_stream(client, "lake-skipped", "events", [{"n": i} for i in range(3)])
+    await client.create_materialization(
+        "skipped", "grpc.skipped", basin="lake-skipped", stream="events", create_table=True
+    )
+    await wait_applied(client, "skipped", 3)
+    await client.pause_materialization("skipped")
+    stream = client.stream("lake-skipped", "events")
+    await stream.append([json.dumps({"n": i}).encode() for i in range(3, 8)])  # seq 3..7
+    await stream.append([trim_record(6)])  # seq 8: drops 3, 4 and 5 before they are applied
+    await client.resume_materialization("skipped")
+    status = await wait_applied(client, "skipped", 9)
+    assert status.records_skipped == 3 and status.rows_applied == 5
+    assert [row["n"] for row in await rows(client, "SELECT n FROM grpc.skipped ORDER BY n")] == [
+        0,
+        1,
+        2,
+        6,
+        7,
     ]
