@@ -31,6 +31,7 @@ import pyarrow as pa
 from server.lake import coercion
 from server.lake.connection import CATALOG_ALIAS, META_SCHEMA
 from server.lake.definition import Materialization
+from server.lake.sqltext import first_line, quote_identifier, quote_literal
 
 _STAGE = "s2s_stage"
 _REJECTS = "s2s_rejects"
@@ -117,9 +118,11 @@ class Applier:
     def __init__(self, cursor: duckdb.DuckDBPyConnection, definition: Materialization) -> None:
         self._cursor = cursor
         self._definition = definition
+        self._temporaries: dict[str, str] = {}
+        """Temp objects this batch created (name → TABLE or VIEW), in creation order."""
         self._target = (
-            f"{CATALOG_ALIAS}.{coercion.quote_identifier(definition.target_schema)}."
-            f"{coercion.quote_identifier(definition.target_table)}"
+            f"{CATALOG_ALIAS}.{quote_identifier(definition.target_schema)}."
+            f"{quote_identifier(definition.target_table)}"
         )
 
     def uses_headers(self) -> bool:
@@ -155,17 +158,15 @@ class Applier:
             self._drop_temporaries()
             cursor.unregister(_INCOMING)
 
+    def _create_temp(self, kind: str, name: str, query: str) -> None:
+        self._cursor.execute(f"CREATE OR REPLACE TEMP {kind} {name} AS {query}")
+        self._temporaries[name] = kind
+
     def _drop_temporaries(self) -> None:
-        # Dependents first: the views read the registered Arrow table.
-        for name in (_TYPED, _SHAPED, _REJECTS, _STAGE, _CHECKED):
-            kinds = self._cursor.execute(
-                "SELECT 'VIEW' FROM duckdb_views() WHERE temporary AND view_name = $name "
-                "UNION ALL "
-                "SELECT 'TABLE' FROM duckdb_tables() WHERE temporary AND table_name = $name",
-                {"name": name},
-            ).fetchall()
-            for (kind,) in kinds:
-                self._cursor.execute(f"DROP {kind} {name}")
+        # Newest first: views depend on what was created before them.
+        for name, kind in reversed(self._temporaries.items()):
+            self._cursor.execute(f"DROP {kind} IF EXISTS {name}")
+        self._temporaries.clear()
 
     # --- 1. stage ------------------------------------------------------------------------
 
@@ -176,33 +177,36 @@ class Applier:
         view pairs them by position instead of parsing every body again in each later step.
         """
         wanted = "'OBJECT'" if self._definition.select is None else "kind"
-        self._cursor.execute(
-            f"CREATE OR REPLACE TEMP TABLE {_CHECKED} AS SELECT CASE "
+        self._create_temp(
+            "TABLE",
+            _CHECKED,
+            "SELECT CASE "
             "WHEN body IS NULL THEN 'body is not valid UTF-8' "
             "WHEN kind IS NULL THEN 'body is not valid JSON' "
             f"WHEN kind <> {wanted} THEN 'body is not a JSON object' END AS reason, seq_num "
-            f"FROM (SELECT seq_num, body, TRY(json_type(body)) AS kind FROM {_INCOMING})"
+            f"FROM (SELECT seq_num, body, TRY(json_type(body)) AS kind FROM {_INCOMING})",
         )
         headers = "i.headers" if has_headers else "NULL::MAP(VARCHAR, VARCHAR) AS headers"
-        self._cursor.execute(
-            f"CREATE OR REPLACE TEMP VIEW {_STAGE} AS SELECT i.seq_num, i.timestamp, {headers}, "
-            f"i.body FROM {_INCOMING} AS i POSITIONAL JOIN {_CHECKED} AS c WHERE c.reason IS NULL"
+        self._create_temp(
+            "VIEW",
+            _STAGE,
+            f"SELECT i.seq_num, i.timestamp, {headers}, "
+            f"i.body FROM {_INCOMING} AS i POSITIONAL JOIN {_CHECKED} AS c WHERE c.reason IS NULL",
         )
-        self._cursor.execute(
-            f"CREATE OR REPLACE TEMP TABLE {_REJECTS} AS SELECT seq_num, reason "
-            f"FROM {_CHECKED} WHERE reason IS NOT NULL"
+        self._create_temp(
+            "TABLE", _REJECTS, f"SELECT seq_num, reason FROM {_CHECKED} WHERE reason IS NOT NULL"
         )
 
     def _reject_staged(self, predicate: str, reason: str) -> None:
         """Reject staged records matching `predicate` (rare cases found after the first pass);
         the stage view reads `s2s_checked`, so they leave it at once."""
         self._cursor.execute(
-            f"UPDATE {_CHECKED} SET reason = {coercion.quote_literal(reason)} WHERE reason IS NULL "
+            f"UPDATE {_CHECKED} SET reason = {quote_literal(reason)} WHERE reason IS NULL "
             f"AND seq_num IN (SELECT seq_num FROM {_STAGE} WHERE {predicate})"
         )
         self._cursor.execute(
             f"INSERT INTO {_REJECTS} SELECT seq_num, reason FROM {_CHECKED} "
-            f"WHERE reason = {coercion.quote_literal(reason)}"
+            f"WHERE reason = {quote_literal(reason)}"
         )
 
     # --- 2. shape ------------------------------------------------------------------------
@@ -244,7 +248,7 @@ class Applier:
         names = {**existing, **{name.lower(): name for name in new_columns}}
         extraction = self._extraction(names, {**columns, **new_columns}, spellings)
         # A view: the cast step reads it once, so the values are never materialized twice.
-        cursor.execute(f"CREATE OR REPLACE TEMP VIEW {_SHAPED} AS {extraction}")
+        self._create_temp("VIEW", _SHAPED, extraction)
         return new_columns
 
     def _extraction(
@@ -271,10 +275,10 @@ class Applier:
         if not fields:
             return f"SELECT seq_num AS {_SEQ} FROM {_STAGE}"
         selected = ", ".join(
-            f"v.{coercion.quote_identifier(key)} AS {coercion.quote_identifier(column)}"
+            f"v.{quote_identifier(key)} AS {quote_identifier(column)}"
             for key, column in zip(fields, names.values(), strict=True)
         )
-        structure = coercion.quote_literal(json.dumps(fields))
+        structure = quote_literal(json.dumps(fields))
         return (
             f"SELECT seq_num AS {_SEQ}, {selected} FROM "
             f"(SELECT seq_num, from_json(body, {structure}) AS v FROM {_STAGE})"
@@ -289,12 +293,12 @@ class Applier:
         for lowered, column in names.items():
             indexes = []
             for key in spellings.get(lowered, [column]):
-                paths.append(coercion.quote_literal(coercion.json_path(key)))
+                paths.append(quote_literal(coercion.json_path(key)))
                 indexes.append(len(paths))
             parts = [f"v[{index}]" for index in indexes]
             value_exprs[column] = parts[0] if len(parts) == 1 else f"coalesce({', '.join(parts)})"
         selected = ", ".join(
-            f"{expr} AS {coercion.quote_identifier(column)}" for column, expr in value_exprs.items()
+            f"{expr} AS {quote_identifier(column)}" for column, expr in value_exprs.items()
         )
         return (
             f"SELECT seq_num AS {_SEQ}{', ' if selected else ''}{selected} FROM "
@@ -308,7 +312,7 @@ class Applier:
         names = {lowered: f"__s2s_new{index}" for index, lowered in enumerate(unseen)}
         extraction = self._extraction(names, dict.fromkeys(names.values(), "JSON"), unseen)
         inputs = ", ".join(
-            coercion.inference_inputs(coercion.quote_identifier(column), index)
+            coercion.inference_inputs(quote_identifier(column), index)
             for index, column in enumerate(names.values())
         )
         aggregates = ", ".join(coercion.inference_aggregates(index) for index in range(len(names)))
@@ -338,7 +342,7 @@ class Applier:
         cursor = self._cursor
         projection = self._projection_sql()
         try:
-            cursor.execute(f"CREATE OR REPLACE TEMP TABLE {_SHAPED} AS {projection}")
+            self._create_temp("TABLE", _SHAPED, projection)
         except duckdb.Error:
             self._project_record_by_record()
         described = cursor.execute(f"DESCRIBE {_SHAPED}").fetchall()
@@ -353,9 +357,7 @@ class Applier:
     def _project_record_by_record(self) -> None:
         """The projection failed on some record: find which ones, reject only those."""
         cursor = self._cursor
-        cursor.execute(
-            f"CREATE OR REPLACE TEMP TABLE {_SHAPED} AS {self._projection_sql()} LIMIT 0"
-        )
+        self._create_temp("TABLE", _SHAPED, f"{self._projection_sql()} LIMIT 0")
         seq_nums = [
             int(row[0])
             for row in cursor.execute(f"SELECT seq_num FROM {_STAGE} ORDER BY seq_num").fetchall()
@@ -367,7 +369,7 @@ class Applier:
                     {"seq": seq_num},
                 )
             except duckdb.Error as error:
-                message = str(error).splitlines()[0]
+                message = first_line(error)
                 cursor.execute(
                     f"INSERT INTO {_REJECTS} VALUES ($seq, $reason)",
                     {"seq": seq_num, "reason": f"projection failed: {message}"[:1000]},
@@ -391,7 +393,7 @@ class Applier:
             if source is None:
                 casts.append(f"NULL::{column_type} AS {alias}")
                 continue
-            value = coercion.quote_identifier(source)
+            value = quote_identifier(source)
             if shaped[source].upper() == column_type.upper() != "JSON":
                 casts.append(f"{value} AS {alias}")  # already the column's type: nothing to check
                 continue
@@ -405,8 +407,8 @@ class Applier:
             casts.append(f"{cast} AS {alias}")
             reasons.append(
                 f"CASE WHEN NOT {missing} AND {alias} IS NULL THEN "
-                f"{coercion.quote_literal(f'column {column!r}: cannot store ')} || {shown} || "
-                f"{coercion.quote_literal(f' as {column_type}')} END"
+                f"{quote_literal(f'column {column!r}: cannot store ')} || {shown} || "
+                f"{quote_literal(f' as {column_type}')} END"
             )
         key = self._definition.primary_key
         if key is not None:
@@ -414,16 +416,18 @@ class Applier:
             reasons.insert(
                 0,
                 f"CASE WHEN {key_alias} IS NULL THEN "
-                f"{coercion.quote_literal(f'primary key column {key!r} is missing or null')} END"
+                f"{quote_literal(f'primary key column {key!r} is missing or null')} END"
                 if key_alias
-                else coercion.quote_literal(f"primary key column {key!r} is missing or null"),
+                else quote_literal(f"primary key column {key!r} is missing or null"),
             )
         reason = f"nullif(concat_ws('; ', {', '.join(reasons)}), '')" if reasons else "NULL"
         aliases = ", ".join(_alias(index) for index in range(len(columns)))
-        cursor.execute(
-            f"CREATE OR REPLACE TEMP TABLE {_TYPED} AS SELECT {_SEQ}, "
+        self._create_temp(
+            "TABLE",
+            _TYPED,
+            f"SELECT {_SEQ}, "
             f"{aliases}{', ' if aliases else ''}{reason} AS reason FROM "
-            f"(SELECT *{', ' if casts else ''}{', '.join(casts)} FROM {_SHAPED})"
+            f"(SELECT *{', ' if casts else ''}{', '.join(casts)} FROM {_SHAPED})",
         )
         cursor.execute(
             f"INSERT INTO {_REJECTS} SELECT {_SEQ}, reason FROM {_TYPED} WHERE reason IS NOT NULL"
@@ -487,10 +491,10 @@ class Applier:
         if not columns:
             cursor.execute(
                 f"CREATE SCHEMA IF NOT EXISTS {CATALOG_ALIAS}."
-                f"{coercion.quote_identifier(definition.target_schema)}"
+                f"{quote_identifier(definition.target_schema)}"
             )
             column_list = ", ".join(
-                f"{coercion.quote_identifier(name)} {kind}" for name, kind in new_columns.items()
+                f"{quote_identifier(name)} {kind}" for name, kind in new_columns.items()
             )
             cursor.execute(f"CREATE TABLE {self._target} ({column_list})")
             if definition.partition_by:
@@ -500,12 +504,10 @@ class Applier:
                 )
             return
         for name, kind in new_columns.items():
-            cursor.execute(
-                f"ALTER TABLE {self._target} ADD COLUMN {coercion.quote_identifier(name)} {kind}"
-            )
+            cursor.execute(f"ALTER TABLE {self._target} ADD COLUMN {quote_identifier(name)} {kind}")
 
     def _write(self, columns: dict[str, str]) -> None:
-        names = [coercion.quote_identifier(name) for name in columns]
+        names = [quote_identifier(name) for name in columns]
         aliases = [_alias(index) for index in range(len(columns))]
         key = self._definition.primary_key
         if key is None:
@@ -516,7 +518,7 @@ class Applier:
             return
         key_alias = self._alias_of(columns, key)
         key_column = next(name for name in columns if name.lower() == key.lower())
-        quoted_key = coercion.quote_identifier(key_column)
+        quoted_key = quote_identifier(key_column)
         updates = ", ".join(
             f"{name} = s.{alias}" for name, alias in zip(names, aliases, strict=True)
         )

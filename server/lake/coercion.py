@@ -38,14 +38,6 @@ _DATE_PATTERN = r"^\d{4}-\d{2}-\d{2}$"
 _DATETIME_PATTERN = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}(:?\d{2})?)?$"
 
 
-def quote_identifier(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def quote_literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
 def json_path(key: str) -> str:
     """A JSONPath selecting one top-level key, whatever characters it holds."""
     return "$." + '"' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'

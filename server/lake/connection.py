@@ -24,6 +24,8 @@ from pathlib import Path
 import duckdb
 from duckdb_extensions import import_extension
 
+from server.lake.sqltext import quote_literal
+
 CATALOG_ALIAS = "lake"
 META_SCHEMA = "s2s"
 
@@ -72,10 +74,6 @@ class LakeSettings:
         return self.data_path or str(self.root / "data")
 
 
-def _quote_literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
 def open_lake(settings: LakeSettings) -> duckdb.DuckDBPyConnection:
     """Connect, load DuckLake from the pip-installed extension, attach the catalog as `lake`.
 
@@ -103,8 +101,8 @@ def open_lake(settings: LakeSettings) -> duckdb.DuckDBPyConnection:
         import_extension("postgres_scanner", con=conn)
         conn.execute("LOAD postgres_scanner")
     conn.execute(
-        f"ATTACH {_quote_literal(settings.catalog_uri)} AS {CATALOG_ALIAS} "
-        f"(DATA_PATH {_quote_literal(data_dir)})"
+        f"ATTACH {quote_literal(settings.catalog_uri)} AS {CATALOG_ALIAS} "
+        f"(DATA_PATH {quote_literal(data_dir)})"
     )
     conn.execute(f"USE {CATALOG_ALIAS}")
     conn.execute(f"CREATE SCHEMA IF NOT EXISTS {META_SCHEMA}")
@@ -113,7 +111,7 @@ def open_lake(settings: LakeSettings) -> duckdb.DuckDBPyConnection:
     allowed = [str(settings.root) + os.sep]
     if "://" not in data_dir:
         allowed.append(os.path.abspath(data_dir) + os.sep)
-    conn.execute(f"SET allowed_directories = [{', '.join(map(_quote_literal, allowed))}]")
+    conn.execute(f"SET allowed_directories = [{', '.join(map(quote_literal, allowed))}]")
     conn.execute("SET enable_external_access = false")
     return conn
 

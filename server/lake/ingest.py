@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 
 import zstandard
 
+from s2s.records import RECORD_METERED_BYTES_MAX, RECORD_METERED_OVERHEAD_BYTES
 from server.lake.definition import TABLE_FORM, parse_table
 
 MAX_PAYLOAD_BYTES = 10 * 1024 * 1024
@@ -26,7 +27,7 @@ MAX_ROWS = 50_000
 MAX_FIELD_BYTES = 1024 * 1024
 """Largest top-level field value of a row: UTF-8 length for strings, compact JSON otherwise."""
 
-MAX_ROW_BYTES = 1024 * 1024 - 8
+MAX_ROW_BYTES = RECORD_METERED_BYTES_MAX - RECORD_METERED_OVERHEAD_BYTES
 """Largest compact JSON encoding of a row, so that every row fits in one stream record."""
 
 MAX_DEPTH = 10

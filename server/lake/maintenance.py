@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import duckdb
 
 from server.lake.connection import CATALOG_ALIAS
+from server.lake.sqltext import quote_literal
 
 REWRITE_DELETED_SHARE = 0.3
 """A data file is rewritten once this share of its rows is deleted (merge mode updates)."""
@@ -29,7 +30,7 @@ def maintain(
     """One maintenance pass. Snapshots younger than `snapshot_retention_s` stay readable (time
     travel); files are deleted `file_grace_s` after they were dropped, so a query that
     started before still finds them."""
-    lake = f"'{CATALOG_ALIAS}'"
+    lake = quote_literal(CATALOG_ALIAS)
     cursor.execute(f"CALL ducklake_flush_inlined_data({lake})")
     # Files with deletions are not merged: rewrite them first.
     rewritten = cursor.execute(

@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from s2s.errors import S2Error
 from server.lake.connection import lake_cursor
+from server.lake.sqltext import first_line
 
 ROWS_MAX = 100_000
 """The most rows one query returns; more are cut off and the result says `truncated`."""
@@ -48,7 +49,7 @@ class QueryRunner:
             try:
                 statements = cursor.extract_statements(sql)
             except duckdb.Error as error:
-                raise S2Error("bad_sql", _first_line(error)) from None
+                raise S2Error("bad_sql", first_line(error)) from None
             if len(statements) != 1:
                 raise S2Error("bad_sql", f"send exactly one statement, not {len(statements)}")
             kind = statements[0].type
@@ -77,7 +78,7 @@ class QueryRunner:
                     "request_timeout", f"the query ran longer than {timeout_s:g} s"
                 ) from None
             except duckdb.Error as error:
-                raise S2Error("bad_sql", _first_line(error)) from None
+                raise S2Error("bad_sql", first_line(error)) from None
             finally:
                 cursor.execute("ROLLBACK")
         finally:
@@ -92,8 +93,3 @@ def arrow_ipc_stream(table: pa.Table) -> bytes:
         writer.write_table(table)
     data: bytes = sink.getvalue().to_pybytes()
     return data
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

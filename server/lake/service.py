@@ -24,7 +24,13 @@ import pyarrow as pa
 
 from s2s.config import StreamConfig
 from s2s.errors import S2Error, invalid
-from s2s.records import validate_append_input
+from s2s.records import (
+    BATCH_METERED_BYTES_MAX,
+    BATCH_RECORDS_MAX,
+    ValidatedBatch,
+    metered_size,
+    validate_append_input,
+)
 from s2s.v1 import records_pb2 as pb
 from server.lake import registry
 from server.lake.apply import Applier
@@ -39,6 +45,7 @@ from server.lake.ingest import IngestRequest
 from server.lake.maintenance import MaintenanceResult, maintain
 from server.lake.query import ROWS_MAX, QueryRunner
 from server.lake.runner import MaterializationRunner, trim_stream
+from server.lake.sqltext import first_line, quote_literal
 from server.lake.writer import LakeWriter
 from server.reader import ReadLimits, ReadStart
 from server.streamstore import StreamStore
@@ -48,9 +55,16 @@ log = logging.getLogger("s2s.lake")
 INGEST_WAIT_S = 30.0
 """How long `wait=true` waits for the lake commit before answering without a snapshot."""
 DEAD_LETTERS_LIMIT_MAX = 1000
-_BATCH_RECORDS_MAX = 1000
-_BATCH_BYTES_MAX = 1024 * 1024
-_RECORD_OVERHEAD_BYTES = 8
+
+
+@dataclass(frozen=True)
+class PlacedBatch:
+    """Where one append batch of an ingest request landed: rows `first_row`.. of the
+    request's accepted rows got sequence numbers `start_seq`..`end_seq - 1`."""
+
+    start_seq: int
+    end_seq: int
+    first_row: int
 
 
 @dataclass
@@ -160,8 +174,7 @@ class Lake:
         try:
             Applier(self._writer.cursor, definition).check_projection()
         except Exception as error:
-            first = str(error).strip().splitlines()[0]
-            raise invalid(f"select/where do not compile: {first}") from None
+            raise invalid(f"select/where do not compile: {first_line(error)}") from None
 
     def _runner(self, name: str) -> MaterializationRunner:
         runner = self._runners.get(name)
@@ -279,7 +292,7 @@ class Lake:
         # Counted only once the table is known: made-up names must not grow the metrics.
         counters = self.counters.setdefault(definition.target.lower(), TableCounters())
         counters.requests += 1
-        index_of = await self._append_rows(definition, request)
+        placed = await self._append_rows(definition, request)
         rejected = [
             {"index": row.index, "code": row.code, "message": row.message}
             for row in request.rejected
@@ -288,8 +301,8 @@ class Lake:
         successful = accepted
         warnings: list[str] = []
         snapshot_id: int | None = None
-        if request.wait and index_of:
-            first_seq, last_seq = min(index_of), max(index_of)
+        if request.wait and placed:
+            first_seq, last_seq = placed[0].start_seq, placed[-1].end_seq - 1
             snapshot_id = await runner.wait_applied(last_seq, INGEST_WAIT_S)
             if snapshot_id is None:
                 warnings.append(
@@ -300,10 +313,10 @@ class Lake:
             else:
                 late = await self._rejected_between(definition, first_seq, last_seq)
                 for seq_num, reason in late:
-                    if seq_num in index_of:  # not a record another writer interleaved
-                        rejected.append(
-                            {"index": index_of[seq_num], "code": "rejected", "message": reason}
-                        )
+                    row = _accepted_row(placed, seq_num)
+                    if row is not None:  # not a record another writer interleaved
+                        index = request.row_indexes[row]
+                        rejected.append({"index": index, "code": "rejected", "message": reason})
                         successful -= 1
         counters.rows_accepted += accepted
         counters.rows_rejected += len(rejected)
@@ -324,30 +337,29 @@ class Lake:
 
     async def _append_rows(
         self, definition: Materialization, request: IngestRequest
-    ) -> dict[int, int]:
-        """Append the rows in batches; the sequence number each row got → its request index.
+    ) -> list[PlacedBatch]:
+        """Append the rows in batches; where each batch landed, in order.
 
         Batches of one request need not be contiguous in the stream (the materializer's trim
-        commands or other writers may land between them), so the mapping is kept per batch.
+        commands or other writers may land between them), so each keeps its own range.
         """
-        index_of: dict[int, int] = {}
+        placed: list[PlacedBatch] = []
         position = 0
         for batch in _record_batches(request):
             try:
                 ack = await self._store.append(definition.basin, definition.stream, batch)
             except S2Error as error:
-                if not index_of:
+                if not placed:
                     raise
                 # A request larger than one append batch is not atomic: say what landed.
                 raise S2Error(
                     error.code,
-                    f"{error.message}; the first {len(index_of)} accepted rows are already "
+                    f"{error.message}; the first {position} accepted rows are already "
                     "durable and will be applied: resending them appends them again",
                 ) from error
-            rows = request.row_indexes[position : position + batch.count]
-            index_of.update(zip(range(ack.start.seq_num, ack.end.seq_num), rows, strict=True))
+            placed.append(PlacedBatch(ack.start.seq_num, ack.end.seq_num, position))
             position += batch.count
-        return index_of
+        return placed
 
     def count_error(self, table: str | None, code: str) -> None:
         """Count a refused request against its table, if that table is a known one."""
@@ -399,7 +411,7 @@ class Lake:
     async def _table_exists(self, schema: str, table: str) -> bool:
         result, _ = await self.query(
             "SELECT count(*) AS n FROM information_schema.tables WHERE table_catalog = 'lake' "
-            f"AND table_schema = {_literal(schema)} AND table_name = {_literal(table)}"
+            f"AND table_schema = {quote_literal(schema)} AND table_name = {quote_literal(table)}"
         )
         return bool(result.column("n")[0].as_py())
 
@@ -408,7 +420,7 @@ class Lake:
     ) -> list[tuple[int, str]]:
         result, _ = await self.query(
             f"SELECT seq_num, reason FROM {META_SCHEMA}.dead_letters "
-            f"WHERE materialization = {_literal(definition.name)} "
+            f"WHERE materialization = {quote_literal(definition.name)} "
             f"AND seq_num BETWEEN {int(first)} AND {int(last)} ORDER BY seq_num"
         )
         return [(int(row["seq_num"]), str(row["reason"])) for row in result.to_pylist()]
@@ -419,8 +431,8 @@ class Lake:
             raise invalid(f"limit must be between 1 and {DEAD_LETTERS_LIMIT_MAX}")
         result, _ = await self.query(
             "SELECT materialization, basin, stream, seq_num, record_timestamp, "
-            "body, reason, rejected_at FROM "
-            f"{META_SCHEMA}.dead_letters WHERE lower(target_table) = {_literal(table.lower())} "
+            f"body, reason, rejected_at FROM {META_SCHEMA}.dead_letters "
+            f"WHERE lower(target_table) = {quote_literal(table.lower())} "
             f"ORDER BY rejected_at DESC, seq_num DESC LIMIT {int(limit)}"
         )
         rows = []
@@ -454,23 +466,31 @@ def _server_id(root: Path) -> str:
     return path.read_text().strip()
 
 
-def _literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
+def _accepted_row(placed: list[PlacedBatch], seq_num: int) -> int | None:
+    """Which of the request's accepted rows got `seq_num` (a position in `rows` and
+    `row_indexes`), or None if no batch of this request holds it."""
+    for batch in placed:
+        if batch.start_seq <= seq_num < batch.end_seq:
+            return batch.first_row + seq_num - batch.start_seq
+    return None
 
 
-def _record_batches(request: IngestRequest) -> list[Any]:
-    """The rows as append batches within the stream limits (1000 records, 1 MiB)."""
+def _record_batches(request: IngestRequest) -> list[ValidatedBatch]:
+    """The rows as append batches within the stream's batch limits."""
     headers = [
         pb.Header(name=f"tag:{key}".encode(), value=str(value).encode())
         for key, value in sorted(request.tags.items())
     ]
-    header_bytes = sum(len(h.name) + len(h.value) for h in headers)
+    # Every record carries the same headers: meter them once, then add each body's length.
+    headers_metered = metered_size(pb.AppendRecord(headers=headers))
     batches = []
     records: list[pb.AppendRecord] = []
     size = 0
     for row in request.rows:
-        metered = _RECORD_OVERHEAD_BYTES + 2 * len(headers) + header_bytes + len(row)
-        if records and (len(records) == _BATCH_RECORDS_MAX or size + metered > _BATCH_BYTES_MAX):
+        metered = headers_metered + len(row)
+        if records and (
+            len(records) == BATCH_RECORDS_MAX or size + metered > BATCH_METERED_BYTES_MAX
+        ):
             batches.append(validate_append_input(pb.AppendInput(records=records)))
             records, size = [], 0
         records.append(pb.AppendRecord(headers=headers, body=row))

@@ -294,3 +294,14 @@ def test_concurrent_first_ingests_into_an_existing_table_declare_it_once(
         m["name"] for m in lake.http.get("/v1/lake/materializations").json()["materializations"]
     ]
     assert names.count(f"ingest.{table}") == 1
+
+
+def test_apply_time_rejections_report_the_request_index(lake: LakeClient, table: str) -> None:
+    lake.declare(table)
+    lake.ingest_ok(table, [{"n": 1}])
+    # Row 0 is refused at parse time, so the bad row 2 is the second *accepted* row.
+    result = lake.ingest_ok(table, [7, {"n": 3}, {"n": 2.5}])
+    assert [(r["index"], r["code"]) for r in result["rejected"]] == [
+        (0, "not_an_object"),
+        (2, "rejected"),
+    ]
