@@ -42,6 +42,7 @@ from s2s.v1 import lake_pb2_grpc as lake_services
 from s2s.v1 import records_pb2 as pb
 from s2s.v1 import services_pb2 as spb
 from s2s.v1 import services_pb2_grpc as services
+from s2s.wire import append_input_bytes, with_append_input
 
 T = TypeVar("T")
 
@@ -80,6 +81,18 @@ class S2SClient:
         self._basins = services.BasinServiceStub(self._channel)  # type: ignore[no-untyped-call]
         self.streams = services.StreamServiceStub(self._channel)  # type: ignore[no-untyped-call]
         self._lake = lake_services.LakeServiceStub(self._channel)  # type: ignore[no-untyped-call]
+        # Appends send requests encoded by `s2s.wire`: wrapping an `AppendInput` message in a
+        # request message would copy it, and protobuf's encoder is slower than ours.
+        self.append_call = self._channel.unary_unary(
+            "/s2s.v1.StreamService/Append",
+            request_serializer=None,
+            response_deserializer=spb.AppendResponse.FromString,
+        )
+        self.append_session_call = self._channel.stream_stream(
+            "/s2s.v1.StreamService/AppendSession",
+            request_serializer=None,
+            response_deserializer=spb.AppendSessionResponse.FromString,
+        )
         self._retries = retries
         self._backoff_s = backoff_s
 
@@ -292,6 +305,17 @@ def make_input(
     return message
 
 
+def encode_input(
+    records: Iterable[pb.AppendRecord | bytes] | pb.AppendInput,
+    match_seq_num: int | None = None,
+    fencing_token: str | None = None,
+) -> bytes:
+    """The encoded `AppendInput` for `Stream.append` and `AppendSession.submit` arguments."""
+    if isinstance(records, pb.AppendInput):
+        return records.SerializeToString()
+    return append_input_bytes(records, match_seq_num, fencing_token)
+
+
 def read_request_fields(
     seq_num: int | None,
     timestamp: int | None,
@@ -340,14 +364,12 @@ class Stream:
         fencing_token: str | None = None,
     ) -> pb.AppendAck:
         """Append one batch atomically; returns its ack once durable. Never retried."""
-        message = (
-            records
-            if isinstance(records, pb.AppendInput)
-            else make_input(records, match_seq_num, fencing_token)
+        request = with_append_input(
+            spb.AppendRequest(basin=self.basin, stream=self.name).SerializeToString(),
+            encode_input(records, match_seq_num, fencing_token),
         )
-        request = spb.AppendRequest(basin=self.basin, stream=self.name, input=message)
-        stub = self._client.streams
-        response: spb.AppendResponse = await self._client.call(lambda: stub.Append(request))
+        call = self._client.append_call
+        response: spb.AppendResponse = await self._client.call(lambda: call(request))
         return response.ack
 
     def append_session(self, inflight_batches_max: int = 16) -> AppendSession:
@@ -472,19 +494,18 @@ class AppendSession:
         """Send a batch; the returned future resolves with its ack once it is durable."""
         if self._error is not None:
             raise self._error
-        message = (
-            records
-            if isinstance(records, pb.AppendInput)
-            else make_input(records, match_seq_num, fencing_token)
-        )
+        append_input = encode_input(records, match_seq_num, fencing_token)
         await self._slots.acquire()
         if self._call is None:
-            self._call = self._stream._client.streams.AppendSession()
+            self._call = self._stream._client.append_session_call()
             self._reader = asyncio.create_task(self._read_acks())
-        request = spb.AppendSessionRequest(input=message)
+        header = b""
         if self._first:
-            request.basin, request.stream = self._stream.basin, self._stream.name
+            header = spb.AppendSessionRequest(
+                basin=self._stream.basin, stream=self._stream.name
+            ).SerializeToString()
             self._first = False
+        request = with_append_input(header, append_input)
         future: asyncio.Future[pb.AppendAck] = asyncio.get_running_loop().create_future()
         self._pending.append(future)
         try:

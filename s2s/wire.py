@@ -1,25 +1,52 @@
-"""Hand-assembled protobuf encodings for the read hot path.
+"""Hand-assembled protobuf encodings for the append and read hot paths.
 
-Stored batches already hold the encoded `ReadBatch.records` entries; these helpers add the
-optional `tail` field and the one-field envelope of read responses, so a response is built by
-one concatenation instead of decoding and re-encoding every record.
+Stored batches hold the encoded `ReadBatch.records` entries, built here record by record with
+plain byte concatenation (several times faster than a protobuf message per record); the read
+helpers add the optional `tail` field and the one-field envelope of read responses, so a
+response is one concatenation instead of decoding and re-encoding every record. The client
+encodes its append requests the same way (protobuf's own encoder takes ~2.3 ms for 1000 x 1 KiB
+records here, this ~0.5 ms).
+
+Every encoding here is byte-identical to what protobuf itself produces for the same message
+(fields in number order, proto3 zero values omitted); `tests/test_wire.py` checks that.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
+
 from s2s.v1 import records_pb2 as pb
 
+_READ_BATCH_RECORDS_TAG = b"\x0a"  # ReadBatch.records: field 1, length-delimited
 _READ_BATCH_TAIL_TAG = b"\x12"  # ReadBatch.tail: field 2, length-delimited
 _ENVELOPE_BATCH_TAG = b"\x0a"  # {Read,ReadSession}Response.batch: field 1, length-delimited
+_SEQ_NUM_TAG = b"\x08"  # SequencedRecord.seq_num: field 1, varint
+_TIMESTAMP_TAG = b"\x10"  # SequencedRecord.timestamp: field 2, varint
+_BODY_TAG = b"\x22"  # SequencedRecord.body: field 4, length-delimited
+_APPEND_INPUT_RECORDS_TAG = b"\x0a"  # AppendInput.records: field 1, length-delimited
+_APPEND_INPUT_MATCH_SEQ_NUM_TAG = b"\x10"  # AppendInput.match_seq_num: field 2, varint
+_APPEND_INPUT_FENCING_TOKEN_TAG = b"\x1a"  # AppendInput.fencing_token: field 3, length-delim.
+_APPEND_RECORD_BODY_TAG = b"\x1a"  # AppendRecord.body: field 3, length-delimited
+_REQUEST_INPUT_TAG = b"\x1a"  # Append{,Session}Request.input: field 3, length-delimited
+
+_VARINTS_CACHED = 1 << 14
+"""Every one- and two-byte varint is precomputed: record and body lengths up to 16 KiB."""
 
 
-def varint(value: int) -> bytes:
+def _compute_varint(value: int) -> bytes:
     out = bytearray()
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)
         value >>= 7
     out.append(value)
     return bytes(out)
+
+
+_VARINTS = [_compute_varint(value) for value in range(_VARINTS_CACHED)]
+
+
+def varint(value: int) -> bytes:
+    return _VARINTS[value] if value < _VARINTS_CACHED else _compute_varint(value)
 
 
 def _tail_field(tail: tuple[int, int] | None) -> bytes:
@@ -39,3 +66,86 @@ def read_response_bytes(records: bytes, tail: tuple[int, int] | None) -> bytes:
     tail_field = _tail_field(tail)
     size = len(records) + len(tail_field)
     return b"".join((_ENVELOPE_BATCH_TAG, varint(size), records, tail_field))
+
+
+def record_entries(
+    bodies: Sequence[bytes],
+    headed: Mapping[int, pb.AppendRecord],
+    first_seq: int,
+    timestamps: Sequence[int],
+) -> tuple[list[bytes], list[int]]:
+    """`ReadBatch.records` entries for records numbered from `first_seq`.
+
+    `bodies` holds every record's body and `headed` the records that carry headers, by index
+    (rare: command records, user metadata); those go through protobuf, the rest are
+    concatenated by hand. Returns the byte chunks to join (several per entry, so bodies are not
+    copied twice) and each entry's length.
+    """
+    chunks: list[bytes] = []
+    lengths: list[int] = []
+    add_chunk = chunks.append
+    add_length = lengths.append
+    seq = first_seq
+    timestamp_field = b""
+    field_of: int | None = None
+    for index, (body, timestamp) in enumerate(zip(bodies, timestamps, strict=True)):
+        if timestamp != field_of:
+            field_of = timestamp
+            timestamp_field = _TIMESTAMP_TAG + varint(timestamp) if timestamp else b""
+        if headed and index in headed:
+            encoded = pb.SequencedRecord(
+                seq_num=seq, timestamp=timestamp, headers=headed[index].headers, body=body
+            ).SerializeToString()
+            prefix = _READ_BATCH_RECORDS_TAG + varint(len(encoded))
+            add_chunk(prefix)
+            add_chunk(encoded)
+            add_length(len(prefix) + len(encoded))
+        else:
+            head = (_SEQ_NUM_TAG + varint(seq) if seq else b"") + timestamp_field
+            if body:
+                head += _BODY_TAG + varint(len(body))
+            size = len(head) + len(body)
+            prefix = _READ_BATCH_RECORDS_TAG + varint(size)
+            add_chunk(prefix + head)
+            add_chunk(body)
+            add_length(len(prefix) + size)
+        seq += 1
+    return chunks, lengths
+
+
+def append_input_bytes(
+    records: Iterable[pb.AppendRecord | bytes],
+    match_seq_num: int | None = None,
+    fencing_token: str | None = None,
+) -> bytes:
+    """Encoded `AppendInput` of records or plain bodies, with optional conditions."""
+    chunks: list[bytes] = []
+    add = chunks.append
+    for record in records:
+        if isinstance(record, pb.AppendRecord):
+            if record.headers or record.HasField("timestamp"):
+                encoded = record.SerializeToString()
+                add(_APPEND_INPUT_RECORDS_TAG + varint(len(encoded)))
+                add(encoded)
+                continue
+            body = record.body
+        else:
+            body = record
+        if body:
+            head = _APPEND_RECORD_BODY_TAG + varint(len(body))
+            add(_APPEND_INPUT_RECORDS_TAG + varint(len(head) + len(body)) + head)
+            add(body)
+        else:
+            add(_APPEND_INPUT_RECORDS_TAG + b"\x00")
+    if match_seq_num is not None:
+        add(_APPEND_INPUT_MATCH_SEQ_NUM_TAG + varint(match_seq_num))
+    if fencing_token is not None:
+        token = fencing_token.encode()
+        add(_APPEND_INPUT_FENCING_TOKEN_TAG + varint(len(token)) + token)
+    return b"".join(chunks)
+
+
+def with_append_input(header: bytes, append_input: bytes) -> bytes:
+    """Encoded `AppendRequest` or `AppendSessionRequest` (both carry `input` as field 3):
+    `header` (their encoded basin and stream fields, or nothing) and the encoded input."""
+    return b"".join((header, _REQUEST_INPUT_TAG, varint(len(append_input)), append_input))

@@ -102,13 +102,14 @@ class StreamSequencer:
             raise
         before, self.pending = self.pending, after
         sid = self.sid
-        records = batch.records
+        bodies = batch.bodies
+        headed = batch.headed
         metered = batch.metered_sizes
         arrival_ms = after.last_write_ms
 
         def prepare() -> Sequence[Write]:
             last_seq = after.next_seq - 1
-            value = encode_batch(records, first_seq, timestamps, metered, arrival_ms)
+            value = encode_batch(bodies, headed, first_seq, timestamps, metered, arrival_ms)
             return (
                 Put(Table.BATCHES, batch_key(sid, last_seq), value),
                 Put(Table.TIMESTAMPS, timestamp_key(sid, timestamps[-1], last_seq), b""),

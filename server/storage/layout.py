@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from itertools import accumulate
 
 from s2s.v1 import records_pb2 as pb
+from s2s.wire import record_entries
 
 U64_MAX = 2**64 - 1
 NEXT_STREAM_ID_KEY = b"next_stream_id"
@@ -152,38 +153,26 @@ def _u32_array(values: list[int]) -> array[int]:
 
 
 def encode_batch(
-    records: list[pb.AppendRecord],
+    bodies: list[bytes],
+    headed: dict[int, pb.AppendRecord],
     first_seq: int,
     timestamps: list[int],
     metered_sizes: list[int],
     arrival_ms: int,
 ) -> bytes:
-    """Encode one append as a batch value.
+    """Encode one append as a batch value (`headed`: the records with headers, by index).
 
     Layout: header, offsets[count + 1] (u32, start of each record's entry in the payload and
     the payload's length), timestamps[count] (u64), metered sizes[count] (u32), payload.
     """
-    holder = pb.ReadBatch()
-    entry = holder.records.add()
-    entries: list[bytes] = []
-    seq = first_seq
-    for record, timestamp in zip(records, timestamps, strict=True):
-        entry.seq_num = seq
-        entry.timestamp = timestamp
-        if record.headers:
-            entry.headers.extend(record.headers)
-        entry.body = record.body
-        entries.append(holder.SerializeToString())
-        if record.headers:
-            del entry.headers[:]
-        seq += 1
-    payload = b"".join(entries)
-    offsets = [0, *accumulate(map(len, entries))]
+    chunks, lengths = record_entries(bodies, headed, first_seq, timestamps)
+    payload = b"".join(chunks)
+    offsets = [0, *accumulate(lengths)]
     header = _BATCH_HEADER.pack(
         BATCH_MAGIC,
         BATCH_VERSION,
         0,
-        len(records),
+        len(bodies),
         first_seq,
         arrival_ms,
         zlib.crc32(payload),
