@@ -22,11 +22,11 @@ from server.sequencer import AppendAck
 from server.streamstore import StreamStore
 
 SESSION_INFLIGHT_BATCHES_MAX = 32
+"""Batches an append session may have sequenced but not yet acknowledged (each <= 1 MiB)."""
 DRAIN_QUIET_S = 0.05
 DRAIN_S_MAX = 1.0
 """After a failure, a session reads and discards the client's further batches until the
 client half-closes, is quiet for DRAIN_QUIET_S, or DRAIN_S_MAX passes; then it ends."""
-"""Batches an append session may have sequenced but not yet acknowledged (each <= 1 MiB)."""
 
 _SERVICE = "s2s.v1.StreamService"
 

@@ -51,26 +51,38 @@ class RunnerStatus:
 
 
 def decode_slices(slices: list[RecordSlice], with_headers: bool) -> RecordBatch:
-    """Stream records to a batch; command records (fence, trim) carry no row and are skipped."""
+    """Stream records to a batch; command records (fence, trim) carry no row and are skipped.
+
+    Field by field over whole slices (comprehensions), not record by record: decoding runs
+    beside DuckDB's commit of the previous batch and competes with it for the CPU; this form
+    takes less than half the time of a loop over records.
+    """
     seq_nums: list[int] = []
     timestamps: list[int] = []
     bodies: list[bytes] = []
     headers: list[list[tuple[str, str]]] | None = [] if with_headers else None
     for piece in slices:
-        for record in pb.ReadBatch.FromString(piece.payload).records:
-            if len(record.headers) == 1 and record.headers[0].name == b"":
-                continue
-            seq_nums.append(record.seq_num)
-            timestamps.append(record.timestamp)
-            bodies.append(record.body)
-            if headers is not None:
-                headers.append(
-                    [
-                        (h.name.decode(errors="replace"), h.value.decode(errors="replace"))
-                        for h in record.headers
-                    ]
-                )
+        records = list(pb.ReadBatch.FromString(piece.payload).records)
+        if any(record.headers for record in records):
+            records = [record for record in records if not _is_command(record)]
+            seq_nums += [record.seq_num for record in records]
+        else:
+            seq_nums += range(piece.first_seq, piece.last_seq + 1)
+        timestamps += [record.timestamp for record in records]
+        bodies += [record.body for record in records]
+        if headers is not None:
+            headers += [
+                [
+                    (h.name.decode(errors="replace"), h.value.decode(errors="replace"))
+                    for h in record.headers
+                ]
+                for record in records
+            ]
     return RecordBatch(seq_nums, timestamps, bodies, headers, slices[-1].last_seq)
+
+
+def _is_command(record: pb.SequencedRecord) -> bool:
+    return len(record.headers) == 1 and record.headers[0].name == b""
 
 
 class MaterializationRunner:
