@@ -12,6 +12,7 @@ import socket
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
+from server.http_frontend import h2_tuning
 from server.http_frontend.app import HttpApp
 from server.lake.service import Lake
 from server.streamstore import StreamStore
@@ -43,6 +44,7 @@ async def start_http_server(
     sock.bind((host, port))
     sock.listen(1024)
     bound: int = sock.getsockname()[1]
+    h2_tuning.install()
     config = Config()
     # Hypercorn wraps the descriptor in its own socket object and closes it on shutdown.
     config.bind = [f"fd://{sock.detach()}"]

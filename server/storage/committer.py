@@ -5,9 +5,7 @@ deletions) is a job submitted here. Two threads form a pipeline, so encoding the
 overlaps with writing and fsyncing the current one:
 
 1. the *encoder* takes jobs in submission order and runs each job's `prepare`, which produces
-   its writes (batch encoding happens here, off the event loop). A small job submitted while
-   the encoder has nothing queued or in hand is prepared on the loop instead: encoding it takes
-   microseconds, less than waking a thread, and a lone append's latency is made of such hops;
+   its writes (batch encoding happens here, off the event loop);
 2. the *writer* takes every prepared job (up to a group bound), commits their writes in one
    transaction (one fsync pair for the whole group), and then, on the event loop, runs each
    job's `on_done` callback in submission order.
@@ -37,8 +35,6 @@ log = logging.getLogger(__name__)
 GROUP_JOBS_MAX = 4096
 GROUP_BYTES_MAX = 8 * 1024 * 1024
 INFLIGHT_BYTES_MAX = 64 * 1024 * 1024
-INLINE_PREPARE_BYTES_MAX = 16 * 1024
-"""Jobs up to this size may be prepared on the event loop (see the module docstring)."""
 
 
 @dataclass
@@ -78,8 +74,6 @@ class GroupCommitter:
         self._recovering = False
         self._closing = False
         self._encoder_done = False
-        # True while the encoder runs a `prepare` outside the lock (its job is in no queue).
-        self._encoding = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._threads: list[threading.Thread] = []
         # Bytes submitted but not yet durable; producers wait (FIFO) while over the bound.
@@ -142,7 +136,6 @@ class GroupCommitter:
         released when the job completes either way.
         """
         assert self._loop is not None, "committer not started"
-        inline: _Job | None = None
         with self._lock:
             if self._closing:
                 rejected: S2Error | None = S2Error("unavailable", "server is shutting down")
@@ -151,25 +144,11 @@ class GroupCommitter:
             else:
                 rejected = None
                 job = _Job(prepare, on_done, reserved_bytes, self._generation)
-                if (
-                    reserved_bytes <= INLINE_PREPARE_BYTES_MAX
-                    and not self._submitted
-                    and not self._encoding
-                ):
-                    # Every earlier job is prepared, and only the loop submits, so preparing
-                    # this one outside the lock still hands jobs to the writer in order.
-                    inline = job
-                else:
-                    self._submitted.append(job)
-                    self._job_submitted.notify()
+                self._submitted.append(job)
+                self._job_submitted.notify()
         if rejected is not None:
             self.release(reserved_bytes)
             on_done(rejected)
-        elif inline is not None:
-            self._prepare(inline)
-            with self._lock:
-                self._prepared.append(inline)
-                self._job_prepared.notify()
 
     async def commit(self, writes: Sequence[Write]) -> None:
         """Durably apply writes (control plane, jobs), sharing a group with appends."""
@@ -208,20 +187,15 @@ class GroupCommitter:
                     self._job_prepared.notify_all()
                     return
                 job = self._submitted.popleft()
-                self._encoding = True
-            self._prepare(job)
+            try:
+                job.writes = job.prepare() if job.generation == self._generation else ()
+            except Exception as exc:
+                # Failed in order, by the writer: earlier groups must land (and be seen as
+                # durable) before recovery resets in-memory state to the durable state.
+                job.error = exc
             with self._lock:
-                self._encoding = False
                 self._prepared.append(job)
                 self._job_prepared.notify()
-
-    def _prepare(self, job: _Job) -> None:
-        try:
-            job.writes = job.prepare() if job.generation == self._generation else ()
-        except Exception as exc:
-            # Failed in order, by the writer: earlier groups must land (and be seen as
-            # durable) before recovery resets in-memory state to the durable state.
-            job.error = exc
 
     def _take_group(self) -> list[_Job] | None:
         with self._lock:
