@@ -16,13 +16,16 @@ projection, type casts and the write are set-based SQL. The steps:
    checkpoint to the batch's last sequence number. Either all of it is in the lake or none.
 
 Steps 1-3 use temp tables outside the transaction: a failing statement inside a DuckDB
-transaction aborts it, and step 2's fallback needs to survive failures.
+transaction aborts it, and step 2's fallback needs to survive failures. They write nothing to
+the lake, so they may run while another cursor commits the previous batch (`prepare`,
+`commit`); exactly once rests on step 4 alone.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import threading
 from dataclasses import dataclass
 
 import duckdb
@@ -66,6 +69,17 @@ class ApplyResult:
     rows_applied: int
     rows_rejected: int
     snapshot_id: int | None
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A batch staged, shaped and cast on one cursor (steps 1-3), ready to commit there."""
+
+    batch: RecordBatch
+    columns: dict[str, str]
+    """The table's columns when the batch was shaped (empty: no table yet)."""
+    new_columns: dict[str, str]
+    all_columns: dict[str, str]
 
 
 class TableMissing(Exception):
@@ -113,13 +127,19 @@ def _column_type_for(source_type: str) -> str:
 
 
 class Applier:
-    """Applies batches for one materialization; owns one DuckDB cursor, used by one thread."""
+    """Applies batches for one materialization on one DuckDB cursor, used by one thread at a
+    time: `apply`, or `prepare` then `commit` (which a runner may run on different threads, so
+    two appliers on two cursors overlap one batch's steps 1-3 with the previous commit)."""
 
     def __init__(self, cursor: duckdb.DuckDBPyConnection, definition: Materialization) -> None:
         self._cursor = cursor
         self._definition = definition
         self._temporaries: dict[str, str] = {}
         """Temp objects this batch created (name → TABLE or VIEW), in creation order."""
+        self._registered = False
+        # A stopped runner's prepare or commit may still be running on its thread when the
+        # runner restarts: whoever comes next waits for it instead of sharing the cursor.
+        self._lock = threading.Lock()
         self._target = (
             f"{CATALOG_ALIAS}.{quote_identifier(definition.target_schema)}."
             f"{quote_identifier(definition.target_table)}"
@@ -142,8 +162,18 @@ class Applier:
             cursor.execute(f"DROP TABLE IF EXISTS {_STAGE}")
 
     def apply(self, batch: RecordBatch) -> ApplyResult:
-        cursor = self._cursor
-        cursor.register(_INCOMING, _arrow_input(batch))
+        """Steps 1-4 back to back."""
+        return self.commit(self.prepare(batch), recheck=False)
+
+    def prepare(self, batch: RecordBatch) -> Prepared:
+        """Steps 1-3: temp tables on this applier's cursor, nothing in the lake yet."""
+        with self._lock:
+            return self._prepare(batch)
+
+    def _prepare(self, batch: RecordBatch) -> Prepared:
+        self._discard()  # what an abandoned batch left (its runner was stopped mid-way)
+        self._cursor.register(_INCOMING, _arrow_input(batch))
+        self._registered = True
         try:
             self._stage(batch.headers is not None)
             columns = self._table_columns()
@@ -153,10 +183,34 @@ class Applier:
                 new_columns = self._shape_projection(columns)
             all_columns = {**columns, **new_columns}
             self._cast(all_columns)
-            return self._commit(batch, columns, new_columns, all_columns)
-        finally:
-            self._drop_temporaries()
-            cursor.unregister(_INCOMING)
+        except BaseException:
+            self._discard()
+            raise
+        return Prepared(batch, columns, new_columns, all_columns)
+
+    def commit(self, prepared: Prepared, recheck: bool = True) -> ApplyResult:
+        """Step 4, for the batch `prepare` left on this cursor.
+
+        With `recheck`, the batch was prepared while another commit may have changed the
+        table (a pipelined runner): if its columns are no longer those the batch was shaped
+        for, it is prepared again first, so a new field is never added twice or cast to a
+        type the table no longer has.
+        """
+        with self._lock:
+            try:
+                if recheck and self._table_columns() != prepared.columns:
+                    prepared = self._prepare(prepared.batch)
+                return self._commit(
+                    prepared.batch, prepared.columns, prepared.new_columns, prepared.all_columns
+                )
+            finally:
+                self._discard()
+
+    def _discard(self) -> None:
+        self._drop_temporaries()
+        if self._registered:
+            self._cursor.unregister(_INCOMING)
+            self._registered = False
 
     def _create_temp(self, kind: str, name: str, query: str) -> None:
         self._cursor.execute(f"CREATE OR REPLACE TEMP {kind} {name} AS {query}")

@@ -9,6 +9,7 @@ never applied twice: its records are at or below the checkpoint that committed w
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -19,7 +20,7 @@ from s2s.errors import ReadUnwritten, S2Error
 from s2s.records import trim_record, validate_append_input
 from s2s.v1 import records_pb2 as pb
 from server.lake import registry
-from server.lake.apply import Applier, ApplyResult, RecordBatch, TableMissing
+from server.lake.apply import Applier, ApplyResult, Prepared, RecordBatch, TableMissing
 from server.lake.definition import INGEST_BASIN, Materialization
 from server.lake.writer import LakeWriter
 from server.reader import ReadLimits, ReadStart, RecordSlice
@@ -100,7 +101,12 @@ class MaterializationRunner:
         self._trim_floor = trim_floor
         self._store = store
         self._writer = writer
-        self._applier = Applier(writer.cursor, definition)
+        # Two appliers, each on its own cursor: batch N+1 is prepared on one while batch N
+        # commits on the other (`_batch_and_apply`).
+        self._lanes = (
+            Applier(writer.new_cursor(), definition),
+            Applier(writer.new_cursor(), definition),
+        )
         self._next_seq = checkpoint.last_seq_num + 1
         self._rows_applied = checkpoint.rows_applied
         self._rows_rejected = checkpoint.rows_rejected
@@ -227,14 +233,23 @@ class MaterializationRunner:
     async def _batch_and_apply(
         self, queue: asyncio.Queue[RecordSlice | BaseException | None]
     ) -> None:
-        """Gather slices into batches; decode batch N+1 while batch N commits on the writer."""
+        """Gather slices into batches and apply them, two at a time.
+
+        Batch N+1 is read, decoded and prepared (`Applier.prepare`, on the preparer thread and
+        the other lane's cursor) while batch N commits on the writer thread. Commits stay in
+        order: each batch's apply task first awaits the previous one, and fails if it failed,
+        so a batch is never committed after a failure before it. Gathering waits only while
+        both lanes are busy.
+        """
         settings = self._writer.settings
         loop = asyncio.get_running_loop()
         pending: list[RecordSlice] = []
         pending_records = 0
         pending_bytes = 0
         deadline = 0.0
-        committing: asyncio.Task[None] | None = None
+        inflight: collections.deque[asyncio.Task[None]] = collections.deque()
+        previous_prepared: asyncio.Task[Prepared] | None = None
+        lane_index = 0
         expected_seq = self._next_seq
         try:
             while True:
@@ -265,17 +280,24 @@ class MaterializationRunner:
                 )
                 if pending and (timed_out or full):
                     batch = await asyncio.to_thread(
-                        decode_slices, pending, self._applier.uses_headers()
+                        decode_slices, pending, self._lanes[0].uses_headers()
                     )
                     pending, pending_records, pending_bytes = [], 0, 0
-                    if committing is not None:
-                        await committing
-                    committing = asyncio.create_task(self._apply(batch))
-            if committing is not None:
-                await committing
+                    if len(inflight) == len(self._lanes):
+                        await inflight.popleft()  # frees the lane this batch is about to use
+                    lane = self._lanes[lane_index]
+                    lane_index = (lane_index + 1) % len(self._lanes)
+                    previous = inflight[-1] if inflight else None
+                    prepared = asyncio.create_task(
+                        self._prepare(lane, batch, previous_prepared, previous)
+                    )
+                    previous_prepared = prepared
+                    inflight.append(asyncio.create_task(self._apply(lane, prepared, previous)))
+            while inflight:
+                await inflight.popleft()
         finally:
-            if committing is not None and not committing.done():
-                committing.cancel()
+            for task in inflight:
+                task.cancel()
 
     def _note_gap(self, expected_seq: int, first_seq: int) -> None:
         """Records missing between the checkpoint and what the stream still has were trimmed
@@ -294,8 +316,38 @@ class MaterializationRunner:
             self.definition.target,
         )
 
-    async def _apply(self, batch: RecordBatch) -> None:
-        result: ApplyResult = await self._writer.run(self._applier.apply, batch)
+    async def _prepare(
+        self,
+        lane: Applier,
+        batch: RecordBatch,
+        previous_prepared: asyncio.Task[Prepared] | None,
+        previous: asyncio.Task[None] | None,
+    ) -> Prepared:
+        """Prepare `batch` beside the previous batch's commit, unless that commit changes the
+        table (creates it, adds columns): then after it, so this batch is shaped for the
+        table it will be written to rather than prepared twice (see `Applier.commit`)."""
+        if (
+            previous_prepared is not None
+            and previous is not None
+            and (await previous_prepared).new_columns
+        ):
+            await previous
+        return await self._writer.prepare(lane.prepare, batch)
+
+    async def _apply(
+        self,
+        lane: Applier,
+        prepared: asyncio.Task[Prepared],
+        previous: asyncio.Task[None] | None,
+    ) -> None:
+        try:
+            if previous is not None:
+                await previous
+            ready = await prepared
+        except BaseException:
+            prepared.cancel()
+            raise
+        result: ApplyResult = await self._writer.run(lane.commit, ready)
         self._next_seq = result.last_seq_num + 1
         self._rows_applied += result.rows_applied
         self._rows_rejected += result.rows_rejected

@@ -3,6 +3,10 @@
 One writer means commits never conflict with each other in this process, and DuckDB work,
 which can take hundreds of milliseconds per batch, never runs on the event loop. Reads
 (`/v1/lake/query`) use their own cursors on a separate pool.
+
+A second thread, the preparer, runs the steps of a batch that write nothing to the lake
+(`Applier.prepare`: temp tables on the runner's own cursors) while the writer commits the
+previous one. A batch's DuckDB work mostly runs on one core; this uses the other.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ class LakeWriter:
     def __init__(self, settings: LakeSettings) -> None:
         self.settings = settings
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lake-writer")
+        self._preparer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lake-prepare")
         self._conn: duckdb.DuckDBPyConnection | None = None
         self._cursor: duckdb.DuckDBPyConnection | None = None
 
@@ -46,6 +51,11 @@ class LakeWriter:
         assert self._cursor is not None, "open() first"
         return self._cursor
 
+    def new_cursor(self) -> duckdb.DuckDBPyConnection:
+        """A cursor of the caller's own (its temp tables are its own), used by one thread at a
+        time."""
+        return lake_cursor(self.connection)
+
     async def run(self, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run `function` on the writer thread. Cancelling the caller does not stop it."""
         loop = asyncio.get_running_loop()
@@ -53,8 +63,16 @@ class LakeWriter:
             self._executor, functools.partial(function, *args, **kwargs)
         )
 
+    async def prepare(self, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run `function`, which must not write to the lake, on the preparer thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._preparer, functools.partial(function, *args, **kwargs)
+        )
+
     async def close(self) -> None:
         """Wait for the write in progress, then close the connection."""
+        self._preparer.shutdown(wait=True)
         if self._conn is not None:
             await self.run(self._close)
         self._executor.shutdown(wait=True)

@@ -299,3 +299,31 @@ def test_records_with_nothing_to_store_before_the_table_exists_are_dead_letters(
     ) == [(0,)]
     applier.apply(_batch(2, {"a": 1}, {}))  # once the table exists, an empty object is a row
     assert _rows(lake, "SELECT a FROM s.later ORDER BY a NULLS LAST") == [(1,), (None,)]
+
+
+def test_a_batch_prepared_before_the_table_changed_is_prepared_again(lake) -> None:
+    """A pipelined runner prepares batch N+1 on a second cursor while batch N commits; if N
+    changed the table (here: created it, then added a column), N+1 is shaped again at commit."""
+    first = _applier(lake, table="bronze.piped")
+    definition = build_materialization({"name": "m", "create_table": True, "table": "bronze.piped"})
+    second = Applier(lake_cursor(lake), definition)
+    early = first.prepare(_batch(0, {"id": 1, "extra": "a"}))
+    late = second.prepare(_batch(1, {"id": 2, "extra": "b"}, {"id": 3, "more": 1.5}))
+    assert late.columns == {}  # shaped when no table existed yet
+    first.commit(early)
+    result = second.commit(late)
+    assert (result.rows_applied, result.rows_rejected, result.last_seq_num) == (2, 0, 2)
+    assert _rows(lake, "SELECT id, extra, more FROM bronze.piped ORDER BY id") == [
+        (1, "a", None),
+        (2, "b", None),
+        (3, None, 1.5),
+    ]
+    assert _checkpoint(lake).last_seq_num == 2
+
+
+def test_a_prepared_batch_that_is_never_committed_leaves_nothing_behind(lake) -> None:
+    applier = _applier(lake, table="bronze.abandoned")
+    applier.prepare(_batch(0, {"id": 1}))  # its runner stopped before the commit
+    result = applier.apply(_batch(0, {"id": 1}, {"id": 2}))
+    assert result.rows_applied == 2
+    assert _rows(lake, "SELECT id FROM bronze.abandoned ORDER BY id") == [(1,), (2,)]
