@@ -72,6 +72,8 @@ class LakeWriter:
 
     async def close(self) -> None:
         """Wait for the write in progress, then close the connection."""
+        # Stopped runners may have left a prepare running: let it end off the event loop.
+        await self.prepare(lambda: None)
         self._preparer.shutdown(wait=True)
         if self._conn is not None:
             await self.run(self._close)
