@@ -207,7 +207,11 @@ class Applier:
                 self._discard()
 
     def _discard(self) -> None:
-        self._drop_temporaries()
+        """Drop what the batch in hand created on this cursor, newest first (views depend on
+        what was created before them), and the registered Arrow input."""
+        for name, kind in reversed(self._temporaries.items()):
+            self._cursor.execute(f"DROP {kind} IF EXISTS {name}")
+        self._temporaries.clear()
         if self._registered:
             self._cursor.unregister(_INCOMING)
             self._registered = False
@@ -215,12 +219,6 @@ class Applier:
     def _create_temp(self, kind: str, name: str, query: str) -> None:
         self._cursor.execute(f"CREATE OR REPLACE TEMP {kind} {name} AS {query}")
         self._temporaries[name] = kind
-
-    def _drop_temporaries(self) -> None:
-        # Newest first: views depend on what was created before them.
-        for name, kind in reversed(self._temporaries.items()):
-            self._cursor.execute(f"DROP {kind} IF EXISTS {name}")
-        self._temporaries.clear()
 
     # --- 1. stage ------------------------------------------------------------------------
 
