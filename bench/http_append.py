@@ -75,6 +75,17 @@ def _throughput(batches: int, elapsed: float) -> dict[str, float]:
     }
 
 
+def _open_loop_summary(latencies: list[float], elapsed: float) -> dict[str, float]:
+    """Acks/s against the offered rate, and latency from each request's due time."""
+    return {
+        "offered_s": UNARY_RATE,
+        "acks_s": len(latencies) / elapsed,
+        "p50_ms": percentile(latencies, 50) * 1e3,
+        "p99_ms": percentile(latencies, 99) * 1e3,
+        "max_ms": max(latencies) * 1e3,
+    }
+
+
 async def sdk_session(sdk: S2, stream_name: str, seconds: float) -> dict[str, float]:
     """Submits until the deadline, then closes the session (which waits for every ack)."""
     stream = sdk.basin(BASIN).stream(stream_name)
@@ -110,14 +121,7 @@ async def sdk_unary(sdk: S2, stream_name: str, seconds: float) -> dict[str, floa
         latencies.append(time.perf_counter() - due)
 
     await asyncio.gather(*(append(index) for index in range(total)))
-    elapsed = time.perf_counter() - start
-    return {
-        "offered_s": UNARY_RATE,
-        "acks_s": len(latencies) / elapsed,
-        "p50_ms": percentile(latencies, 50) * 1e3,
-        "p99_ms": percentile(latencies, 99) * 1e3,
-        "max_ms": max(latencies) * 1e3,
-    }
+    return _open_loop_summary(latencies, time.perf_counter() - start)
 
 
 async def http_unary(http_url: str, stream_name: str, seconds: float) -> dict[str, float]:
@@ -167,12 +171,7 @@ async def http_unary(http_url: str, stream_name: str, seconds: float) -> dict[st
 
         await asyncio.gather(*(worker() for _ in range(UNARY_CONNECTIONS)))
         elapsed = time.perf_counter() - start
-    return {
-        "offered_s": UNARY_RATE,
-        "acks_s": len(latencies) / elapsed,
-        "p50_ms": percentile(latencies, 50) * 1e3,
-        "p99_ms": percentile(latencies, 99) * 1e3,
-    }
+    return _open_loop_summary(latencies, elapsed)
 
 
 async def grpc_session(target: str, stream_name: str, seconds: float) -> dict[str, float]:

@@ -7,7 +7,7 @@ async with S2SClient("127.0.0.1:50051") as client:
     print(result.table, result.truncated)
 """
 
-from client._client import AppendSession, Producer, S2SClient, SqlResult, Stream, make_input
+from client._client import AppendSession, Producer, S2SClient, SqlResult, Stream
 from client._errors import (
     FencingTokenMismatchError,
     ReadUnwrittenError,
@@ -27,5 +27,4 @@ __all__ = [
     "SqlResult",
     "Stream",
     "SyncClient",
-    "make_input",
 ]

@@ -289,22 +289,6 @@ class S2SClient:
         return SqlResult(table, response.truncated)
 
 
-def make_input(
-    records: Iterable[pb.AppendRecord | bytes],
-    match_seq_num: int | None = None,
-    fencing_token: str | None = None,
-) -> pb.AppendInput:
-    """An `AppendInput` from records or plain bodies, with optional conditions."""
-    message = pb.AppendInput(
-        records=[r if isinstance(r, pb.AppendRecord) else pb.AppendRecord(body=r) for r in records]
-    )
-    if match_seq_num is not None:
-        message.match_seq_num = match_seq_num
-    if fencing_token is not None:
-        message.fencing_token = fencing_token
-    return message
-
-
 def encode_input(
     records: Iterable[pb.AppendRecord | bytes] | pb.AppendInput,
     match_seq_num: int | None = None,

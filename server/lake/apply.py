@@ -79,7 +79,11 @@ class Prepared:
     columns: dict[str, str]
     """The table's columns when the batch was shaped (empty: no table yet)."""
     new_columns: dict[str, str]
-    all_columns: dict[str, str]
+    """Columns the batch adds (or, with no table yet, creates it with)."""
+
+    @property
+    def all_columns(self) -> dict[str, str]:
+        return {**self.columns, **self.new_columns}
 
 
 class TableMissing(Exception):
@@ -181,12 +185,12 @@ class Applier:
                 new_columns = self._shape_json(columns)
             else:
                 new_columns = self._shape_projection(columns)
-            all_columns = {**columns, **new_columns}
-            self._cast(all_columns)
+            prepared = Prepared(batch, columns, new_columns)
+            self._cast(prepared.all_columns)
         except BaseException:
             self._discard()
             raise
-        return Prepared(batch, columns, new_columns, all_columns)
+        return prepared
 
     def commit(self, prepared: Prepared, recheck: bool = True) -> ApplyResult:
         """Step 4, for the batch `prepare` left on this cursor.
@@ -200,9 +204,7 @@ class Applier:
             try:
                 if recheck and self._table_columns() != prepared.columns:
                     prepared = self._prepare(prepared.batch)
-                return self._commit(
-                    prepared.batch, prepared.columns, prepared.new_columns, prepared.all_columns
-                )
+                return self._commit(prepared)
             finally:
                 self._discard()
 
@@ -494,13 +496,8 @@ class Applier:
 
     # --- 4. commit -----------------------------------------------------------------------
 
-    def _commit(
-        self,
-        batch: RecordBatch,
-        columns: dict[str, str],
-        new_columns: dict[str, str],
-        all_columns: dict[str, str],
-    ) -> ApplyResult:
+    def _commit(self, prepared: Prepared) -> ApplyResult:
+        batch, columns, all_columns = prepared.batch, prepared.columns, prepared.all_columns
         cursor = self._cursor
         definition = self._definition
         good = cursor.execute(f"SELECT count(*) FROM {_TYPED} WHERE reason IS NULL").fetchone()
@@ -524,7 +521,7 @@ class Applier:
         cursor.execute("BEGIN")
         try:
             if rows:
-                self._evolve(columns, new_columns)
+                self._evolve(columns, prepared.new_columns)
                 self._write(all_columns)
             self._dead_letters()
             self._checkpoint(batch.last_seq_num, rows, rejected)

@@ -84,8 +84,8 @@ class RejectedRow:
 
 
 @dataclass(frozen=True)
-class IngestRequest:
-    """A validated ingest request: target table, options and the accepted rows."""
+class IngestConfig:
+    """Where a request's rows go and how (from the JSON body's `config` or the query)."""
 
     schema: str
     table: str
@@ -93,9 +93,6 @@ class IngestRequest:
     primary_key: str | None
     wait: bool
     tags: dict[str, Any]
-    rows: list[bytes]
-    row_indexes: list[int]
-    rejected: list[RejectedRow]
 
     @property
     def qualified_table(self) -> str:
@@ -103,13 +100,12 @@ class IngestRequest:
 
 
 @dataclass(frozen=True)
-class _Config:
-    schema: str
-    table: str
-    mode: str
-    primary_key: str | None
-    wait: bool
-    tags: dict[str, Any]
+class IngestRequest(IngestConfig):
+    """A validated ingest request: its config and the accepted rows."""
+
+    rows: list[bytes]
+    row_indexes: list[int]
+    rejected: list[RejectedRow]
 
 
 def parse_ingest_request(
@@ -275,7 +271,7 @@ def _parse_json(text: str) -> IngestRequest:
     return validator.finish(config)
 
 
-def _parse_ndjson(text: str, config: _Config) -> IngestRequest:
+def _parse_ndjson(text: str, config: IngestConfig) -> IngestRequest:
     lines = [stripped for line in text.split("\n") if (stripped := line.strip(" \t\r"))]
     _check_row_count(len(lines))
     validator = _RowValidator(config.primary_key)
@@ -300,7 +296,7 @@ def _check_row_count(count: int) -> None:
         )
 
 
-def _config_from_body(config: Any) -> _Config:
+def _config_from_body(config: Any) -> IngestConfig:
     if not isinstance(config, dict):
         raise _invalid_request("'config' must be an object")
     if "table" not in config:
@@ -330,7 +326,7 @@ def _columns_from_body(primary_key: Any) -> list[str]:
     raise _invalid_request("'config.primary_key' must be a column name or a list of column names")
 
 
-def _config_from_query(query: Mapping[str, str]) -> _Config:
+def _config_from_query(query: Mapping[str, str]) -> IngestConfig:
     if "table" not in query:
         raise _invalid_request("missing query parameter 'table'")
     wait = _QUERY_BOOLS.get(query.get("wait", "false").strip().lower())
@@ -348,7 +344,7 @@ def _config_from_query(query: Mapping[str, str]) -> _Config:
 
 def _make_config(
     table: Any, mode: Any, primary_key_columns: Callable[[], list[str]], wait: bool, tags: Any
-) -> _Config:
+) -> IngestConfig:
     """Shared checks; the primary key is only looked at in merge mode, where it matters."""
     if not isinstance(table, str):
         raise _invalid_request("the table name must be a string")
@@ -356,7 +352,7 @@ def _make_config(
     if mode not in (APPEND, MERGE):
         raise _invalid_request(f"mode must be {APPEND!r} or {MERGE!r}, got {_preview(mode)}")
     primary_key = _single_key(primary_key_columns()) if mode == MERGE else None
-    return _Config(schema, name, mode, primary_key, wait, tags)
+    return IngestConfig(schema, name, mode, primary_key, wait, tags)
 
 
 def _split_table(qualified: str) -> tuple[str, str]:
@@ -445,16 +441,11 @@ class _RowValidator:
             )
         return True
 
-    def finish(self, config: _Config) -> IngestRequest:
+    def finish(self, config: IngestConfig) -> IngestRequest:
         if self._duplicate is not None:
             raise self._duplicate
         return IngestRequest(
-            schema=config.schema,
-            table=config.table,
-            mode=config.mode,
-            primary_key=config.primary_key,
-            wait=config.wait,
-            tags=config.tags,
+            **vars(config),
             rows=self._rows,
             row_indexes=self._row_indexes,
             rejected=self._rejected,

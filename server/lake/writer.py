@@ -58,17 +58,11 @@ class LakeWriter:
 
     async def run(self, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run `function` on the writer thread. Cancelling the caller does not stop it."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._executor, functools.partial(function, *args, **kwargs)
-        )
+        return await _run_on(self._executor, functools.partial(function, *args, **kwargs))
 
     async def prepare(self, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run `function`, which must not write to the lake, on the preparer thread."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._preparer, functools.partial(function, *args, **kwargs)
-        )
+        return await _run_on(self._preparer, functools.partial(function, *args, **kwargs))
 
     async def close(self) -> None:
         """Wait for the write in progress, then close the connection."""
@@ -86,3 +80,7 @@ class LakeWriter:
         self._conn.close()
         self._conn = None
         self._cursor = None
+
+
+async def _run_on(executor: ThreadPoolExecutor, call: Callable[[], T]) -> T:
+    return await asyncio.get_running_loop().run_in_executor(executor, call)
