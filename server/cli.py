@@ -15,7 +15,7 @@ from pathlib import Path
 from server.cli_client import SERVER_DEFAULT, add_commands, run
 from server.grpc_frontend.server import start_grpc_server
 from server.http_frontend import start_http_server
-from server.lake.connection import LakeSettings
+from server.lake.connection import LakeSettings, default_threads
 from server.lake.service import Lake
 from server.streamstore import StreamStore
 
@@ -79,6 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(env S2S_LAKE_BATCH_ROWS, default 100000)",
     )
     serve.add_argument(
+        "--lake-threads",
+        type=int,
+        default=int(_env("S2S_LAKE_THREADS", str(default_threads()))),
+        help="how many cores one lake statement may use "
+        "(env S2S_LAKE_THREADS, default half the cores, at least 1)",
+    )
+    serve.add_argument(
         "--lake-maintenance-interval-s",
         type=float,
         default=float(_env("S2S_LAKE_MAINTENANCE_INTERVAL_S", "600")),
@@ -101,12 +108,15 @@ SHUTDOWN_GRACE_S = 5.0
 def lake_settings(args: argparse.Namespace) -> LakeSettings:
     if args.lake_catalog and not args.lake_data_path:
         raise SystemExit("--lake-catalog needs --lake-data-path: where the Parquet files go")
+    if args.lake_threads < 1:
+        raise SystemExit("--lake-threads must be at least 1")
     return LakeSettings(
         root=Path(args.data_dir) / "lake",
         catalog=args.lake_catalog,
         data_path=args.lake_data_path,
         linger_s=args.lake_linger_ms / 1000,
         batch_rows_max=args.lake_batch_rows,
+        threads=args.lake_threads,
         maintenance_interval_s=args.lake_maintenance_interval_s,
     )
 

@@ -51,16 +51,32 @@ _PROJECTION_INPUT = (
 _NESTED_PREFIXES = ("STRUCT", "MAP", "UNION")
 
 
-@dataclass
+@dataclass(frozen=True)
 class RecordBatch:
-    """Records read from the source stream, in order; command records already dropped."""
+    """Records read from the source stream, in order, command records already dropped, as the
+    Arrow table DuckDB reads: `seq_num`, `timestamp`, `body` (text; NULL if not UTF-8), `raw`
+    (the bytes, for dead letters) and, when asked for, `headers`.
 
-    seq_nums: list[int]
-    timestamps: list[int]
-    bodies: list[bytes]
-    headers: list[list[tuple[str, str]]] | None
+    Built once (`of`), off the preparer's path, and kept if the batch is prepared again."""
+
+    table: pa.Table
     last_seq_num: int
     """The last sequence number this batch covers (command records included)."""
+
+    @classmethod
+    def of(
+        cls,
+        seq_nums: list[int],
+        timestamps: list[int],
+        bodies: list[bytes],
+        headers: list[list[tuple[str, str]]] | None,
+        last_seq_num: int,
+    ) -> RecordBatch:
+        return cls(_arrow_input(seq_nums, timestamps, bodies, headers), last_seq_num)
+
+    @property
+    def has_headers(self) -> bool:
+        return "headers" in self.table.column_names
 
 
 @dataclass(frozen=True)
@@ -90,24 +106,29 @@ class TableMissing(Exception):
     """The target table does not exist and the materialization may not create it."""
 
 
-def _arrow_input(batch: RecordBatch) -> pa.Table:
-    offsets = pa.array([0, *itertools.accumulate(map(len, batch.bodies))], pa.int64())
-    data = pa.py_buffer(b"".join(batch.bodies))
+def _arrow_input(
+    seq_nums: list[int],
+    timestamps: list[int],
+    bodies: list[bytes],
+    headers: list[list[tuple[str, str]]] | None,
+) -> pa.Table:
+    offsets = pa.array([0, *itertools.accumulate(map(len, bodies))], pa.int64())
+    data = pa.py_buffer(b"".join(bodies))
     raw = pa.LargeBinaryArray.from_buffers(
-        pa.large_binary(), len(batch.bodies), [None, offsets.buffers()[1], data]
+        pa.large_binary(), len(bodies), [None, offsets.buffers()[1], data]
     )
     try:
         text = raw.cast(pa.large_string())
     except pa.ArrowInvalid:
-        text = pa.array([_utf8_or_none(body) for body in batch.bodies], pa.large_string())
+        text = pa.array([_utf8_or_none(body) for body in bodies], pa.large_string())
     columns = {
-        "seq_num": pa.array(batch.seq_nums, pa.int64()),
-        "timestamp": pa.array(batch.timestamps, pa.int64()),
+        "seq_num": pa.array(seq_nums, pa.int64()),
+        "timestamp": pa.array(timestamps, pa.int64()),
         "body": text,
         "raw": raw,
     }
-    if batch.headers is not None:
-        columns["headers"] = pa.array(batch.headers, pa.map_(pa.string(), pa.string()))
+    if headers is not None:
+        columns["headers"] = pa.array(headers, pa.map_(pa.string(), pa.string()))
     return pa.table(columns)
 
 
@@ -169,18 +190,24 @@ class Applier:
         """Steps 1-4 back to back."""
         return self.commit(self.prepare(batch), recheck=False)
 
-    def prepare(self, batch: RecordBatch) -> Prepared:
-        """Steps 1-3: temp tables on this applier's cursor, nothing in the lake yet."""
-        with self._lock:
-            return self._prepare(batch)
+    def prepare(self, batch: RecordBatch, columns: dict[str, str] | None = None) -> Prepared:
+        """Steps 1-3: temp tables on this applier's cursor, nothing in the lake yet.
 
-    def _prepare(self, batch: RecordBatch) -> Prepared:
+        `columns`: the table's columns as they will be once the batches before this one have
+        committed (the runner knows them while those commits are still running); None: as
+        they are now. `commit` checks them, so a wrong guess costs time, never correctness.
+        """
+        with self._lock:
+            return self._prepare(batch, columns)
+
+    def _prepare(self, batch: RecordBatch, columns: dict[str, str] | None = None) -> Prepared:
         self._discard()  # what an abandoned batch left (its runner was stopped mid-way)
-        self._cursor.register(_INCOMING, _arrow_input(batch))
+        self._cursor.register(_INCOMING, batch.table)
         self._registered = True
         try:
-            self._stage(batch.headers is not None)
-            columns = self._table_columns()
+            self._stage(batch.has_headers)
+            if columns is None:
+                columns = self._table_columns()
             if self._definition.select is None:
                 new_columns = self._shape_json(columns)
             else:
@@ -196,9 +223,9 @@ class Applier:
         """Step 4, for the batch `prepare` left on this cursor.
 
         With `recheck`, the batch was prepared while another commit may have changed the
-        table (a pipelined runner): if its columns are no longer those the batch was shaped
-        for, it is prepared again first, so a new field is never added twice or cast to a
-        type the table no longer has.
+        table (a pipelined runner): if its columns are not those the batch was shaped for, it
+        is prepared again first, so a new field is never added twice, nor cast to a type the
+        table does not have, nor written to a table that was never created.
         """
         with self._lock:
             try:

@@ -83,7 +83,7 @@ def infer_type(kinds: list[str], all_dates: bool | None, all_datetimes: bool | N
         if all_dates:
             return "DATE"
         if all_datetimes:
-            return "TIMESTAMPTZ"
+            return "TIMESTAMP WITH TIME ZONE"  # as the catalog spells it (Applier.commit compares)
         return "VARCHAR"
     return "JSON"
 

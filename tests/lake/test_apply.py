@@ -36,7 +36,7 @@ def _applier(conn: duckdb.DuckDBPyConnection, **spec: Any) -> Applier:
 def _batch(first_seq: int, *bodies: Any) -> RecordBatch:
     encoded = [b if isinstance(b, bytes) else json.dumps(b).encode() for b in bodies]
     seq_nums = list(range(first_seq, first_seq + len(encoded)))
-    return RecordBatch(seq_nums, [1_700_000_000_000] * len(encoded), encoded, None, seq_nums[-1])
+    return RecordBatch.of(seq_nums, [1_700_000_000_000] * len(encoded), encoded, None, seq_nums[-1])
 
 
 def _rows(conn: duckdb.DuckDBPyConnection, sql: str) -> list[tuple[Any, ...]]:
@@ -319,6 +319,54 @@ def test_a_batch_prepared_before_the_table_changed_is_prepared_again(lake) -> No
         (3, None, 1.5),
     ]
     assert _checkpoint(lake).last_seq_num == 2
+
+
+def _count_prepares(applier: Applier, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    calls: list[int] = []
+    prepare = applier._prepare
+
+    def counted(*args: Any) -> Any:
+        calls.append(1)
+        return prepare(*args)
+
+    monkeypatch.setattr(applier, "_prepare", counted)
+    return calls
+
+
+def test_a_batch_shaped_for_the_columns_before_it_is_prepared_once(lake, monkeypatch) -> None:
+    """The runner prepares batch N+1 for the columns batch N will leave (here: N creates the
+    table, with a date-time column); when N commits as expected, N+1 is not shaped again."""
+    first = _applier(lake, table="bronze.guessed")
+    definition = build_materialization(
+        {"name": "m", "create_table": True, "table": "bronze.guessed"}
+    )
+    second = Applier(lake_cursor(lake), definition)
+    prepares = _count_prepares(second, monkeypatch)
+    early = first.prepare(_batch(0, {"id": 1, "seen": "2026-11-22T12:00:00Z"}))
+    late = second.prepare(_batch(1, {"id": 2, "seen": "2026-11-22T13:00:00Z"}), early.all_columns)
+    first.commit(early)
+    result = second.commit(late)
+    assert (result.rows_applied, len(prepares)) == (1, 1)
+    rows = _rows(lake, "SELECT id, hour(seen) FROM bronze.guessed ORDER BY id")
+    assert rows == [(1, 12), (2, 13)]
+
+
+def test_a_wrong_guess_of_the_columns_is_prepared_again(lake, monkeypatch) -> None:
+    """If the table does not have the columns batch N+1 was prepared for (batch N was
+    re-shaped, or rejected every row, or another materialization changed the table), N+1 is
+    shaped again at commit."""
+    first = _applier(lake, table="bronze.unguessed")
+    definition = build_materialization(
+        {"name": "m", "create_table": True, "table": "bronze.unguessed"}
+    )
+    second = Applier(lake_cursor(lake), definition)
+    prepares = _count_prepares(second, monkeypatch)
+    early = first.prepare(_batch(0, {"id": 1}))
+    late = second.prepare(_batch(1, {"id": 2, "name": "b"}), {"other": "BIGINT"})
+    first.commit(early)
+    result = second.commit(late)
+    assert (result.rows_applied, len(prepares)) == (1, 2)
+    assert _rows(lake, "SELECT id, name FROM bronze.unguessed ORDER BY id") == [(1, None), (2, "b")]
 
 
 def test_a_prepared_batch_that_is_never_committed_leaves_nothing_behind(lake) -> None:
