@@ -1,9 +1,12 @@
-"""Helpers shared by the bench scripts: percentiles and the machine probe line."""
+"""Helpers shared by the bench scripts: percentiles, the machine probe line, and starting a
+helper server process."""
 
 from __future__ import annotations
 
 import os
+import subprocess
 import time
+from pathlib import Path
 
 PROBE_RECORD = b"x" * 1024
 
@@ -35,3 +38,17 @@ def probe(directory: str) -> str:
         f"probe: 1 KiB append+fdatasync p50 {percentile(latencies, 50) * 1e6:.0f} us "
         f"p99 {percentile(latencies, 99) * 1e6:.0f} us; python sum(range(1e7)) {cpu_ms:.0f} ms"
     )
+
+
+def start_process(args: list[str], port_file: str) -> tuple[subprocess.Popen[bytes], int]:
+    """Start a helper server (e.g. an echo server) that writes its port to `port_file`."""
+    process = subprocess.Popen(
+        args, cwd=Path(__file__).resolve().parent.parent, stdout=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if os.path.exists(port_file) and Path(port_file).read_text().strip():
+            return process, int(Path(port_file).read_text())
+        time.sleep(0.05)
+    process.kill()
+    raise TimeoutError("server did not start")

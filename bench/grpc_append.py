@@ -23,7 +23,6 @@ import asyncio
 import gc
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,7 +36,7 @@ from grpc import aio
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchlib import percentile  # noqa: E402
+from benchlib import percentile, start_process  # noqa: E402
 
 from client import S2SClient  # noqa: E402
 from s2s.v1 import records_pb2 as pb  # noqa: E402
@@ -200,17 +199,6 @@ SCENARIOS: dict[str, Callable[[S2SClient, float], Awaitable[dict[str, float]]]] 
 
 
 # --- driver ---------------------------------------------------------------------------------
-
-
-def start_process(args: list[str], port_file: str) -> tuple[subprocess.Popen[bytes], int]:
-    process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if os.path.exists(port_file) and Path(port_file).read_text().strip():
-            return process, int(Path(port_file).read_text())
-        time.sleep(0.05)
-    process.kill()
-    raise TimeoutError("server did not start")
 
 
 async def run_against(port: int, names: list[str], seconds: float, s2s: bool) -> dict[str, Any]:

@@ -38,21 +38,28 @@ import asyncio
 import gc
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
+from hypercorn.asyncio import serve
+from hypercorn.config import Config
 from s2_sdk import S2, AppendInput, Endpoints, Record
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchlib import percentile, probe  # noqa: E402
+from benchlib import percentile, probe, start_process  # noqa: E402
 
 from client import S2SClient  # noqa: E402
 from s2s.v1 import records_pb2 as pb  # noqa: E402
+from server.http_frontend import h2_tuning  # noqa: E402
+from server.http_frontend.s2s_frames import encode_frame, read_frames  # noqa: E402
 from tests.server_process import ServerProcess  # noqa: E402
 
 BASIN = "bench-basin"
@@ -62,6 +69,59 @@ BATCH_RECORDS = 1000
 GRPC_INFLIGHT = 16
 UNARY_RATE = 500.0
 UNARY_CONNECTIONS = 16
+
+
+# --- the S2S echo server ----------------------------------------------------------------------
+
+
+async def run_echo_server(port_file: str) -> None:
+    """Hypercorn, with the server's HTTP/2 tuning, and an S2S append endpoint that acks each
+    `AppendInput` frame as it arrives and stores nothing: what the SDK, Hypercorn and HTTP/2
+    allow together on this machine, the ceiling for `sdk-session-1000x1k`."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    port = sock.getsockname()[1]
+    h2_tuning.install()
+    config = Config()
+    config.bind = [f"fd://{sock.detach()}"]
+    config.accesslog = None
+    config.loglevel = "WARNING"
+    serving = asyncio.create_task(serve(_echo_app, config))  # type: ignore[arg-type]
+    Path(port_file).write_text(str(port))
+    await serving
+
+
+async def _echo_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    if scope["method"] != "POST" or not scope["path"].endswith("/records"):
+        await send({"type": "http.response.start", "status": 404, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+        return
+
+    async def body_chunks() -> AsyncIterator[bytes]:
+        while (message := await receive())["type"] == "http.request":
+            yield message.get("body", b"")
+            if not message.get("more_body"):
+                return
+
+    headers = [(b"content-type", b"s2s/proto")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    seq_num = 0
+    async for frame in read_frames(body_chunks()):
+        start, seq_num = seq_num, seq_num + len(pb.AppendInput.FromString(frame).records)
+        ack = pb.AppendAck(
+            start=pb.StreamPosition(seq_num=start),
+            end=pb.StreamPosition(seq_num=seq_num),
+            tail=pb.StreamPosition(seq_num=seq_num),
+        )
+        body = encode_frame(ack.SerializeToString(), None)
+        await send({"type": "http.response.body", "body": body, "more_body": True})
+    await send({"type": "http.response.body", "body": b""})
 
 
 # --- scenarios ----------------------------------------------------------------------------------
@@ -207,6 +267,12 @@ async def run_all(http_url: str, grpc_target: str, seconds: float) -> dict[str, 
     return results
 
 
+async def echo_session(echo_url: str, seconds: float) -> dict[str, float]:
+    async with S2("unused-token", endpoints=Endpoints(account=echo_url, basin=echo_url)) as sdk:
+        gc.freeze()
+        return await sdk_session(sdk, "sdk-session", seconds)
+
+
 # --- driver ---------------------------------------------------------------------------------
 
 
@@ -219,10 +285,23 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--echo-server", metavar="PORT_FILE", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.echo_server:
+        asyncio.run(run_echo_server(args.echo_server))
+        return
     scratch = tempfile.mkdtemp(prefix="s2s-bench-http-")
     try:
         print(probe(scratch), flush=True)
+        port_file = os.path.join(scratch, "echo.port")
+        echo, echo_port = start_process(
+            [sys.executable, __file__, "--echo-server", port_file], port_file
+        )
+        try:
+            ceiling = asyncio.run(echo_session(f"http://127.0.0.1:{echo_port}", args.seconds))
+        finally:
+            echo.kill()
+            echo.wait()
         server = ServerProcess(os.path.join(scratch, "data")).start()
         try:
             results = asyncio.run(run_all(server.http_url, server.target, args.seconds))
@@ -230,6 +309,8 @@ def main() -> None:
             server.stop()
         for name, result in results.items():
             print(f"{name}: {_fmt(result)}")
+            if name == "sdk-session-1000x1k":
+                print(f"  echo ceiling: {_fmt(ceiling)}")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

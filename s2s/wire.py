@@ -28,6 +28,7 @@ _APPEND_INPUT_MATCH_SEQ_NUM_TAG = b"\x10"  # AppendInput.match_seq_num: field 2,
 _APPEND_INPUT_FENCING_TOKEN_TAG = b"\x1a"  # AppendInput.fencing_token: field 3, length-delim.
 _APPEND_RECORD_BODY_TAG = b"\x1a"  # AppendRecord.body: field 3, length-delimited
 _REQUEST_INPUT_TAG = b"\x1a"  # Append{,Session}Request.input: field 3, length-delimited
+_REQUEST_FIELD_TAGS = (0x0A, 0x12, 0x1A)  # Append{,Session}Request: basin, stream, input
 
 _VARINTS_CACHED = 1 << 14
 """Every one- and two-byte varint is precomputed: record and body lengths up to 16 KiB."""
@@ -47,6 +48,69 @@ _VARINTS = [_compute_varint(value) for value in range(_VARINTS_CACHED)]
 
 def varint(value: int) -> bytes:
     return _VARINTS[value] if value < _VARINTS_CACHED else _compute_varint(value)
+
+
+def varint_size(value: int) -> int:
+    return (value.bit_length() + 6) // 7 or 1
+
+
+def _plain_record_size(body_length: int) -> int:
+    """One `AppendInput.records` entry holding only a body of this length."""
+    inner = 1 + varint_size(body_length) + body_length if body_length else 0
+    return 1 + varint_size(inner) + inner
+
+
+_PLAIN_RECORD_SIZES = [_plain_record_size(length) for length in range(_VARINTS_CACHED)]
+
+
+def plain_append_input_size(
+    body_lengths: Sequence[int], match_seq_num: int | None, fencing_token: str | None
+) -> int:
+    """The size of the smallest encoding of an `AppendInput` whose records have these bodies
+    and nothing else (no headers, no timestamp).
+
+    Every other encoding is larger: a header, a timestamp, an unknown field or a repeated
+    field each add bytes to their record, and a longer record never makes its length prefix
+    shorter. So a received `AppendInput` of exactly this size has records with bodies only.
+    """
+    try:
+        size = sum(map(_PLAIN_RECORD_SIZES.__getitem__, body_lengths))
+    except IndexError:  # a body of 16 KiB or more: rare enough to compute each
+        size = sum(map(_plain_record_size, body_lengths))
+    if match_seq_num is not None:
+        size += 1 + varint_size(match_seq_num)
+    if fencing_token is not None:
+        token_length = len(fencing_token.encode())
+        size += 1 + varint_size(token_length) + token_length
+    return size
+
+
+def request_input_size(request: bytes) -> int | None:
+    """The size of the `input` field of an encoded `Append`/`AppendSessionRequest` (for
+    `plain_append_input_size`); None unless the request is basin, stream and input, each at
+    most once (a repeated input is merged by the parser, so its size would say nothing)."""
+    position = 0
+    size = None
+    while position < len(request):
+        tag = request[position]
+        if tag not in _REQUEST_FIELD_TAGS:
+            return None
+        length = shift = 0
+        while True:
+            position += 1
+            if position >= len(request) or shift > 28:
+                return None
+            byte = request[position]
+            length |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                break
+        position += 1 + length
+        if tag == _REQUEST_INPUT_TAG[0]:
+            if size is not None:
+                return None
+            size = length
+    return size if position == len(request) else None
 
 
 def _tail_field(tail: tuple[int, int] | None) -> bytes:

@@ -9,9 +9,17 @@ from __future__ import annotations
 
 import pytest
 
+from s2s.records import validate_append_input
 from s2s.v1 import records_pb2 as pb
 from s2s.v1 import services_pb2 as spb
-from s2s.wire import append_input_bytes, record_entries, varint, with_append_input
+from s2s.wire import (
+    append_input_bytes,
+    plain_append_input_size,
+    record_entries,
+    request_input_size,
+    varint,
+    with_append_input,
+)
 
 BODIES = [b"", b"x", b"y" * 127, b"z" * 128, b"w" * 16_383, b"v" * 16_384, b"u" * 300_000]
 HEADERS = [pb.Header(name=b"k", value=b"v"), pb.Header(name=b"", value=b"fence")]
@@ -73,3 +81,68 @@ def test_requests_wrap_an_encoded_input() -> None:
     assert wrapped == expected.SerializeToString()
     unary = spb.AppendRequest.FromString(with_append_input(b"", append_input.SerializeToString()))
     assert unary.input == append_input
+
+
+@pytest.mark.parametrize("match_seq_num", [None, 0, 300])
+@pytest.mark.parametrize("fencing_token", [None, "", "token-1"])
+def test_plain_size_is_the_size_of_records_with_bodies_only(
+    match_seq_num: int | None, fencing_token: str | None
+) -> None:
+    message = pb.AppendInput(
+        records=[pb.AppendRecord(body=body) for body in BODIES],
+        match_seq_num=match_seq_num,
+        fencing_token=fencing_token,
+    )
+    lengths = [len(body) for body in BODIES]
+    size = plain_append_input_size(lengths, match_seq_num, fencing_token)
+    assert size == len(message.SerializeToString())
+
+
+@pytest.mark.parametrize(
+    "odd_one",
+    [
+        pb.AppendRecord(headers=[pb.Header(name=b"k")], body=b"x"),  # adds 5 bytes
+        pb.AppendRecord(headers=[pb.Header(name=b"", value=b"fence")]),
+        pb.AppendRecord(timestamp=0, body=b"x"),  # present, though zero
+        pb.AppendRecord(timestamp=1_700_000_000_000),
+    ],
+)
+def test_one_record_with_headers_or_a_timestamp_is_never_taken_for_plain(
+    odd_one: pb.AppendRecord,
+) -> None:
+    """`validate_append_input` trusts the size only when it proves there is nothing to find:
+    given the real size, it finds exactly what it finds without one."""
+    message = pb.AppendInput(records=[pb.AppendRecord(body=b"a" * 200), odd_one])
+    encoded = message.SerializeToString()
+    lengths = [len(record.body) for record in message.records]
+    assert plain_append_input_size(lengths, None, None) < len(encoded)
+    sized = validate_append_input(pb.AppendInput.FromString(encoded), len(encoded))
+    unsized = validate_append_input(pb.AppendInput.FromString(encoded))
+    assert list(sized.headed) == list(unsized.headed) == ([1] if odd_one.headers else [])
+    assert sized.has_client_timestamps == unsized.has_client_timestamps
+    assert sized.has_client_timestamps == odd_one.HasField("timestamp")
+    assert sized.metered_sizes == unsized.metered_sizes
+    assert len(sized.commands) == len(unsized.commands)
+
+
+def test_request_input_size_is_the_inputs_encoded_size() -> None:
+    append_input = pb.AppendInput(records=[pb.AppendRecord(body=b"x" * 300)], match_seq_num=7)
+    encoded_input = append_input.SerializeToString()
+    for request in (
+        spb.AppendRequest(basin="b", stream="s", input=append_input),
+        spb.AppendSessionRequest(input=append_input),
+    ):
+        assert request_input_size(request.SerializeToString()) == len(encoded_input)
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        spb.AppendSessionRequest(basin="b", stream="s").SerializeToString(),  # no input
+        b"\x1a\x03\x0a\x01\x1a" + b"\x1a\x00",  # input twice: the parser merges them
+        b"\x1a\x05\x0a\x03\x1a\x01",  # cut short
+        b"\x1a\x00\x20\x01",  # an unknown field
+    ],
+)
+def test_request_input_size_is_none_when_it_proves_nothing(request_bytes: bytes) -> None:
+    assert request_input_size(request_bytes) is None

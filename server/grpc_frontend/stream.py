@@ -7,7 +7,8 @@ return encoded messages and are registered with an identity serializer (`handler
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import TypeVar
 
 import grpc
 
@@ -15,7 +16,7 @@ from s2s.errors import S2Error
 from s2s.records import validate_append_input
 from s2s.v1 import records_pb2 as pb
 from s2s.v1 import services_pb2 as spb
-from s2s.wire import read_response_bytes
+from s2s.wire import read_response_bytes, request_input_size
 from server.grpc_frontend.errors import Context, abort_with, streaming, unary
 from server.reader import ReadLimits, ReadOutput, ReadStart
 from server.sequencer import AppendAck
@@ -80,14 +81,15 @@ class StreamServicer:
         )
 
     @unary
-    async def Append(self, request: spb.AppendRequest, context: Context) -> spb.AppendResponse:
+    async def Append(self, sized: Sized[spb.AppendRequest], context: Context) -> spb.AppendResponse:
+        request, input_size = sized
         basin, stream = _stream_names(request.basin, request.stream)
-        batch = validate_append_input(request.input)
+        batch = validate_append_input(request.input, input_size)
         ack = await self._store.append(basin, stream, batch)
         return spb.AppendResponse(ack=ack_message(ack))
 
     async def AppendSession(
-        self, requests: AsyncIterator[spb.AppendSessionRequest], context: Context
+        self, requests: AsyncIterator[Sized[spb.AppendSessionRequest]], context: Context
     ) -> AsyncIterator[spb.AppendSessionResponse]:
         """Sequence each input as it arrives; ack in order as each becomes durable.
 
@@ -106,7 +108,7 @@ class StreamServicer:
 
         async def intake() -> None:
             names: tuple[str, str] | None = None
-            async for request in requests:
+            async for request, input_size in requests:
                 last_received[0] = loop.time()
                 if failed.is_set():
                     continue  # draining: nothing after a failure is sequenced
@@ -115,7 +117,7 @@ class StreamServicer:
                         names = _stream_names(request.basin, request.stream)
                     elif (request.basin or names[0], request.stream or names[1]) != names:
                         raise S2Error("invalid", "an append session appends to one stream")
-                    batch = validate_append_input(request.input)
+                    batch = validate_append_input(request.input, input_size)
                     await pending.put(await self._store.submit(*names, batch))
                 except S2Error as error:
                     failed.set()
@@ -167,6 +169,18 @@ async def _drain(intake: asyncio.Task[None], last_received: list[float]) -> None
         await asyncio.wait({intake}, timeout=min(deadline, quiet_until) - now)
 
 
+Request = TypeVar("Request")
+Sized = tuple[Request, int | None]
+"""An append request and the encoded size of its input (see `validate_append_input`)."""
+
+
+def _with_input_size(parse: Callable[[bytes], Request]) -> Callable[[bytes], Sized[Request]]:
+    def deserialize(data: bytes) -> Sized[Request]:
+        return parse(data), request_input_size(data)
+
+    return deserialize
+
+
 def _identity(data: bytes) -> bytes:
     return data
 
@@ -184,12 +198,12 @@ def handlers(servicer: StreamServicer) -> grpc.GenericRpcHandler:
             ),
             "Append": grpc.unary_unary_rpc_method_handler(
                 servicer.Append,
-                request_deserializer=spb.AppendRequest.FromString,
+                request_deserializer=_with_input_size(spb.AppendRequest.FromString),
                 response_serializer=serialize,
             ),
             "AppendSession": grpc.stream_stream_rpc_method_handler(
                 servicer.AppendSession,
-                request_deserializer=spb.AppendSessionRequest.FromString,
+                request_deserializer=_with_input_size(spb.AppendSessionRequest.FromString),
                 response_serializer=spb.AppendSessionResponse.SerializeToString,
             ),
             "Read": grpc.unary_unary_rpc_method_handler(

@@ -206,15 +206,18 @@ class RecordsApi:
 
     async def append(self, exchange: Exchange, basin: str, stream: str) -> None:
         protobuf = media_type(exchange.header("content-type")) in PROTOBUF_TYPES
+        encoded_size = None
         if protobuf:
+            encoded = await exchange.body()
+            encoded_size = len(encoded)
             try:
-                message = pb.AppendInput.FromString(await exchange.body())
+                message = pb.AppendInput.FromString(encoded)
             except DecodeError as error:
                 raise S2Error("bad_proto", f"cannot decode AppendInput: {error}") from None
         else:
             fmt = record_format(exchange)
             message = append_input_from_json(await exchange.json_body(), fmt)
-        batch = validate_append_input(message)
+        batch = validate_append_input(message, encoded_size)
         ack = await self._store.append(basin, stream, batch, create_config(exchange))
         if first_accept(exchange.header("accept")) in PROTOBUF_TYPES:
             body = ack_message(ack).SerializeToString()

@@ -84,7 +84,7 @@ class SessionsApi:
                         message = pb.AppendInput.FromString(body)
                     except DecodeError as error:
                         raise S2Error("bad_frame", f"cannot decode AppendInput: {error}") from None
-                    batch = validate_append_input(message)
+                    batch = validate_append_input(message, len(body))
                     await pending.put(await self._store.submit(basin, stream, batch))
                 raise draining_error()
             except S2Error as error:
