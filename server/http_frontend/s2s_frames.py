@@ -59,11 +59,11 @@ def terminal_for(error: S2Error) -> bytes:
     return encode_terminal(error.kind.http_status, error.body())
 
 
-def _decompress(flags: int, body: bytes) -> bytes:
+def _decompress(flags: int, body: memoryview) -> bytes:
     algorithm = flags & _COMPRESSION_MASK
     try:
         if algorithm == 0:
-            return body
+            return bytes(body)
         if algorithm == _ZSTD:
             out = zstandard.ZstdDecompressor().stream_reader(body).read(FRAME_BYTES_MAX + 1)
         elif algorithm == _GZIP:
@@ -78,21 +78,39 @@ def _decompress(flags: int, body: bytes) -> bytes:
 
 
 async def read_frames(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """Decompressed bodies of the frames in a byte stream; `bad_frame` on anything malformed."""
-    buffer = bytearray()
+    """Decompressed bodies of the frames in a byte stream; `bad_frame` on anything malformed.
+
+    Each body is copied out of the chunks once. A frame usually arrives in one chunk (the
+    official SDK sends one HTTP/2 DATA frame per S2S frame); the chunks of one that spans
+    several are joined once, when it is complete, so a frame cut into many small chunks is
+    not copied again with each.
+    """
+    parts: list[bytes] = []
+    buffered = 0
+    needed = 4
     async for chunk in chunks:
-        buffer += chunk
-        while len(buffer) >= 4:
-            length = int.from_bytes(buffer[:3], "big")
+        parts.append(chunk)
+        buffered += len(chunk)
+        if buffered < needed:
+            continue
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        view = memoryview(data)
+        position = 0
+        needed = 4
+        while len(data) - position >= 4:
+            length = int.from_bytes(view[position : position + 3], "big")
             if length < 1 or length > FRAME_BYTES_MAX:
                 raise S2Error("bad_frame", f"frame length {length} out of range")
-            if len(buffer) < 3 + length:
+            if len(data) - position < 3 + length:
+                needed = 3 + length
                 break
-            flags = buffer[3]
-            body = bytes(buffer[4 : 3 + length])
-            del buffer[: 3 + length]
+            flags = data[position + 3]
             if flags & _TERMINAL:
                 raise S2Error("bad_frame", "clients may not send terminal frames")
-            yield _decompress(flags, body)
-    if buffer:
+            yield _decompress(flags, view[position + 4 : position + 3 + length])
+            position += 3 + length
+        rest = data[position:] if position else data
+        parts = [rest] if rest else []
+        buffered = len(rest)
+    if buffered:
         raise S2Error("bad_frame", "request body ended inside a frame")
