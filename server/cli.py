@@ -12,6 +12,7 @@ import signal
 import sys
 from pathlib import Path
 
+from server import allocator
 from server.cli_client import SERVER_DEFAULT, add_commands, run
 from server.grpc_frontend.server import start_grpc_server
 from server.http_frontend import start_http_server
@@ -168,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+    if not allocator.tune():
+        log.info("not glibc: allocator settings left as they are")
     asyncio.run(
         serve(args.data_dir, args.host, args.grpc_port, args.http_port, lake_settings(args))
     )
