@@ -132,6 +132,32 @@ def read_response_bytes(records: bytes, tail: tuple[int, int] | None) -> bytes:
     return b"".join((_ENVELOPE_BATCH_TAG, varint(size), records, tail_field))
 
 
+_SEQ_NUM_FIELDS = [_SEQ_NUM_TAG + varint(value) if value else b"" for value in range(128)]
+_SEQ_NUM_FIELD_STARTS = [_SEQ_NUM_TAG + bytes([value | 0x80]) for value in range(128)]
+"""The seq_num field of a number's low seven bits: alone (numbers under 128), or followed by
+the varint of the rest."""
+
+
+def _seq_num_fields(first_seq: int, count: int) -> list[bytes]:
+    """The `SequencedRecord.seq_num` fields of `count` numbers from `first_seq`.
+
+    Stream positions soon pass the cached varints, and computing each one bit by bit cost
+    as much as the rest of an entry; consecutive numbers share all but their low seven bits,
+    so only one varint in 128 is computed here.
+    """
+    fields: list[bytes] = []
+    end = first_seq + count
+    for high in range(first_seq >> 7, ((end - 1) >> 7) + 1 if count else 0):
+        low_start = max(first_seq, high << 7) & 0x7F
+        low_end = min(end - (high << 7), 128)
+        if high == 0:
+            fields += _SEQ_NUM_FIELDS[low_start:low_end]
+        else:
+            rest = varint(high)
+            fields += [start + rest for start in _SEQ_NUM_FIELD_STARTS[low_start:low_end]]
+    return fields
+
+
 def record_entries(
     bodies: Sequence[bytes],
     headed: Mapping[int, pb.AppendRecord],
@@ -149,6 +175,7 @@ def record_entries(
     lengths: list[int] = []
     add_chunk = chunks.append
     add_length = lengths.append
+    seq_fields = iter(_seq_num_fields(first_seq, len(bodies)))
     seq = first_seq
     timestamp_field = b""
     field_of: int | None = None
@@ -157,6 +184,7 @@ def record_entries(
             field_of = timestamp
             timestamp_field = _TIMESTAMP_TAG + varint(timestamp) if timestamp else b""
         if headed and index in headed:
+            next(seq_fields)
             encoded = pb.SequencedRecord(
                 seq_num=seq, timestamp=timestamp, headers=headed[index].headers, body=body
             ).SerializeToString()
@@ -165,7 +193,7 @@ def record_entries(
             add_chunk(encoded)
             add_length(len(prefix) + len(encoded))
         else:
-            head = (_SEQ_NUM_TAG + varint(seq) if seq else b"") + timestamp_field
+            head = next(seq_fields) + timestamp_field
             if body:
                 head += _BODY_TAG + varint(len(body))
             size = len(head) + len(body)

@@ -57,6 +57,21 @@ def test_record_entries_match_a_serialized_read_batch(first_seq: int, timestamp:
     assert lengths == [len(entry) for entry in expected_entries]
 
 
+@pytest.mark.parametrize("first_seq", [0, 100, 16_300, 2**21 - 500, 2**63 - 1000])
+def test_sequence_numbers_are_encoded_across_varint_boundaries(first_seq: int) -> None:
+    """A thousand numbers cross several 128-number runs (which share their high bits in
+    `record_entries`) and, from some starts, a change in the varint's length."""
+    bodies = [b"b"] * 1000
+    chunks, _ = record_entries(bodies, {}, first_seq, [7] * 1000)
+    expected = pb.ReadBatch(
+        records=[
+            pb.SequencedRecord(seq_num=first_seq + index, timestamp=7, body=body)
+            for index, body in enumerate(bodies)
+        ]
+    )
+    assert b"".join(chunks) == expected.SerializeToString()
+
+
 @pytest.mark.parametrize("match_seq_num", [None, 0, 42])
 @pytest.mark.parametrize("fencing_token", [None, "", "token-1"])
 def test_append_input_bytes_match_protobuf(
