@@ -12,6 +12,11 @@ overlaps with writing and fsyncing the current one:
 
 Nothing is acknowledged before the commit that holds it has returned.
 
+Jobs pass between the threads through `queue.SimpleQueue`s, not a lock and conditions: a
+condition's `notify` from a thread holding the GIL, to one that must take the condition's lock
+back before it can run, cost ~120 us per hand-off here (the two threads trade the GIL and the
+lock); a `SimpleQueue.put` costs ~1.5 us.
+
 If a commit (or a prepare) fails, state held in memory may run ahead of the disk. The committer
 then fails that group and every job submitted before the failure was handled (their
 generation is stale), and calls `on_failure` on the loop so the owner can fall back to durable
@@ -23,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import queue
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -65,15 +71,15 @@ class GroupCommitter:
         self._group_bytes_max = group_bytes_max
         self._inflight_bytes_max = inflight_bytes_max
         self._lock = threading.Lock()
-        self._submitted: collections.deque[_Job] = collections.deque()
-        self._prepared: collections.deque[_Job] = collections.deque()
-        self._job_submitted = threading.Condition(self._lock)
-        self._job_prepared = threading.Condition(self._lock)
+        # In submission order; None after the last job (closing).
+        self._submitted: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._prepared: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        # What the writer took from `_prepared` but left for its next group.
+        self._held: collections.deque[_Job | None] = collections.deque(maxlen=1)
         # Bumped on every failure; jobs of an older generation are failed, never written.
         self._generation = 0
         self._recovering = False
         self._closing = False
-        self._encoder_done = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._threads: list[threading.Thread] = []
         # Bytes submitted but not yet durable; producers wait (FIFO) while over the bound.
@@ -143,9 +149,7 @@ class GroupCommitter:
                 rejected = S2Error("storage", "storage is recovering from a failed commit")
             else:
                 rejected = None
-                job = _Job(prepare, on_done, reserved_bytes, self._generation)
-                self._submitted.append(job)
-                self._job_submitted.notify()
+                self._submitted.put(_Job(prepare, on_done, reserved_bytes, self._generation))
         if rejected is not None:
             self.release(reserved_bytes)
             on_done(rejected)
@@ -169,53 +173,48 @@ class GroupCommitter:
     async def close(self) -> None:
         """Finish every queued job, then stop the threads."""
         with self._lock:
-            self._closing = True
-            self._job_submitted.notify_all()
-            self._job_prepared.notify_all()
+            if not self._closing:
+                self._closing = True
+                self._submitted.put(None)
         for thread in self._threads:
             await asyncio.to_thread(thread.join)
 
     # --- threads -----------------------------------------------------------------------------
 
     def _encode_loop(self) -> None:
-        while True:
-            with self._lock:
-                while not self._submitted and not self._closing:
-                    self._job_submitted.wait()
-                if not self._submitted:
-                    self._encoder_done = True
-                    self._job_prepared.notify_all()
-                    return
-                job = self._submitted.popleft()
+        while (job := self._submitted.get()) is not None:
             try:
                 job.writes = job.prepare() if job.generation == self._generation else ()
             except Exception as exc:
                 # Failed in order, by the writer: earlier groups must land (and be seen as
                 # durable) before recovery resets in-memory state to the durable state.
                 job.error = exc
-            with self._lock:
-                self._prepared.append(job)
-                self._job_prepared.notify()
+            self._prepared.put(job)
+        self._prepared.put(None)
 
     def _take_group(self) -> list[_Job] | None:
-        with self._lock:
-            while not self._prepared:
-                if self._encoder_done:
-                    return None
-                self._job_prepared.wait()
-            group = [self._prepared.popleft()]
-            group_bytes = group[0].size_bytes
-            while (
-                group[0].error is None
-                and self._prepared
-                and self._prepared[0].error is None
-                and len(group) < self._group_jobs_max
-                and group_bytes + self._prepared[0].size_bytes <= self._group_bytes_max
+        """The next prepared jobs to commit together (None: closed). A job whose prepare
+        failed is a group of its own."""
+        first = self._held.popleft() if self._held else self._prepared.get()
+        if first is None:
+            return None
+        group = [first]
+        group_bytes = first.size_bytes
+        while first.error is None and len(group) < self._group_jobs_max:
+            try:
+                job = self._prepared.get_nowait()
+            except queue.Empty:
+                break
+            if (
+                job is None
+                or job.error is not None
+                or group_bytes + job.size_bytes > self._group_bytes_max
             ):
-                job = self._prepared.popleft()
-                group.append(job)
-                group_bytes += job.size_bytes
-            return group
+                self._held.append(job)
+                break
+            group.append(job)
+            group_bytes += job.size_bytes
+        return group
 
     def _write_loop(self) -> None:
         loop = self._loop
