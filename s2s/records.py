@@ -7,6 +7,7 @@ The loop over records here is the only per-record work an append does before seq
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from s2s.errors import invalid
@@ -44,7 +45,9 @@ class Trim:
 class ValidatedBatch:
     """An append batch that passed every stateless check."""
 
-    records: list[pb.AppendRecord]
+    records: Sequence[pb.AppendRecord]
+    """The message's own repeated field: read again only for what the batch has (headers,
+    client timestamps)."""
     # Read once here and reused by the encoder: each access to a protobuf field builds a new
     # Python object, and per-record work is most of an append's CPU cost.
     bodies: list[bytes]
@@ -84,7 +87,12 @@ def validate_append_input(
     bodies alone take (`wire.plain_append_input_size`), no record has headers or a timestamp,
     and looking for them in each record (a third of this function's time) is skipped.
     """
-    records = list(message.records)
+    # With the size, plain batches read each record once (its body), and listing the records
+    # first took a fifth of the time; without it they are read three times, and a list keeps
+    # their Python wrappers for each pass.
+    records: Sequence[pb.AppendRecord] = (
+        message.records if encoded_size is not None else list(message.records)
+    )
     if not records:
         raise invalid("append batch must not be empty")
     if len(records) > BATCH_RECORDS_MAX:
