@@ -12,7 +12,11 @@ Scenarios:
                         both endpoints are our HTTP origin, the basin goes in `s2-basin`),
                         1000 x 1 KiB batches, pipelined as far as the SDK allows by default
                         (max_unacked_bytes 5 MiB, no batch limit: 5 batches of 1000 x 1 KiB,
-                        as the SDK meters them) (batches/s, records/s, MiB/s)
+                        as the SDK meters them) (batches/s, records/s, MiB/s, and the CPU
+                        time per batch of the server process and of this client). Run
+                        first against an S2S echo server (`--echo-server`: Hypercorn with
+                        the server's HTTP/2 tuning, acking each frame, storing nothing):
+                        the ceiling of the SDK, Hypercorn and HTTP/2 on this machine
   sdk-unary-500rps      unary append through the official SDK (`stream.append`, one 1 KiB
                         record, the SDK's own HTTP/2 connection), offered open-loop at 500/s:
                         each append is a task started at its due time i/500 s; latency runs
@@ -146,11 +150,17 @@ def _open_loop_summary(latencies: list[float], elapsed: float) -> dict[str, floa
     }
 
 
-async def sdk_session(sdk: S2, stream_name: str, seconds: float) -> dict[str, float]:
-    """Submits until the deadline, then closes the session (which waits for every ack)."""
+async def sdk_session(
+    sdk: S2, stream_name: str, seconds: float, server_pid: int
+) -> dict[str, float]:
+    """Submits until the deadline, then closes the session (which waits for every ack).
+
+    Also reports the CPU time each side spent per batch (server: the whole process, from
+    /proc; client: this process), which drifts less with the VM's speed than throughput."""
     stream = sdk.basin(BASIN).stream(stream_name)
     batch = AppendInput(records=[Record(body=RECORD) for _ in range(BATCH_RECORDS)])
     submitted = 0
+    server_cpu, client_cpu = _process_cpu_s(server_pid), time.process_time()
     start = time.perf_counter()
     deadline = start + seconds
     async with stream.append_session() as session:
@@ -162,7 +172,17 @@ async def sdk_session(sdk: S2, stream_name: str, seconds: float) -> dict[str, fl
         ack = await last
     elapsed = time.perf_counter() - start
     assert ack.end.seq_num == submitted * BATCH_RECORDS
-    return _throughput(submitted, elapsed)
+    return {
+        **_throughput(submitted, elapsed),
+        "server_cpu_ms_per_batch": (_process_cpu_s(server_pid) - server_cpu) / submitted * 1e3,
+        "client_cpu_ms_per_batch": (time.process_time() - client_cpu) / submitted * 1e3,
+    }
+
+
+def _process_cpu_s(pid: int) -> float:
+    """User plus system CPU seconds of a process, from /proc/PID/stat (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def sdk_unary(sdk: S2, stream_name: str, seconds: float) -> dict[str, float]:
@@ -249,7 +269,9 @@ async def grpc_session(target: str, stream_name: str, seconds: float) -> dict[st
     return _throughput(acked[0], elapsed)
 
 
-async def run_all(http_url: str, grpc_target: str, seconds: float) -> dict[str, dict[str, float]]:
+async def run_all(
+    http_url: str, grpc_target: str, seconds: float, server_pid: int
+) -> dict[str, dict[str, float]]:
     endpoints = Endpoints(account=http_url, basin=http_url)
     results: dict[str, dict[str, float]] = {}
     async with S2("unused-token", endpoints=endpoints) as sdk:
@@ -261,16 +283,16 @@ async def run_all(http_url: str, grpc_target: str, seconds: float) -> dict[str, 
         # counted as server latency; the server does the same after startup.
         gc.freeze()
         results["sdk-unary-500rps"] = await sdk_unary(sdk, "sdk-unary", seconds)
-        results["sdk-session-1000x1k"] = await sdk_session(sdk, "sdk-session", seconds)
+        results["sdk-session-1000x1k"] = await sdk_session(sdk, "sdk-session", seconds, server_pid)
     results["http-unary-500rps"] = await http_unary(http_url, "http-unary", seconds)
     results["grpc-session-1000x1k"] = await grpc_session(grpc_target, "grpc-session", seconds)
     return results
 
 
-async def echo_session(echo_url: str, seconds: float) -> dict[str, float]:
+async def echo_session(echo_url: str, seconds: float, echo_pid: int) -> dict[str, float]:
     async with S2("unused-token", endpoints=Endpoints(account=echo_url, basin=echo_url)) as sdk:
         gc.freeze()
-        return await sdk_session(sdk, "sdk-session", seconds)
+        return await sdk_session(sdk, "sdk-session", seconds, echo_pid)
 
 
 # --- driver ---------------------------------------------------------------------------------
@@ -298,13 +320,17 @@ def main() -> None:
             [sys.executable, __file__, "--echo-server", port_file], port_file
         )
         try:
-            ceiling = asyncio.run(echo_session(f"http://127.0.0.1:{echo_port}", args.seconds))
+            echo_url = f"http://127.0.0.1:{echo_port}"
+            ceiling = asyncio.run(echo_session(echo_url, args.seconds, echo.pid))
         finally:
             echo.kill()
             echo.wait()
         server = ServerProcess(os.path.join(scratch, "data")).start()
         try:
-            results = asyncio.run(run_all(server.http_url, server.target, args.seconds))
+            assert server.process is not None
+            results = asyncio.run(
+                run_all(server.http_url, server.target, args.seconds, server.process.pid)
+            )
         finally:
             server.stop()
         for name, result in results.items():
