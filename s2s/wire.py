@@ -171,6 +171,10 @@ def record_entries(
     concatenated by hand. Returns the byte chunks to join (several per entry, so bodies are not
     copied twice) and each entry's length.
     """
+    if not headed and bodies and timestamps.count(timestamps[0]) == len(timestamps):
+        plain = _plain_entries(bodies, first_seq, timestamps[0])
+        if plain is not None:
+            return plain
     chunks: list[bytes] = []
     lengths: list[int] = []
     add_chunk = chunks.append
@@ -202,6 +206,34 @@ def record_entries(
             add_chunk(body)
             add_length(len(prefix) + size)
         seq += 1
+    return chunks, lengths
+
+
+def _plain_entries(
+    bodies: Sequence[bytes], first_seq: int, timestamp: int
+) -> tuple[list[bytes], list[int]] | None:
+    """`record_entries` for the usual batch, built field by field over the whole batch (a
+    third faster than record by record): no headers, one timestamp (the sequencer's arrival
+    time), bodies of 1 byte to 16 KiB. None for any other batch."""
+    if not all(bodies):
+        return None  # an empty body has no body field at all
+    middle = (_TIMESTAMP_TAG + varint(timestamp) if timestamp else b"") + _BODY_TAG
+    try:
+        body_lengths = [_VARINTS[len(body)] for body in bodies]
+    except IndexError:
+        return None
+    heads = [
+        seq_field + middle + body_length
+        for seq_field, body_length in zip(
+            _seq_num_fields(first_seq, len(bodies)), body_lengths, strict=True
+        )
+    ]
+    starts = [
+        _READ_BATCH_RECORDS_TAG + varint(len(head) + len(body)) + head
+        for head, body in zip(heads, bodies, strict=True)
+    ]
+    chunks = [chunk for pair in zip(starts, bodies, strict=True) for chunk in pair]
+    lengths = [len(start) + len(body) for start, body in zip(starts, bodies, strict=True)]
     return chunks, lengths
 
 

@@ -57,6 +57,27 @@ def test_record_entries_match_a_serialized_read_batch(first_seq: int, timestamp:
     assert lengths == [len(entry) for entry in expected_entries]
 
 
+@pytest.mark.parametrize(
+    "bodies",
+    [
+        [b"x", b"y" * 127, b"z" * 128, b"w" * 16_383],  # built field by field over the batch
+        [b"x", b""],  # an empty body has no body field: record by record
+        [b"x", b"v" * 16_384],  # a body length past the cached varints: record by record
+    ],
+)
+@pytest.mark.parametrize("timestamp", [0, 1_700_000_000_000])
+def test_plain_batches_match_a_serialized_read_batch(bodies: list[bytes], timestamp: int) -> None:
+    chunks, lengths = record_entries(bodies, {}, 16_380, [timestamp] * len(bodies))
+    entries = [
+        pb.ReadBatch(
+            records=[pb.SequencedRecord(seq_num=16_380 + index, timestamp=timestamp, body=body)]
+        ).SerializeToString()
+        for index, body in enumerate(bodies)
+    ]
+    assert b"".join(chunks) == b"".join(entries)
+    assert lengths == [len(entry) for entry in entries]
+
+
 @pytest.mark.parametrize("first_seq", [0, 100, 16_300, 2**21 - 500, 2**63 - 1000])
 def test_sequence_numbers_are_encoded_across_varint_boundaries(first_seq: int) -> None:
     """A thousand numbers cross several 128-number runs (which share their high bits in
