@@ -7,6 +7,8 @@ zero values omitted (or kept, for fields with presence) and length prefixes all 
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from s2s.records import validate_append_input
@@ -182,3 +184,36 @@ def test_request_input_size_is_the_inputs_encoded_size() -> None:
 )
 def test_request_input_size_is_none_when_it_proves_nothing(request_bytes: bytes) -> None:
     assert request_input_size(request_bytes) is None
+
+
+def test_validation_with_the_size_finds_what_it_finds_without() -> None:
+    """500 random batches: bodies of random lengths (0 to 20,000 bytes, straddling the varint
+    boundaries), some records with headers or timestamps, sometimes conditions. Given the
+    encoded size, validation must reach exactly the result it reaches without it."""
+    rng = random.Random(20261122)
+    for _ in range(500):
+        records = []
+        for _ in range(rng.randint(1, 20)):
+            body = b"b" * rng.choice([0, 1, 126, 127, 128, 16_383, 16_384, rng.randint(0, 20_000)])
+            record = pb.AppendRecord(body=body)
+            if rng.random() < 0.1:
+                record.headers.append(pb.Header(name=b"k" * rng.randint(1, 3), value=b"v"))
+            if rng.random() < 0.1:
+                record.timestamp = rng.choice([0, 1, 2**40])
+            records.append(record)
+        message = pb.AppendInput(records=records)
+        if rng.random() < 0.3:
+            message.match_seq_num = rng.choice([0, 5, 2**33])
+        if rng.random() < 0.3:
+            message.fencing_token = rng.choice(["", "t", "token-" * 5])
+        encoded = message.SerializeToString()
+        sized = validate_append_input(pb.AppendInput.FromString(encoded), len(encoded))
+        unsized = validate_append_input(pb.AppendInput.FromString(encoded))
+        assert sized.bodies == unsized.bodies
+        assert list(sized.headed) == list(unsized.headed)
+        assert sized.has_client_timestamps == unsized.has_client_timestamps
+        assert sized.metered_sizes == unsized.metered_sizes
+        assert (sized.match_seq_num, sized.fencing_token) == (
+            unsized.match_seq_num,
+            unsized.fencing_token,
+        )
