@@ -41,6 +41,19 @@ _META_TABLES = (
 )
 
 
+def default_threads() -> int:
+    """Half the cores this process may run on, at least one.
+
+    A materialization runs two statements at a time (one batch prepared while the previous
+    commits, see writer.py), each on its own thread, and DuckDB spreads each statement over up
+    to `threads` cores: half the cores each keeps the two from fighting over them. On 2 cores
+    (bench/lake.py, append mode) one thread applied 114-115k rows/s against 89-97k with two,
+    which DuckDB would pick by default.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cores or 1) // 2)
+
+
 @dataclass(frozen=True)
 class LakeSettings:
     """Where the lake lives and how materializations batch."""
@@ -51,7 +64,7 @@ class LakeSettings:
     """A DuckLake catalog connection string; None: the embedded DuckDB file under `root`."""
     data_path: str | None = None
     """Where Parquet files go; None: `root/data`. Required with a shared catalog."""
-    threads: int = field(default_factory=lambda: default_threads())
+    threads: int = field(default_factory=default_threads)
     """DuckDB's threads: how many cores one statement may use (see `default_threads`)."""
     batch_rows_max: int = 100_000
     """Records per commit at most."""
@@ -74,18 +87,6 @@ class LakeSettings:
     @property
     def data_dir(self) -> str:
         return self.data_path or str(self.root / "data")
-
-
-def default_threads() -> int:
-    """Half the cores this process may run on, at least one.
-
-    A materialization runs two statements at a time (one batch prepared while the previous
-    commits, see writer.py), each on its own thread, and DuckDB spreads each statement over up
-    to `threads` cores: half the cores each keeps the two from fighting over them. On 2 cores
-    (bench/lake.py, append mode) one thread applied 114-115k rows/s against 89-97k with two,
-    which DuckDB would pick by default.
-    """
-    return max(1, len(os.sched_getaffinity(0)) // 2)
 
 
 def open_lake(settings: LakeSettings) -> duckdb.DuckDBPyConnection:
