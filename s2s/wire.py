@@ -1,6 +1,6 @@
 """Hand-assembled protobuf encodings for the append and read hot paths.
 
-Stored batches hold the encoded `ReadBatch.records` entries, built here record by record with
+Stored batches hold the encoded `ReadBatch.records` entries, built here field by field with
 plain byte concatenation (several times faster than a protobuf message per record); the read
 helpers add the optional `tail` field and the one-field envelope of read responses, so a
 response is one concatenation instead of decoding and re-encoding every record. The client
@@ -169,72 +169,38 @@ def record_entries(
 
     `bodies` holds every record's body and `headed` the records that carry headers, by index
     (rare: command records, user metadata); those go through protobuf, the rest are
-    concatenated by hand. Returns the byte chunks to join (several per entry, so bodies are not
-    copied twice) and each entry's length.
+    concatenated by hand, field by field over the whole batch (a comprehension per field is a
+    third faster than a loop doing every field of a record). Returns the byte chunks to join
+    (two per entry, so bodies are not copied twice) and each entry's length.
     """
-    if not headed and bodies and timestamps.count(timestamps[0]) == len(timestamps):
-        plain = _plain_entries(bodies, first_seq, timestamps[0])
-        if plain is not None:
-            return plain
-    chunks: list[bytes] = []
-    lengths: list[int] = []
-    add_chunk = chunks.append
-    add_length = lengths.append
-    seq_fields = iter(_seq_num_fields(first_seq, len(bodies)))
-    seq = first_seq
-    timestamp_field = b""
-    field_of: int | None = None
-    for index, (body, timestamp) in enumerate(zip(bodies, timestamps, strict=True)):
-        seq_field = next(seq_fields)
-        if timestamp != field_of:
-            field_of = timestamp
-            timestamp_field = _TIMESTAMP_TAG + varint(timestamp) if timestamp else b""
-        if headed and index in headed:
-            encoded = pb.SequencedRecord(
-                seq_num=seq, timestamp=timestamp, headers=headed[index].headers, body=body
-            ).SerializeToString()
-            prefix = _READ_BATCH_RECORDS_TAG + varint(len(encoded))
-            add_chunk(prefix)
-            add_chunk(encoded)
-            add_length(len(prefix) + len(encoded))
-        else:
-            head = seq_field + timestamp_field
-            if body:
-                head += _BODY_TAG + varint(len(body))
-            size = len(head) + len(body)
-            prefix = _READ_BATCH_RECORDS_TAG + varint(size)
-            add_chunk(prefix + head)
-            add_chunk(body)
-            add_length(len(prefix) + size)
-        seq += 1
-    return chunks, lengths
-
-
-def _plain_entries(
-    bodies: Sequence[bytes], first_seq: int, timestamp: int
-) -> tuple[list[bytes], list[int]] | None:
-    """`record_entries` for the usual batch, built field by field over the whole batch (a
-    third faster than record by record): no headers, one timestamp (the sequencer's arrival
-    time), bodies of 1 byte to 16 KiB. None for any other batch."""
-    if not all(bodies):
-        return None  # an empty body has no body field at all
-    middle = (_TIMESTAMP_TAG + varint(timestamp) if timestamp else b"") + _BODY_TAG
-    try:
-        body_lengths = [_VARINTS[len(body)] for body in bodies]
-    except IndexError:
-        return None
+    # Few distinct values per batch: each field is encoded once per value, not per record.
+    timestamp_fields = {
+        timestamp: _TIMESTAMP_TAG + varint(timestamp) if timestamp else b""
+        for timestamp in set(timestamps)
+    }
+    body_lengths = list(map(len, bodies))
+    body_heads = {n: _BODY_TAG + varint(n) if n else b"" for n in set(body_lengths)}
     heads = [
-        seq_field + middle + body_length
-        for seq_field, body_length in zip(
-            _seq_num_fields(first_seq, len(bodies)), body_lengths, strict=True
+        seq_field + timestamp_fields[timestamp] + body_heads[body_length]
+        for seq_field, timestamp, body_length in zip(
+            _seq_num_fields(first_seq, len(bodies)), timestamps, body_lengths, strict=True
         )
     ]
     starts = [
-        _READ_BATCH_RECORDS_TAG + varint(len(head) + len(body)) + head
-        for head, body in zip(heads, bodies, strict=True)
+        _READ_BATCH_RECORDS_TAG + varint(len(head) + body_length) + head
+        for head, body_length in zip(heads, body_lengths, strict=True)
     ]
-    chunks = [chunk for pair in zip(starts, bodies, strict=True) for chunk in pair]
-    lengths = [len(start) + len(body) for start, body in zip(starts, bodies, strict=True)]
+    rests = list(bodies)
+    for index, record in headed.items():
+        rests[index] = pb.SequencedRecord(
+            seq_num=first_seq + index,
+            timestamp=timestamps[index],
+            headers=record.headers,
+            body=bodies[index],
+        ).SerializeToString()
+        starts[index] = _READ_BATCH_RECORDS_TAG + varint(len(rests[index]))
+    chunks = [chunk for pair in zip(starts, rests, strict=True) for chunk in pair]
+    lengths = [len(start) + len(rest) for start, rest in zip(starts, rests, strict=True)]
     return chunks, lengths
 
 

@@ -62,9 +62,9 @@ def test_record_entries_match_a_serialized_read_batch(first_seq: int, timestamp:
 @pytest.mark.parametrize(
     "bodies",
     [
-        [b"x", b"y" * 127, b"z" * 128, b"w" * 16_383],  # built field by field over the batch
-        [b"x", b""],  # an empty body has no body field: record by record
-        [b"x", b"v" * 16_384],  # a body length past the cached varints: record by record
+        [b"x", b"y" * 127, b"z" * 128, b"w" * 16_383],  # lengths across a varint boundary
+        [b"x", b""],  # an empty body has no body field at all
+        [b"x", b"v" * 16_384],  # a body length past the cached varints
     ],
 )
 @pytest.mark.parametrize("timestamp", [0, 1_700_000_000_000])

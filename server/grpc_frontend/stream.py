@@ -81,7 +81,9 @@ class StreamServicer:
         )
 
     @unary
-    async def Append(self, sized: Sized[spb.AppendRequest], context: Context) -> spb.AppendResponse:
+    async def Append(
+        self, sized: SizedRequest[spb.AppendRequest], context: Context
+    ) -> spb.AppendResponse:
         request, input_size = sized
         basin, stream = _stream_names(request.basin, request.stream)
         batch = validate_append_input(request.input, input_size)
@@ -89,7 +91,7 @@ class StreamServicer:
         return spb.AppendResponse(ack=ack_message(ack))
 
     async def AppendSession(
-        self, requests: AsyncIterator[Sized[spb.AppendSessionRequest]], context: Context
+        self, requests: AsyncIterator[SizedRequest[spb.AppendSessionRequest]], context: Context
     ) -> AsyncIterator[spb.AppendSessionResponse]:
         """Sequence each input as it arrives; ack in order as each becomes durable.
 
@@ -170,12 +172,12 @@ async def _drain(intake: asyncio.Task[None], last_received: list[float]) -> None
 
 
 Request = TypeVar("Request")
-Sized = tuple[Request, int | None]
+SizedRequest = tuple[Request, int | None]
 """An append request and the encoded size of its input (see `validate_append_input`)."""
 
 
-def _with_input_size(parse: Callable[[bytes], Request]) -> Callable[[bytes], Sized[Request]]:
-    def deserialize(data: bytes) -> Sized[Request]:
+def _with_input_size(parse: Callable[[bytes], Request]) -> Callable[[bytes], SizedRequest[Request]]:
+    def deserialize(data: bytes) -> SizedRequest[Request]:
         return parse(data), request_input_size(data)
 
     return deserialize
