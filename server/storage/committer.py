@@ -12,6 +12,11 @@ overlaps with writing and fsyncing the current one:
 
 Nothing is acknowledged before the commit that holds it has returned.
 
+A job whose `prepare` is cheap (a few small records, a control-plane write) skips the encoder
+when nothing is waiting there: it is prepared on the loop and handed straight to the writer.
+Waking the encoder thread for it cost more than the work itself: with single-record appends,
+that hand-off was a thread wake-up and a GIL exchange per append (see `submit`).
+
 Jobs pass between the threads through `queue.SimpleQueue`s, not a lock and conditions: a
 condition's `notify` from a thread holding the GIL, to one that must take the condition's lock
 back before it can run, cost ~120 us per hand-off here (the two threads trade the GIL and the
@@ -54,6 +59,23 @@ class _Job:
     error: Exception | None = None
 
 
+def last_write_per_key(group: Sequence[_Job]) -> list[Write]:
+    """The group's writes, keeping only the last one to each key (the one that decides its value
+    in a single transaction). Appends to one stream in a group each rewrite its tail row; every
+    LMDB call releases the GIL, and with the event loop busy, taking it back can cost a whole
+    switch interval, so each call saved shortens the commit."""
+    return list({(write.table, write.key): write for job in group for write in job.writes}.values())
+
+
+def _prepare(job: _Job) -> None:
+    try:
+        job.writes = job.prepare()
+    except Exception as exc:
+        # Failed in order, by the writer: earlier groups must land (and be seen as durable)
+        # before recovery resets in-memory state to the durable state.
+        job.error = exc
+
+
 class GroupCommitter:
     """The single writer of a `KeyValueStore`, batching concurrent jobs into shared commits."""
 
@@ -74,6 +96,9 @@ class GroupCommitter:
         # In submission order; None after the last job (closing).
         self._submitted: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._prepared: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        # Jobs in `_submitted` not yet handed to `_prepared`: while any are, a job may not
+        # bypass the encoder, or it would overtake them.
+        self._encoding = 0
         # What the writer took from `_prepared` but left for its next group.
         self._held: collections.deque[_Job | None] = collections.deque(maxlen=1)
         # Bumped on every failure; jobs of an older generation are failed, never written.
@@ -134,12 +159,14 @@ class GroupCommitter:
         prepare: Callable[[], Sequence[Write]],
         on_done: Callable[[S2Error | None], None],
         reserved_bytes: int = 0,
+        cheap: bool = False,
     ) -> None:
         """Queue a job. `on_done(None)` runs on the loop after its writes are durable, in
         submission order; `on_done(error)` if they never will be.
 
         Call from the event loop. `reserved_bytes` is what `reserve` granted for this job; it is
-        released when the job completes either way.
+        released when the job completes either way. `cheap` says `prepare` takes microseconds:
+        it may then run here, on the loop, if no earlier job is still with the encoder.
         """
         assert self._loop is not None, "committer not started"
         with self._lock:
@@ -149,10 +176,19 @@ class GroupCommitter:
                 rejected = S2Error("storage", "storage is recovering from a failed commit")
             else:
                 rejected = None
-                self._submitted.put(_Job(prepare, on_done, reserved_bytes, self._generation))
+                job = _Job(prepare, on_done, reserved_bytes, self._generation)
+                # Only the loop adds to `_encoding`, so once it reads 0 here every earlier job
+                # is already in `_prepared`, and this one can follow it there directly.
+                bypass = cheap and self._encoding == 0
+                if not bypass:
+                    self._encoding += 1
+                    self._submitted.put(job)
         if rejected is not None:
             self.release(reserved_bytes)
             on_done(rejected)
+        elif bypass:
+            _prepare(job)
+            self._prepared.put(job)
 
     async def commit(self, writes: Sequence[Write]) -> None:
         """Durably apply writes (control plane, jobs), sharing a group with appends."""
@@ -167,7 +203,7 @@ class GroupCommitter:
             else:
                 done.set_exception(error)
 
-        self.submit(lambda: writes, on_done)
+        self.submit(lambda: writes, on_done, cheap=True)
         await done
 
     async def close(self) -> None:
@@ -183,13 +219,11 @@ class GroupCommitter:
 
     def _encode_loop(self) -> None:
         while (job := self._submitted.get()) is not None:
-            try:
-                job.writes = job.prepare() if job.generation == self._generation else ()
-            except Exception as exc:
-                # Failed in order, by the writer: earlier groups must land (and be seen as
-                # durable) before recovery resets in-memory state to the durable state.
-                job.error = exc
+            if job.generation == self._generation:
+                _prepare(job)
             self._prepared.put(job)
+            with self._lock:
+                self._encoding -= 1
         self._prepared.put(None)
 
     def _take_group(self) -> list[_Job] | None:
@@ -229,7 +263,7 @@ class GroupCommitter:
             try:
                 if group[0].error is not None:
                     raise group[0].error
-                self._kv.commit([write for job in group for write in job.writes])
+                self._kv.commit(last_write_per_key(group))
             except Exception as exc:
                 self._handle_failure(group, exc)
                 continue

@@ -13,7 +13,9 @@ Invariants (the engine relies on them; tests check them after crashes):
   per batch, same commit) is ordered like the batches and finds the first batch whose last
   record is at or after a time.
 - A batch's payload is already the protobuf encoding of `ReadBatch.records` entries, so a read
-  returns slices of it without decoding records. A CRC-32 of the payload is checked on read.
+  returns slices of it without decoding records. Every batch is checked on read: version 2
+  (written now) ends in a CRC-32C of all its other bytes; version 1 (still read) holds a
+  CRC-32 of its payload in the header.
 
 All integers in keys are big-endian (so byte order is numeric order); in values they are
 little-endian.
@@ -40,6 +42,8 @@ from array import array
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from itertools import accumulate
+
+import google_crc32c
 
 from s2s.v1 import records_pb2 as pb
 from s2s.wire import record_entries
@@ -129,9 +133,15 @@ class TailRow:
 # --- batches -------------------------------------------------------------------------------
 
 BATCH_MAGIC = 0xB5
-BATCH_VERSION = 1
-# magic u8, version u8, reserved u16, count u32, first_seq u64, arrival_ms u64, payload crc u32
+BATCH_VERSION = 2
+# magic u8, version u8, reserved u16, count u32, first_seq u64, arrival_ms u64, then a u32 that
+# is the payload's CRC-32 in version 1 and 0 in version 2.
 _BATCH_HEADER = struct.Struct("<BBHIQQI")
+_CRC_TRAILER = struct.Struct("<I")
+CRC32C_RESIDUE = 0x48674BC7
+"""The CRC-32C of any bytes followed by their own CRC-32C (little-endian): a version 2 batch is
+intact when the CRC-32C of the whole value is this, so checking needs no copy of a slice.
+CRC-32C is computed in hardware (`google_crc32c`: ~45 us per MiB here, zlib's CRC-32 ~400 us)."""
 
 
 class CorruptBatch(Exception):
@@ -163,29 +173,22 @@ def encode_batch(
     """Encode one append as a batch value (`headed`: the records with headers, by index).
 
     Layout: header, offsets[count + 1] (u32, start of each record's entry in the payload and
-    the payload's length), timestamps[count] (u64), metered sizes[count] (u32), payload.
+    the payload's length), timestamps[count] (u64), metered sizes[count] (u32), payload, and
+    the CRC-32C of all of that (u32).
     """
     chunks, lengths = record_entries(bodies, headed, first_seq, timestamps)
-    payload = b"".join(chunks)
-    offsets = [0, *accumulate(lengths)]
-    header = _BATCH_HEADER.pack(
-        BATCH_MAGIC,
-        BATCH_VERSION,
-        0,
-        len(bodies),
-        first_seq,
-        arrival_ms,
-        zlib.crc32(payload),
-    )
-    return b"".join(
-        (
-            header,
-            _u32_array(offsets).tobytes(),
-            _u64_array(timestamps).tobytes(),
-            _u32_array(metered_sizes).tobytes(),
-            payload,
-        )
-    )
+    parts = [
+        _BATCH_HEADER.pack(BATCH_MAGIC, BATCH_VERSION, 0, len(bodies), first_seq, arrival_ms, 0),
+        _u32_array([0, *accumulate(lengths)]).tobytes(),
+        _u64_array(timestamps).tobytes(),
+        _u32_array(metered_sizes).tobytes(),
+        b"".join(chunks),
+    ]
+    crc = 0
+    for part in parts:
+        crc = google_crc32c.extend(crc, part)
+    parts.append(_CRC_TRAILER.pack(crc))
+    return b"".join(parts)
 
 
 @dataclass(frozen=True)
@@ -209,12 +212,14 @@ class Batch:
 
     __slots__ = ("arrival_ms", "count", "first_seq", "metered", "offsets", "payload", "timestamps")
 
-    def __init__(self, data: bytes, verify: bool = True) -> None:
+    def __init__(self, data: bytes) -> None:
         if len(data) < _BATCH_HEADER.size:
             raise CorruptBatch("batch shorter than its header")
         magic, version, _, count, first_seq, arrival_ms, crc = _BATCH_HEADER.unpack_from(data)
-        if magic != BATCH_MAGIC or version != BATCH_VERSION:
+        if magic != BATCH_MAGIC or version not in (1, 2):
             raise CorruptBatch(f"bad batch magic/version {magic:#x}/{version}")
+        if version == 2 and google_crc32c.value(data) != CRC32C_RESIDUE:
+            raise CorruptBatch(f"batch at seq {first_seq} failed its checksum")
         pos = _BATCH_HEADER.size
         offsets = array("I")
         offsets.frombytes(data[pos : pos + 4 * (count + 1)])
@@ -229,8 +234,8 @@ class Batch:
             offsets.byteswap()
             timestamps.byteswap()
             metered.byteswap()
-        payload = memoryview(data)[pos:]
-        if len(payload) != offsets[-1] or (verify and zlib.crc32(payload) != crc):
+        payload = memoryview(data)[pos : len(data) - (_CRC_TRAILER.size if version == 2 else 0)]
+        if len(payload) != offsets[-1] or (version == 1 and zlib.crc32(payload) != crc):
             raise CorruptBatch(f"batch at seq {first_seq} failed its checksum")
         self.count: int = count
         self.first_seq: int = first_seq
