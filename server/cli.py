@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 GIL_SWITCH_INTERVAL_S = 0.0005
-"""The event loop, the encoder and the writer threads share the GIL. CPython's default 5 ms
+"""The event loop and the committer's writer thread share the GIL. CPython's default 5 ms
 switch interval makes each hand-off between them wait up to 5 ms; 0.5 ms cut unary append p99
 at 1,000/s from ~100 ms to ~20 ms and raised session throughput ~20% (bench/grpc_append.py)."""
 

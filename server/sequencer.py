@@ -30,11 +30,6 @@ from server.storage.committer import GroupCommitter
 from server.storage.kv import Put, Table, Write
 from server.storage.layout import TailRow, batch_key, encode_batch, sid_key, timestamp_key
 
-CHEAP_BATCH_RECORDS_MAX = 16
-CHEAP_BATCH_BYTES_MAX = 64 * 1024
-"""Batches this small are encoded in tens of microseconds: the committer may encode them on the
-event loop rather than wake its encoder thread for them (see `GroupCommitter.submit`)."""
-
 
 @dataclass(frozen=True)
 class StreamPosition:
@@ -142,10 +137,7 @@ class StreamSequencer:
             else:
                 ack.set_exception(error)
 
-        cheap = (
-            batch.count <= CHEAP_BATCH_RECORDS_MAX and batch.metered_bytes <= CHEAP_BATCH_BYTES_MAX
-        )
-        self._committer.submit(prepare, on_done, batch.metered_bytes, cheap)
+        self._committer.submit(prepare, on_done, batch.metered_bytes)
         return ack
 
     def _sequence(self, batch: ValidatedBatch) -> tuple[int, list[int], TailRow]:

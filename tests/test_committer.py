@@ -1,11 +1,10 @@
-"""The group committer on a real LMDB store: order kept when cheap jobs skip the encoder thread,
-and one write per key per commit."""
+"""The group committer on a real LMDB store: jobs are prepared on the loop and committed in
+submission order, and a commit writes each key once."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -43,15 +42,12 @@ async def committer(tmp_path: Path) -> AsyncIterator[tuple[GroupCommitter, Recor
 def submit(
     group_committer: GroupCommitter,
     writes: Sequence[Write],
-    cheap: bool,
     done: list[str],
     name: str,
-    prepare_s: float = 0.0,
 ) -> asyncio.Future[None]:
     future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def prepare() -> Sequence[Write]:
-        time.sleep(prepare_s)
         return writes
 
     def on_done(error: S2Error | None) -> None:
@@ -61,70 +57,64 @@ def submit(
         else:
             future.set_exception(error)
 
-    group_committer.submit(prepare, on_done, cheap=cheap)
+    group_committer.submit(prepare, on_done)
     return future
 
 
-async def test_a_cheap_job_never_overtakes_one_still_being_encoded(tmp_path: Path) -> None:
-    async with committer(tmp_path) as (group_committer, kv):
-        done: list[str] = []
-        key = b"k"
-        slow = submit(group_committer, [Put(Table.SYSTEM, key, b"slow")], False, done, "slow", 0.2)
-        cheap = submit(group_committer, [Put(Table.SYSTEM, key, b"cheap")], True, done, "cheap")
-        await asyncio.gather(slow, cheap)
-        assert done == ["slow", "cheap"]
-        assert kv.get(Table.SYSTEM, key) == b"cheap"
-
-
-async def test_a_cheap_job_is_prepared_on_the_loop_when_the_encoder_is_idle(
+async def test_jobs_are_prepared_on_the_loop_and_completed_in_submission_order(
     tmp_path: Path,
 ) -> None:
-    async with committer(tmp_path) as (group_committer, _):
+    async with committer(tmp_path) as (group_committer, kv):
         threads: list[str] = []
+        done: list[str] = []
+        futures = []
+        for index in range(50):
 
-        def prepare() -> Sequence[Write]:
-            threads.append(threading.current_thread().name)
-            return [Put(Table.SYSTEM, b"k", b"v")]
+            def prepare(index: int = index) -> Sequence[Write]:
+                threads.append(threading.current_thread().name)
+                return [Put(Table.SYSTEM, b"k", str(index).encode())]
 
-        for cheap in (True, False):
-            done: asyncio.Event = asyncio.Event()
+            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
-            def on_done(error: S2Error | None, done: asyncio.Event = done) -> None:
+            def on_done(
+                error: S2Error | None, index: int = index, future: asyncio.Future[None] = future
+            ) -> None:
                 assert error is None
-                done.set()
+                done.append(str(index))
+                future.set_result(None)
 
-            group_committer.submit(prepare, on_done, cheap=cheap)
-            await done.wait()
-        assert threads == [threading.current_thread().name, "s2s-encoder"]
+            group_committer.submit(prepare, on_done)
+            futures.append(future)
+        await asyncio.gather(*futures)
+        assert set(threads) == {threading.current_thread().name}
+        assert done == [str(index) for index in range(50)]
+        assert kv.get(Table.SYSTEM, b"k") == b"49"
 
 
 async def test_a_commit_writes_each_key_once_with_its_last_value(tmp_path: Path) -> None:
     async with committer(tmp_path) as (group_committer, kv):
         done: list[str] = []
-        await submit(group_committer, [Put(Table.SYSTEM, b"gone", b"0")], True, done, "setup")
+        await submit(group_committer, [Put(Table.SYSTEM, b"gone", b"0")], done, "setup")
         gate = kv.hold_commit()
-        first = submit(group_committer, [Put(Table.SYSTEM, b"a", b"0")], True, done, "first")
+        first = submit(group_committer, [Put(Table.SYSTEM, b"a", b"0")], done, "first")
         await asyncio.to_thread(gate.entered.wait)
         # These three wait behind the held commit and become one group.
         behind = [
             submit(
                 group_committer,
                 [Put(Table.SYSTEM, b"a", b"1"), Put(Table.SYSTEM, b"c", b"1")],
-                True,
                 done,
                 "b1",
             ),
             submit(
                 group_committer,
                 [Put(Table.SYSTEM, b"a", b"2"), Delete(Table.SYSTEM, b"gone")],
-                True,
                 done,
                 "b2",
             ),
             submit(
                 group_committer,
                 [Put(Table.SYSTEM, b"gone", b"back"), Delete(Table.SYSTEM, b"c")],
-                True,
                 done,
                 "b3",
             ),

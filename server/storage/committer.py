@@ -1,26 +1,25 @@
 """Group commit: many pending appends become one durable commit.
 
 Every mutation of the store (appends of every stream, control-plane changes, background
-deletions) is a job submitted here. Two threads form a pipeline, so encoding the next group
-overlaps with writing and fsyncing the current one:
+deletions) is a job submitted here, from the event loop. `submit` runs the job's `prepare`
+at once, on the loop, producing its writes (batch encoding happens here), and queues the job.
+One *writer* thread takes every queued job (up to a group bound), commits their writes in one
+transaction (one fsync pair for the whole group), and then, on the event loop, runs each job's
+`on_done` callback in submission order. Nothing is acknowledged before the commit that holds it
+has returned.
 
-1. the *encoder* takes jobs in submission order and runs each job's `prepare`, which produces
-   its writes (batch encoding happens here, off the event loop);
-2. the *writer* takes every prepared job (up to a group bound), commits their writes in one
-   transaction (one fsync pair for the whole group), and then, on the event loop, runs each
-   job's `on_done` callback in submission order.
+Why encoding runs on the loop, not in a thread of its own (it did until 2026-11-23): the
+threads of one process take turns holding the GIL, and encoding holds it from start to end
+(CRC-32C included, ~45 us per MiB), so an encoder thread overlapped nothing and added hand-offs:
+every job woke it, and it and the loop traded the GIL back and forth. With it gone, 1000 x 1 KiB
+gRPC sessions were faster in 8 alternating pairs of 8 and used less server CPU per batch
+(`docs/adr/0001-storage.md`). The price is that the loop is busy for ~1 ms while it encodes a
+1000-record batch, as it already is while validating one.
 
-Nothing is acknowledged before the commit that holds it has returned.
-
-A job whose `prepare` is cheap (a few small records, a control-plane write) skips the encoder
-when nothing is waiting there: it is prepared on the loop and handed straight to the writer.
-Waking the encoder thread for it cost more than the work itself: with single-record appends,
-that hand-off was a thread wake-up and a GIL exchange per append (see `submit`).
-
-Jobs pass between the threads through `queue.SimpleQueue`s, not a lock and conditions: a
-condition's `notify` from a thread holding the GIL, to one that must take the condition's lock
-back before it can run, cost ~120 us per hand-off here (the two threads trade the GIL and the
-lock); a `SimpleQueue.put` costs ~1.5 us.
+Jobs pass to the writer through a `queue.SimpleQueue`, not a lock and conditions: a condition's
+`notify` from a thread holding the GIL, to one that must take the condition's lock back before it
+can run, cost ~120 us per hand-off here (the two threads trade the GIL and the lock); a
+`SimpleQueue.put` costs ~1.5 us.
 
 If a commit (or a prepare) fails, state held in memory may run ahead of the disk. The committer
 then fails that group and every job submitted before the failure was handled (their
@@ -55,7 +54,7 @@ class _Job:
     size_bytes: int
     generation: int
     writes: Sequence[Write] = field(default_factory=tuple)
-    # Set by the encoder if `prepare` raised; the writer fails the job in its turn.
+    # Set if `prepare` raised; the writer fails the job in its turn.
     error: Exception | None = None
 
 
@@ -93,12 +92,8 @@ class GroupCommitter:
         self._group_bytes_max = group_bytes_max
         self._inflight_bytes_max = inflight_bytes_max
         self._lock = threading.Lock()
-        # In submission order; None after the last job (closing).
-        self._submitted: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        # Prepared jobs in submission order; None after the last one (closing).
         self._prepared: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        # Jobs in `_submitted` not yet handed to `_prepared`: while any are, a job may not
-        # bypass the encoder, or it would overtake them.
-        self._encoding = 0
         # What the writer took from `_prepared` but left for its next group.
         self._held: collections.deque[_Job | None] = collections.deque(maxlen=1)
         # Bumped on every failure; jobs of an older generation are failed, never written.
@@ -106,7 +101,7 @@ class GroupCommitter:
         self._recovering = False
         self._closing = False
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._threads: list[threading.Thread] = []
+        self._writer: threading.Thread | None = None
         # Bytes submitted but not yet durable; producers wait (FIFO) while over the bound.
         self._inflight_bytes = 0
         self._space_waiters: collections.deque[tuple[int, asyncio.Future[None]]] = (
@@ -116,12 +111,8 @@ class GroupCommitter:
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._threads = [
-            threading.Thread(target=self._encode_loop, name="s2s-encoder", daemon=True),
-            threading.Thread(target=self._write_loop, name="s2s-writer", daemon=True),
-        ]
-        for thread in self._threads:
-            thread.start()
+        self._writer = threading.Thread(target=self._write_loop, name="s2s-writer", daemon=True)
+        self._writer.start()
 
     async def reserve(self, size_bytes: int) -> None:
         """Wait until `size_bytes` more fit under the in-flight bound; FIFO, so order is kept."""
@@ -159,14 +150,12 @@ class GroupCommitter:
         prepare: Callable[[], Sequence[Write]],
         on_done: Callable[[S2Error | None], None],
         reserved_bytes: int = 0,
-        cheap: bool = False,
     ) -> None:
-        """Queue a job. `on_done(None)` runs on the loop after its writes are durable, in
-        submission order; `on_done(error)` if they never will be.
+        """Prepare a job and queue it. `on_done(None)` runs on the loop after its writes are
+        durable, in submission order; `on_done(error)` if they never will be.
 
         Call from the event loop. `reserved_bytes` is what `reserve` granted for this job; it is
-        released when the job completes either way. `cheap` says `prepare` takes microseconds:
-        it may then run here, on the loop, if no earlier job is still with the encoder.
+        released when the job completes either way.
         """
         assert self._loop is not None, "committer not started"
         with self._lock:
@@ -177,18 +166,13 @@ class GroupCommitter:
             else:
                 rejected = None
                 job = _Job(prepare, on_done, reserved_bytes, self._generation)
-                # Only the loop adds to `_encoding`, so once it reads 0 here every earlier job
-                # is already in `_prepared`, and this one can follow it there directly.
-                bypass = cheap and self._encoding == 0
-                if not bypass:
-                    self._encoding += 1
-                    self._submitted.put(job)
         if rejected is not None:
             self.release(reserved_bytes)
             on_done(rejected)
-        elif bypass:
-            _prepare(job)
-            self._prepared.put(job)
+            return
+        # Only the loop submits, so jobs reach the queue in submission order.
+        _prepare(job)
+        self._prepared.put(job)
 
     async def commit(self, writes: Sequence[Write]) -> None:
         """Durably apply writes (control plane, jobs), sharing a group with appends."""
@@ -203,7 +187,7 @@ class GroupCommitter:
             else:
                 done.set_exception(error)
 
-        self.submit(lambda: writes, on_done, cheap=True)
+        self.submit(lambda: writes, on_done)
         await done
 
     async def close(self) -> None:
@@ -211,20 +195,11 @@ class GroupCommitter:
         with self._lock:
             if not self._closing:
                 self._closing = True
-                self._submitted.put(None)
-        for thread in self._threads:
-            await asyncio.to_thread(thread.join)
+                self._prepared.put(None)
+        if self._writer is not None:
+            await asyncio.to_thread(self._writer.join)
 
     # --- threads -----------------------------------------------------------------------------
-
-    def _encode_loop(self) -> None:
-        while (job := self._submitted.get()) is not None:
-            if job.generation == self._generation:
-                _prepare(job)
-            self._prepared.put(job)
-            with self._lock:
-                self._encoding -= 1
-        self._prepared.put(None)
 
     def _take_group(self) -> list[_Job] | None:
         """The next prepared jobs to commit together (None: closed). A job whose prepare
