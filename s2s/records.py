@@ -41,6 +41,10 @@ class Trim:
     first_seq_num: int
 
 
+Headers = list[tuple[bytes, bytes]]
+"""A record's headers as (name, value) pairs, read out of protobuf once."""
+
+
 @dataclass(frozen=True)
 class ValidatedBatch:
     """An append batch that passed every stateless check."""
@@ -51,8 +55,8 @@ class ValidatedBatch:
     # Read once here and reused by the encoder: each access to a protobuf field builds a new
     # Python object, and per-record work is most of an append's CPU cost.
     bodies: list[bytes]
-    headed: dict[int, pb.AppendRecord]
-    """The records that carry headers, by index (usually none)."""
+    headed: dict[int, Headers]
+    """The headers of the records that carry any, by index (usually none)."""
     metered_sizes: list[int]
     has_client_timestamps: bool
     metered_bytes: int
@@ -67,9 +71,13 @@ class ValidatedBatch:
 
 def metered_size(record: pb.AppendRecord) -> int:
     """S2's metered size: 8 + 2 per header + header names and values + body."""
-    size = RECORD_METERED_OVERHEAD_BYTES + len(record.body)
-    for header in record.headers:
-        size += 2 + len(header.name) + len(header.value)
+    return _metered_size([(h.name, h.value) for h in record.headers], len(record.body))
+
+
+def _metered_size(headers: Headers, body_length: int) -> int:
+    size = RECORD_METERED_OVERHEAD_BYTES + body_length + 2 * len(headers)
+    for name, value in headers:
+        size += len(name) + len(value)
     return size
 
 
@@ -109,13 +117,18 @@ def validate_append_input(
     plain = encoded_size is not None and encoded_size == plain_append_input_size(
         lengths, match_seq_num, fencing_token
     )
-    headed = (
-        {} if plain else {index: record for index, record in enumerate(records) if record.headers}
-    )
+    # Each header is read out of protobuf once, here, and the encoder uses these pairs.
+    headed: dict[int, Headers] = {}
+    has_timestamps = False
+    if not plain:
+        for index, record in enumerate(records):
+            if record_headers := record.headers:
+                headed[index] = [(header.name, header.value) for header in record_headers]
+            has_timestamps = has_timestamps or record.HasField("timestamp")
     commands: list[Fence | Trim] = []
-    for index, record in headed.items():
-        sizes[index] = metered_size(record)
-        command = _command(index, record)
+    for index, headers in headed.items():
+        sizes[index] = _metered_size(headers, lengths[index])
+        command = _command(index, headers, bodies[index])
         if command is not None:
             commands.append(command)
     if max(sizes) > RECORD_METERED_BYTES_MAX:
@@ -128,7 +141,6 @@ def validate_append_input(
         raise invalid(
             f"append batch is {total} metered bytes; the limit is {BATCH_METERED_BYTES_MAX}"
         )
-    has_timestamps = not plain and any(record.HasField("timestamp") for record in records)
     return ValidatedBatch(
         records=records,
         bodies=bodies,
@@ -142,27 +154,25 @@ def validate_append_input(
     )
 
 
-def _command(index: int, record: pb.AppendRecord) -> Fence | Trim | None:
-    headers = record.headers
+def _command(index: int, headers: Headers, body: bytes) -> Fence | Trim | None:
     if len(headers) > HEADERS_PER_RECORD_MAX:
         raise invalid(f"record {index} has more than {HEADERS_PER_RECORD_MAX} headers")
-    empty_names = sum(1 for h in headers if not h.name)
-    if empty_names == 0:
+    if all(name for name, _ in headers):
         return None
     if len(headers) > 1:
         raise invalid(f"record {index}: header name must not be empty (empty name)")
-    op = headers[0].value
+    op = headers[0][1]
     if op == COMMAND_FENCE:
         try:
-            token = record.body.decode()
+            token = body.decode()
         except UnicodeDecodeError:
             raise invalid(f"record {index}: fence token must be valid UTF-8") from None
         validate_fencing_token(token, f"record {index}: fence token")
         return Fence(index, token)
     if op == COMMAND_TRIM:
-        if len(record.body) != 8:
+        if len(body) != 8:
             raise invalid(f"record {index}: trim body must be exactly 8 bytes (big-endian u64)")
-        return Trim(index, int.from_bytes(record.body, "big"))
+        return Trim(index, int.from_bytes(body, "big"))
     raise invalid(f"record {index}: unknown command {op!r}")
 
 

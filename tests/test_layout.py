@@ -23,7 +23,7 @@ METERED = [8 + len(body) for body in BODIES]
 
 
 def encoded() -> bytes:
-    headed = {1: pb.AppendRecord(headers=[pb.Header(name=b"h", value=b"v")])}
+    headed = {1: [(b"h", b"v")]}
     return encode_batch(BODIES, headed, 40, TIMESTAMPS, METERED, 1234)
 
 

@@ -24,7 +24,13 @@ from s2s.wire import (
 )
 
 BODIES = [b"", b"x", b"y" * 127, b"z" * 128, b"w" * 16_383, b"v" * 16_384, b"u" * 300_000]
-HEADERS = [pb.Header(name=b"k", value=b"v"), pb.Header(name=b"", value=b"fence")]
+HEADERS = [
+    pb.Header(name=b"k", value=b"v"),
+    pb.Header(name=b"", value=b"fence"),  # an empty name has no name field
+    pb.Header(name=b"n", value=b""),  # an empty value has no value field
+    pb.Header(),  # an empty header is still an (empty) entry
+    pb.Header(name=b"x" * 130, value=b"y" * 16_400),  # two- and three-byte lengths
+]
 
 
 @pytest.mark.parametrize("value", [0, 1, 127, 128, 16_383, 16_384, 2**32, 2**64 - 1])
@@ -47,7 +53,11 @@ def test_record_entries_match_a_serialized_read_batch(first_seq: int, timestamp:
     records = _records()
     timestamps = [timestamp] * (len(records) - 1) + [timestamp + 1]
     bodies = [record.body for record in records]
-    headed = {index: record for index, record in enumerate(records) if record.headers}
+    headed = {
+        index: [(h.name, h.value) for h in record.headers]
+        for index, record in enumerate(records)
+        if record.headers
+    }
     chunks, lengths = record_entries(bodies, headed, first_seq, timestamps)
     expected_entries = []
     for index, (record, ts) in enumerate(zip(records, timestamps, strict=True)):

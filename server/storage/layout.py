@@ -40,12 +40,12 @@ import sys
 import zlib
 from array import array
 from bisect import bisect_left, bisect_right
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import accumulate
 
 import google_crc32c
 
-from s2s.v1 import records_pb2 as pb
 from s2s.wire import record_entries
 
 U64_MAX = 2**64 - 1
@@ -164,13 +164,13 @@ def _u32_array(values: list[int]) -> array[int]:
 
 def encode_batch(
     bodies: list[bytes],
-    headed: dict[int, pb.AppendRecord],
+    headed: Mapping[int, Sequence[tuple[bytes, bytes]]],
     first_seq: int,
     timestamps: list[int],
     metered_sizes: list[int],
     arrival_ms: int,
 ) -> bytes:
-    """Encode one append as a batch value (`headed`: the records with headers, by index).
+    """Encode one append as a batch value (`headed`: header pairs of the records with any).
 
     Layout: header, offsets[count + 1] (u32, start of each record's entry in the payload and
     the payload's length), timestamps[count] (u64), metered sizes[count] (u32), payload, and

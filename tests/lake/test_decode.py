@@ -18,7 +18,11 @@ from server.reader import RecordSlice
 
 def _slice(records: list[pb.AppendRecord], first_seq: int, timestamp: int) -> RecordSlice:
     bodies = [record.body for record in records]
-    headed = {index: record for index, record in enumerate(records) if record.headers}
+    headed = {
+        index: [(h.name, h.value) for h in record.headers]
+        for index, record in enumerate(records)
+        if record.headers
+    }
     chunks, _ = record_entries(bodies, headed, first_seq, [timestamp] * len(records))
     last_seq = first_seq + len(records) - 1
     return RecordSlice(b"".join(chunks), len(records), 0, first_seq, last_seq, timestamp)
