@@ -3,7 +3,8 @@
 Every test runs many coroutines against one real `StreamStore` (LMDB, group commit) and checks
 the contract's ordering guarantees (sections 7 and 8): each sequence number is assigned once,
 acks of a stream come back in submission order, commits are grouped, followers see every record
-exactly once and only once it is durable, and a fence cuts off the previous writer.
+exactly once and only once it is durable, and a fence cuts off the previous writer; and a
+large batch gives other tasks a turn on the event loop before its sender goes on.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from s2s.records import fence_record
 from s2s.v1 import records_pb2 as pb
 from server.reader import ReadLimits, ReadStart
 from server.sequencer import AppendAck
-from server.streamstore import StreamStore
+from server.streamstore import YIELD_AFTER_BATCH_RECORDS, StreamStore
 from tests.conftest import BASIN, decode, make_batch
 
 
@@ -332,3 +333,21 @@ async def test_fencing_handover_while_old_writer_pipelines(store: StreamStore) -
     after = [r.body for r in records if r.seq_num > fence_b]
     assert after == [f"b{i}".encode() for i in range(20)]
     assert len(a_acks) == sum(1 for r in records if r.body.startswith(b"a") and not r.headers)
+
+
+# --- (f) a large batch lets other requests run before its sender goes on ------------------
+
+
+async def test_sequencing_a_large_batch_yields_to_other_tasks(store: StreamStore) -> None:
+    await store.create_stream(BASIN, "large")
+    await store.append(BASIN, "large", make_batch(b"warm"))  # the sequencer is loaded now
+    for count, yields in ((1, False), (YIELD_AFTER_BATCH_RECORDS, True)):
+        ran: list[int] = []
+
+        async def other(count: int = count, ran: list[int] = ran) -> None:
+            ran.append(count)
+
+        task = asyncio.create_task(other())  # ready, but not run before our next await yields
+        ack = await store.submit(BASIN, "large", make_batch(*[b"r"] * count))
+        assert ran == ([count] if yields else [])
+        await asyncio.gather(task, ack)
