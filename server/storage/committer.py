@@ -58,7 +58,7 @@ class _Job:
     error: Exception | None = None
 
 
-def last_write_per_key(group: Sequence[_Job]) -> list[Write]:
+def _last_write_per_key(group: Sequence[_Job]) -> list[Write]:
     """The group's writes, keeping only the last one to each key (the one that decides its value
     in a single transaction). Appends to one stream in a group each rewrite its tail row; every
     LMDB call releases the GIL, and with the event loop busy, taking it back can cost a whole
@@ -238,7 +238,7 @@ class GroupCommitter:
             try:
                 if group[0].error is not None:
                     raise group[0].error
-                self._kv.commit(last_write_per_key(group))
+                self._kv.commit(_last_write_per_key(group))
             except Exception as exc:
                 self._handle_failure(group, exc)
                 continue
