@@ -5,7 +5,8 @@
 Both servers run as separate processes on 127.0.0.1 and are driven by the same client
 (`client.S2SClient`). The echo server implements StreamService's AppendSession and Append by
 answering each input at once, with no storage: what the Python gRPC transport alone allows.
-It checks no conditions, so its `conditional` figure is the rate of sequential unary round trips.
+It checks no conditions, so its `conditional` and `conditional-session` figures are the rates of
+sequential unary and session round trips.
 
 Scenarios:
   session-1000x1k   AppendSession, 1000 x 1 KiB batches, 16 in flight (MiB/s)
@@ -14,6 +15,7 @@ Scenarios:
   producer          one Producer, single 1 KiB records (records/s)
   unary-1000rps     unary Append of 1 record paced at 1,000/s (ack latency p50/p99)
   conditional       sequential unary appends with match_seq_num (appends/s)
+  conditional-session  the same through one AppendSession, one append in flight (appends/s)
 """
 
 from __future__ import annotations
@@ -189,6 +191,20 @@ async def conditional(client: S2SClient, seconds: float) -> dict[str, float]:
     return {"appends_s": count / (time.perf_counter() - start)}
 
 
+async def conditional_session(client: S2SClient, seconds: float) -> dict[str, float]:
+    stream = client.stream(BASIN, "conditional-1")
+    next_seq = (await stream.check_tail()).seq_num
+    deadline = time.perf_counter() + seconds
+    count = 0
+    start = time.perf_counter()
+    async with stream.append_session(1) as session:
+        while time.perf_counter() < deadline:
+            ack = await session.append([RECORD], match_seq_num=next_seq)
+            next_seq = ack.end.seq_num
+            count += 1
+    return {"appends_s": count / (time.perf_counter() - start)}
+
+
 SCENARIOS: dict[str, Callable[[S2SClient, float], Awaitable[dict[str, float]]]] = {
     "session-1000x1k": lambda c, s: session_flood(c, "big", 1000, s),
     "session-1rec": lambda c, s: session_flood(c, "small", 1, s),
@@ -196,6 +212,7 @@ SCENARIOS: dict[str, Callable[[S2SClient, float], Awaitable[dict[str, float]]]] 
     "producer": producer_flood,
     "unary-1000rps": lambda c, s: paced_unary(c, 1000, s),
     "conditional": conditional,
+    "conditional-session": conditional_session,
 }
 
 
