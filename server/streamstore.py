@@ -28,12 +28,13 @@ from server.sequencer import AppendAck, StreamPosition, StreamSequencer
 from server.storage.committer import GroupCommitter
 from server.storage.kv import KeyValueStore, LmdbStore
 
-YIELD_AFTER_BATCH_RECORDS = 64
-"""A batch this large has just held the event loop for ~0.1-7 ms (validated and encoded on it,
-per record); the caller then lets every other ready task run before it sequences its next one.
-A session sending such batches back to back otherwise kept other clients waiting: under a
-flood of 1000-record batches, unary appends beside it waited p50 0.9-1.2 s, and 0.5-0.6 s with
-this (`bench/mixed_load.py --batch-rate 0`, 3 runs each)."""
+YIELD_AROUND_BATCH_RECORDS = 64
+"""A batch this large holds the event loop for ~0.1-7 ms while it is validated (by the caller)
+and again while it is encoded (when sequenced); around sequencing it, the caller lets every other
+ready task run. A session sending such batches back to back otherwise held the loop in long
+turns, and gRPC's asyncio server accepts each new call in a turn of the loop: beside a flood of
+1000-record batches with headers, unary appends waited p50 0.9-1.2 s; 0.5-0.6 s with a yield
+after sequencing only; 22-26 ms with both (`bench/mixed_load.py --batch-rate 0`)."""
 
 SEQUENCERS_CACHED_MAX = 10_000
 """Idle sequencers beyond this many are dropped; their state is on disk."""
@@ -179,9 +180,12 @@ class StreamStore:
         create_config: StreamConfig | None = None,
     ) -> asyncio.Future[AppendAck]:
         """Sequence a batch now and return a future of its ack (for pipelined sessions)."""
+        large = batch.count >= YIELD_AROUND_BATCH_RECORDS
+        if large:
+            await asyncio.sleep(0)
         sequencer = await self.sequencer(basin, stream, "append", create_config)
         ack = await sequencer.submit(batch)
-        if batch.count >= YIELD_AFTER_BATCH_RECORDS:
+        if large:
             await asyncio.sleep(0)
         return ack
 

@@ -22,7 +22,7 @@ from s2s.records import fence_record
 from s2s.v1 import records_pb2 as pb
 from server.reader import ReadLimits, ReadStart
 from server.sequencer import AppendAck
-from server.streamstore import YIELD_AFTER_BATCH_RECORDS, StreamStore
+from server.streamstore import YIELD_AROUND_BATCH_RECORDS, StreamStore
 from tests.conftest import BASIN, decode, make_batch
 
 
@@ -55,9 +55,10 @@ class Lost:
 async def test_match_seq_num_race_assigns_every_seq_num_once(store: StreamStore) -> None:
     await store.create_stream(BASIN, "race")
     producers, wins_each = 32, 8
-    # One log for all producers, in the order the sequencer decided: `submit` returns right
-    # after numbering the batch (or raising), with no suspension in between, so appending to
-    # the log there records the decision order.
+    # One log for all producers, in the order the sequencer decided: for batches this small
+    # (under YIELD_AROUND_BATCH_RECORDS), `submit` returns right after numbering the batch (or
+    # raising), with no suspension in between, so appending to the log there records the
+    # decision order.
     log: list[Won | Lost] = []
     acks: list[tuple[Won, AppendAck]] = []
 
@@ -337,19 +338,25 @@ async def test_fencing_handover_while_old_writer_pipelines(store: StreamStore) -
     assert len(a_acks) == sum(1 for r in records if r.body.startswith(b"a") and not r.headers)
 
 
-# --- (f) a large batch lets other requests run before its sender goes on ------------------
+# --- (f) a large batch gives other tasks turns on the loop, before and after it is sequenced
 
 
-async def test_sequencing_a_large_batch_yields_to_other_tasks(store: StreamStore) -> None:
+async def test_sequencing_a_large_batch_yields_before_and_after(store: StreamStore) -> None:
     await store.create_stream(BASIN, "large")
     await store.append(BASIN, "large", make_batch(b"warm"))  # the sequencer is loaded now
-    for count, yields in ((1, False), (YIELD_AFTER_BATCH_RECORDS, True)):
-        ran: list[int] = []
+    for count, expected in ((1, []), (YIELD_AROUND_BATCH_RECORDS, ["first", "second"])):
+        ran: list[str] = []
+        spawned: list[asyncio.Task[None]] = []
 
-        async def other(count: int = count, ran: list[int] = ran) -> None:
-            ran.append(count)
+        async def second(ran: list[str] = ran) -> None:
+            ran.append("second")
 
-        task = asyncio.create_task(other())  # ready, but not run before our next await yields
+        async def first(ran: list[str] = ran, spawned: list[asyncio.Task[None]] = spawned) -> None:
+            ran.append("first")
+            spawned.append(asyncio.create_task(second()))  # ready only after `first` ran
+
+        task = asyncio.create_task(first())  # ready, but runs only when the submitter yields
         ack = await store.submit(BASIN, "large", make_batch(*[b"r"] * count))
-        assert ran == ([count] if yields else [])
-        await asyncio.gather(task, ack)
+        # `first` needs a yield before sequencing, `second` another one after it.
+        assert ran == expected
+        await asyncio.gather(task, ack, *spawned)
