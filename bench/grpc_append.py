@@ -178,31 +178,30 @@ async def paced_unary(client: S2SClient, rate: float, seconds: float) -> dict[st
     }
 
 
-async def conditional(client: S2SClient, seconds: float) -> dict[str, float]:
-    stream = client.stream(BASIN, "conditional-0")
-    next_seq = (await stream.check_tail()).seq_num
+async def _one_at_a_time(
+    append: Callable[..., Awaitable[pb.AppendAck]], next_seq: int, seconds: float
+) -> dict[str, float]:
+    """Conditional appends, each sent once the previous one is acknowledged."""
     deadline = time.perf_counter() + seconds
     count = 0
     start = time.perf_counter()
     while time.perf_counter() < deadline:
-        ack = await stream.append([RECORD], match_seq_num=next_seq)
+        ack = await append([RECORD], match_seq_num=next_seq)
         next_seq = ack.end.seq_num
         count += 1
     return {"appends_s": count / (time.perf_counter() - start)}
 
 
+async def conditional(client: S2SClient, seconds: float) -> dict[str, float]:
+    stream = client.stream(BASIN, "conditional-0")
+    return await _one_at_a_time(stream.append, (await stream.check_tail()).seq_num, seconds)
+
+
 async def conditional_session(client: S2SClient, seconds: float) -> dict[str, float]:
     stream = client.stream(BASIN, "conditional-1")
     next_seq = (await stream.check_tail()).seq_num
-    deadline = time.perf_counter() + seconds
-    count = 0
-    start = time.perf_counter()
     async with stream.append_session(1) as session:
-        while time.perf_counter() < deadline:
-            ack = await session.append([RECORD], match_seq_num=next_seq)
-            next_seq = ack.end.seq_num
-            count += 1
-    return {"appends_s": count / (time.perf_counter() - start)}
+        return await _one_at_a_time(session.append, next_seq, seconds)
 
 
 SCENARIOS: dict[str, Callable[[S2SClient, float], Awaitable[dict[str, float]]]] = {

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from s2s.errors import invalid
 from s2s.v1 import records_pb2 as pb
-from s2s.wire import plain_append_input_size
+from s2s.wire import Headers, plain_append_input_size
 
 BATCH_RECORDS_MAX = 1000
 BATCH_METERED_BYTES_MAX = 1024 * 1024
@@ -39,10 +39,6 @@ class Trim:
 
     index: int
     first_seq_num: int
-
-
-Headers = list[tuple[bytes, bytes]]
-"""A record's headers as (name, value) pairs, read out of protobuf once."""
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,9 @@ _APPEND_RECORD_BODY_TAG = b"\x1a"  # AppendRecord.body: field 3, length-delimite
 _REQUEST_INPUT_TAG = b"\x1a"  # Append{,Session}Request.input: field 3, length-delimited
 _REQUEST_FIELD_TAGS = (0x0A, 0x12, 0x1A)  # Append{,Session}Request: basin, stream, input
 
+Headers = list[tuple[bytes, bytes]]
+"""A record's headers as (name, value) pairs, read out of protobuf once (by validation)."""
+
 _VARINTS_CACHED = 1 << 14
 """Every one- and two-byte varint is precomputed: record and body lengths up to 16 KiB."""
 
@@ -162,7 +165,7 @@ def _seq_num_fields(first_seq: int, count: int) -> list[bytes]:
     return fields
 
 
-def _header_fields(headers: Sequence[tuple[bytes, bytes]]) -> bytes:
+def _header_fields(headers: Headers) -> bytes:
     """The `SequencedRecord.headers` fields of one record's (name, value) pairs."""
     fields = []
     for name, value in headers:
@@ -175,7 +178,7 @@ def _header_fields(headers: Sequence[tuple[bytes, bytes]]) -> bytes:
 
 def record_entries(
     bodies: Sequence[bytes],
-    headed: Mapping[int, Sequence[tuple[bytes, bytes]]],
+    headed: Mapping[int, Headers],
     first_seq: int,
     timestamps: Sequence[int],
 ) -> tuple[list[bytes], list[int]]:

@@ -40,13 +40,13 @@ import sys
 import zlib
 from array import array
 from bisect import bisect_left, bisect_right
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from itertools import accumulate
 
 import google_crc32c
 
-from s2s.wire import record_entries
+from s2s.wire import Headers, record_entries
 
 U64_MAX = 2**64 - 1
 NEXT_STREAM_ID_KEY = b"next_stream_id"
@@ -164,7 +164,7 @@ def _u32_array(values: list[int]) -> array[int]:
 
 def encode_batch(
     bodies: list[bytes],
-    headed: Mapping[int, Sequence[tuple[bytes, bytes]]],
+    headed: Mapping[int, Headers],
     first_seq: int,
     timestamps: list[int],
     metered_sizes: list[int],
