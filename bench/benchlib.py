@@ -1,5 +1,5 @@
-"""Helpers shared by the bench scripts: percentiles, the machine probe line, and starting a
-helper server process."""
+"""Helpers shared by the bench scripts: percentiles, the machine probe line, a process's CPU
+time, and starting a helper server process."""
 
 from __future__ import annotations
 
@@ -38,6 +38,12 @@ def probe(directory: str) -> str:
         f"probe: 1 KiB append+fdatasync p50 {percentile(latencies, 50) * 1e6:.0f} us "
         f"p99 {percentile(latencies, 99) * 1e6:.0f} us; python sum(range(1e7)) {cpu_ms:.0f} ms"
     )
+
+
+def process_cpu_s(pid: int) -> float:
+    """User plus system CPU seconds of a process, all its threads, from /proc/PID/stat (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def start_process(args: list[str], port_file: str) -> tuple[subprocess.Popen[bytes], int]:

@@ -6,7 +6,8 @@ Both servers run as separate processes on 127.0.0.1 and are driven by the same c
 (`client.S2SClient`). The echo server implements StreamService's AppendSession and Append by
 answering each input at once, with no storage: what the Python gRPC transport alone allows.
 It checks no conditions, so its `conditional` and `conditional-session` figures are the rates of
-sequential unary and session round trips.
+sequential unary and session round trips. Each scenario also reports the CPU each side used
+while it ran, in cores: the server process (all threads) and this client process.
 
 Scenarios:
   session-1000x1k   AppendSession, 1000 x 1 KiB batches, 16 in flight (MiB/s)
@@ -38,7 +39,7 @@ from grpc import aio
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchlib import percentile, start_process  # noqa: E402
+from benchlib import percentile, probe, process_cpu_s, start_process  # noqa: E402
 
 from client import S2SClient  # noqa: E402
 from s2s.v1 import records_pb2 as pb  # noqa: E402
@@ -218,7 +219,12 @@ SCENARIOS: dict[str, Callable[[S2SClient, float], Awaitable[dict[str, float]]]] 
 # --- driver ---------------------------------------------------------------------------------
 
 
-async def run_against(port: int, names: list[str], seconds: float, s2s: bool) -> dict[str, Any]:
+async def run_against(
+    port: int, server_pid: int, names: list[str], seconds: float, s2s: bool
+) -> dict[str, Any]:
+    """Each scenario's figures, plus the CPU each side used while it ran, in cores (all threads
+    of the server process; all of this process's): with both sides on the same two cores, what
+    an operation costs in CPU says how far a rate can go, and drifts less than the rate."""
     results: dict[str, Any] = {}
     async with S2SClient(f"127.0.0.1:{port}") as client:
         if s2s:
@@ -229,7 +235,12 @@ async def run_against(port: int, names: list[str], seconds: float, s2s: bool) ->
         # The load generator's own full collections would count as server latency.
         gc.freeze()
         for name in names:
+            server_cpu, client_cpu = process_cpu_s(server_pid), time.process_time()
+            start = time.perf_counter()
             results[name] = await SCENARIOS[name](client, seconds)
+            elapsed = time.perf_counter() - start
+            results[name]["server_cores"] = (process_cpu_s(server_pid) - server_cpu) / elapsed
+            results[name]["client_cores"] = (time.process_time() - client_cpu) / elapsed
     return results
 
 
@@ -249,18 +260,22 @@ def main() -> None:
     names = args.only.split(",")
     scratch = tempfile.mkdtemp(prefix="s2s-bench-grpc-")
     try:
+        print(probe(scratch), flush=True)
         port_file = os.path.join(scratch, "echo.port")
         echo, echo_port = start_process(
             [sys.executable, __file__, "--echo-server", port_file], port_file
         )
         try:
-            ceiling = asyncio.run(run_against(echo_port, names, args.seconds, s2s=False))
+            ceiling = asyncio.run(run_against(echo_port, echo.pid, names, args.seconds, s2s=False))
         finally:
             echo.kill()
             echo.wait()
         server = ServerProcess(os.path.join(scratch, "data")).start()
         try:
-            ours = asyncio.run(run_against(server.grpc_port, names, args.seconds, s2s=True))
+            assert server.process is not None
+            ours = asyncio.run(
+                run_against(server.grpc_port, server.process.pid, names, args.seconds, s2s=True)
+            )
         finally:
             server.stop()
         for name in names:
@@ -274,7 +289,10 @@ def main() -> None:
 def _fmt(result: dict[str, float] | None) -> str:
     if result is None:
         return "n/a"
-    return ", ".join(f"{key} {value:,.1f}" for key, value in result.items())
+    return ", ".join(
+        f"{key} {value:,.2f}" if key.endswith("_cores") else f"{key} {value:,.1f}"
+        for key, value in result.items()
+    )
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ from s2_sdk import S2, AppendInput, Endpoints, Record
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchlib import percentile, probe, start_process  # noqa: E402
+from benchlib import percentile, probe, process_cpu_s, start_process  # noqa: E402
 
 from client import S2SClient  # noqa: E402
 from s2s.v1 import records_pb2 as pb  # noqa: E402
@@ -161,7 +161,7 @@ async def sdk_session(
     stream = sdk.basin(BASIN).stream(stream_name)
     batch = AppendInput(records=[Record(body=RECORD) for _ in range(BATCH_RECORDS)])
     submitted = 0
-    server_cpu, client_cpu = _process_cpu_s(server_pid), time.process_time()
+    server_cpu, client_cpu = process_cpu_s(server_pid), time.process_time()
     start = time.perf_counter()
     deadline = start + seconds
     async with stream.append_session() as session:
@@ -175,15 +175,9 @@ async def sdk_session(
     assert ack.end.seq_num == submitted * BATCH_RECORDS
     return {
         **_throughput(submitted, elapsed),
-        "server_cpu_ms_per_batch": (_process_cpu_s(server_pid) - server_cpu) / submitted * 1e3,
+        "server_cpu_ms_per_batch": (process_cpu_s(server_pid) - server_cpu) / submitted * 1e3,
         "client_cpu_ms_per_batch": (time.process_time() - client_cpu) / submitted * 1e3,
     }
-
-
-def _process_cpu_s(pid: int) -> float:
-    """User plus system CPU seconds of a process, from /proc/PID/stat (Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def sdk_unary(sdk: S2, stream_name: str, seconds: float) -> dict[str, float]:

@@ -14,6 +14,7 @@ Every encoding here is byte-identical to what protobuf itself produces for the s
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 
 from s2s.v1 import records_pb2 as pb
@@ -33,6 +34,10 @@ _APPEND_INPUT_FENCING_TOKEN_TAG = b"\x1a"  # AppendInput.fencing_token: field 3,
 _APPEND_RECORD_BODY_TAG = b"\x1a"  # AppendRecord.body: field 3, length-delimited
 _REQUEST_INPUT_TAG = b"\x1a"  # Append{,Session}Request.input: field 3, length-delimited
 _REQUEST_FIELD_TAGS = (0x0A, 0x12, 0x1A)  # Append{,Session}Request: basin, stream, input
+_POSITION_SEQ_NUM_TAG = b"\x08"  # StreamPosition.seq_num: field 1, varint
+_POSITION_TIMESTAMP_TAG = b"\x10"  # StreamPosition.timestamp: field 2, varint
+_ACK_FIELD_TAGS = (b"\x0a", b"\x12", b"\x1a")  # AppendAck.start, .end, .tail: length-delimited
+_RESPONSE_ACK_TAG = b"\x0a"  # Append{,Session}Response.ack: field 1, length-delimited
 
 Headers = list[tuple[bytes, bytes]]
 """A record's headers as (name, value) pairs, read out of protobuf once (by validation)."""
@@ -41,7 +46,10 @@ _VARINTS_CACHED = 1 << 14
 """Every one- and two-byte varint is precomputed: record and body lengths up to 16 KiB."""
 
 
+@functools.lru_cache(maxsize=4096)
 def _compute_varint(value: int) -> bytes:
+    """Bit by bit (~1 us); cached, as the values past the table repeat: a timestamp in
+    milliseconds is shared by every record and ack of that millisecond."""
     out = bytearray()
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)
@@ -220,6 +228,45 @@ def record_entries(
     chunks = [chunk for pair in zip(starts, bodies, strict=True) for chunk in pair]
     lengths = [len(start) + len(body) for start, body in zip(starts, bodies, strict=True)]
     return chunks, lengths
+
+
+def single_record_entry(
+    body: bytes, headers: Headers | None, seq_num: int, timestamp: int
+) -> tuple[list[bytes], list[int]]:
+    """`record_entries` of a batch of one record, field by field: the whole-batch passes there
+    cost a single record ~9 us, this ~2 us, and most small appends carry one record."""
+    head = b"".join(
+        (
+            _SEQ_NUM_TAG + varint(seq_num) if seq_num else b"",
+            _TIMESTAMP_TAG + varint(timestamp) if timestamp else b"",
+            _header_fields(headers) if headers else b"",
+            _BODY_TAG + varint(len(body)) if body else b"",
+        )
+    )
+    start = _READ_BATCH_RECORDS_TAG + varint(len(head) + len(body)) + head
+    return [start, body], [len(start) + len(body)]
+
+
+def _position(seq_num: int, timestamp: int) -> bytes:
+    return (_POSITION_SEQ_NUM_TAG + varint(seq_num) if seq_num else b"") + (
+        _POSITION_TIMESTAMP_TAG + varint(timestamp) if timestamp else b""
+    )
+
+
+def append_ack_bytes(start: tuple[int, int], end: tuple[int, int], tail: tuple[int, int]) -> bytes:
+    """Encoded `AppendAck` from three (seq_num, timestamp) positions. Every append is
+    acknowledged with one; building it from protobuf messages cost ~7 us, this ~2 us."""
+    fields = []
+    for tag, position in zip(_ACK_FIELD_TAGS, (start, end, tail), strict=True):
+        encoded = _position(*position)
+        fields.append(tag + varint(len(encoded)) + encoded)
+    return b"".join(fields)
+
+
+def append_response_bytes(ack: bytes) -> bytes:
+    """Encoded `AppendResponse` or `AppendSessionResponse` (the same single field) for an
+    encoded `AppendAck`."""
+    return _RESPONSE_ACK_TAG + varint(len(ack)) + ack
 
 
 def append_input_bytes(

@@ -20,28 +20,34 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from s2s.config import ResolvedStreamConfig
 from s2s.errors import FencingTokenMismatch, S2Error, SeqNumMismatch, invalid
 from s2s.records import Fence, Trim, ValidatedBatch
+from s2s.wire import append_ack_bytes
 from server.clock import Clock
 from server.storage.committer import GroupCommitter
 from server.storage.kv import Put, Table, Write
 from server.storage.layout import TailRow, batch_key, encode_batch, sid_key, timestamp_key
 
 
-@dataclass(frozen=True)
-class StreamPosition:
+class StreamPosition(NamedTuple):
     seq_num: int
     timestamp: int
 
 
-@dataclass(frozen=True)
-class AppendAck:
+class AppendAck(NamedTuple):
+    """Named tuples, not frozen dataclasses: one ack and three positions are built per append,
+    and a frozen dataclass takes twice as long to build (~0.8 us against ~0.4 here)."""
+
     start: StreamPosition
     end: StreamPosition
     tail: StreamPosition
+
+    def encode(self) -> bytes:
+        """The protobuf `AppendAck` message."""
+        return append_ack_bytes(self.start, self.end, self.tail)
 
 
 class StreamSequencer:

@@ -15,10 +15,13 @@ from s2s.records import validate_append_input
 from s2s.v1 import records_pb2 as pb
 from s2s.v1 import services_pb2 as spb
 from s2s.wire import (
+    append_ack_bytes,
     append_input_bytes,
+    append_response_bytes,
     plain_append_input_size,
     record_entries,
     request_input_size,
+    single_record_entry,
     varint,
     with_append_input,
 )
@@ -67,6 +70,39 @@ def test_record_entries_match_a_serialized_read_batch(first_seq: int, timestamp:
         expected_entries.append(pb.ReadBatch(records=[entry]).SerializeToString())
     assert b"".join(chunks) == b"".join(expected_entries)
     assert lengths == [len(entry) for entry in expected_entries]
+
+
+@pytest.mark.parametrize("first_seq", [0, 1, 16_383, 16_384, 2**40])
+@pytest.mark.parametrize("timestamp", [0, 1, 1_700_000_000_000])
+def test_single_record_entries_match_a_serialized_read_batch(
+    first_seq: int, timestamp: int
+) -> None:
+    for record in _records():
+        headers = [(h.name, h.value) for h in record.headers] or None
+        chunks, lengths = single_record_entry(record.body, headers, first_seq, timestamp)
+        entry = pb.SequencedRecord(
+            seq_num=first_seq, timestamp=timestamp, headers=record.headers, body=record.body
+        )
+        expected = pb.ReadBatch(records=[entry]).SerializeToString()
+        assert b"".join(chunks) == expected
+        assert lengths == [len(expected)]
+
+
+@pytest.mark.parametrize(
+    "positions",
+    [
+        ((0, 0), (0, 0), (0, 0)),  # every field a zero value: three empty positions
+        ((0, 5), (1, 5), (1, 5)),
+        ((127, 1_700_000_000_000), (16_384, 1_700_000_000_001), (2**63, 2**64 - 1)),
+    ],
+)
+def test_acks_match_protobuf(positions: tuple[tuple[int, int], ...]) -> None:
+    start, end, tail = (pb.StreamPosition(seq_num=s, timestamp=t) for s, t in positions)
+    ack = pb.AppendAck(start=start, end=end, tail=tail)
+    encoded = append_ack_bytes(*positions)
+    assert encoded == ack.SerializeToString()
+    assert append_response_bytes(encoded) == spb.AppendResponse(ack=ack).SerializeToString()
+    assert append_response_bytes(encoded) == spb.AppendSessionResponse(ack=ack).SerializeToString()
 
 
 @pytest.mark.parametrize(

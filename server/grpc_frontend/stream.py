@@ -1,7 +1,8 @@
 """StreamService: appends (unary and pipelined sessions) and reads (unary and following).
 
-Read responses are assembled from stored record bytes (`s2s.wire`), so the read handlers
-return encoded messages and are registered with an identity serializer (`handlers`).
+Read responses are assembled from stored record bytes and append responses by hand
+(`s2s.wire`), so those handlers return encoded messages and are registered with an identity
+serializer (`handlers`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from s2s.errors import S2Error
 from s2s.records import validate_append_input
 from s2s.v1 import records_pb2 as pb
 from s2s.v1 import services_pb2 as spb
-from s2s.wire import read_response_bytes, request_input_size
+from s2s.wire import append_response_bytes, read_response_bytes, request_input_size
 from server.grpc_frontend.errors import Context, abort_with, streaming, unary
 from server.reader import ReadLimits, ReadOutput, ReadStart
 from server.sequencer import AppendAck
@@ -30,14 +31,6 @@ DRAIN_S_MAX = 1.0
 client half-closes, is quiet for DRAIN_QUIET_S, or DRAIN_S_MAX passes; then it ends."""
 
 _SERVICE = "s2s.v1.StreamService"
-
-
-def ack_message(ack: AppendAck) -> pb.AppendAck:
-    return pb.AppendAck(
-        start=pb.StreamPosition(seq_num=ack.start.seq_num, timestamp=ack.start.timestamp),
-        end=pb.StreamPosition(seq_num=ack.end.seq_num, timestamp=ack.end.timestamp),
-        tail=pb.StreamPosition(seq_num=ack.tail.seq_num, timestamp=ack.tail.timestamp),
-    )
 
 
 def read_arguments(
@@ -81,18 +74,16 @@ class StreamServicer:
         )
 
     @unary
-    async def Append(
-        self, sized: SizedRequest[spb.AppendRequest], context: Context
-    ) -> spb.AppendResponse:
+    async def Append(self, sized: SizedRequest[spb.AppendRequest], context: Context) -> bytes:
         request, input_size = sized
         basin, stream = _stream_names(request.basin, request.stream)
         batch = validate_append_input(request.input, input_size)
         ack = await self._store.append(basin, stream, batch)
-        return spb.AppendResponse(ack=ack_message(ack))
+        return append_response_bytes(ack.encode())
 
     async def AppendSession(
         self, requests: AsyncIterator[SizedRequest[spb.AppendSessionRequest]], context: Context
-    ) -> AsyncIterator[spb.AppendSessionResponse]:
+    ) -> AsyncIterator[bytes]:
         """Sequence each input as it arrives; ack in order as each becomes durable.
 
         The first failure (a bad batch, a failed condition, storage) stops intake: batches
@@ -132,7 +123,7 @@ class StreamServicer:
             while (item := await pending.get()) is not None:
                 if isinstance(item, S2Error):
                     raise item
-                yield spb.AppendSessionResponse(ack=ack_message(await item))
+                yield append_response_bytes((await item).encode())
         except S2Error as error:
             failed.set()
             await _drain(feeder, last_received)
@@ -188,8 +179,7 @@ def _identity(data: bytes) -> bytes:
 
 
 def handlers(servicer: StreamServicer) -> grpc.GenericRpcHandler:
-    """Register StreamService with stored-bytes serialization for the read methods."""
-    serialize = spb.AppendResponse.SerializeToString
+    """Register StreamService; appends and reads return messages already encoded."""
     return grpc.method_handlers_generic_handler(
         _SERVICE,
         {
@@ -201,12 +191,12 @@ def handlers(servicer: StreamServicer) -> grpc.GenericRpcHandler:
             "Append": grpc.unary_unary_rpc_method_handler(
                 servicer.Append,
                 request_deserializer=_with_input_size(spb.AppendRequest.FromString),
-                response_serializer=serialize,
+                response_serializer=_identity,
             ),
             "AppendSession": grpc.stream_stream_rpc_method_handler(
                 servicer.AppendSession,
                 request_deserializer=_with_input_size(spb.AppendSessionRequest.FromString),
-                response_serializer=spb.AppendSessionResponse.SerializeToString,
+                response_serializer=_identity,
             ),
             "Read": grpc.unary_unary_rpc_method_handler(
                 servicer.Read,

@@ -100,14 +100,6 @@ def ack_json(ack: AppendAck) -> dict[str, Any]:
     }
 
 
-def ack_message(ack: AppendAck) -> pb.AppendAck:
-    return pb.AppendAck(
-        start=pb.StreamPosition(seq_num=ack.start.seq_num, timestamp=ack.start.timestamp),
-        end=pb.StreamPosition(seq_num=ack.end.seq_num, timestamp=ack.end.timestamp),
-        tail=pb.StreamPosition(seq_num=ack.tail.seq_num, timestamp=ack.tail.timestamp),
-    )
-
-
 def _decode_text(value: Any, fmt: str, what: str) -> bytes:
     if not isinstance(value, str):
         raise S2Error("bad_json", f"{what} must be a string")
@@ -220,7 +212,7 @@ class RecordsApi:
         batch = validate_append_input(message, encoded_size)
         ack = await self._store.append(basin, stream, batch, create_config(exchange))
         if first_accept(exchange.header("accept")) in PROTOBUF_TYPES:
-            body = ack_message(ack).SerializeToString()
+            body = ack.encode()
             await exchange.respond(200, body, PROTOBUF_RESPONSE_TYPE)
         else:
             await exchange.respond_json(200, ack_json(ack))

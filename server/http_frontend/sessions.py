@@ -20,7 +20,6 @@ from server.http_frontend.errors import internal_error
 from server.http_frontend.exchange import Exchange
 from server.http_frontend.lifecycle import Waits, draining_error, supervise
 from server.http_frontend.records import (
-    ack_message,
     create_config,
     read_arguments,
     read_batch_proto,
@@ -106,8 +105,7 @@ class SessionsApi:
             while (item := await pending.get()) is not None:
                 if isinstance(item, S2Error):
                     raise item
-                ack = ack_message(await item).SerializeToString()
-                await exchange.write(encode_frame(ack, compression))
+                await exchange.write(encode_frame((await item).encode(), compression))
             await exchange.write(b"", more_body=False)
         except S2Error as error:
             await exchange.write(terminal_for(error), more_body=False)

@@ -11,8 +11,7 @@ from __future__ import annotations
 import enum
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import NamedTuple, Protocol, TypeVar
 
 import lmdb
 
@@ -30,15 +29,16 @@ class Table(enum.Enum):
     SYSTEM = b"system"
 
 
-@dataclass(frozen=True)
-class Put:
+class Put(NamedTuple):
+    """Named tuples, not frozen dataclasses: every append makes three writes, and a frozen
+    dataclass takes twice as long to build (~0.8 us against ~0.4 here)."""
+
     table: Table
     key: bytes
     value: bytes
 
 
-@dataclass(frozen=True)
-class Delete:
+class Delete(NamedTuple):
     table: Table
     key: bytes
 
