@@ -1,11 +1,14 @@
 """Engine benchmarks: durable append throughput and read throughput, in-process.
 
-    .venv/bin/python bench/engine.py [--reps 3] [--only a,b,read] [--read-gib 1]
+    .venv/bin/python bench/engine.py [--reps 3] [--only a,b,read,reclaim] [--read-gib 1]
 
 (a) 1000 x 1 KiB batches on one stream, 16 batches in flight (pipelined `submit`);
 (b) single 1 KiB records from 64 concurrent writers over 1000 streams, each writer waiting
     for its ack before the next append (group commit is what makes this fast);
-(read) a 1 GiB stream read from seq 0 through `Reader.session`.
+(read) a 1 GiB stream read from seq 0 through `Reader.session`;
+(reclaim) a stream of 100,000 single-record batches is trimmed, and one run of the background
+    jobs (the server's settings) deletes them while another stream takes single-record appends
+    paced at 500/s: how fast trimmed data is reclaimed, and what that costs appends meanwhile.
 
 Every append is durable (fsync'd) before its ack. Data lives in a temporary directory on the
 disk of $TMPDIR. Each scenario prints the median (min, max) of `--reps` runs, after a probe line
@@ -29,11 +32,14 @@ from typing import Any
 from benchlib import percentile, probe
 
 from s2s.config import StreamConfig
-from s2s.records import ValidatedBatch, validate_append_input
+from s2s.records import ValidatedBatch, trim_record, validate_append_input
 from s2s.v1 import records_pb2 as pb
 from server.cli import GIL_SWITCH_INTERVAL_S
+from server.jobs import JobSettings
 from server.reader import ReadLimits, ReadStart
 from server.sequencer import AppendAck
+from server.storage.kv import Table
+from server.storage.layout import batch_key
 from server.streamstore import StreamStore
 
 BASIN = "bench-basin"
@@ -48,8 +54,8 @@ def batch_of(count: int) -> ValidatedBatch:
     )
 
 
-async def open_store(path: str) -> StreamStore:
-    store = await StreamStore.open(path)
+async def open_store(path: str, job_settings: JobSettings | None = None) -> StreamStore:
+    store = await StreamStore.open(path, job_settings=job_settings)
     await store.create_basin(BASIN)
     return store
 
@@ -140,6 +146,55 @@ async def scenario_read(path: str, gib: float = 1.0) -> dict[str, float]:
     }
 
 
+async def scenario_reclaim(
+    path: str, batches: int = 100_000, rate: float = 500.0
+) -> dict[str, float]:
+    # The server's job settings, but runs happen only when called (no timer in between).
+    store = await open_store(path, JobSettings(interval_s=3600, retention_interval_s=0))
+    old = (await store.create_stream(BASIN, "old", StreamConfig(retention="infinite"))).record
+    await store.create_stream(BASIN, "live", StreamConfig(retention="infinite"))
+    batch = batch_of(1)
+    inflight: list[asyncio.Future[AppendAck]] = []
+    for _ in range(batches):
+        if len(inflight) >= 256:
+            await inflight.pop(0)
+        inflight.append(await store.submit(BASIN, "old", batch))
+    await asyncio.gather(*inflight)
+    trim = validate_append_input(pb.AppendInput(records=[trim_record(batches)]))
+    await store.append(BASIN, "old", trim)
+    latencies: list[float] = []
+    reclaimed = asyncio.Event()
+
+    async def paced_appends() -> None:
+        start = time.perf_counter()
+        sent = 0
+        while not reclaimed.is_set():
+            await asyncio.sleep(max(0.0, start + sent / rate - time.perf_counter()))
+            sent += 1
+            began = time.perf_counter()
+            await store.append(BASIN, "live", batch)
+            latencies.append(time.perf_counter() - began)
+
+    appender = asyncio.create_task(paced_appends())
+    start = time.perf_counter()
+    await store.jobs.run_once()
+    elapsed = time.perf_counter() - start
+    reclaimed.set()
+    await appender
+    left = len(
+        store.kv.scan(Table.BATCHES, batch_key(old.sid, 0), batch_key(old.sid + 1, 0), 10**6)
+    )
+    await store.close()
+    deleted = batches + 1 - left  # the trim record's own batch stays
+    return {
+        "run_s": elapsed,
+        "deleted_batches_s": deleted / elapsed,
+        "left_batches": left,
+        "append_p50_ms": percentile(latencies, 50) * 1e3,
+        "append_p99_ms": percentile(latencies, 99) * 1e3,
+    }
+
+
 def summarize(name: str, runs: list[dict[str, float]]) -> None:
     keys = runs[0].keys()
     parts = []
@@ -154,7 +209,7 @@ def summarize(name: str, runs: list[dict[str, float]]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--only", default="a,b,read")
+    parser.add_argument("--only", default="a,b,read,reclaim")
     parser.add_argument("--read-gib", type=float, default=1.0)
     args = parser.parse_args()
     scenarios: dict[str, tuple[str, Callable[[str], Coroutine[Any, Any, dict[str, float]]]]] = {
@@ -164,6 +219,7 @@ def main() -> None:
             f"(read) {args.read_gib:g} GiB stream from seq 0",
             functools.partial(scenario_read, gib=args.read_gib),
         ),
+        "reclaim": ("(reclaim) 100,000 trimmed batches, one jobs run", scenario_reclaim),
     }
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)  # as `s2s serve` does
     scratch = tempfile.mkdtemp(prefix="s2s-bench-")

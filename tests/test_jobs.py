@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
+import pytest
+
 from s2s.config import StreamConfig
 from s2s.records import trim_record
+from server.jobs import JobSettings
 from server.reader import ReadLimits, ReadStart
 from server.storage.kv import Table
 from server.storage.layout import batch_key
 from server.streamstore import StreamStore
-from tests.conftest import BASIN, ManualClock, decode, make_batch
+from tests.conftest import BASIN, MANUAL_JOBS, ManualClock, decode, make_batch
 
 BODY = b"z" * 1000
 
@@ -92,6 +97,46 @@ async def test_stream_deletion_frees_data(store: StreamStore) -> None:
     for _ in range(3):
         await store.jobs.run_once()
     assert stored_batches(store, record.sid) == 0
+
+
+SMALL_TURNS = JobSettings(
+    interval_s=MANUAL_JOBS.interval_s,
+    retention_interval_s=MANUAL_JOBS.retention_interval_s,
+    batches_per_commit=4,
+    commits_per_stream_max=2,
+)
+"""A stream's turn deletes at most 8 batches: the backlogs below are many turns long."""
+
+
+@pytest.fixture
+async def small_turns(tmp_path: object, clock: ManualClock) -> AsyncIterator[StreamStore]:
+    opened = await StreamStore.open(str(tmp_path), clock=clock, job_settings=SMALL_TURNS)
+    await opened.create_basin(BASIN)
+    yield opened
+    await opened.close()
+
+
+async def test_one_run_deletes_every_due_batch_however_many(
+    small_turns: StreamStore, clock: ManualClock
+) -> None:
+    """Deletion keeps up with appends: a stream appended in single records faster than one
+    turn per run deletes must not grow without bound."""
+    store = small_turns
+    trimmed = await store.create_stream(BASIN, "trimmed", StreamConfig(retention="infinite"))
+    aged = await store.create_stream(BASIN, "aged", StreamConfig(retention=60))
+    doomed = await store.create_stream(BASIN, "doomed", StreamConfig(retention="infinite"))
+    for name in ("trimmed", "aged", "doomed"):
+        for _ in range(50):
+            await store.append(BASIN, name, make_batch(b"x"))
+    tail = await store.check_tail(BASIN, "trimmed")
+    await store.append(BASIN, "trimmed", make_batch(records=[trim_record(tail.seq_num)]))
+    await store.delete_stream(BASIN, "doomed")
+    clock.advance(61_000)
+    await store.jobs.run_once()
+    assert stored_batches(store, trimmed.record.sid) == 1  # the trim record's own batch
+    assert stored_batches(store, aged.record.sid) == 0
+    assert stored_batches(store, doomed.record.sid) == 0
+    assert "doomed" not in {s.name for s in store.list_streams(BASIN)[0]}
 
 
 async def test_delete_on_empty_never_deletes_a_stream_with_an_append_in_flight(
