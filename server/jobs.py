@@ -44,10 +44,14 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class JobSettings:
     interval_s: float = 1.0
+    """Time between runs; a kick (a stream or basin deleted) starts one sooner."""
     retention_interval_s: float = 10.0
+    """Time between retention sweeps (trim, age, delete-on-empty)."""
     streams_per_run: int = 1000
+    """Streams one sweep visits (round-robin over all), and deletion markers one run reads."""
     batches_per_commit: int = 64
     commits_per_stream_max: int = 16
+    """One turn of a stream: streams with more to delete take turns until none has any."""
 
 
 class BackgroundJobs:
