@@ -22,10 +22,11 @@ from typing import TYPE_CHECKING
 
 from s2s.errors import S2Error
 from server.catalog import StreamRecord
-from server.storage.kv import Delete, Table, Write
+from server.storage.kv import Delete, Put, Table, Write
 from server.storage.layout import (
     DELETING_BASIN_PREFIX,
     DELETING_STREAM_PREFIX,
+    RECLAIMED_AT_KEY,
     TailRow,
     batch_key,
     prefix_end,
@@ -64,6 +65,8 @@ class BackgroundJobs:
         self._task: asyncio.Task[None] | None = None
         self._retention_cursor = b""
         self._retention_due_at = 0.0
+        # Set by every deletion commit, cleared once a later commit has landed (`_settle`).
+        self._unsettled = False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="s2s-background-jobs")
@@ -102,6 +105,23 @@ class BackgroundJobs:
         if now >= self._retention_due_at:
             self._retention_due_at = now + self._settings.retention_interval_s
             await self._enforce_retention()
+        await self._settle()
+
+    async def _settle(self) -> None:
+        """Commit once more after deleting, so the next append can use the space.
+
+        LMDB reuses a freed page only from the second commit after the one that freed it, and
+        every commit needs some pages. With storage full and appends too large for the few
+        older free pages, the space freed by a run's last deletion commit stayed out of reach:
+        every append failed, across restarts, however much had been trimmed
+        (`tests/test_jobs.py`). This small write is that next commit.
+        """
+        if self._unsettled:
+            now_ms = self._store.clock.now_ms()
+            await self._store.committer.commit(
+                [Put(Table.SYSTEM, RECLAIMED_AT_KEY, struct.pack("<Q", now_ms))]
+            )
+            self._unsettled = False
 
     # --- deletion ----------------------------------------------------------------------------
 
@@ -215,6 +235,7 @@ class BackgroundJobs:
                 break
         if writes:
             await store.committer.commit(writes)
+            self._unsettled = True
         return len(writes) // 2 == self._settings.batches_per_commit
 
     # --- retention, trim, delete-on-empty -------------------------------------------------

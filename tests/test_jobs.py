@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 from s2s.config import StreamConfig
+from s2s.errors import S2Error
 from s2s.records import trim_record
 from server.jobs import JobSettings
 from server.reader import ReadLimits, ReadStart
-from server.storage.kv import Table
+from server.storage.kv import LmdbStore, Table
 from server.storage.layout import batch_key
 from server.streamstore import StreamStore
 from tests.conftest import BASIN, MANUAL_JOBS, ManualClock, decode, make_batch
@@ -152,3 +154,29 @@ async def test_delete_on_empty_never_deletes_a_stream_with_an_append_in_flight(
     assert ack.start.seq_num == 0
     out = await store.read(BASIN, "racy", ReadStart(seq_num=0), ReadLimits())
     assert out.records is not None and decode(out.records.payload)[0].body == b"just-in-time"
+
+
+async def test_space_freed_by_a_trim_is_reused_once_storage_is_full(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    """LMDB reuses a freed page only from the second commit after the one that freed it, and
+    every commit needs pages. When storage is full and the appends are too large for the few
+    older free pages, a trim whose deletion was the last commit freed space no append could use:
+    they failed forever, across restarts too, however much was trimmed."""
+    store = StreamStore(LmdbStore(str(tmp_path), map_size_bytes=4 << 20), clock, MANUAL_JOBS)
+    await store.start()
+    try:
+        await store.create_basin(BASIN)
+        await store.create_stream(BASIN, "full", StreamConfig(retention="infinite"))
+        big = make_batch(*[b"f" * 10_000] * 10)
+        with pytest.raises(S2Error) as full:
+            for _ in range(1000):
+                await store.append(BASIN, "full", big)
+        assert full.value.code == "storage"
+        tail = await store.check_tail(BASIN, "full")
+        await store.append(BASIN, "full", make_batch(records=[trim_record(tail.seq_num)]))
+        await store.jobs.run_once()
+        for _ in range(5):  # as much as was trimmed, and more
+            await store.append(BASIN, "full", big)
+    finally:
+        await store.close()

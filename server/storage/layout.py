@@ -30,6 +30,7 @@ little-endian.
 | SYSTEM     | b"next_stream_id"               | u64 little-endian           | updatable       |
 | SYSTEM     | b"deleting/basin/" ‖ basin      | empty: awaits deletion      | deletable       |
 | SYSTEM     | b"deleting/stream/" ‖ stream key| u64 BE sid: awaits deletion | deletable       |
+| SYSTEM     | b"reclaimed_at_ms"              | u64 LE: last deletion's end | updatable       |
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from s2s.wire import Headers, record_entries, single_record_entry
 
 U64_MAX = 2**64 - 1
 NEXT_STREAM_ID_KEY = b"next_stream_id"
+RECLAIMED_AT_KEY = b"reclaimed_at_ms"
 DELETING_BASIN_PREFIX = b"deleting/basin/"
 DELETING_STREAM_PREFIX = b"deleting/stream/"
 
