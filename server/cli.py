@@ -18,9 +18,13 @@ from server.grpc_frontend.server import start_grpc_server
 from server.http_frontend import start_http_server
 from server.lake.connection import LakeSettings, default_threads
 from server.lake.service import Lake
+from server.storage.kv import MAP_SIZE_BYTES_DEFAULT
 from server.streamstore import StreamStore
 
 log = logging.getLogger("s2s")
+
+
+MAX_STORAGE_GIB_DEFAULT = MAP_SIZE_BYTES_DEFAULT >> 30
 
 
 def _env(name: str, default: str) -> str:
@@ -52,6 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=int(_env("S2S_HTTP_PORT", "8080")),
         help="HTTP port (S2 v1 REST API), 0 for any free port (env S2S_HTTP_PORT, default 8080)",
+    )
+    serve.add_argument(
+        "--max-storage-gib",
+        type=int,
+        default=int(_env("S2S_MAX_STORAGE_GIB", str(MAX_STORAGE_GIB_DEFAULT))),
+        help="most the stream log may take on disk; past it appends fail as full until data "
+        "is trimmed or the server restarts with more (env S2S_MAX_STORAGE_GIB, "
+        f"default {MAX_STORAGE_GIB_DEFAULT})",
     )
     serve.add_argument(
         "--lake-catalog",
@@ -123,10 +135,15 @@ def lake_settings(args: argparse.Namespace) -> LakeSettings:
 
 
 async def serve(
-    data_dir: str, host: str, grpc_port: int, http_port: int, lake_config: LakeSettings
+    data_dir: str,
+    host: str,
+    grpc_port: int,
+    http_port: int,
+    lake_config: LakeSettings,
+    max_storage_gib: int = MAX_STORAGE_GIB_DEFAULT,
 ) -> None:
     """Run the server until SIGTERM or SIGINT, then stop without losing acknowledged data."""
-    store = await StreamStore.open(data_dir)
+    store = await StreamStore.open(data_dir, max_storage_bytes=max_storage_gib << 30)
     log.info("storage open at %s", os.path.abspath(data_dir))
     lake = await Lake.open(store, lake_config)
     log.info("lake open: catalog %s, data %s", lake_config.catalog_uri, lake_config.data_dir)
@@ -165,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command != "serve":
         return run(args)
+    if args.max_storage_gib < 1:
+        raise SystemExit("--max-storage-gib must be at least 1")
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -172,7 +191,14 @@ def main(argv: list[str] | None = None) -> int:
     if not allocator.tune():
         log.info("not glibc: allocator settings left as they are")
     asyncio.run(
-        serve(args.data_dir, args.host, args.grpc_port, args.http_port, lake_settings(args))
+        serve(
+            args.data_dir,
+            args.host,
+            args.grpc_port,
+            args.http_port,
+            lake_settings(args),
+            args.max_storage_gib,
+        )
     )
     return 0
 

@@ -26,7 +26,7 @@ from server.jobs import BackgroundJobs, JobSettings
 from server.reader import Reader, ReadLimits, ReadOutput, ReadStart, validate_read
 from server.sequencer import AppendAck, StreamPosition, StreamSequencer
 from server.storage.committer import GroupCommitter
-from server.storage.kv import KeyValueStore, LmdbStore
+from server.storage.kv import MAP_SIZE_BYTES_DEFAULT, KeyValueStore, LmdbStore
 
 YIELD_AROUND_BATCH_RECORDS = 64
 """A batch this large holds the event loop for ~0.1-7 ms while it is validated (by the caller)
@@ -61,8 +61,9 @@ class StreamStore:
         data_dir: str,
         clock: Clock | None = None,
         job_settings: JobSettings | None = None,
+        max_storage_bytes: int = MAP_SIZE_BYTES_DEFAULT,
     ) -> StreamStore:
-        kv = LmdbStore(os.path.join(data_dir, "log"))
+        kv = LmdbStore(os.path.join(data_dir, "log"), max_storage_bytes)
         store = cls(kv, clock, job_settings)
         await store.start()
         return store

@@ -78,6 +78,10 @@ MAP_SIZE_BYTES_DEFAULT = 1 << 40
 """LMDB's address-space reservation; the file grows only as pages are used."""
 
 
+class StorageFull(Exception):
+    """A commit needed more space than the store may use; nothing of it was applied."""
+
+
 class LmdbStore:
     """LMDB with synchronous commits: each commit fsyncs its data pages, then its meta page.
 
@@ -103,12 +107,19 @@ class LmdbStore:
 
     def commit(self, writes: Sequence[Write]) -> None:
         dbs = self._dbs
-        with self._env.begin(write=True) as txn:
-            for write in writes:
-                if isinstance(write, Put):
-                    txn.put(write.key, write.value, db=dbs[write.table])
-                else:
-                    txn.delete(write.key, db=dbs[write.table])
+        try:
+            with self._env.begin(write=True) as txn:
+                for write in writes:
+                    if isinstance(write, Put):
+                        txn.put(write.key, write.value, db=dbs[write.table])
+                    else:
+                        txn.delete(write.key, db=dbs[write.table])
+        except lmdb.MapFullError:
+            limit_gib = self._env.info()["map_size"] / (1 << 30)
+            raise StorageFull(
+                f"the stream log is full: it reached its limit of {limit_gib:g} GiB; trim or "
+                "delete streams, or restart the server with a larger --max-storage-gib"
+            ) from None
 
     def get(self, table: Table, key: bytes) -> bytes | None:
         with self._env.begin(db=self._dbs[table]) as txn:
