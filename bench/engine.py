@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import functools
 import os
 import shutil
@@ -60,17 +61,23 @@ async def open_store(path: str, job_settings: JobSettings | None = None) -> Stre
     return store
 
 
+async def append_pipelined(
+    store: StreamStore, stream: str, batch: ValidatedBatch, batches: int, window: int
+) -> None:
+    """Append `batch` `batches` times, keeping `window` appends in flight."""
+    inflight: collections.deque[asyncio.Future[AppendAck]] = collections.deque()
+    for _ in range(batches):
+        if len(inflight) >= window:
+            await inflight.popleft()
+        inflight.append(await store.submit(BASIN, stream, batch))
+    await asyncio.gather(*inflight)
+
+
 async def scenario_a(path: str, batches: int = 400, window: int = 16) -> dict[str, float]:
     store = await open_store(path)
     await store.create_stream(BASIN, "a", StreamConfig(retention="infinite"))
-    batch = batch_of(1000)
-    inflight: list[asyncio.Future[AppendAck]] = []
     start = time.perf_counter()
-    for _ in range(batches):
-        if len(inflight) >= window:
-            await inflight.pop(0)
-        inflight.append(await store.submit(BASIN, "a", batch))
-    await asyncio.gather(*inflight)
+    await append_pipelined(store, "a", batch_of(1000), batches, window)
     elapsed = time.perf_counter() - start
     commits = store.committer.commits
     await store.close()
@@ -119,14 +126,8 @@ async def scenario_b(
 async def scenario_read(path: str, gib: float = 1.0) -> dict[str, float]:
     store = await open_store(path)
     await store.create_stream(BASIN, "r", StreamConfig(retention="infinite"))
-    batch = batch_of(1000)
     batches = int(gib * 1024 * MIB / (1000 * RECORD_BYTES))
-    inflight: list[asyncio.Future[AppendAck]] = []
-    for _ in range(batches):
-        if len(inflight) >= 16:
-            await inflight.pop(0)
-        inflight.append(await store.submit(BASIN, "r", batch))
-    await asyncio.gather(*inflight)
+    await append_pipelined(store, "r", batch_of(1000), batches, 16)
     total = batches * 1000
     session = await store.read_session(BASIN, "r", ReadStart(seq_num=0), ReadLimits(count=total))
     records = 0
@@ -154,12 +155,7 @@ async def scenario_reclaim(
     old = (await store.create_stream(BASIN, "old", StreamConfig(retention="infinite"))).record
     await store.create_stream(BASIN, "live", StreamConfig(retention="infinite"))
     batch = batch_of(1)
-    inflight: list[asyncio.Future[AppendAck]] = []
-    for _ in range(batches):
-        if len(inflight) >= 256:
-            await inflight.pop(0)
-        inflight.append(await store.submit(BASIN, "old", batch))
-    await asyncio.gather(*inflight)
+    await append_pipelined(store, "old", batch, batches, 256)
     trim = validate_append_input(pb.AppendInput(records=[trim_record(batches)]))
     await store.append(BASIN, "old", trim)
     latencies: list[float] = []

@@ -20,13 +20,7 @@ and check every acknowledgement of every earlier run too.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import signal
-import subprocess
-import sys
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,8 +51,8 @@ from tests.crash.appender import (
     plan,
     to_batch,
 )
+from tests.crash.child import run_and_kill
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 FIRST_ACK_TIMEOUT_S = 60.0
 PROBE_SEED = 0
 """Seed of the one batch the verifier appends per stream; children use seeds >= 1."""
@@ -76,46 +70,15 @@ class Ack:
 
 def run_child(data_dir: Path, seed: int, kill_after_s: float, after_first_ack: bool) -> list[Ack]:
     """Run the appender, SIGKILL it `kill_after_s` after its first ack (or after spawning)."""
-    stderr_path = data_dir.parent / f"{data_dir.name}-{seed}.stderr"
-    with open(stderr_path, "wb") as stderr:
-        child = subprocess.Popen(
-            [sys.executable, "-m", "tests.crash.appender", str(data_dir), str(seed)],
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            cwd=REPO_ROOT,
-        )
-    lines: list[str] = []
-    first_ack = threading.Event()
-
-    def drain() -> None:
-        # Keeps the pipe empty so the child never blocks on a full pipe while we wait.
-        assert child.stdout is not None
-        for raw in child.stdout:
-            if not raw.endswith(b"\n"):
-                break  # cut off by the kill: not a complete acknowledgement
-            line = raw.decode().rstrip("\n")
-            lines.append(line)
-            if line.startswith("ACK"):
-                first_ack.set()
-        first_ack.set()  # EOF: the child died by itself; the checks below report it
-
-    reader = threading.Thread(target=drain, daemon=True)
-    reader.start()
-    try:
-        if after_first_ack:
-            assert first_ack.wait(FIRST_ACK_TIMEOUT_S), "the appender printed no ack in time"
-        time.sleep(kill_after_s)
-        alive = child.poll() is None
-        if alive:
-            os.kill(child.pid, signal.SIGKILL)
-    finally:
-        if child.poll() is None:
-            child.kill()
-        child.wait()
-        reader.join()
-    stderr_text = stderr_path.read_text(errors="replace")
-    assert alive, f"the appender exited by itself ({child.returncode}):\n{stderr_text}"
-    assert child.returncode == -signal.SIGKILL
+    killed = run_and_kill(
+        "tests.crash.appender",
+        [str(data_dir), str(seed)],
+        data_dir.parent / f"{data_dir.name}-{seed}.stderr",
+        kill_after_s,
+        "ACK" if after_first_ack else None,
+        FIRST_ACK_TIMEOUT_S,
+    )
+    lines, stderr_text = killed.lines, killed.stderr
     errors = [line for line in lines if line.startswith("ERR")]
     assert not errors, f"the appender saw failures: {errors[:5]}\n{stderr_text}"
     if after_first_ack:

@@ -15,11 +15,6 @@ killed at a chosen moment of that deletion. Reopened, the store must hold:
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -35,9 +30,9 @@ from server.storage.layout import (
 )
 from server.streamstore import StreamStore
 from tests.conftest import decode
+from tests.crash.child import run_and_kill
 from tests.crash.trimmer import BASIN, BATCHES, STREAM, TRIM_POINT, body_of
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 TRIMMED_TIMEOUT_S = 60.0
 KILL_DELAYS_S = [0.0, 0.02, 0.05, 0.1, 0.2, 0.4]
 """After `TRIMMED`; the deletion that follows takes ~0.3-1 s here."""
@@ -45,42 +40,16 @@ KILL_DELAYS_S = [0.0, 0.02, 0.05, 0.1, 0.2, 0.4]
 
 def run_child(data_dir: Path, kill_after_s: float) -> list[str]:
     """Run the trimmer and SIGKILL it `kill_after_s` after it printed `TRIMMED`."""
-    stderr_path = data_dir.parent / "trimmer.stderr"
-    with open(stderr_path, "wb") as stderr:
-        child = subprocess.Popen(
-            [sys.executable, "-m", "tests.crash.trimmer", str(data_dir)],
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            cwd=REPO_ROOT,
-        )
-    lines: list[str] = []
-    trimmed = threading.Event()
-
-    def drain() -> None:
-        assert child.stdout is not None
-        for raw in child.stdout:
-            lines.append(raw.decode().rstrip("\n"))
-            if raw.startswith(b"TRIMMED"):
-                trimmed.set()
-        trimmed.set()  # EOF: the child died by itself; the caller reports it
-
-    reader = threading.Thread(target=drain, daemon=True)
-    reader.start()
-    try:
-        assert trimmed.wait(TRIMMED_TIMEOUT_S), "the trimmer did not trim in time"
-        threading.Event().wait(kill_after_s)
-        alive = child.poll() is None
-        if alive:
-            os.kill(child.pid, signal.SIGKILL)
-    finally:
-        if child.poll() is None:
-            child.kill()
-        child.wait()
-        reader.join()
-    stderr_text = stderr_path.read_text(errors="replace")
-    assert alive, f"the trimmer exited by itself ({child.returncode}):\n{stderr_text}"
-    assert f"TRIMMED {TRIM_POINT}" in lines, stderr_text
-    return lines
+    killed = run_and_kill(
+        "tests.crash.trimmer",
+        [str(data_dir)],
+        data_dir.parent / "trimmer.stderr",
+        kill_after_s,
+        "TRIMMED",
+        TRIMMED_TIMEOUT_S,
+    )
+    assert f"TRIMMED {TRIM_POINT}" in killed.lines, killed.stderr
+    return killed.lines
 
 
 def stored_batches(store: StreamStore, sid: int) -> list[int]:
