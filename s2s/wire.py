@@ -198,7 +198,11 @@ def record_entries(
     record); headed records then get their entry rebuilt with the headers in place (by hand
     too: a `SequencedRecord` message per headed record cost twice as much). Returns the byte
     chunks to join (two per entry, so bodies are not copied twice) and each entry's length.
+    A batch of one record, the most common small append, is built directly: the whole-batch
+    passes cost it ~9 us, that ~2 us.
     """
+    if len(bodies) == 1:
+        return _single_entry(bodies[0], headed.get(0), first_seq, timestamps[0])
     # Few distinct values per batch: each field is encoded once per value, not per record.
     timestamp_fields = {
         timestamp: _TIMESTAMP_TAG + varint(timestamp) if timestamp else b""
@@ -214,12 +218,11 @@ def record_entries(
         )
     ]
     for index, headers in headed.items():
-        # Field order: the headers go between the timestamp and the body.
-        heads[index] = (
-            seq_fields[index]
-            + timestamp_fields[timestamps[index]]
-            + _header_fields(headers)
-            + body_heads[body_lengths[index]]
+        heads[index] = _head(
+            seq_fields[index],
+            timestamp_fields[timestamps[index]],
+            headers,
+            body_heads[body_lengths[index]],
         )
     starts = [
         _READ_BATCH_RECORDS_TAG + varint(len(head) + body_length) + head
@@ -230,18 +233,20 @@ def record_entries(
     return chunks, lengths
 
 
-def single_record_entry(
+def _head(seq_field: bytes, timestamp_field: bytes, headers: Headers, body_head: bytes) -> bytes:
+    """A record's fields before its body bytes, in field order: the headers go between the
+    timestamp and the body."""
+    return seq_field + timestamp_field + _header_fields(headers) + body_head
+
+
+def _single_entry(
     body: bytes, headers: Headers | None, seq_num: int, timestamp: int
 ) -> tuple[list[bytes], list[int]]:
-    """`record_entries` of a batch of one record, field by field: the whole-batch passes there
-    cost a single record ~9 us, this ~2 us, and most small appends carry one record."""
-    head = b"".join(
-        (
-            _SEQ_NUM_TAG + varint(seq_num) if seq_num else b"",
-            _TIMESTAMP_TAG + varint(timestamp) if timestamp else b"",
-            _header_fields(headers) if headers else b"",
-            _BODY_TAG + varint(len(body)) if body else b"",
-        )
+    head = _head(
+        _SEQ_NUM_TAG + varint(seq_num) if seq_num else b"",
+        _TIMESTAMP_TAG + varint(timestamp) if timestamp else b"",
+        headers or [],
+        _BODY_TAG + varint(len(body)) if body else b"",
     )
     start = _READ_BATCH_RECORDS_TAG + varint(len(head) + len(body)) + head
     return [start, body], [len(start) + len(body)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
@@ -61,9 +62,20 @@ def clock() -> ManualClock:
     return ManualClock()
 
 
+@contextlib.asynccontextmanager
+async def open_store(
+    path: object, clock: ManualClock, job_settings: JobSettings = MANUAL_JOBS
+) -> AsyncIterator[StreamStore]:
+    """A `StreamStore` in `path` with `BASIN` created, closed on exit."""
+    opened = await StreamStore.open(str(path), clock=clock, job_settings=job_settings)
+    await opened.create_basin(BASIN)
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
 @pytest.fixture
 async def store(tmp_path: object, clock: ManualClock) -> AsyncIterator[StreamStore]:
-    opened = await StreamStore.open(str(tmp_path), clock=clock, job_settings=MANUAL_JOBS)
-    await opened.create_basin(BASIN)
-    yield opened
-    await opened.close()
+    async with open_store(tmp_path, clock) as opened:
+        yield opened

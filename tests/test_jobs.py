@@ -15,7 +15,7 @@ from server.reader import ReadLimits, ReadStart
 from server.storage.kv import LmdbStore, Table
 from server.storage.layout import batch_key
 from server.streamstore import StreamStore
-from tests.conftest import BASIN, MANUAL_JOBS, ManualClock, decode, make_batch
+from tests.conftest import BASIN, MANUAL_JOBS, ManualClock, decode, make_batch, open_store
 
 BODY = b"z" * 1000
 
@@ -112,10 +112,8 @@ SMALL_TURNS = JobSettings(
 
 @pytest.fixture
 async def small_turns(tmp_path: object, clock: ManualClock) -> AsyncIterator[StreamStore]:
-    opened = await StreamStore.open(str(tmp_path), clock=clock, job_settings=SMALL_TURNS)
-    await opened.create_basin(BASIN)
-    yield opened
-    await opened.close()
+    async with open_store(tmp_path, clock, SMALL_TURNS) as opened:
+        yield opened
 
 
 async def test_one_run_deletes_every_due_batch_however_many(

@@ -21,7 +21,6 @@ from s2s.wire import (
     plain_append_input_size,
     record_entries,
     request_input_size,
-    single_record_entry,
     varint,
     with_append_input,
 )
@@ -78,8 +77,8 @@ def test_single_record_entries_match_a_serialized_read_batch(
     first_seq: int, timestamp: int
 ) -> None:
     for record in _records():
-        headers = [(h.name, h.value) for h in record.headers] or None
-        chunks, lengths = single_record_entry(record.body, headers, first_seq, timestamp)
+        headed = {0: [(h.name, h.value) for h in record.headers]} if record.headers else {}
+        chunks, lengths = record_entries([record.body], headed, first_seq, [timestamp])
         entry = pb.SequencedRecord(
             seq_num=first_seq, timestamp=timestamp, headers=record.headers, body=record.body
         )

@@ -47,7 +47,7 @@ from itertools import accumulate
 
 import google_crc32c
 
-from s2s.wire import Headers, record_entries, single_record_entry
+from s2s.wire import Headers, record_entries
 
 U64_MAX = 2**64 - 1
 NEXT_STREAM_ID_KEY = b"next_stream_id"
@@ -178,11 +178,7 @@ def encode_batch(
     the payload's length), timestamps[count] (u64), metered sizes[count] (u32), payload, and
     the CRC-32C of all of that (u32).
     """
-    chunks, lengths = (
-        single_record_entry(bodies[0], headed.get(0), first_seq, timestamps[0])
-        if len(bodies) == 1
-        else record_entries(bodies, headed, first_seq, timestamps)
-    )
+    chunks, lengths = record_entries(bodies, headed, first_seq, timestamps)
     parts = [
         _BATCH_HEADER.pack(BATCH_MAGIC, BATCH_VERSION, 0, len(bodies), first_seq, arrival_ms, 0),
         _u32_array([0, *accumulate(lengths)]).tobytes(),
