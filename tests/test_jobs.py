@@ -170,7 +170,7 @@ async def test_space_freed_by_a_trim_is_reused_once_storage_is_full(
         with pytest.raises(S2Error) as full:
             for _ in range(1000):
                 await store.append(BASIN, "full", big)
-        assert full.value.code == "storage"
+        assert full.value.code == "unavailable"  # 503, retryable: nothing was written
         assert "is full" in full.value.message and "--max-storage-gib" in full.value.message
         tail = await store.check_tail(BASIN, "full")
         await store.append(BASIN, "full", make_batch(records=[trim_record(tail.seq_num)]))

@@ -24,7 +24,10 @@ can run, cost ~120 us per hand-off here (the two threads trade the GIL and the l
 If a commit (or a prepare) fails, state held in memory may run ahead of the disk. The committer
 then fails that group and every job submitted before the failure was handled (their
 generation is stale), and calls `on_failure` on the loop so the owner can fall back to durable
-state; jobs submitted after that are accepted again.
+state; jobs submitted after that are accepted again. A commit that failed for want of space
+(`StorageFull`) fails its jobs with `unavailable` (503, retryable): nothing was written, and the
+same appends succeed once the operator frees space, with no restart; any other failure is
+`storage` (500).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from s2s.errors import S2Error
-from server.storage.kv import KeyValueStore, Write
+from server.storage.kv import KeyValueStore, StorageFull, Write
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +67,13 @@ def _last_write_per_key(group: Sequence[_Job]) -> list[Write]:
     LMDB call releases the GIL, and with the event loop busy, taking it back can cost a whole
     switch interval, so each call saved shortens the commit."""
     return list({(write.table, write.key): write for job in group for write in job.writes}.values())
+
+
+def _failure_error(exc: Exception) -> S2Error:
+    """What the jobs of a failed commit (and those queued behind it) are told."""
+    if isinstance(exc, StorageFull):
+        return S2Error("unavailable", str(exc))
+    return S2Error("storage", f"storage commit failed: {exc}")
 
 
 def _prepare(job: _Job) -> None:
@@ -98,6 +108,10 @@ class GroupCommitter:
         self._held: collections.deque[_Job | None] = collections.deque(maxlen=1)
         # Bumped on every failure; jobs of an older generation are failed, never written.
         self._generation = 0
+        # The writer's most recent failure: jobs it makes stale fail with the same error.
+        self._failure = S2Error("storage", "an earlier commit failed")
+        # Writer-side: a run of identical failures (a full disk under load) is logged once.
+        self._failing = False
         self._recovering = False
         self._closing = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -231,7 +245,7 @@ class GroupCommitter:
         while (group := self._take_group()) is not None:
             stale = [job for job in group if job.generation != self._generation]
             if stale:
-                loop.call_soon_threadsafe(self._fail, stale, "an earlier commit failed")
+                loop.call_soon_threadsafe(self._fail, stale, self._failure)
                 group = [job for job in group if job.generation == self._generation]
                 if not group:
                     continue
@@ -243,18 +257,28 @@ class GroupCommitter:
                 self._handle_failure(group, exc)
                 continue
             self.commits += 1
+            if self._failing:
+                self._failing = False
+                log.warning("commits succeed again")
             loop.call_soon_threadsafe(self._succeed, group)
 
     def _handle_failure(self, group: list[_Job], exc: Exception) -> None:
         """Nothing in `group` landed; everything behind it was built on it, so fail it too."""
-        log.error("commit of %d jobs failed: %r", len(group), exc)
+        error = _failure_error(exc)
+        repeated = self._failing and error.message == self._failure.message
+        log.log(
+            logging.DEBUG if repeated else logging.ERROR,
+            "commit of %d jobs failed: %s",
+            len(group),
+            error.message,
+        )
+        self._failing = True
+        self._failure = error
         assert self._loop is not None
         with self._lock:
             self._generation += 1
             self._recovering = True
-        self._loop.call_soon_threadsafe(
-            self._fail_and_recover, group, f"storage commit failed: {exc}"
-        )
+        self._loop.call_soon_threadsafe(self._fail_and_recover, group, error)
 
     # --- event loop callbacks ----------------------------------------------------------------
 
@@ -263,14 +287,14 @@ class GroupCommitter:
             self.release(job.size_bytes)
             job.on_done(None)
 
-    def _fail(self, group: list[_Job], reason: str) -> None:
+    def _fail(self, group: list[_Job], error: S2Error) -> None:
         for job in group:
             self.release(job.size_bytes)
-            job.on_done(S2Error("storage", reason))
+            job.on_done(error)
 
-    def _fail_and_recover(self, group: list[_Job], reason: str) -> None:
+    def _fail_and_recover(self, group: list[_Job], error: S2Error) -> None:
         """One callback, so no caller sees its failure before recovery is done."""
-        self._fail(group, reason)
+        self._fail(group, error)
         try:
             self._on_failure()
         finally:

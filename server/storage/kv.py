@@ -78,8 +78,19 @@ MAP_SIZE_BYTES_DEFAULT = 1 << 40
 """LMDB's address-space reservation; the file grows only as pages are used."""
 
 
+DISK_HEADROOM_BYTES = 1 << 20
+"""Room a commit needs on disk beyond its values: the B-tree pages it rewrites and new branch
+pages (a few per table it touches). A failed commit with less than its values plus this left
+free on the filesystem is taken to have failed for want of space."""
+
+
 class StorageFull(Exception):
-    """A commit needed more space than the store may use; nothing of it was applied."""
+    """A commit needed more space than the store may use, or than the disk had; nothing of it
+    was applied, and the same commit can succeed once space is freed."""
+
+
+def _values_bytes(writes: Sequence[Write]) -> int:
+    return sum(len(write.value) for write in writes if isinstance(write, Put))
 
 
 class LmdbStore:
@@ -92,6 +103,7 @@ class LmdbStore:
 
     def __init__(self, path: str, map_size_bytes: int = MAP_SIZE_BYTES_DEFAULT) -> None:
         os.makedirs(path, exist_ok=True)
+        self._path = path
         self._env = lmdb.open(
             path,
             map_size=map_size_bytes,
@@ -120,6 +132,21 @@ class LmdbStore:
                 f"the stream log is full: it reached its limit of {limit_gib:g} GiB; trim or "
                 "delete streams, or restart the server with a larger --max-storage-gib"
             ) from None
+        except lmdb.Error as error:
+            # LMDB reports a write cut short by a full disk as EIO (its page flush turns a
+            # short write into EIO), so the filesystem's free space tells the two apart.
+            free_bytes = self._free_disk_bytes()
+            if free_bytes < _values_bytes(writes) + DISK_HEADROOM_BYTES:
+                raise StorageFull(
+                    f"the disk holding the stream log is full ({free_bytes / (1 << 20):.1f} MiB "
+                    "free): the server's operator must free space on it; appends succeed again "
+                    "as soon as there is room, without a restart"
+                ) from error
+            raise
+
+    def _free_disk_bytes(self) -> int:
+        stat = os.statvfs(self._path)
+        return stat.f_bavail * stat.f_frsize
 
     def get(self, table: Table, key: bytes) -> bytes | None:
         with self._env.begin(db=self._dbs[table]) as txn:
