@@ -32,7 +32,7 @@ import duckdb
 import pyarrow as pa
 
 from server.lake import coercion
-from server.lake.connection import CATALOG_ALIAS, META_SCHEMA
+from server.lake.connection import CATALOG_ALIAS, DEAD_LETTER_COLUMNS, META_SCHEMA
 from server.lake.definition import Materialization
 from server.lake.sqltext import first_line, quote_identifier, quote_literal
 
@@ -130,6 +130,19 @@ def _arrow_input(
     if headers is not None:
         columns["headers"] = pa.array(headers, pa.map_(pa.string(), pa.string()))
     return pa.table(columns)
+
+
+def projection_sql(select: str | None, where: str | None, seq_filter: str = "") -> str:
+    """The statement that projects staged records: the user's select list and predicate, each
+    on lines of its own, so a trailing `--` comment ends with its fragment. projection.py
+    checks that the fragments compose into exactly this shape."""
+    predicate = f"(\n{where}\n)" if where else "true"
+    if seq_filter:
+        predicate = f"{predicate} AND {seq_filter}"
+    return (
+        f"SELECT records.seq_num AS {_SEQ}, \n{select or 'records.*'}\n "
+        f"FROM {_PROJECTION_INPUT} WHERE {predicate}"
+    )
 
 
 def _utf8_or_none(body: bytes) -> str | None:
@@ -410,14 +423,7 @@ class Applier:
         return inferred
 
     def _projection_sql(self, seq_filter: str = "") -> str:
-        definition = self._definition
-        predicate = f"({definition.where})" if definition.where else "true"
-        if seq_filter:
-            predicate = f"{predicate} AND {seq_filter}"
-        return (
-            f"SELECT records.seq_num AS {_SEQ}, {definition.select or 'records.*'} "
-            f"FROM {_PROJECTION_INPUT} WHERE {predicate}"
-        )
+        return projection_sql(self._definition.select, self._definition.where, seq_filter)
 
     def _shape_projection(self, columns: dict[str, str]) -> dict[str, str]:
         cursor = self._cursor
@@ -610,7 +616,8 @@ class Applier:
     def _dead_letters(self) -> None:
         definition = self._definition
         self._cursor.execute(
-            f"INSERT INTO {META_SCHEMA}.dead_letters SELECT $name, $target, $basin, $stream, "
+            f"INSERT INTO {META_SCHEMA}.dead_letters ({DEAD_LETTER_COLUMNS}) "
+            "SELECT $name, $target, $basin, $stream, "
             "s.seq_num, s.timestamp, s.raw, r.reason, now() "
             f"FROM {_REJECTS} AS r JOIN {_INCOMING} AS s USING (seq_num) ORDER BY s.seq_num",
             {

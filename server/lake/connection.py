@@ -5,7 +5,9 @@ unless a catalog connection string (e.g. `postgres:dbname=lake host=db user=s2s`
 data path are configured for deployments that outgrow one machine.
 
 The lake's bookkeeping lives in the lake itself, in schema `s2s`, so that a batch of rows, its
-dead letters and the materialization's checkpoint commit in one DuckLake transaction:
+dead letters and the materialization's checkpoint commit in one DuckLake transaction. No
+table name a client sends may name this schema (definition.parse_table), and user SQL only
+reads (sql_guard.py):
 
 - `s2s.materializations(name, definition)`: one row per materialization; `definition` is the
   JSON of `Materialization` (see definition.py). Updatable.
@@ -29,16 +31,35 @@ from server.lake.sqltext import quote_literal
 CATALOG_ALIAS = "lake"
 META_SCHEMA = "s2s"
 
-_META_TABLES = (
-    f"CREATE TABLE IF NOT EXISTS {META_SCHEMA}.materializations (name VARCHAR, definition VARCHAR)",
-    f"CREATE TABLE IF NOT EXISTS {META_SCHEMA}.checkpoints "
-    "(name VARCHAR, last_seq_num BIGINT, rows_applied BIGINT, rows_rejected BIGINT, "
-    "updated_at TIMESTAMPTZ)",
-    f"CREATE TABLE IF NOT EXISTS {META_SCHEMA}.dead_letters "
-    "(materialization VARCHAR, target_table VARCHAR, basin VARCHAR, stream VARCHAR, "
-    "seq_num BIGINT, record_timestamp BIGINT, body BLOB, reason VARCHAR, "
-    "rejected_at TIMESTAMPTZ)",
+_MATERIALIZATIONS = (("name", "VARCHAR"), ("definition", "VARCHAR"))
+_CHECKPOINTS = (
+    ("name", "VARCHAR"),
+    ("last_seq_num", "BIGINT"),
+    ("rows_applied", "BIGINT"),
+    ("rows_rejected", "BIGINT"),
+    ("updated_at", "TIMESTAMPTZ"),
 )
+_DEAD_LETTERS = (
+    ("materialization", "VARCHAR"),
+    ("target_table", "VARCHAR"),
+    ("basin", "VARCHAR"),
+    ("stream", "VARCHAR"),
+    ("seq_num", "BIGINT"),
+    ("record_timestamp", "BIGINT"),
+    ("body", "BLOB"),
+    ("reason", "VARCHAR"),
+    ("rejected_at", "TIMESTAMPTZ"),
+)
+_META_TABLES = {
+    "materializations": _MATERIALIZATIONS,
+    "checkpoints": _CHECKPOINTS,
+    "dead_letters": _DEAD_LETTERS,
+}
+# Every statement on these tables names its columns: a column added to one (nothing the
+# server does adds any; a damaged or hand-edited catalog might) must not shift values.
+MATERIALIZATION_COLUMNS = ", ".join(name for name, _ in _MATERIALIZATIONS)
+CHECKPOINT_COLUMNS = ", ".join(name for name, _ in _CHECKPOINTS)
+DEAD_LETTER_COLUMNS = ", ".join(name for name, _ in _DEAD_LETTERS)
 
 
 def default_threads() -> int:
@@ -122,8 +143,9 @@ def open_lake(settings: LakeSettings) -> duckdb.DuckDBPyConnection:
     )
     conn.execute(f"USE {CATALOG_ALIAS}")
     conn.execute(f"CREATE SCHEMA IF NOT EXISTS {META_SCHEMA}")
-    for statement in _META_TABLES:
-        conn.execute(statement)
+    for table, columns in _META_TABLES.items():
+        column_list = ", ".join(f"{name} {kind}" for name, kind in columns)
+        conn.execute(f"CREATE TABLE IF NOT EXISTS {META_SCHEMA}.{table} ({column_list})")
     allowed = [str(settings.root) + os.sep]
     if "://" not in data_dir:
         allowed.append(os.path.abspath(data_dir) + os.sep)

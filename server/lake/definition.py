@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from s2s import names
 from s2s.errors import S2Error, invalid
+from server.lake.connection import CATALOG_ALIAS, META_SCHEMA
 
 MODES = ("append", "merge")
 INGEST_BASIN = "lake-ingest"
@@ -58,11 +59,40 @@ class Materialization:
 
     @staticmethod
     def from_json(text: str) -> Materialization:
-        return Materialization(**json.loads(text))
+        """A stored definition, checked as a declaration is: raises ValueError if it is not
+        exactly what `build_materialization` would have stored."""
+        data = json.loads(text)
+        if not isinstance(data, dict) or set(data) != _FIELDS:
+            raise ValueError(f"expected a JSON object with the fields {sorted(_FIELDS)}")
+        stored = Materialization(**data)
+        if not isinstance(stored.owner, str):
+            raise ValueError("owner must be a string")
+        spec = {
+            "name": stored.name,
+            "table": f"{stored.target_schema}.{stored.target_table}",
+            "basin": stored.basin,
+            "stream": stored.stream,
+            "mode": stored.mode,
+            "primary_key": stored.primary_key,
+            "select": stored.select,
+            "where": stored.where,
+            "partition_by": stored.partition_by,
+            "create_table": stored.create_table,
+            "paused": stored.paused,
+        }
+        try:
+            rebuilt = build_materialization(spec, owner=stored.owner)
+        except S2Error as error:
+            raise ValueError(error.message) from None
+        if rebuilt != stored:
+            raise ValueError("its fields are not what a declaration would store")
+        return stored
 
     def with_paused(self, paused: bool) -> Materialization:
         return replace(self, paused=paused)
 
+
+_FIELDS = frozenset(f.name for f in fields(Materialization))
 
 TABLE_FORM = (
     "'schema.table' or 'lake.schema.table', each part a letter or underscore followed by up "
@@ -70,21 +100,37 @@ TABLE_FORM = (
 )
 
 
-def parse_table(table: str) -> tuple[str, str] | None:
-    """(schema, table) from `schema.table` or `lake.schema.table`; None if malformed."""
+class TableNameError(ValueError):
+    """A table name a client may not use; the message says why (without the name)."""
+
+
+def parse_table(table: str) -> tuple[str, str]:
+    """(schema, table) from `schema.table` or `lake.schema.table`.
+
+    Every table name a client sends (ingest, materialization targets, dead letters) comes
+    through here, so this is where the lake's own schema is fenced off: ingest into
+    `s2s.materializations` would make the next start fail, and a column added to
+    `s2s.checkpoints` broke every later declaration. DuckDB compares names without case,
+    so `S2S` is the same schema.
+    """
     parts = table.split(".")
-    if len(parts) == 3 and parts[0].lower() == "lake":
+    if len(parts) == 3 and parts[0].lower() == CATALOG_ALIAS:
         parts = parts[1:]
     if len(parts) != 2 or not all(_IDENTIFIER.fullmatch(part) for part in parts):
-        return None
+        raise TableNameError(f"expected {TABLE_FORM}")
+    if parts[0].lower() == META_SCHEMA:
+        raise TableNameError(
+            f"schema {META_SCHEMA!r} holds the server's own state (materializations, "
+            "checkpoints, dead letters) and takes no rows from clients; use another schema"
+        )
     return parts[0], parts[1]
 
 
 def split_table(table: str) -> tuple[str, str]:
-    parsed = parse_table(table)
-    if parsed is None:
-        raise invalid(f"table {table!r} must be {TABLE_FORM}")
-    return parsed
+    try:
+        return parse_table(table)
+    except TableNameError as error:
+        raise invalid(f"table {table!r}: {error}") from None
 
 
 def _optional_sql(value: Any, what: str) -> str | None:

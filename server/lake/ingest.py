@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 import zstandard
 
 from s2s.records import RECORD_METERED_BYTES_MAX, RECORD_METERED_OVERHEAD_BYTES
-from server.lake.definition import TABLE_FORM, parse_table
+from server.lake.definition import TableNameError, parse_table
 
 MAX_PAYLOAD_BYTES = 10 * 1024 * 1024
 """Largest body accepted, checked both as received and after decompression."""
@@ -356,12 +356,12 @@ def _make_config(
 
 
 def _split_table(qualified: str) -> tuple[str, str]:
-    parsed = parse_table(qualified)
-    if parsed is None:
+    try:
+        return parse_table(qualified)
+    except TableNameError as error:
         raise IngestError(
-            400, "invalid_table", f"invalid table name {_preview(qualified)}: expected {TABLE_FORM}"
-        )
-    return parsed
+            400, "invalid_table", f"invalid table name {_preview(qualified)}: {error}"
+        ) from None
 
 
 def _single_key(columns: list[str]) -> str:

@@ -1,8 +1,10 @@
-"""Read-only SQL over the lake, for `/v1/lake/query`, the SDK and `s2s sql`.
+"""SQL over the lake for `/v1/lake/query`, the SDK and `s2s sql`, and the server's own reads.
 
-Three fences keep a query from changing anything: only one statement, of a reading type;
-it runs inside a transaction that is always rolled back; and DuckDB's file access is limited
-to the lake's own directories (connection.py), so `read_csv('/etc/passwd')` fails too.
+User SQL only ever reads the lake's tables: `SqlGuard` (sql_guard.py) checks each statement
+by its parse tree and bound plan before it runs. Three fences stay around it: it runs inside
+a transaction that is always rolled back; DuckDB's file access is limited to the lake's own
+directories (connection.py), so `read_csv('/etc/passwd')` fails even if a check were missed;
+and a watchdog interrupts it after `TIMEOUT_S`.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import pyarrow as pa
 
 from s2s.errors import S2Error
 from server.lake.connection import lake_cursor
+from server.lake.sql_guard import SqlGuard
+from server.lake.sql_rules import FunctionRules
 from server.lake.sqltext import first_line
 
 ROWS_MAX = 100_000
@@ -22,13 +26,17 @@ ROWS_MAX = 100_000
 TIMEOUT_S = 60.0
 """A query running longer is interrupted: the pool has two threads, and a runaway query must
 not hold one forever."""
-_READING_TYPES = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
 _QUERY_THREADS = 2
 
 
 class QueryRunner:
-    def __init__(self, conn: duckdb.DuckDBPyConnection) -> None:
+    def __init__(self, conn: duckdb.DuckDBPyConnection, rules: FunctionRules) -> None:
         self._conn = conn
+        cursor = lake_cursor(conn)
+        try:
+            self._guard = SqlGuard.load(cursor, rules)
+        finally:
+            cursor.close()
         self._executor = ThreadPoolExecutor(_QUERY_THREADS, thread_name_prefix="lake-query")
 
     @property
@@ -41,26 +49,26 @@ class QueryRunner:
     def run(
         self, sql: str, rows_max: int = ROWS_MAX, timeout_s: float = TIMEOUT_S
     ) -> tuple[pa.Table, bool]:
-        """Run on a query thread: the result (at most `rows_max` rows) and whether it was cut."""
+        """User SQL, on a query thread: the result (at most `rows_max` rows) and whether it
+        was cut. Refused (`read_only_sql`) unless it only reads the lake's tables."""
+        return self._run(sql, rows_max, timeout_s, guarded=True)
+
+    def run_internal(self, sql: str, rows_max: int = ROWS_MAX) -> tuple[pa.Table, bool]:
+        """A read the server composed itself (its own tables, literals quoted): not checked
+        by the guard, which is for user SQL; the other fences stay."""
+        return self._run(sql, rows_max, TIMEOUT_S, guarded=False)
+
+    def _run(
+        self, sql: str, rows_max: int, timeout_s: float, guarded: bool
+    ) -> tuple[pa.Table, bool]:
         cursor = lake_cursor(self._conn)
         watchdog = threading.Timer(timeout_s, cursor.interrupt)
         watchdog.start()
         try:
-            try:
-                statements = cursor.extract_statements(sql)
-            except duckdb.Error as error:
-                raise S2Error("bad_sql", first_line(error)) from None
-            if len(statements) != 1:
-                raise S2Error("bad_sql", f"send exactly one statement, not {len(statements)}")
-            kind = statements[0].type
-            if kind not in _READING_TYPES:
-                raise S2Error(
-                    "read_only_sql",
-                    f"only reading statements (SELECT, WITH, DESCRIBE, SHOW, EXPLAIN) may run "
-                    f"here; this one is {kind.name}",
-                )
             cursor.execute("BEGIN")
             try:
+                if guarded:
+                    self._guard.check(cursor, sql)
                 reader = cursor.execute(sql).to_arrow_reader(min(rows_max, 10_000) or 1)
                 batches: list[pa.RecordBatch] = []
                 count = 0

@@ -2,15 +2,22 @@
 
 Every function takes the writer thread's cursor: the lake has one writer, so these never race
 with a batch commit (see connection.py for the tables and the exactly-once invariant).
+
+Reading them back never trusts them: a row the server did not write as it writes them (a
+definition that is not valid JSON, or not what a declaration would produce, a missing name, a
+name stored twice, a checkpoint stored twice or without its sequence number) is returned as
+`Damaged`, with the reason, instead of stopping the server from starting.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import collections
+from dataclasses import dataclass, field
+from typing import Any
 
 import duckdb
 
-from server.lake.connection import META_SCHEMA
+from server.lake.connection import CHECKPOINT_COLUMNS, MATERIALIZATION_COLUMNS, META_SCHEMA
 from server.lake.definition import Materialization
 
 
@@ -22,23 +29,61 @@ class Checkpoint:
     rows_rejected: int
 
 
-def load_all(cursor: duckdb.DuckDBPyConnection) -> list[tuple[Materialization, Checkpoint]]:
-    rows = cursor.execute(
-        f"SELECT m.definition, c.last_seq_num, c.rows_applied, c.rows_rejected "
-        f"FROM {META_SCHEMA}.materializations AS m LEFT JOIN {META_SCHEMA}.checkpoints AS c "
-        "USING (name) ORDER BY m.name"
+@dataclass(frozen=True)
+class Damaged:
+    """A stored materialization that cannot run; `name` is None if even that is unreadable."""
+
+    name: str | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class Loaded:
+    materializations: list[tuple[Materialization, Checkpoint]] = field(default_factory=list)
+    damaged: list[Damaged] = field(default_factory=list)
+
+
+def load_all(cursor: duckdb.DuckDBPyConnection) -> Loaded:
+    definitions = cursor.execute(
+        f"SELECT name, definition FROM {META_SCHEMA}.materializations ORDER BY name"
     ).fetchall()
-    return [
-        (
-            Materialization.from_json(str(definition)),
-            Checkpoint(
-                -1 if last is None else int(last),
-                int(applied or 0),
-                int(rejected or 0),
-            ),
-        )
-        for definition, last, applied, rejected in rows
-    ]
+    checkpoints: dict[Any, list[tuple[Any, Any, Any]]] = collections.defaultdict(list)
+    for name, last, applied, rejected in cursor.execute(
+        f"SELECT name, last_seq_num, rows_applied, rows_rejected FROM {META_SCHEMA}.checkpoints"
+    ).fetchall():
+        checkpoints[name].append((last, applied, rejected))
+    names = collections.Counter(name for name, _ in definitions)
+    loaded = Loaded()
+    for name, text in definitions:
+        if not isinstance(name, str):
+            loaded.damaged.append(Damaged(None, "a row without a name"))
+            continue
+        if names[name] > 1:
+            loaded.damaged.append(Damaged(name, f"{names[name]} definitions are stored"))
+            continue
+        try:
+            definition = Materialization.from_json(str(text))
+        # Any failure, whatever its type, means the same thing here: this row cannot run.
+        except Exception as error:
+            loaded.damaged.append(Damaged(name, f"its definition is unreadable: {error}"))
+            continue
+        if definition.name != name:
+            loaded.damaged.append(Damaged(name, f"its definition names {definition.name!r}"))
+            continue
+        stored = checkpoints.get(name, [])
+        if len(stored) > 1:
+            loaded.damaged.append(Damaged(name, f"{len(stored)} checkpoints are stored"))
+            continue
+        if not stored:  # as stored before the first commit
+            loaded.materializations.append((definition, Checkpoint(-1, 0, 0)))
+            continue
+        ((last, applied, rejected),) = stored
+        if not isinstance(last, int):
+            loaded.damaged.append(Damaged(name, "its checkpoint has no sequence number"))
+            continue
+        checkpoint = Checkpoint(last, int(applied or 0), int(rejected or 0))
+        loaded.materializations.append((definition, checkpoint))
+    return loaded
 
 
 def checkpoint(cursor: duckdb.DuckDBPyConnection, name: str) -> Checkpoint | None:
@@ -62,14 +107,16 @@ def insert(cursor: duckdb.DuckDBPyConnection, definition: Materialization) -> bo
             cursor.execute("ROLLBACK")
             return False
         cursor.execute(
-            f"INSERT INTO {META_SCHEMA}.materializations VALUES ($name, $definition)",
+            f"INSERT INTO {META_SCHEMA}.materializations ({MATERIALIZATION_COLUMNS}) "
+            "VALUES ($name, $definition)",
             {"name": definition.name, "definition": definition.to_json()},
         )
         cursor.execute(
             f"DELETE FROM {META_SCHEMA}.checkpoints WHERE name = $name", {"name": definition.name}
         )
         cursor.execute(
-            f"INSERT INTO {META_SCHEMA}.checkpoints VALUES ($name, -1, 0, 0, now())",
+            f"INSERT INTO {META_SCHEMA}.checkpoints ({CHECKPOINT_COLUMNS}) "
+            "VALUES ($name, -1, 0, 0, now())",
             {"name": definition.name},
         )
         cursor.execute("COMMIT")

@@ -43,8 +43,10 @@ from server.lake.definition import (
 )
 from server.lake.ingest import IngestRequest
 from server.lake.maintenance import MaintenanceResult, maintain
+from server.lake.projection import check_projection, projection_refusal
 from server.lake.query import ROWS_MAX, QueryRunner
 from server.lake.runner import MaterializationRunner, trim_stream
+from server.lake.sql_rules import FunctionRules
 from server.lake.sqltext import first_line, quote_literal
 from server.lake.writer import LakeWriter
 from server.reader import ReadLimits, ReadStart
@@ -81,7 +83,10 @@ class Lake:
         self._writer = LakeWriter(settings)
         self._server_id = _server_id(settings.root)
         self._runners: dict[str, MaterializationRunner] = {}
+        self._damaged: dict[str, str] = {}
+        """Stored materializations that cannot run (registry.Damaged), by name: why."""
         self._queries: QueryRunner | None = None
+        self._rules: FunctionRules | None = None
         self._lock = asyncio.Lock()
         self._maintenance: asyncio.Task[None] | None = None
         self.counters: dict[str, TableCounters] = {}
@@ -91,11 +96,20 @@ class Lake:
     async def open(cls, store: StreamStore, settings: LakeSettings) -> Lake:
         lake = cls(store, settings)
         await lake._writer.open()
-        lake._queries = QueryRunner(lake._writer.connection)
-        loaded = await lake._writer.run(registry.load_all, lake._writer.cursor)
-        for definition, checkpoint in loaded:
+        writer = lake._writer
+        rules = lake._rules = await writer.run(FunctionRules.load, writer.cursor)
+        lake._queries = await writer.run(QueryRunner, writer.connection, rules)
+        loaded = await writer.run(registry.load_all, writer.cursor)
+        for damaged in loaded.damaged:
+            lake._skip_damaged(damaged.name, damaged.reason)
+        for definition, checkpoint in loaded.materializations:
             if definition.owner != lake._server_id:
                 continue  # another server's, in a shared catalog
+            # Stored before its SQL was checked as it is now: it must not run unchecked.
+            refusal = await writer.run(projection_refusal, writer.cursor, rules, definition)
+            if refusal is not None:
+                lake._skip_damaged(definition.name, f"its SQL is refused: {refusal}")
+                continue
             runner = MaterializationRunner(
                 definition, checkpoint, store, lake._writer, lake._trim_floor(definition)
             )
@@ -105,6 +119,17 @@ class Lake:
         if settings.maintenance_interval_s > 0:
             lake._maintenance = asyncio.create_task(lake._maintain_forever(), name="lake-maint")
         return lake
+
+    def _skip_damaged(self, name: str | None, reason: str) -> None:
+        """A stored materialization that cannot run: said once in the log, kept out of the
+        runners, and named in errors about it until it is deleted."""
+        log.warning(
+            "materialization %s is not started: %s; delete it and declare it again",
+            "(unnamed)" if name is None else repr(name),
+            reason,
+        )
+        if name is not None:
+            self._damaged[name] = reason
 
     async def _maintain_forever(self) -> None:
         settings = self._writer.settings
@@ -140,8 +165,14 @@ class Lake:
         async with self._lock:
             if definition.name in self._runners:
                 raise _already_exists(definition.name)
-            if definition.select is not None or definition.where is not None:
-                await self._writer.run(self._check_projection, definition)
+            damage = self._damaged.get(definition.name)
+            if damage is not None:
+                raise S2Error(
+                    "resource_already_exists",
+                    f"materialization {definition.name!r} is stored but damaged ({damage}); "
+                    "delete it first",
+                )
+            await self._writer.run(self._check_projection, definition)
             if definition.basin == INGEST_BASIN:
                 await self._ensure_ingest_stream(definition.stream)
             created = await self._writer.run(registry.insert, self._writer.cursor, definition)
@@ -171,6 +202,10 @@ class Lake:
         )
 
     def _check_projection(self, definition: Materialization) -> None:
+        assert self._rules is not None
+        check_projection(self._writer.cursor, self._rules, definition)
+        if definition.select is None and definition.where is None:
+            return
         try:
             Applier(self._writer.cursor, definition).check_projection()
         except Exception as error:
@@ -179,6 +214,13 @@ class Lake:
     def _runner(self, name: str) -> MaterializationRunner:
         runner = self._runners.get(name)
         if runner is None:
+            damage = self._damaged.get(name)
+            if damage is not None:
+                raise S2Error(
+                    "materialization_not_found",
+                    f"materialization {name!r} is not running: it is stored but damaged "
+                    f"({damage}); delete it and declare it again",
+                )
             raise not_found(name)
         return runner
 
@@ -206,6 +248,10 @@ class Lake:
         stream, so a materialization declared later on it (ingest declares one on first use)
         does not apply those rows a second time."""
         async with self._lock:
+            if name in self._damaged:
+                await self._writer.run(registry.delete, self._writer.cursor, name)
+                del self._damaged[name]
+                return
             runner = self._runner(name)
             await runner.stop("deleted")
             # Read after stop: a commit finishing after the cancel is in the stored checkpoint.
@@ -409,7 +455,7 @@ class Lake:
         return runner
 
     async def _table_exists(self, schema: str, table: str) -> bool:
-        result, _ = await self.query(
+        result, _ = await self._read(
             "SELECT count(*) AS n FROM information_schema.tables WHERE table_catalog = 'lake' "
             f"AND table_schema = {quote_literal(schema)} AND table_name = {quote_literal(table)}"
         )
@@ -418,7 +464,7 @@ class Lake:
     async def _rejected_between(
         self, definition: Materialization, first: int, last: int
     ) -> list[tuple[int, str]]:
-        result, _ = await self.query(
+        result, _ = await self._read(
             f"SELECT seq_num, reason FROM {META_SCHEMA}.dead_letters "
             f"WHERE materialization = {quote_literal(definition.name)} "
             f"AND seq_num BETWEEN {int(first)} AND {int(last)} ORDER BY seq_num"
@@ -429,7 +475,7 @@ class Lake:
         """The most recent rejected records for `schema.table`, newest first."""
         if not 1 <= limit <= DEAD_LETTERS_LIMIT_MAX:
             raise invalid(f"limit must be between 1 and {DEAD_LETTERS_LIMIT_MAX}")
-        result, _ = await self.query(
+        result, _ = await self._read(
             "SELECT materialization, basin, stream, seq_num, record_timestamp, "
             f"body, reason, rejected_at FROM {META_SCHEMA}.dead_letters "
             f"WHERE lower(target_table) = {quote_literal(table.lower())} "
@@ -446,9 +492,16 @@ class Lake:
     # --- SQL -----------------------------------------------------------------------------
 
     async def query(self, sql: str, rows_max: int = ROWS_MAX) -> tuple[pa.Table, bool]:
+        """User SQL: refused unless it only reads the lake's tables (sql_guard.py)."""
         assert self._queries is not None
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._queries.executor, self._queries.run, sql, rows_max)
+
+    async def _read(self, sql: str) -> tuple[pa.Table, bool]:
+        """A read this module composed (names and values quoted), on a query thread."""
+        assert self._queries is not None
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._queries.executor, self._queries.run_internal, sql)
 
 
 def _already_exists(name: str) -> S2Error:

@@ -44,7 +44,9 @@ def _rows(conn: duckdb.DuckDBPyConnection, sql: str) -> list[tuple[Any, ...]]:
 
 
 def _checkpoint(conn: duckdb.DuckDBPyConnection) -> Checkpoint:
-    [(_, checkpoint)] = load_all(lake_cursor(conn))
+    loaded = load_all(lake_cursor(conn))
+    assert not loaded.damaged
+    [(_, checkpoint)] = loaded.materializations
     return checkpoint
 
 

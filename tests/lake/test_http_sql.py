@@ -118,8 +118,8 @@ def test_syntax_error_is_bad_sql(lake: LakeClient) -> None:
 def test_files_outside_the_lake_are_unreadable(lake: LakeClient) -> None:
     response = lake.sql("SELECT * FROM read_csv('/etc/passwd')")
     assert response.status_code == 400, response.text
-    assert response.json()["code"] == "bad_sql"
-    assert "Permission" in response.json()["message"]
+    assert response.json()["code"] == "read_only_sql"
+    assert "read_csv" in response.json()["message"]
     assert "root" not in response.text
 
 
