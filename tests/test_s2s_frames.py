@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import zlib
 from collections.abc import AsyncIterator
 
@@ -10,7 +11,7 @@ import pytest
 import zstandard
 
 from s2s.errors import S2Error
-from server.http_frontend.s2s_frames import read_frames
+from server.http_frontend.s2s_frames import FRAME_BYTES_MAX, read_frames
 
 BODIES = [b"a" * 70_000, b"", b"b" * 5, b"c" * 300]
 
@@ -59,3 +60,52 @@ def test_malformed_streams_are_bad_frames(data: bytes, message: str) -> None:
         _read(data, 3)
     assert raised.value.code == "bad_frame"
     assert message in raised.value.message
+
+
+def _bad_frame_message(data: bytes) -> str:
+    with pytest.raises(S2Error) as raised:
+        _read(data, 1000)
+    assert raised.value.code == "bad_frame"
+    return raised.value.message
+
+
+@pytest.mark.parametrize(
+    ("flags", "problem"),
+    [
+        (0x80, "terminal"),
+        (0xA0, "terminal"),
+        (0xFF, "terminal"),
+        (0x10, "reconnect-advised"),
+        (0x30, "reconnect-advised"),
+        *((bit, "reserved frame flag bits") for bit in (0x01, 0x02, 0x04, 0x08, 0x0F)),
+        (0x21, "reserved frame flag bits are set (flags 0x21)"),
+        (0x48, "reserved frame flag bits are set (flags 0x48)"),
+        (0x60, "compression bits"),
+    ],
+)
+def test_flags_a_client_may_not_set_are_bad_frames(flags: int, problem: str) -> None:
+    assert problem in _bad_frame_message(_frame(zstandard.compress(b"x" * 3000), flags))
+
+
+@pytest.mark.parametrize("flags", [0x20, 0x40])
+def test_every_cut_of_a_compressed_body_is_a_bad_frame(flags: int) -> None:
+    whole = zstandard.compress(STREAM) if flags == 0x20 else gzip.compress(STREAM)
+    assert _read(_frame(whole, flags), 1000) == [STREAM]
+    for cut in range(len(whole)):
+        assert "cannot decompress frame" in _bad_frame_message(_frame(whole[:cut], flags))
+
+
+@pytest.mark.parametrize("flags", [0x20, 0x40])
+def test_bytes_after_a_compressed_body_are_a_bad_frame(flags: int) -> None:
+    whole = zstandard.compress(b"z" * 3000) if flags == 0x20 else gzip.compress(b"g" * 3000)
+    for after in (b"\x00", whole):
+        assert f"{len(after)} bytes follow" in _bad_frame_message(_frame(whole + after, flags))
+
+
+@pytest.mark.parametrize("flags", [0x20, 0x40])
+def test_a_body_decompressing_past_the_frame_limit_is_a_bad_frame(flags: int) -> None:
+    at_limit = bytes(FRAME_BYTES_MAX)
+    compress = zstandard.compress if flags == 0x20 else gzip.compress
+    assert _read(_frame(compress(at_limit), flags), 1 << 20) == [at_limit]
+    message = _bad_frame_message(_frame(compress(at_limit + b"x"), flags))
+    assert f"exceeds {FRAME_BYTES_MAX} bytes" in message

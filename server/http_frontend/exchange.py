@@ -6,15 +6,12 @@ decompressed per `content-encoding`; S2S sessions read the body as a stream inst
 
 from __future__ import annotations
 
-import gzip
 import json
-import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import parse_qsl
 
-import zstandard
-
+from s2s import compression
 from s2s.errors import S2Error
 
 Scope = MutableMapping[str, Any]
@@ -25,6 +22,7 @@ Send = Callable[[Message], Awaitable[None]]
 REQUEST_BODY_BYTES_MAX = 8 * 1024 * 1024
 """Largest unary request body, before and after decompression: a 1 MiB batch in JSON base64
 with per-record overhead fits well inside."""
+_CODECS: dict[str, compression.Codec] = {"gzip": "gzip", "zstd": "zstd"}
 
 
 class Exchange:
@@ -143,20 +141,16 @@ def first_accept(value: str | None) -> str:
 
 
 def decompress(data: bytes, encoding: str | None) -> bytes:
+    """The body decoded per `content-encoding`: whole (`s2s.compression`), concatenated
+    members or frames allowed as in RFC 1952 and RFC 8878, at most `REQUEST_BODY_BYTES_MAX`."""
     if not encoding or encoding.strip().lower() == "identity":
         return data
-    codec = encoding.strip().lower()
+    codec = _CODECS.get(encoding.strip().lower())
+    if codec is None:
+        raise S2Error("bad_header", f"unsupported content-encoding {encoding!r}")
     try:
-        if codec == "zstd":
-            reader = zstandard.ZstdDecompressor().stream_reader(data)
-            out = reader.read(REQUEST_BODY_BYTES_MAX + 1)
-        elif codec == "gzip":
-            decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
-            out = decoder.decompress(data, REQUEST_BODY_BYTES_MAX + 1)
-        else:
-            raise S2Error("bad_header", f"unsupported content-encoding {encoding!r}")
-    except (zstandard.ZstdError, zlib.error, gzip.BadGzipFile) as error:
+        return compression.decompress(data, codec, REQUEST_BODY_BYTES_MAX, concatenated=True)
+    except compression.CorruptData as error:
         raise S2Error("bad_header", f"cannot decode {codec} body: {error}") from None
-    if len(out) > REQUEST_BODY_BYTES_MAX:
-        raise S2Error("invalid", f"request body exceeds {REQUEST_BODY_BYTES_MAX} bytes")
-    return out
+    except compression.TooLarge:
+        raise S2Error("invalid", f"request body exceeds {REQUEST_BODY_BYTES_MAX} bytes") from None

@@ -3,18 +3,22 @@
 `length` counts the flags byte and the body. Flags: `0x80` terminal, `0x60` compression
 (`0x20` zstd, `0x40` gzip), `0x10` reconnect advised, low bits reserved. A terminal body is a
 2-byte HTTP status followed by the JSON error body.
+
+A client frame may set only the compression bits: terminal and reconnect-advised frames are
+the server's to send, and the reserved bits must be zero. A compressed body is exactly one
+gzip member or zstd frame, whole (`s2s.compression`); anything else is `bad_frame`.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
-import zlib
 from collections.abc import AsyncIterator
 from typing import Any
 
 import zstandard
 
+from s2s import compression
 from s2s.errors import S2Error
 
 FRAME_BYTES_MAX = 2 * 1024 * 1024
@@ -26,6 +30,10 @@ _TERMINAL = 0x80
 _COMPRESSION_MASK = 0x60
 _ZSTD = 0x20
 _GZIP = 0x40
+_RECONNECT_ADVISED = 0x10
+_RESERVED = 0x0F
+_CODECS: dict[int, compression.Codec] = {_ZSTD: "zstd", _GZIP: "gzip"}
+"""The flags of a compressed client frame: a client sets no other bit."""
 
 
 def negotiate_compression(accept_encoding: str | None) -> str | None:
@@ -59,22 +67,29 @@ def terminal_for(error: S2Error) -> bytes:
     return encode_terminal(error.kind.http_status, error.body())
 
 
-def _decompress(flags: int, body: memoryview) -> bytes:
-    algorithm = flags & _COMPRESSION_MASK
+def _client_frame_body(flags: int, body: memoryview) -> bytes:
+    """The decompressed body of a frame a client sent; `bad_frame` for flags it may not set."""
+    if flags == 0:
+        return bytes(body)
+    codec = _CODECS.get(flags)
+    if codec is None:
+        raise S2Error("bad_frame", _flags_problem(flags))
     try:
-        if algorithm == 0:
-            return bytes(body)
-        if algorithm == _ZSTD:
-            out = zstandard.ZstdDecompressor().stream_reader(body).read(FRAME_BYTES_MAX + 1)
-        elif algorithm == _GZIP:
-            out = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(body, FRAME_BYTES_MAX + 1)
-        else:
-            raise S2Error("bad_frame", "invalid compression bits in frame flags")
-    except (zstandard.ZstdError, zlib.error) as error:
+        return compression.decompress(body, codec, FRAME_BYTES_MAX, concatenated=False)
+    except compression.CorruptData as error:
         raise S2Error("bad_frame", f"cannot decompress frame: {error}") from None
-    if len(out) > FRAME_BYTES_MAX:
-        raise S2Error("bad_frame", f"decompressed frame exceeds {FRAME_BYTES_MAX} bytes")
-    return out
+    except compression.TooLarge:
+        raise S2Error("bad_frame", f"decompressed frame exceeds {FRAME_BYTES_MAX} bytes") from None
+
+
+def _flags_problem(flags: int) -> str:
+    if flags & _TERMINAL:
+        return "clients may not send terminal frames"
+    if flags & _RECONNECT_ADVISED:
+        return "clients may not set the reconnect-advised flag (0x10)"
+    if flags & _RESERVED:
+        return f"reserved frame flag bits are set (flags 0x{flags:02x})"
+    return "invalid compression bits in frame flags"
 
 
 async def read_frames(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -104,10 +119,8 @@ async def read_frames(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
             if len(data) - position < 3 + length:
                 needed = 3 + length
                 break
-            flags = data[position + 3]
-            if flags & _TERMINAL:
-                raise S2Error("bad_frame", "clients may not send terminal frames")
-            yield _decompress(flags, view[position + 4 : position + 3 + length])
+            body = view[position + 4 : position + 3 + length]
+            yield _client_frame_body(data[position + 3], body)
             position += 3 + length
         rest = data[position:] if position else data
         parts = [rest] if rest else []

@@ -8,13 +8,11 @@ rejections) or an `IngestError` carrying the HTTP status and error code to answe
 from __future__ import annotations
 
 import json
-import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-import zstandard
-
+from s2s import compression
 from s2s.records import RECORD_METERED_BYTES_MAX, RECORD_METERED_OVERHEAD_BYTES
 from server.lake.definition import TableNameError, parse_table
 
@@ -46,10 +44,7 @@ _NDJSON_TYPES = frozenset(
     }
 )
 _QUERY_BOOLS = {"true": True, "1": True, "false": False, "0": False}
-_GZIP_WBITS = 16 + zlib.MAX_WBITS
-# Decompressed output is produced at most this much at a time, which bounds the overshoot
-# past MAX_PAYLOAD_BYTES when a small body inflates enormously.
-_DECOMPRESS_CHUNK = 256 * 1024
+_CODECS: dict[str, compression.Codec] = {"gzip": "gzip", "x-gzip": "gzip", "zstd": "zstd"}
 _PREVIEW_CHARS = 80
 _CONTAINER_TYPES = frozenset({dict, list})
 _MIB = 1024 * 1024
@@ -154,78 +149,28 @@ def _invalid_encoding(detail: str) -> IngestError:
     return IngestError(400, "invalid_encoding", f"cannot decompress body: {detail}")
 
 
-def _decompress(body: bytes, content_encoding: str | None) -> bytes | bytearray:
+def _decompress(body: bytes, content_encoding: str | None) -> bytes:
+    """The body decoded per `Content-Encoding`: whole (`s2s.compression`), concatenated gzip
+    members or zstd frames allowed, refused as soon as it passes `MAX_PAYLOAD_BYTES`."""
     coding = (content_encoding or "").strip().lower()
     if coding in ("", "identity"):
         return body
-    if coding in ("gzip", "x-gzip"):
-        return _gunzip(body)
-    if coding == "zstd":
-        return _unzstd(body)
-    raise IngestError(
-        415,
-        "unsupported_encoding",
-        f"unsupported Content-Encoding {content_encoding!r}; use gzip, zstd or identity",
-    )
-
-
-def _gunzip(data: bytes) -> bytearray:
-    """Inflate concatenated gzip members, never holding much more than the payload limit."""
-    out = bytearray()
-    member = zlib.decompressobj(_GZIP_WBITS)
+    codec = _CODECS.get(coding)
+    if codec is None:
+        raise IngestError(
+            415,
+            "unsupported_encoding",
+            f"unsupported Content-Encoding {content_encoding!r}; use gzip, zstd or identity",
+        )
     try:
-        while True:
-            chunk = member.decompress(data, _DECOMPRESS_CHUNK)
-            out += chunk
-            if len(out) > MAX_PAYLOAD_BYTES:
-                raise _payload_too_large("decompressed body")
-            if member.eof:
-                data = member.unused_data
-                if not data:
-                    return out
-                member = zlib.decompressobj(_GZIP_WBITS)
-            elif len(chunk) < _DECOMPRESS_CHUNK and not member.unconsumed_tail:
-                # A short chunk with no input left means zlib is waiting for more: truncated.
-                raise _invalid_encoding("gzip data is truncated")
-            else:
-                data = member.unconsumed_tail
-    except zlib.error as exc:
-        raise _invalid_encoding(f"corrupt gzip data ({exc})") from None
+        return compression.decompress(body, codec, MAX_PAYLOAD_BYTES, concatenated=True)
+    except compression.CorruptData as error:
+        raise _invalid_encoding(str(error)) from None
+    except compression.TooLarge:
+        raise _payload_too_large("decompressed body") from None
 
 
-def _unzstd(data: bytes) -> bytearray:
-    """Decompress concatenated zstd frames, refusing bombs before materializing them.
-
-    zstandard offers no decompressor that both bounds its output and reports truncated
-    input, so a streaming pass first measures the output size in bounded chunks, and only a
-    body known to fit is then decompressed for real, frame by frame, checking each ends.
-    """
-    decompressor = zstandard.ZstdDecompressor()
-    try:
-        _measure_zstd(decompressor, data)
-        out = bytearray()
-        while True:
-            frame = decompressor.decompressobj()
-            out += frame.decompress(data)
-            if not frame.eof:
-                raise _invalid_encoding("zstd data is truncated")
-            data = frame.unused_data
-            if not data:
-                return out
-    except zstandard.ZstdError as exc:
-        raise _invalid_encoding(f"corrupt zstd data ({exc})") from None
-
-
-def _measure_zstd(decompressor: zstandard.ZstdDecompressor, data: bytes) -> None:
-    size = 0
-    with decompressor.stream_reader(data, read_across_frames=True) as reader:
-        while chunk := reader.read(_DECOMPRESS_CHUNK):
-            size += len(chunk)
-            if size > MAX_PAYLOAD_BYTES:
-                raise _payload_too_large("decompressed body")
-
-
-def _decode_utf8(raw: bytes | bytearray) -> str:
+def _decode_utf8(raw: bytes) -> str:
     try:
         # utf-8-sig drops a leading byte order mark, which some Windows clients send.
         return raw.decode("utf-8-sig")
