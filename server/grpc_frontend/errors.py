@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeAlias, TypeVar
 
 import grpc
@@ -52,9 +53,21 @@ async def abort_with(context: Context, error: S2Error) -> None:
     await context.abort(error.kind.grpc_status, error.message, trailing_metadata(error))
 
 
-def _unexpected(exc: Exception) -> S2Error:
-    log.exception("unexpected error in gRPC handler")
+def internal_error(exc: Exception) -> S2Error:
+    """An unexpected exception, logged here and reported as the retryable `other`."""
+    log.exception("unexpected error in gRPC handler", exc_info=exc)
     return S2Error("other", f"internal error: {type(exc).__name__}")
+
+
+@dataclass(frozen=True)
+class Undecodable:
+    """A request message that did not decode as `message_type`: what the deserializers of
+    `decoding` hand over instead of raising."""
+
+    message_type: str
+
+    def error(self) -> S2Error:
+        return S2Error("bad_proto", f"request message is not a valid {self.message_type}")
 
 
 Servicer = TypeVar("Servicer")
@@ -64,18 +77,21 @@ Resp = TypeVar("Resp")
 
 def unary(
     handler: Callable[[Servicer, Req, Context], Awaitable[Resp]],
-) -> Callable[[Servicer, Req, Context], Awaitable[Resp]]:
-    """Wrap a unary handler method so every `S2Error` becomes a proper gRPC status."""
+) -> Callable[[Servicer, Req | Undecodable, Context], Awaitable[Resp]]:
+    """Wrap a unary handler method so every `S2Error` becomes a proper gRPC status, and a
+    request that did not decode `bad_proto`."""
 
-    async def wrapped(self: Servicer, request: Req, context: Context) -> Resp:
+    async def wrapped(self: Servicer, request: Req | Undecodable, context: Context) -> Resp:
         try:
+            if isinstance(request, Undecodable):
+                raise request.error()
             return await handler(self, request, context)
         except S2Error as error:
             await abort_with(context, error)
         except (aio.AbortError, grpc.RpcError, asyncio.CancelledError):
             raise
         except Exception as exc:
-            await abort_with(context, _unexpected(exc))
+            await abort_with(context, internal_error(exc))
         raise AssertionError("abort returned")
 
     return wrapped
@@ -83,11 +99,16 @@ def unary(
 
 def streaming(
     handler: Callable[[Servicer, Req, Context], AsyncIterator[Resp]],
-) -> Callable[[Servicer, Req, Context], AsyncIterator[Resp]]:
-    """Wrap a response-streaming handler method so every `S2Error` becomes a gRPC status."""
+) -> Callable[[Servicer, Req | Undecodable, Context], AsyncIterator[Resp]]:
+    """Wrap a response-streaming handler method so every `S2Error` becomes a gRPC status,
+    and a request that did not decode `bad_proto`."""
 
-    async def wrapped(self: Servicer, request: Req, context: Context) -> AsyncIterator[Resp]:
+    async def wrapped(
+        self: Servicer, request: Req | Undecodable, context: Context
+    ) -> AsyncIterator[Resp]:
         try:
+            if isinstance(request, Undecodable):
+                raise request.error()
             async for response in handler(self, request, context):
                 yield response
         except S2Error as error:
@@ -95,6 +116,6 @@ def streaming(
         except (aio.AbortError, grpc.RpcError, asyncio.CancelledError):
             raise
         except Exception as exc:
-            await abort_with(context, _unexpected(exc))
+            await abort_with(context, internal_error(exc))
 
     return wrapped

@@ -2,7 +2,8 @@
 
 Read responses are assembled from stored record bytes and append responses by hand
 (`s2s.wire`), so those handlers return encoded messages and are registered with an identity
-serializer (`handlers`).
+serializer (`handlers`). Requests are decoded by `decoding`'s deserializers, so a message
+that does not decode reaches the handler as `Undecodable` and fails with `bad_proto`.
 """
 
 from __future__ import annotations
@@ -12,13 +13,22 @@ from collections.abc import AsyncIterator, Callable
 from typing import TypeVar
 
 import grpc
+from google.protobuf.message import Message
 
 from s2s.errors import S2Error
 from s2s.records import validate_append_input
 from s2s.v1 import records_pb2 as pb
 from s2s.v1 import services_pb2 as spb
 from s2s.wire import append_response_bytes, read_response_bytes, request_input_size
-from server.grpc_frontend.errors import Context, abort_with, streaming, unary
+from server.grpc_frontend.decoding import decoder, tolerant
+from server.grpc_frontend.errors import (
+    Context,
+    Undecodable,
+    abort_with,
+    internal_error,
+    streaming,
+    unary,
+)
 from server.reader import ReadLimits, ReadOutput, ReadStart
 from server.sequencer import AppendAck
 from server.streamstore import StreamStore
@@ -82,7 +92,9 @@ class StreamServicer:
         return append_response_bytes(ack.encode())
 
     async def AppendSession(
-        self, requests: AsyncIterator[SizedRequest[spb.AppendSessionRequest]], context: Context
+        self,
+        requests: AsyncIterator[SizedRequest[spb.AppendSessionRequest] | Undecodable],
+        context: Context,
     ) -> AsyncIterator[bytes]:
         """Sequence each input as it arrives; ack in order as each becomes durable.
 
@@ -101,20 +113,27 @@ class StreamServicer:
 
         async def intake() -> None:
             names: tuple[str, str] | None = None
-            async for request, input_size in requests:
+            async for sized in requests:
                 last_received[0] = loop.time()
                 if failed.is_set():
                     continue  # draining: nothing after a failure is sequenced
                 try:
+                    if isinstance(sized, Undecodable):
+                        raise sized.error()
+                    request, input_size = sized
                     if names is None:
                         names = _stream_names(request.basin, request.stream)
                     elif (request.basin or names[0], request.stream or names[1]) != names:
                         raise S2Error("invalid", "an append session appends to one stream")
                     batch = validate_append_input(request.input, input_size)
                     await pending.put(await self._store.submit(*names, batch))
-                except S2Error as error:
+                except Exception as error:
+                    # Any failure must reach the response loop, which waits on `pending`:
+                    # an intake that just ended would leave the call open.
                     failed.set()
-                    await pending.put(error)
+                    await pending.put(
+                        error if isinstance(error, S2Error) else internal_error(error)
+                    )
             if not failed.is_set():
                 await pending.put(None)
 
@@ -162,16 +181,18 @@ async def _drain(intake: asyncio.Task[None], last_received: list[float]) -> None
         await asyncio.wait({intake}, timeout=min(deadline, quiet_until) - now)
 
 
-Request = TypeVar("Request")
+Request = TypeVar("Request", bound=Message)
 SizedRequest = tuple[Request, int | None]
 """An append request and the encoded size of its input (see `validate_append_input`)."""
 
 
-def _with_input_size(parse: Callable[[bytes], Request]) -> Callable[[bytes], SizedRequest[Request]]:
-    def deserialize(data: bytes) -> SizedRequest[Request]:
-        return parse(data), request_input_size(data)
+def _with_input_size(
+    message_class: type[Request],
+) -> Callable[[bytes], SizedRequest[Request] | Undecodable]:
+    def parse(data: bytes) -> SizedRequest[Request]:
+        return message_class.FromString(data), request_input_size(data)
 
-    return deserialize
+    return tolerant(parse, message_class.DESCRIPTOR.full_name)
 
 
 def _identity(data: bytes) -> bytes:
@@ -185,27 +206,27 @@ def handlers(servicer: StreamServicer) -> grpc.GenericRpcHandler:
         {
             "CheckTail": grpc.unary_unary_rpc_method_handler(
                 servicer.CheckTail,
-                request_deserializer=spb.CheckTailRequest.FromString,
+                request_deserializer=decoder(spb.CheckTailRequest),
                 response_serializer=spb.CheckTailResponse.SerializeToString,
             ),
             "Append": grpc.unary_unary_rpc_method_handler(
                 servicer.Append,
-                request_deserializer=_with_input_size(spb.AppendRequest.FromString),
+                request_deserializer=_with_input_size(spb.AppendRequest),
                 response_serializer=_identity,
             ),
             "AppendSession": grpc.stream_stream_rpc_method_handler(
                 servicer.AppendSession,
-                request_deserializer=_with_input_size(spb.AppendSessionRequest.FromString),
+                request_deserializer=_with_input_size(spb.AppendSessionRequest),
                 response_serializer=_identity,
             ),
             "Read": grpc.unary_unary_rpc_method_handler(
                 servicer.Read,
-                request_deserializer=spb.ReadRequest.FromString,
+                request_deserializer=decoder(spb.ReadRequest),
                 response_serializer=_identity,
             ),
             "ReadSession": grpc.unary_stream_rpc_method_handler(
                 servicer.ReadSession,
-                request_deserializer=spb.ReadSessionRequest.FromString,
+                request_deserializer=decoder(spb.ReadSessionRequest),
                 response_serializer=_identity,
             ),
         },
