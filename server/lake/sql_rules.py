@@ -142,22 +142,24 @@ class FunctionRules:
         ).fetchall():
             if str(name).lower() not in _RANDOM_VALUES:
                 denied.setdefault(str(name).lower(), _SIDE_EFFECTS)
-        macros: dict[str, Any] = {}
+        macros: dict[str, list[Any]] = {}  # a macro may have overloads: one body each
         for name, definition in cursor.execute(
             "SELECT function_name, macro_definition FROM duckdb_functions() "
             "WHERE function_type = 'macro' AND macro_definition IS NOT NULL"
         ).fetchall():
             try:
-                macros[str(name).lower()] = parse(cursor, f"SELECT {definition}")
+                body = parse(cursor, f"SELECT {definition}")
             except SqlSyntaxError:
                 denied[str(name).lower()] = "its definition could not be checked"
+                continue
+            macros.setdefault(str(name).lower(), []).append(body)
         for _ in range(_MACROS_ROUNDS_MAX):
             added = False
-            for name, body in macros.items():
+            for name, bodies in macros.items():
                 if name in denied:
                     continue
-                called = next((f for f in function_calls(body) if f in denied), None)
-                if reads_a_table(body):
+                called = next((f for f in function_calls(bodies) if f in denied), None)
+                if reads_a_table(bodies):
                     denied[name] = "it reads the catalog when it is expanded"
                     added = True
                 elif called is not None:

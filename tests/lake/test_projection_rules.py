@@ -45,6 +45,7 @@ ATTACKS: list[tuple[dict[str, Any], tuple[str, ...]]] = [
     ({"select": "*, nextval('s') AS n"}, ("nextval",)),
     ({"where": "getvariable('x') IS NULL"}, ("getvariable",)),
     ({"select": "*, get_block_size('lake') AS b"}, ("get_block_size",)),
+    ({"select": "*, pg_get_constraintdef(1) AS c"}, ("pg_get_constraintdef",)),
     ({"select": "body /*"}, ("select",)),
     ({"select": "abs(" * 600 + "1" + ")" * 600 + " AS deep"}, ("deep",)),
     ({"partition_by": ["(SELECT 1)"]}, ("partition_by",)),
