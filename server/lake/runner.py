@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import duckdb
+
 from s2s.errors import ReadUnwritten, S2Error
 from s2s.records import trim_record, validate_append_input
 from s2s.v1 import records_pb2 as pb
@@ -189,7 +191,15 @@ class MaterializationRunner:
                 self._fail("waiting_for_stream" if waiting else "error", error.message)
             except TableMissing as error:
                 self._fail("waiting_for_table", str(error))
-            except Exception as error:  # a lake or read failure: retry from the checkpoint
+            except (duckdb.Error, OSError) as error:  # the lake failed (disk full, ...)
+                self._fail("error", f"{type(error).__name__}: {error}")
+                log.error(
+                    "materialization %s failed, retrying from its checkpoint in %g s: %s",
+                    self.definition.name,
+                    self._retry_s,
+                    self._last_error,
+                )
+            except Exception as error:  # not expected: keep the traceback for the bug report
                 log.exception("materialization %s failed", self.definition.name)
                 self._fail("error", f"{type(error).__name__}: {error}")
             await asyncio.sleep(self._retry_s)
@@ -254,15 +264,7 @@ class MaterializationRunner:
         expected_seq = self._next_seq
         try:
             while True:
-                item: RecordSlice | BaseException | None
-                try:
-                    timeout = max(0.0, deadline - loop.time()) if pending else None
-                    item = await asyncio.wait_for(queue.get(), timeout)
-                except TimeoutError:
-                    item = None
-                    timed_out = True
-                else:
-                    timed_out = False
+                item, timed_out = await _next_input(queue, inflight, deadline if pending else None)
                 if isinstance(item, BaseException):
                     raise item
                 if isinstance(item, RecordSlice):
@@ -378,6 +380,40 @@ class MaterializationRunner:
             return
         if await trim_stream(self._store, definition, first_kept):
             self._trimmed_to = first_kept
+
+
+async def _next_input(
+    queue: asyncio.Queue[RecordSlice | BaseException | None],
+    inflight: collections.deque[asyncio.Task[None]],
+    deadline: float | None,
+) -> tuple[RecordSlice | BaseException | None, bool]:
+    """The reader's next item, or `(None, True)` once the loop's clock passes `deadline`.
+
+    A batch whose commit fails meanwhile raises its error here, at once. Waiting only on the
+    queue left a failed batch unnoticed until two more batches needed its lane: with the disk
+    full, a materialization whose source went quiet stayed "running", its lag growing, with no
+    error in its status or the log.
+    """
+    loop = asyncio.get_running_loop()
+    getter = asyncio.ensure_future(queue.get())
+    try:
+        while True:
+            timeout = None if deadline is None else max(0.0, deadline - loop.time())
+            done, _ = await asyncio.wait(
+                {getter, *inflight}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+            if getter in done:
+                return getter.result(), False
+            # Commits finish in order (each awaits the one before): settle the finished ones.
+            while inflight and inflight[0].done():
+                inflight.popleft().result()
+            if not done:
+                return None, True
+    finally:
+        if not getter.done():
+            getter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await getter
 
 
 async def trim_stream(store: StreamStore, definition: Materialization, first_kept: int) -> bool:

@@ -11,8 +11,10 @@ from __future__ import annotations
 import errno
 import os
 import subprocess
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
@@ -139,3 +141,55 @@ def test_appends_fail_cleanly_while_the_disk_is_full_and_resume_once_it_is_freed
     # One line for the operator, not one per refused commit.
     assert log.count("disk holding the stream log is full") == 1, log
     assert "commits succeed again" in log
+
+
+def test_a_materialization_reports_a_full_disk_and_catches_up_once_it_is_freed(
+    small_disk: Path, tmp_path: Path
+) -> None:
+    """The lake's Parquet files on a full disk: the materialization's status says so within
+    seconds (it stayed "running" with no error while its source was quiet), and it applies
+    every record exactly once when space is freed."""
+    server = ServerProcess(
+        str(tmp_path / "data"),
+        extra_args=["--lake-data-path", str(small_disk / "lake"), "--lake-linger-ms", "50"],
+    ).start()
+    try:
+        with httpx.Client(base_url=server.http_url, timeout=30) as http:
+            declared = http.post(
+                "/v1/lake/materializations",
+                json={"name": "t", "table": "bronze.t", "create_table": True},
+            )
+            assert declared.status_code == 201, declared.text
+            first = {"data": [{"id": 0}], "config": {"table": "bronze.t", "wait": True}}
+            assert http.post("/v2/stream", json=first).json()["success"] is True
+            filler = small_disk / "filler"
+            _fill(filler)
+            rows = [{"id": i, "text": os.urandom(600).hex()} for i in range(1, 2001)]
+            accepted = http.post("/v2/stream", json={"data": rows, "config": {"table": "bronze.t"}})
+            assert accepted.status_code == 200, accepted.text
+
+            status = _await_status(http, lambda s: s["state"] == "error", timeout_s=15)
+            assert "space" in status["last_error"], status
+            filler.unlink()
+            status = _await_status(http, lambda s: s["rows_applied"] == 2001, timeout_s=90)
+            counted = http.post(
+                "/v1/lake/query", json={"sql": "SELECT count(*) AS n FROM bronze.t"}
+            )
+            assert counted.json()["rows"] == [[2001]], counted.text
+        log = "".join(server.log)
+        assert "Traceback" not in log, log
+        assert "materialization t failed, retrying" in log
+    finally:
+        server.stop()
+
+
+def _await_status(
+    http: httpx.Client, done: Callable[[dict[str, Any]], bool], timeout_s: float
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status: dict[str, Any] = http.get("/v1/lake/materializations/t").json()
+        if done(status) or time.monotonic() > deadline:
+            assert done(status), status
+            return status
+        time.sleep(0.1)
