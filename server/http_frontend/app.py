@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import reprlib
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -203,7 +204,8 @@ class HttpApp:
             if method == "PUT":
                 requested = await exchange.json_body()
                 if requested != LOCATION_INFO["name"]:
-                    raise S2Error("invalid", f"unknown location {requested!r}")
+                    # reprlib: a short preview, whatever the client sent.
+                    raise S2Error("invalid", f"unknown location {reprlib.repr(requested)}")
             await exchange.respond_json(200, LOCATION_INFO)
         else:
             raise NotFound()

@@ -19,7 +19,7 @@ from s2s.config import (
 )
 from s2s.errors import S2Error
 from server.catalog import LOCATION_DEFAULT, BasinRecord, Provisioned, StreamRecord
-from server.http_frontend.exchange import Exchange
+from server.http_frontend.exchange import Exchange, parse_uint
 from server.streamstore import StreamStore
 
 REQUEST_TOKEN_HEADER = "s2-request-token"
@@ -68,11 +68,8 @@ def _list_query(exchange: Exchange) -> tuple[str, str, int | None]:
     query = exchange.query()
     limit: int | None = None
     if "limit" in query:
-        try:
-            limit = int(query["limit"])
-        except ValueError:
-            raise S2Error("bad_query", "limit must be an unsigned integer") from None
-        if limit < 0:
+        limit = parse_uint(query["limit"])
+        if limit is None:
             raise S2Error("bad_query", "limit must be an unsigned integer")
     return query.get("prefix", ""), query.get("start_after", ""), names.clamp_list_limit(limit)
 

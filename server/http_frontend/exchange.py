@@ -13,6 +13,7 @@ from urllib.parse import parse_qsl
 
 from s2s import compression
 from s2s.errors import S2Error
+from server.http_frontend.json_body import parse_json
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -23,6 +24,7 @@ REQUEST_BODY_BYTES_MAX = 8 * 1024 * 1024
 """Largest unary request body, before and after decompression: a 1 MiB batch in JSON base64
 with per-record overhead fits well inside."""
 _CODECS: dict[str, compression.Codec] = {"gzip": "gzip", "zstd": "zstd"}
+U64_MAX = 2**64 - 1
 
 
 class Exchange:
@@ -77,8 +79,9 @@ class Exchange:
             parts.append(chunk)
         return decompress(b"".join(parts), self.header("content-encoding"))
 
-    async def json_body(self, allow_empty: bool = False) -> Any:
-        """The body as JSON; `None` for an empty body when allowed."""
+    async def json_body(self, allow_empty: bool = False, *, checked: bool = True) -> Any:
+        """The body as JSON (see `json_body.parse_json` for `checked`); `None` for an empty
+        body when allowed."""
         data = await self.body()
         if not data.strip() and allow_empty:
             return None
@@ -87,10 +90,7 @@ class Exchange:
             content_type.startswith("application/") and content_type.endswith("+json")
         ):
             raise S2Error("bad_json", "expected content-type: application/json")
-        try:
-            return json.loads(data)
-        except (ValueError, UnicodeDecodeError) as error:
-            raise S2Error("bad_json", f"malformed JSON: {error}") from None
+        return parse_json(data, checked=checked)
 
     async def start(self, status: int, headers: list[tuple[str, str]]) -> None:
         self.response_started = True
@@ -138,6 +138,15 @@ def first_accept(value: str | None) -> str:
     if not value:
         return ""
     return media_type(value.split(",", 1)[0])
+
+
+def parse_uint(text: str, maximum: int = U64_MAX) -> int | None:
+    """A plain decimal integer from 0 to `maximum` (no sign, space, `_` or non-ASCII digit),
+    or None. Its length is checked first: `int` refuses more than 4,300 digits by raising."""
+    if not (text.isascii() and text.isdigit()) or len(text) > len(str(maximum)):
+        return None
+    value = int(text)
+    return value if value <= maximum else None
 
 
 def decompress(data: bytes, encoding: str | None) -> bytes:

@@ -7,18 +7,17 @@ sessions (S2S, SSE) live in their own modules and share the argument parsing her
 from __future__ import annotations
 
 import base64
-import binascii
-import json
 from typing import Any
 
 from google.protobuf.message import DecodeError
 
 from s2s.config import StreamConfig, stream_config_from_json
 from s2s.errors import S2Error, invalid
-from s2s.records import validate_append_input
+from s2s.records import BATCH_RECORDS_MAX, validate_append_input
 from s2s.v1 import records_pb2 as pb
 from s2s.wire import read_batch_bytes
-from server.http_frontend.exchange import Exchange, first_accept, media_type
+from server.http_frontend.exchange import U64_MAX, Exchange, first_accept, media_type, parse_uint
+from server.http_frontend.json_body import parse_json, unpaired_surrogate
 from server.reader import ReadLimits, ReadOutput, ReadStart
 from server.sequencer import AppendAck, StreamPosition
 from server.streamstore import StreamStore
@@ -27,7 +26,6 @@ PROTOBUF_TYPES = ("application/protobuf", "application/x-protobuf")
 PROTOBUF_RESPONSE_TYPE = "application/protobuf"
 STREAM_CONFIG_HEADER = "s2-stream-config"
 FORMAT_HEADER = "s2-format"
-_U64_MAX = 2**64 - 1
 _U32_MAX = 2**32 - 1
 
 
@@ -50,18 +48,19 @@ def create_config(exchange: Exchange) -> StreamConfig | None:
     if value is None:
         return None
     try:
-        return stream_config_from_json(json.loads(value))
-    except (ValueError, S2Error) as error:
-        raise S2Error("bad_header", f"invalid s2-stream-config: {error}") from None
+        # Header values are latin-1 text of the bytes sent, which are UTF-8 JSON.
+        return stream_config_from_json(parse_json(value.encode("latin-1")))
+    except S2Error as error:
+        raise S2Error("bad_header", f"invalid s2-stream-config: {error.message}") from None
 
 
-def _uint(query: dict[str, str], name: str, maximum: int = _U64_MAX) -> int | None:
+def _uint(query: dict[str, str], name: str, maximum: int = U64_MAX) -> int | None:
     if name not in query:
         return None
-    text = query[name]
-    if not (text.isascii() and text.isdigit()) or int(text) > maximum:
-        raise S2Error("bad_query", f"{name} must be an unsigned integer")
-    return int(text)
+    value = parse_uint(query[name], maximum)
+    if value is None:
+        raise S2Error("bad_query", f"{name} must be an unsigned integer of at most {maximum}")
+    return value
 
 
 def read_arguments(exchange: Exchange) -> tuple[ReadStart, ReadLimits]:
@@ -104,10 +103,13 @@ def _decode_text(value: Any, fmt: str, what: str) -> bytes:
     if not isinstance(value, str):
         raise S2Error("bad_json", f"{what} must be a string")
     if fmt == "raw":
-        return value.encode()
+        try:
+            return value.encode()
+        except UnicodeEncodeError:
+            raise S2Error("bad_json", unpaired_surrogate(what)) from None
     try:
         return base64.b64decode(value, validate=True)
-    except binascii.Error:
+    except ValueError:  # binascii.Error, or a character outside ASCII
         raise invalid(f"{what} is not valid base64") from None
 
 
@@ -120,7 +122,7 @@ def _encode_text(value: bytes, fmt: str) -> str:
 def _optional_uint(value: Any, what: str) -> int | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _U64_MAX:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= U64_MAX:
         raise S2Error("bad_json", f"{what} must be an unsigned integer")
     return value
 
@@ -131,6 +133,9 @@ def append_input_from_json(value: Any, fmt: str) -> pb.AppendInput:
     records = value.get("records")
     if not isinstance(records, list):
         raise S2Error("bad_json", "`records` must be a list")
+    # Before converting: a body of 8 MiB holds millions of `{}`, each a protobuf record.
+    if len(records) > BATCH_RECORDS_MAX:
+        raise invalid(f"append batch must not exceed {BATCH_RECORDS_MAX} records")
     message = pb.AppendInput()
     for index, item in enumerate(records):
         if not isinstance(item, dict):
@@ -157,7 +162,10 @@ def append_input_from_json(value: Any, fmt: str) -> pb.AppendInput:
     if fencing_token is not None:
         if not isinstance(fencing_token, str):
             raise S2Error("bad_json", "fencing_token must be a string")
-        message.fencing_token = fencing_token
+        try:
+            message.fencing_token = fencing_token
+        except ValueError:  # protobuf refuses text that is not valid Unicode
+            raise S2Error("bad_json", unpaired_surrogate("fencing_token")) from None
     return message
 
 
@@ -208,7 +216,8 @@ class RecordsApi:
                 raise S2Error("bad_proto", f"cannot decode AppendInput: {error}") from None
         else:
             fmt = record_format(exchange)
-            message = append_input_from_json(await exchange.json_body(), fmt)
+            # Unchecked: the converter checks every value's type and encodes every string.
+            message = append_input_from_json(await exchange.json_body(checked=False), fmt)
         batch = validate_append_input(message, encoded_size)
         ack = await self._store.append(basin, stream, batch, create_config(exchange))
         if first_accept(exchange.header("accept")) in PROTOBUF_TYPES:

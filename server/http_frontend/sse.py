@@ -15,7 +15,7 @@ from typing import Any
 
 from s2s.errors import S2Error
 from server.http_frontend.errors import internal_error
-from server.http_frontend.exchange import Exchange
+from server.http_frontend.exchange import Exchange, parse_uint
 from server.http_frontend.lifecycle import Waits, draining_error, supervise
 from server.http_frontend.records import (
     create_config,
@@ -58,9 +58,10 @@ def resume(
     if value is None:
         return start, limits, 0, 0
     parts = value.strip().split(",")
-    if len(parts) != 3 or not all(p.isascii() and p.isdigit() for p in parts):
+    numbers = [number for part in parts if (number := parse_uint(part)) is not None]
+    if len(parts) != 3 or len(numbers) != 3:
         raise S2Error("bad_header", "last-event-id must be `seq_num,count,bytes`")
-    seq, count, size = (int(p) for p in parts)
+    seq, count, size = numbers
     limits = replace(
         limits,
         count=None if limits.count is None else max(limits.count - count, 0),

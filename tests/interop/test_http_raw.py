@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -319,3 +320,138 @@ def test_bad_record_bodies_change_nothing(http: httpx.Client, basin_name: str) -
     sse = {**headers, "accept": "text/event-stream", "last-event-id": "not-a-position"}
     _error(http.get("/v1/streams/s/records", headers=sse), 400, "bad_header")
     assert _tail(http, headers) == 0
+
+
+DEEP = b"[" * 100_000 + b"]" * 100_000
+NINE_HUNDRED_DEEP = b"[" * 900 + b"]" * 900
+JSON_CT = {"content-type": "application/json"}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "headers", "body", "status", "code"),
+    [
+        ("POST", "/v1/streams/s/records", JSON_CT, DEEP, 400, "bad_json"),
+        ("POST", "/v1/basins", JSON_CT, DEEP, 400, "bad_json"),
+        ("PUT", "/v1/locations/default", JSON_CT, NINE_HUNDRED_DEEP, 400, "bad_json"),
+        (
+            "POST",
+            "/v1/basins",
+            JSON_CT,
+            b'{"basin": "a", "config": ' + NINE_HUNDRED_DEEP + b"}",
+            400,
+            "bad_json",
+        ),
+        ("POST", "/v1/basins", JSON_CT, b'{"basin": "\\ud800abcdefgh"}', 400, "bad_json"),
+        ("POST", "/v1/streams", JSON_CT, b'{"stream": "a\\udc00b"}', 400, "bad_json"),
+        ("POST", "/v1/lake/query", JSON_CT, b'{"sql": "SELECT \'\\ud800\'"}', 400, "bad_json"),
+        (
+            "POST",
+            "/v1/streams/s/records",
+            JSON_CT,
+            b'{"records": [{"body": "\\ud800"}]}',
+            400,
+            "bad_json",
+        ),
+        (
+            "POST",
+            "/v1/streams/s/records",
+            JSON_CT,
+            b'{"records": [{"headers": [["\\udfff", "v"]]}]}',
+            400,
+            "bad_json",
+        ),
+        (
+            "POST",
+            "/v1/streams/s/records",
+            JSON_CT,
+            b'{"records": [{"body": "x"}], "fencing_token": "\\ud800"}',
+            400,
+            "bad_json",
+        ),
+        # The surrogate itself encoded as UTF-8 (which UTF-8 forbids), not escaped.
+        (
+            "POST",
+            "/v1/streams/s/records",
+            JSON_CT,
+            b'{"records": [{"body": "\xed\xa0\x80"}]}',
+            400,
+            "bad_json",
+        ),
+        (
+            "POST",
+            "/v1/streams/s/records",
+            JSON_CT,
+            b'{"records": [{"body": "x", "timestamp": ' + b"9" * 5000 + b"}]}",
+            400,
+            "bad_json",
+        ),
+        # Invalid base64 is 422 in S2's contract, whatever the character.
+        (
+            "POST",
+            "/v1/streams/s/records",
+            {**JSON_CT, "s2-format": "base64"},
+            '{"records": [{"body": "é"}]}'.encode(),
+            422,
+            "invalid",
+        ),
+        (
+            "POST",
+            "/v1/streams/s/records",
+            {**JSON_CT, "s2-stream-config": "[" * 5000 + "]" * 5000},
+            b'{"records": [{"body": "x"}]}',
+            400,
+            "bad_header",
+        ),
+        ("GET", "/v1/streams/s/records?seq_num=" + "9" * 5000, {}, b"", 400, "bad_query"),
+        ("GET", "/v1/basins?limit=" + "9" * 5000, {}, b"", 400, "bad_query"),
+        (
+            "GET",
+            "/v1/streams/s/records",
+            {"accept": "text/event-stream", "last-event-id": "9" * 5000 + ",0,0"},
+            b"",
+            400,
+            "bad_header",
+        ),
+    ],
+    ids=[
+        "records-100000-deep",
+        "basins-100000-deep",
+        "location-900-deep",
+        "basin-config-900-deep",
+        "basin-name-surrogate",
+        "stream-name-surrogate",
+        "sql-surrogate",
+        "record-body-surrogate",
+        "header-name-surrogate",
+        "fencing-token-surrogate",
+        "utf8-encoded-surrogate",
+        "5000-digit-timestamp",
+        "base64-non-ascii",
+        "stream-config-header-deep",
+        "5000-digit-seq-num",
+        "5000-digit-limit",
+        "5000-digit-last-event-id",
+    ],
+)
+def test_hostile_input_is_a_4xx_that_changes_nothing(
+    server: ServerProcess,
+    http: httpx.Client,
+    basin_name: str,
+    method: str,
+    path: str,
+    headers: dict[str, str],
+    body: bytes,
+    status: int,
+    code: str,
+) -> None:
+    """Issue 12 item 6: each answered 500 with a traceback in the log before."""
+    stream = _stream(http, basin_name)
+    basins = http.get("/v1/basins").json()["basins"]
+    tracebacks = sum("Traceback" in line for line in server.log)
+    response = http.request(method, path, content=body, headers={**stream, **headers})
+    _error(response, status, code)
+    assert "sys.set_int_max_str_digits" not in response.json()["message"]
+    assert _tail(http, stream) == 0
+    assert http.get("/v1/basins").json()["basins"] == basins
+    time.sleep(0.1)  # the log is read by a thread
+    assert sum("Traceback" in line for line in server.log) == tracebacks
