@@ -1,23 +1,37 @@
 """The `s2s` command line: `s2s serve` runs the server until SIGTERM or SIGINT; the other
-commands (server/cli_client.py) talk to a running server."""
+commands (server/cli_client.py) talk to a running server.
+
+Exit status: 0 done; 1 failed, with one line on stderr saying why and what to do; 2 a usage
+error (a bad flag, argument or S2S_* variable: one line, argparse's convention); 130
+interrupted (Ctrl-C).
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import logging
 import os
 import signal
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
+import duckdb
+import lmdb
+from grpc import aio
+
 from server import allocator
-from server.cli_client import SERVER_DEFAULT, add_commands, run
-from server.grpc_frontend.server import start_grpc_server
+from server.binding import IPAddress, host_port, listening_socket, parse_host
+from server.cli_args import EnvOption, Parser, host, nonempty, number, port, whole_number
+from server.cli_client import add_commands, run
+from server.grpc_frontend.server import listening_grpc_server, start_grpc_server
 from server.http_frontend import start_http_server
 from server.lake.connection import LakeSettings, default_threads
 from server.lake.service import Lake
+from server.startup import StartupError, claim_data_dir
 from server.storage.kv import MAP_SIZE_BYTES_DEFAULT
 from server.streamstore import StreamStore
 
@@ -25,87 +39,92 @@ log = logging.getLogger("s2s")
 
 
 MAX_STORAGE_GIB_DEFAULT = MAP_SIZE_BYTES_DEFAULT >> 30
+MAX_STORAGE_GIB_MAX = 1 << 20
+"""1 PiB. LMDB maps the whole limit at once, so what a machine accepts is bounded by its
+address space (128 TiB on x86-64 Linux); a larger value fails at start, saying so."""
+LAKE_THREADS_MAX = 1024
+LAKE_LINGER_MS_MAX = 3_600_000
 
-
-def _env(name: str, default: str) -> str:
-    return os.environ.get(name, default)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="s2s", description="s2s: durable streams server")
-    commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="run the server")
-    serve.add_argument(
-        "--data-dir",
-        default=_env("S2S_DATA_DIR", "./data"),
-        help="where streams are stored (env S2S_DATA_DIR, default ./data)",
-    )
-    serve.add_argument(
+SERVE_OPTIONS = (
+    EnvOption("--data-dir", "S2S_DATA_DIR", nonempty, "./data", "where streams are stored"),
+    EnvOption(
         "--host",
-        default=_env("S2S_HOST", "127.0.0.1"),
-        help="address to listen on (env S2S_HOST, default 127.0.0.1)",
-    )
-    serve.add_argument(
-        "--grpc-port",
-        type=int,
-        default=int(_env("S2S_GRPC_PORT", "50051")),
-        help="gRPC port, 0 for any free port (env S2S_GRPC_PORT, default 50051)",
-    )
-    serve.add_argument(
+        "S2S_HOST",
+        host,
+        parse_host("127.0.0.1"),
+        "IP address both ports listen on: 0.0.0.0 is every IPv4 address, :: every IPv6 and "
+        "IPv4 address; IPv6 bare or in brackets (::1, [::1])",
+    ),
+    EnvOption("--grpc-port", "S2S_GRPC_PORT", port, 50051, "gRPC port, 0 for any free port"),
+    EnvOption(
         "--http-port",
-        type=int,
-        default=int(_env("S2S_HTTP_PORT", "8080")),
-        help="HTTP port (S2 v1 REST API), 0 for any free port (env S2S_HTTP_PORT, default 8080)",
-    )
-    serve.add_argument(
+        "S2S_HTTP_PORT",
+        port,
+        8080,
+        "HTTP port (S2 v1 REST API), 0 for any free port",
+    ),
+    EnvOption(
         "--max-storage-gib",
-        type=int,
-        default=int(_env("S2S_MAX_STORAGE_GIB", str(MAX_STORAGE_GIB_DEFAULT))),
-        help="most the stream log may take on disk; past it appends fail as full until data "
-        "is trimmed or the server restarts with more (env S2S_MAX_STORAGE_GIB, "
-        f"default {MAX_STORAGE_GIB_DEFAULT})",
-    )
-    serve.add_argument(
+        "S2S_MAX_STORAGE_GIB",
+        whole_number(1, MAX_STORAGE_GIB_MAX),
+        MAX_STORAGE_GIB_DEFAULT,
+        "most the stream log may take on disk; past it appends fail as full until data is "
+        "trimmed or the server restarts with more",
+    ),
+    EnvOption(
         "--lake-catalog",
-        default=os.environ.get("S2S_LAKE_CATALOG"),
-        help="DuckLake catalog connection string, e.g. 'postgres:dbname=lake host=db' "
-        "(env S2S_LAKE_CATALOG; default: embedded, DATA_DIR/lake/catalog.ducklake)",
-    )
-    serve.add_argument(
+        "S2S_LAKE_CATALOG",
+        nonempty,
+        None,
+        "DuckLake catalog connection string, e.g. 'postgres:dbname=lake host=db'; none: "
+        "embedded, DATA_DIR/lake/catalog.ducklake",
+    ),
+    EnvOption(
         "--lake-data-path",
-        default=os.environ.get("S2S_LAKE_DATA_PATH"),
-        help="where the lake's Parquet files go; set it with a shared catalog "
-        "(env S2S_LAKE_DATA_PATH; default DATA_DIR/lake/data)",
-    )
-    serve.add_argument(
+        "S2S_LAKE_DATA_PATH",
+        nonempty,
+        None,
+        "where the lake's Parquet files go; set it with a shared catalog; none: DATA_DIR/lake/data",
+    ),
+    EnvOption(
         "--lake-linger-ms",
-        type=int,
-        default=int(_env("S2S_LAKE_LINGER_MS", "500")),
-        help="how long a materialization gathers records before a commit "
-        "(env S2S_LAKE_LINGER_MS, default 500)",
-    )
-    serve.add_argument(
+        "S2S_LAKE_LINGER_MS",
+        whole_number(0, LAKE_LINGER_MS_MAX),
+        500,
+        "how long a materialization gathers records before a commit",
+    ),
+    EnvOption(
         "--lake-batch-rows",
-        type=int,
-        default=int(_env("S2S_LAKE_BATCH_ROWS", "100000")),
-        help="most records a materialization applies in one commit "
-        "(env S2S_LAKE_BATCH_ROWS, default 100000)",
-    )
-    serve.add_argument(
+        "S2S_LAKE_BATCH_ROWS",
+        whole_number(1, 10**9),
+        100_000,
+        "most records a materialization applies in one commit",
+    ),
+    EnvOption(
         "--lake-threads",
-        type=int,
-        default=int(_env("S2S_LAKE_THREADS", str(default_threads()))),
-        help="how many cores one lake statement may use "
-        "(env S2S_LAKE_THREADS, default half the cores, at least 1)",
-    )
-    serve.add_argument(
+        "S2S_LAKE_THREADS",
+        whole_number(1, LAKE_THREADS_MAX),
+        default_threads(),
+        "how many cores one lake statement may use; the default is half this machine's",
+    ),
+    EnvOption(
         "--lake-maintenance-interval-s",
-        type=float,
-        default=float(_env("S2S_LAKE_MAINTENANCE_INTERVAL_S", "600")),
-        help="how often the lake merges small files and expires snapshots older than a day, "
-        "0 never (env S2S_LAKE_MAINTENANCE_INTERVAL_S, default 600)",
-    )
-    add_commands(commands, _env("S2S_SERVER", SERVER_DEFAULT))
+        "S2S_LAKE_MAINTENANCE_INTERVAL_S",
+        number(0),
+        600.0,
+        "how often the lake merges small files and expires snapshots older than a day, 0 never",
+    ),
+)
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="s2s", description="s2s: durable streams server")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve_parser = commands.add_parser("serve", help="run the server")
+    for option in SERVE_OPTIONS:
+        option.add_to(serve_parser)
+    serve_parser.set_defaults(parser=serve_parser)
+    add_commands(commands)
     return parser
 
 
@@ -118,88 +137,147 @@ SHUTDOWN_GRACE_S = 5.0
 """How long in-flight calls get to finish on SIGTERM before they are cancelled."""
 
 
-def lake_settings(args: argparse.Namespace) -> LakeSettings:
+@dataclass(frozen=True)
+class ServeSettings:
+    data_dir: str
+    host: IPAddress
+    grpc_port: int
+    http_port: int
+    max_storage_gib: int
+    lake: LakeSettings
+
+
+def serve_settings(args: argparse.Namespace) -> ServeSettings:
+    """The settings of `s2s serve`: flags, else S2S_* variables, else defaults; a bad value
+    exits as a usage error."""
+    parser: Parser = args.parser
+    for option in SERVE_OPTIONS:
+        option.resolve(parser, args)
     if args.lake_catalog and not args.lake_data_path:
-        raise SystemExit("--lake-catalog needs --lake-data-path: where the Parquet files go")
-    if args.lake_threads < 1:
-        raise SystemExit("--lake-threads must be at least 1")
-    return LakeSettings(
-        root=Path(args.data_dir) / "lake",
-        catalog=args.lake_catalog,
-        data_path=args.lake_data_path,
-        linger_s=args.lake_linger_ms / 1000,
-        batch_rows_max=args.lake_batch_rows,
-        threads=args.lake_threads,
-        maintenance_interval_s=args.lake_maintenance_interval_s,
+        parser.error("--lake-catalog needs --lake-data-path: where the Parquet files go")
+    return ServeSettings(
+        data_dir=args.data_dir,
+        host=args.host,
+        grpc_port=args.grpc_port,
+        http_port=args.http_port,
+        max_storage_gib=args.max_storage_gib,
+        lake=LakeSettings(
+            root=Path(args.data_dir) / "lake",
+            catalog=args.lake_catalog,
+            data_path=args.lake_data_path,
+            linger_s=args.lake_linger_ms / 1000,
+            batch_rows_max=args.lake_batch_rows,
+            threads=args.lake_threads,
+            maintenance_interval_s=args.lake_maintenance_interval_s,
+        ),
     )
 
 
-async def serve(
-    data_dir: str,
-    host: str,
-    grpc_port: int,
-    http_port: int,
-    lake_config: LakeSettings,
-    max_storage_gib: int = MAX_STORAGE_GIB_DEFAULT,
-) -> None:
-    """Run the server until SIGTERM or SIGINT, then stop without losing acknowledged data."""
-    store = await StreamStore.open(data_dir, max_storage_bytes=max_storage_gib << 30)
-    log.info("storage open at %s", os.path.abspath(data_dir))
-    lake = await Lake.open(store, lake_config)
-    log.info("lake open: catalog %s, data %s", lake_config.catalog_uri, lake_config.data_dir)
-    grpc_server, bound = await start_grpc_server(store, host, grpc_port, lake)
-    log.info("gRPC listening on %s:%d", host, bound)
-    stop = asyncio.Event()
-    http_task, http_bound = await start_http_server(
-        store, host, http_port, stop, SHUTDOWN_GRACE_S, lake
-    )
-    log.info("HTTP listening on %s:%d", host, http_bound)
-    # Everything loaded so far (modules, DuckDB, protobuf descriptors) lives as long as the
-    # process: out of the collector's reach, a full collection no longer walks it. Each one
-    # took 13-28 ms before, a stall of every request in flight (bench/http_append.py p99).
-    gc.freeze()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        log.info("shutting down: draining calls, then finishing queued commits")
-        stop.set()
-        # A frontend that fails while stopping must not keep the store from closing cleanly.
-        results = await asyncio.gather(
-            grpc_server.stop(SHUTDOWN_GRACE_S), http_task, return_exceptions=True
+async def serve(settings: ServeSettings) -> None:
+    """Run the server until SIGTERM or SIGINT, then stop without losing acknowledged data.
+
+    Raises StartupError, having released what it took, if the server cannot start.
+    """
+    # Callbacks run in reverse: frontends stop first, then the lake, the store, the ports.
+    async with contextlib.AsyncExitStack() as resources:
+        resources.enter_context(claim_data_dir(settings.data_dir))
+        # Both ports before the store and the lake: a port in use or a wrong address fails in
+        # milliseconds, not after the seconds they take to open.
+        grpc_server, grpc_port = listening_grpc_server(settings.host, settings.grpc_port)
+        resources.push_async_callback(grpc_server.stop, None)
+        http_socket = resources.enter_context(
+            listening_socket(settings.host, settings.http_port, "--http-port")
         )
-        for result in results:
-            if isinstance(result, BaseException):
-                log.error("frontend failed while stopping", exc_info=result)
-        await lake.close()
-        await store.close()
-        log.info("stopped")
+        http_port: int = http_socket.getsockname()[1]
+        store = await _open_store(settings)
+        resources.push_async_callback(store.close)
+        lake = await _open_lake(store, settings.lake)
+        resources.push_async_callback(lake.close)
+
+        await start_grpc_server(grpc_server, store, lake)
+        log.info("gRPC listening on %s", host_port(settings.host, grpc_port))
+        stop = asyncio.Event()
+        http_task = start_http_server(store, http_socket, stop, SHUTDOWN_GRACE_S, lake)
+        resources.push_async_callback(_stop_frontends, grpc_server, http_task, stop)
+        log.info("HTTP listening on %s", host_port(settings.host, http_port))
+        # Everything loaded so far (modules, DuckDB, protobuf descriptors) lives as long as the
+        # process: out of the collector's reach, a full collection no longer walks it. Each one
+        # took 13-28 ms before, a stall of every request in flight (bench/http_append.py p99).
+        gc.freeze()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+    log.info("stopped")
+
+
+async def _open_store(settings: ServeSettings) -> StreamStore:
+    try:
+        store = await StreamStore.open(
+            settings.data_dir, max_storage_bytes=settings.max_storage_gib << 30
+        )
+    except lmdb.MemoryError:
+        raise StartupError(
+            f"--max-storage-gib {settings.max_storage_gib} is more than this machine can map "
+            "(LMDB maps the whole limit at once): give less"
+        ) from None
+    except (OSError, lmdb.Error) as error:
+        raise StartupError(
+            f"the stream log in --data-dir {settings.data_dir!r} did not open: {error}"
+        ) from None
+    log.info("storage open at %s", os.path.abspath(settings.data_dir))
+    return store
+
+
+async def _open_lake(store: StreamStore, settings: LakeSettings) -> Lake:
+    try:
+        lake = await Lake.open(store, settings)
+    except (OSError, duckdb.Error) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        where = (
+            f"the embedded catalog is {settings.catalog_uri.removeprefix('ducklake:')}"
+            if settings.catalog is None
+            else "check --lake-catalog and --lake-data-path"
+        )
+        raise StartupError(f"the lake did not open: {reason} ({where})") from None
+    log.info("lake open: catalog %s, data %s", settings.catalog_uri, settings.data_dir)
+    return lake
+
+
+async def _stop_frontends(
+    grpc_server: aio.Server, http_task: asyncio.Task[None], stop: asyncio.Event
+) -> None:
+    log.info("shutting down: draining calls, then finishing queued commits")
+    stop.set()
+    # A frontend that fails while stopping must not keep the store from closing cleanly.
+    results = await asyncio.gather(
+        grpc_server.stop(SHUTDOWN_GRACE_S), http_task, return_exceptions=True
+    )
+    for result in results:
+        if isinstance(result, BaseException):
+            log.error("frontend failed while stopping", exc_info=result)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command != "serve":
         return run(args)
-    if args.max_storage_gib < 1:
-        raise SystemExit("--max-storage-gib must be at least 1")
+    settings = serve_settings(args)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     if not allocator.tune():
         log.info("not glibc: allocator settings left as they are")
-    asyncio.run(
-        serve(
-            args.data_dir,
-            args.host,
-            args.grpc_port,
-            args.http_port,
-            lake_settings(args),
-            args.max_storage_gib,
-        )
-    )
+    try:
+        asyncio.run(serve(settings))
+    except StartupError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        # Ctrl-C while starting, before SIGINT means "stop gracefully": what was opened has
+        # been closed on the way out.
+        return 130
     return 0
 
 

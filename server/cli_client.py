@@ -1,6 +1,9 @@
 """`s2s` commands that talk to a running server through the client SDK.
 
-Each command prints results to stdout; a failure prints one line to stderr and exits 1.
+Each command prints results to stdout. A failure prints one line to stderr: a usage error
+(a bad argument, flag combination or input line) exits 2, a failure of the server or the
+connection exits 1, Ctrl-C exits 130, and a closed stdout (`| head`) ends quietly
+with 141, as a shell reports SIGPIPE.
 """
 
 from __future__ import annotations
@@ -8,20 +11,29 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterator
+from typing import IO, Any
 
 import pyarrow as pa
 
 from client import S2SClient, S2SError, SqlResult
 from s2s.config import (
+    BasinConfig,
+    BasinConfigPatch,
+    StreamConfig,
+    StreamConfigPatch,
     basin_config_from_json,
     basin_config_to_json,
+    basin_patch_from_json,
+    patch_stream_config,
     stream_config_from_json,
     stream_config_to_json,
+    stream_patch_from_json,
 )
+from s2s.convert import basin_config_to_proto, stream_config_to_proto
 from s2s.errors import S2Error
 from s2s.records import (
     BATCH_METERED_BYTES_MAX,
@@ -30,73 +42,102 @@ from s2s.records import (
     metered_size,
     trim_record,
 )
+from s2s.v1 import control_pb2 as cpb
 from s2s.v1 import lake_pb2 as lpb
 from s2s.v1 import records_pb2 as pb
 from server import allocator
+from server.cli_args import (
+    U64_MAX,
+    EnvOption,
+    Parser,
+    UsageError,
+    json_text,
+    number,
+    seq_num,
+    server_address,
+    whole_number,
+)
 
-SERVER_DEFAULT = "127.0.0.1:50051"
+SERVER_OPTION = EnvOption(
+    "--server", "S2S_SERVER", server_address, "127.0.0.1:50051", "gRPC address of the server"
+)
+
+Handler = Callable[[S2SClient, argparse.Namespace], Awaitable[None]]
+
+EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141
 
 
-def add_commands(commands: Any, env_server: str) -> None:
+def add_commands(commands: Any) -> None:
     """Register the client commands on the `s2s` argument parser."""
 
-    def command(name: str, help_text: str) -> argparse.ArgumentParser:
-        parser: argparse.ArgumentParser = commands.add_parser(name, help=help_text)
-        parser.add_argument(
-            "--server",
-            default=env_server,
-            help=f"gRPC address of the server (env S2S_SERVER, default {SERVER_DEFAULT})",
-        )
+    def command(name: str, help_text: str, handler: Handler) -> Parser:
+        parser: Parser = commands.add_parser(name, help=help_text)
+        SERVER_OPTION.add_to(parser)
+        parser.set_defaults(handler=handler, parser=parser)
         return parser
 
-    basins = command("basins", "manage basins")
+    basins = command("basins", "manage basins", _basins)
     basins.add_argument("action", choices=["create", "list", "delete", "config"])
     basins.add_argument("name", nargs="?", default="")
-    basins.add_argument("--config", help="basin config as JSON (create)")
-    basins.add_argument("--prefix", default="")
+    basins.add_argument(
+        "--config", type=json_text, help="basin config as JSON (create), or changes to it (config)"
+    )
+    basins.add_argument("--prefix", help="list only names starting with this (list)")
 
-    streams = command("streams", "manage streams")
+    streams = command("streams", "manage streams", _streams)
     streams.add_argument("action", choices=["create", "list", "delete", "config"])
     streams.add_argument("basin")
     streams.add_argument("name", nargs="?", default="")
-    streams.add_argument("--config", help="stream config as JSON (create)")
-    streams.add_argument("--prefix", default="")
+    streams.add_argument(
+        "--config",
+        type=json_text,
+        help="stream config as JSON (create), or changes to it (config); null clears a field",
+    )
+    streams.add_argument("--prefix", help="list only names starting with this (list)")
 
-    append = command("append", "append stdin lines as records (one batch per 1000 lines)")
+    append = command("append", "append stdin lines as records (one batch per 1000 lines)", _append)
     append.add_argument("basin")
     append.add_argument("stream")
-    append.add_argument("--ndjson", action="store_true", help='lines are {"body","headers",...}')
-    append.add_argument("--match-seq-num", type=int)
+    append.add_argument(
+        "--ndjson",
+        action="store_true",
+        help='lines are {"body", "headers", "timestamp"}; a body that is not a string is '
+        "stored as its JSON text",
+    )
+    append.add_argument("--match-seq-num", type=seq_num)
     append.add_argument("--fencing-token")
 
-    read = command("read", "print records, one per line")
+    read = command("read", "print records, one per line", _read)
     read.add_argument("basin")
     read.add_argument("stream")
     start = read.add_mutually_exclusive_group()
-    start.add_argument("--from-seq", type=int)
-    start.add_argument("--from-ts", type=int)
-    start.add_argument("--tail-offset", type=int)
-    read.add_argument("--count", type=int)
+    start.add_argument("--from-seq", type=seq_num)
+    start.add_argument("--from-ts", type=seq_num)
+    start.add_argument("--tail-offset", type=seq_num)
+    read.add_argument("--count", type=whole_number(1, U64_MAX), help="at most this many records")
     read.add_argument("--follow", action="store_true", help="keep reading new records")
     read.add_argument("--ndjson", action="store_true", help="print seq_num, timestamp, headers")
 
-    tail = command("tail", "print the stream's tail")
+    tail = command("tail", "print the stream's tail", _tail)
     tail.add_argument("basin")
     tail.add_argument("stream")
 
-    fence = command("fence", "set the stream's fencing token")
+    fence = command("fence", "set the stream's fencing token", _fence)
     fence.add_argument("basin")
     fence.add_argument("stream")
     fence.add_argument("token")
     fence.add_argument("--fencing-token", help="the current token, if the stream is fenced")
 
-    trim = command("trim", "delete records before a sequence number")
+    trim = command("trim", "delete records before a sequence number", _trim)
     trim.add_argument("basin")
     trim.add_argument("stream")
-    trim.add_argument("seq_num", type=int)
+    trim.add_argument("seq_num", type=seq_num)
 
     materializations = command(
-        "materializations", "manage materializations (streams applied to lake tables)"
+        "materializations",
+        "manage materializations (streams applied to lake tables)",
+        _materializations,
     )
     materializations.add_argument(
         "action", choices=["create", "list", "get", "pause", "resume", "delete"]
@@ -105,7 +146,9 @@ def add_commands(commands: Any, env_server: str) -> None:
     materializations.add_argument("--table", help="target table, schema.table (create)")
     materializations.add_argument("--basin", help="source basin (default: the ingest stream)")
     materializations.add_argument("--stream", help="source stream (default: schema.table)")
-    materializations.add_argument("--mode", choices=["append", "merge"], default="append")
+    materializations.add_argument(
+        "--mode", choices=["append", "merge"], help="append (default) or merge"
+    )
     materializations.add_argument("--primary-key", help="the column merge mode upserts on")
     materializations.add_argument("--select", help="DuckDB select list over the record columns")
     materializations.add_argument("--where", help="DuckDB predicate over the record columns")
@@ -115,117 +158,290 @@ def add_commands(commands: Any, env_server: str) -> None:
     materializations.add_argument("--create-table", action="store_true")
     materializations.add_argument("--paused", action="store_true", help="create it paused")
 
-    sql = command("sql", "run a read-only SQL query over the lake and print the rows")
+    sql = command("sql", "run a read-only SQL query over the lake and print the rows", _sql)
     sql.add_argument("query")
-    sql.add_argument("--limit", type=int, help="at most this many rows")
+    sql.add_argument("--limit", type=whole_number(1, 2**32 - 1), help="at most this many rows")
     sql.add_argument("--json", action="store_true", help="print one JSON object per row")
 
-    bench = command("bench", "measure append throughput and ack latency")
+    bench = command("bench", "measure append throughput and ack latency", _bench)
     bench.add_argument("basin")
     bench.add_argument("--stream", default="s2s-bench")
-    bench.add_argument("--record-bytes", type=int, default=1024)
-    bench.add_argument("--batch-records", type=int, default=1000)
-    bench.add_argument("--inflight", type=int, default=16)
-    bench.add_argument("--seconds", type=float, default=10.0)
-
-
-COMMANDS = (
-    "basins",
-    "streams",
-    "append",
-    "read",
-    "tail",
-    "fence",
-    "trim",
-    "materializations",
-    "sql",
-    "bench",
-)
+    bench.add_argument(
+        "--record-bytes", type=whole_number(0, BATCH_METERED_BYTES_MAX), default=1024
+    )
+    bench.add_argument(
+        "--batch-records", type=whole_number(1, BATCH_RECORDS_MAX), default=BATCH_RECORDS_MAX
+    )
+    bench.add_argument("--inflight", type=whole_number(1, 1024), default=16)
+    bench.add_argument("--seconds", type=number(0, low_inclusive=False), default=10.0)
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run a client command; returns the exit status."""
+    parser: Parser = args.parser
+    SERVER_OPTION.resolve(parser, args)
+    _check_text_arguments(parser, args)
     try:
         asyncio.run(_dispatch(args))
+    except UsageError as error:
+        parser.error(str(error))
     except (S2SError, S2Error) as error:
-        print(f"error: {error}", file=sys.stderr)
+        hint = ""
+        if error.code == "unavailable":
+            hint = f" (is the server running at {args.server}? set --server or S2S_SERVER)"
+        print(f"error: {error}{hint}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`s2s read ... | head`): nothing left to print to. Point stdout
+        # at /dev/null so the interpreter's final flush does not fail in turn.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     return 0
+
+
+def _check_text_arguments(parser: Parser, args: argparse.Namespace) -> None:
+    """Names, tokens and queries travel as UTF-8; an argument that is not valid text (bytes
+    the shell passed that are not UTF-8) is a usage error, not a crash in the encoder."""
+    for name, value in vars(args).items():
+        values = value if isinstance(value, list) else [value]
+        for item in values:
+            if isinstance(item, str) and not _is_utf8(item):
+                parser.error(f"{name.replace('_', '-')}: {item!r} is not valid UTF-8 text")
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 async def _dispatch(args: argparse.Namespace) -> None:
     async with S2SClient(args.server, retries=1) as client:
-        handler = globals()[f"_{args.command}"]
-        await handler(client, args)
+        await args.handler(client, args)
 
 
 def _print_json(value: Any) -> None:
     print(json.dumps(value, ensure_ascii=False))
 
 
+def _refuse_flags(args: argparse.Namespace, allowed_with: str, *flags: str) -> None:
+    """A flag that the action would ignore is refused rather than silently dropped."""
+    given = [
+        flag
+        for flag in flags
+        if getattr(args, flag.removeprefix("--").replace("-", "_")) not in (None, False, [])
+    ]
+    if given:
+        verb = "goes" if len(given) == 1 else "go"
+        raise UsageError(
+            f"{' and '.join(given)} only {verb} with {allowed_with}, not {args.action}"
+        )
+
+
+def _config(parse: Callable[[Any], Any], value: Any) -> Any:
+    """A --config value parsed by `s2s.config`, its complaint a usage error."""
+    try:
+        return parse(value)
+    except S2Error as error:
+        raise UsageError(f"--config: {error.message}") from None
+
+
 async def _basins(client: S2SClient, args: argparse.Namespace) -> None:
     if args.action == "list":
-        response = await client.list_basins(prefix=args.prefix)
+        _refuse_flags(args, "create or config", "--config")
+        if args.name:
+            raise UsageError("basins list takes no name: use --prefix to filter")
+        response = await client.list_basins(prefix=args.prefix or "")
         for basin in response.basins:
             state = "deleting" if basin.HasField("deleted_at_ms") else "active"
             print(f"{basin.name}\t{state}")
         return
+    _refuse_flags(args, "list", "--prefix")
     if not args.name:
-        raise S2Error("invalid", f"basins {args.action} needs a basin name")
+        raise UsageError(f"basins {args.action} needs a basin name")
     if args.action == "create":
-        config = basin_config_from_json(json.loads(args.config) if args.config else None)
+        config = _config(basin_config_from_json, args.config)
         await client.create_basin(args.name, config)
         print(f"created basin {args.name}")
     elif args.action == "delete":
+        _refuse_flags(args, "create or config", "--config")
         await client.delete_basin(args.name)
         print(f"deleting basin {args.name}")
+    elif args.config is not None:
+        patch: BasinConfigPatch = _config(basin_patch_from_json, args.config)
+        message, mask = _basin_reconfiguration(patch)
+        _print_json(basin_config_to_json(await client.reconfigure_basin(args.name, message, mask)))
     else:
         _print_json(basin_config_to_json(await client.get_basin_config(args.name)))
 
 
 async def _streams(client: S2SClient, args: argparse.Namespace) -> None:
     if args.action == "list":
-        response = await client.list_streams(args.basin, prefix=args.prefix)
+        _refuse_flags(args, "create or config", "--config")
+        if args.name:
+            raise UsageError("streams list takes a basin and no stream name: use --prefix")
+        response = await client.list_streams(args.basin, prefix=args.prefix or "")
         for stream in response.streams:
             state = "deleting" if stream.HasField("deleted_at_ms") else "active"
             print(f"{stream.name}\t{state}")
         return
+    _refuse_flags(args, "list", "--prefix")
     if not args.name:
-        raise S2Error("invalid", f"streams {args.action} needs a stream name")
+        raise UsageError(f"streams {args.action} needs a basin and a stream name")
     if args.action == "create":
-        config = stream_config_from_json(json.loads(args.config) if args.config else None)
+        config = _config(stream_config_from_json, args.config)
         await client.create_stream(args.basin, args.name, config)
         print(f"created stream {args.name}")
     elif args.action == "delete":
+        _refuse_flags(args, "create or config", "--config")
         await client.delete_stream(args.basin, args.name)
         print(f"deleting stream {args.name}")
+    elif args.config is not None:
+        patch: StreamConfigPatch = _config(stream_patch_from_json, args.config)
+        message, mask = _stream_reconfiguration(patch)
+        config = await client.reconfigure_stream(args.basin, args.name, message, mask)
+        _print_json(stream_config_to_json(config))
     else:
         _print_json(stream_config_to_json(await client.get_stream_config(args.basin, args.name)))
 
 
-def _record_from_json(line: str) -> pb.AppendRecord:
+_MASK_PATH_OF_FIELD = {
+    "storage_class": "storage_class",
+    "retention": "retention_policy",
+    "timestamping_mode": "timestamping.mode",
+    "timestamping_uncapped": "timestamping.uncapped",
+    "delete_on_empty_min_age_secs": "delete_on_empty",
+}
+"""`StreamConfig` field -> the gRPC field-mask path that sets (or, left unset, clears) it."""
+
+
+def _stream_reconfiguration(patch: StreamConfigPatch) -> tuple[cpb.StreamConfig, list[str]]:
+    """A patch as the gRPC reconfigure request takes it: the new values and the mask of the
+    fields to change; a masked field left unset is cleared (JSON null)."""
+    message = stream_config_to_proto(patch_stream_config(StreamConfig(), patch))
+    return message, [_MASK_PATH_OF_FIELD[name] for name in patch]
+
+
+def _basin_reconfiguration(patch: BasinConfigPatch) -> tuple[cpb.BasinConfig, list[str]]:
+    message = cpb.BasinConfig()
+    mask: list[str] = []
+    if patch.clear_default_stream_config:
+        mask.append("default_stream_config")
+    if patch.default_stream_config is not None:
+        defaults, paths = _stream_reconfiguration(patch.default_stream_config)
+        message.default_stream_config.CopyFrom(defaults)
+        mask += [f"default_stream_config.{path}" for path in paths]
+    if patch.stream_cipher_set:
+        cipher = BasinConfig(stream_cipher=patch.stream_cipher)
+        message.stream_cipher = basin_config_to_proto(cipher).stream_cipher
+        mask.append("stream_cipher")
+    for flag in ("create_stream_on_append", "create_stream_on_read"):
+        value = getattr(patch, flag)
+        if value is not None:
+            setattr(message, flag, value)
+            mask.append(flag)
+    return message, mask
+
+
+# --- append ------------------------------------------------------------------------------
+
+LINE_BYTES_MAX = BATCH_METERED_BYTES_MAX
+"""The longest stdin line read: a record longer than an append takes (1 MiB metered) could
+never be appended, and reading it whole would take unbounded memory."""
+
+NDJSON_FIELDS = ("body", "headers", "timestamp")
+
+
+def _utf8(text: str, where: str) -> bytes:
     try:
-        obj = json.loads(line)
+        return text.encode()
+    except UnicodeEncodeError as error:
+        raise UsageError(
+            f"{where} holds {text[error.start : error.end]!r}, a lone surrogate: not valid "
+            "Unicode text"
+        ) from None
+
+
+def _ndjson_body(value: Any, where: str) -> bytes:
+    """A string body is stored as its text; any other JSON value as its (compact) JSON text,
+    which is what reading it back and parsing it expects."""
+    if isinstance(value, str):
+        return _utf8(value, f"{where} body")
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return _utf8(text, f"{where} body")
+
+
+def _record_from_json(line: bytes, where: str) -> pb.AppendRecord:
+    try:
+        obj = json.loads(line.decode())
+    except UnicodeDecodeError as error:
+        raise UsageError(f"{where} is not UTF-8 (byte {error.start + 1}): NDJSON is text") from None
     except json.JSONDecodeError as error:
-        raise S2Error("invalid", f"not a JSON object: {error}") from None
+        raise UsageError(f"{where} is not JSON: {error.msg} at column {error.colno}") from None
+    except RecursionError:
+        raise UsageError(f"{where} is JSON nested too deeply") from None
     if not isinstance(obj, dict):
-        raise S2Error("invalid", "each NDJSON line must be an object")
-    record = pb.AppendRecord(body=str(obj.get("body", "")).encode())
-    for name, value in obj.get("headers", []):
-        record.headers.add(name=str(name).encode(), value=str(value).encode())
-    if obj.get("timestamp") is not None:
-        record.timestamp = int(obj["timestamp"])
+        raise UsageError(f'{where} must be a JSON object such as {{"body": "text"}}')
+    unknown = sorted(set(obj) - set(NDJSON_FIELDS))
+    if unknown:
+        raise UsageError(
+            f"{where} has the field {unknown[0]!r}: the fields are {', '.join(NDJSON_FIELDS)}"
+        )
+    record = pb.AppendRecord(body=_ndjson_body(obj["body"], where) if "body" in obj else b"")
+    headers = obj.get("headers") or []
+    if not isinstance(headers, list):
+        raise UsageError(f'{where} headers must be a list of ["name", "value"] pairs')
+    for header in headers:
+        if not (
+            isinstance(header, list)
+            and len(header) == 2
+            and all(isinstance(h, str) for h in header)
+        ):
+            raise UsageError(
+                f'{where} headers must be a list of ["name", "value"] string pairs, got '
+                f"{json.dumps(header, ensure_ascii=False)[:80]}"
+            )
+        record.headers.add(name=_utf8(header[0], where), value=_utf8(header[1], where))
+    timestamp = obj.get("timestamp")
+    if timestamp is not None:
+        if isinstance(timestamp, bool) or not isinstance(timestamp, int):
+            raise UsageError(f"{where} timestamp must be milliseconds since the epoch, a number")
+        if not 0 <= timestamp <= U64_MAX:
+            raise UsageError(f"{where} timestamp must be from 0 to {U64_MAX}")
+        record.timestamp = timestamp
     return record
 
 
-def _batches(lines: Iterator[str], ndjson: bool) -> Iterator[list[pb.AppendRecord]]:
+def _lines(stream: IO[bytes]) -> Iterator[tuple[int, bytes]]:
+    """Numbered lines without their newline; refuses one too long to ever be appended."""
+    number = 0
+    while line := stream.readline(LINE_BYTES_MAX + 1):
+        number += 1
+        if line.endswith(b"\n"):
+            line = line[:-1]
+        elif len(line) > LINE_BYTES_MAX:
+            raise UsageError(
+                f"stdin line {number} is longer than an append takes ({LINE_BYTES_MAX} bytes)"
+            )
+        yield number, line
+
+
+def _batches(stream: IO[bytes], ndjson: bool) -> Iterator[list[pb.AppendRecord]]:
     batch: list[pb.AppendRecord] = []
     size = 0
-    for line in lines:
-        line = line.rstrip("\n")
-        record = _record_from_json(line) if ndjson else pb.AppendRecord(body=line.encode())
+    for line_number, line in _lines(stream):
+        where = f"stdin line {line_number}"
+        record = _record_from_json(line, where) if ndjson else pb.AppendRecord(body=line)
         record_size = metered_size(record)
+        if record_size > BATCH_METERED_BYTES_MAX:
+            raise UsageError(
+                f"{where} is a record of {record_size} metered bytes, more than an append "
+                f"takes ({BATCH_METERED_BYTES_MAX})"
+            )
         if batch and (
             len(batch) >= BATCH_RECORDS_MAX or size + record_size > BATCH_METERED_BYTES_MAX
         ):
@@ -242,19 +458,33 @@ async def _append(client: S2SClient, args: argparse.Namespace) -> None:
     match = args.match_seq_num
     total = 0
     last: pb.AppendAck | None = None
-    for batch in _batches(iter(sys.stdin.readline, ""), args.ndjson):
-        last = await stream.append(batch, match_seq_num=match, fencing_token=args.fencing_token)
-        total += len(batch)
-        match = None if match is None else last.end.seq_num
+    try:
+        # Bytes, not text: a plain line is stored exactly as it was, whatever its encoding.
+        for batch in _batches(sys.stdin.buffer, args.ndjson):
+            last = await stream.append(batch, match_seq_num=match, fencing_token=args.fencing_token)
+            total += len(batch)
+            match = None if match is None else last.end.seq_num
+    except (UsageError, S2SError, S2Error) as error:
+        if last is None:
+            raise
+        # Earlier batches are durable: say so, so a retry can start after them.
+        done = f"the first {total} lines were appended as seq_num {_span(last, total)}, no more"
+        if isinstance(error, UsageError):
+            raise UsageError(f"{error}; {done}") from None
+        raise S2SError(error.code, f"{error.message}; {done}") from None
     if last is None:
-        raise S2Error("invalid", "nothing to append: stdin was empty")
-    print(f"appended {total} records, seq_num {last.end.seq_num - total}..{last.end.seq_num - 1}")
+        raise UsageError("nothing to append: stdin was empty")
+    print(f"appended {total} records, seq_num {_span(last, total)}")
 
 
-def _record_line(record: pb.SequencedRecord, ndjson: bool) -> str:
-    body = record.body.decode("utf-8", errors="replace")
-    if not ndjson:
-        return body
+def _span(last: pb.AppendAck, total: int) -> str:
+    return f"{last.end.seq_num - total}..{last.end.seq_num - 1}"
+
+
+# --- read ----------------------------------------------------------------------------------
+
+
+def _ndjson_line(record: pb.SequencedRecord) -> str:
     headers = [
         [h.name.decode("utf-8", errors="replace"), h.value.decode("utf-8", errors="replace")]
         for h in record.headers
@@ -264,7 +494,7 @@ def _record_line(record: pb.SequencedRecord, ndjson: bool) -> str:
             "seq_num": record.seq_num,
             "timestamp": record.timestamp,
             "headers": headers,
-            "body": body,
+            "body": record.body.decode("utf-8", errors="replace"),
         },
         ensure_ascii=False,
     )
@@ -285,9 +515,15 @@ async def _read(client: S2SClient, args: argparse.Namespace) -> None:
         count = tail.seq_num  # everything up to now, then stop
         if count == 0:
             return
+    out = sys.stdout.buffer
     async for batch in stream.read_session(count=count, clamp=True, **start):
         for record in batch.records:
-            print(_record_line(record, args.ndjson), flush=args.follow)
+            # A plain body goes out as the bytes appended, so append and read round-trip.
+            out.write(_ndjson_line(record).encode() if args.ndjson else record.body)
+            out.write(b"\n")
+        if args.follow:
+            out.flush()
+    out.flush()
 
 
 async def _tail(client: S2SClient, args: argparse.Namespace) -> None:
@@ -305,6 +541,9 @@ async def _fence(client: S2SClient, args: argparse.Namespace) -> None:
 async def _trim(client: S2SClient, args: argparse.Namespace) -> None:
     ack = await client.stream(args.basin, args.stream).append([trim_record(args.seq_num)])
     print(f"trim requested at seq_num {ack.start.seq_num}")
+
+
+# --- the lake ------------------------------------------------------------------------------
 
 
 def materialization_json(status: lpb.MaterializationStatus) -> dict[str, Any]:
@@ -337,8 +576,26 @@ def materialization_json(status: lpb.MaterializationStatus) -> dict[str, Any]:
     }
 
 
+CREATE_FLAGS = (
+    "--table",
+    "--basin",
+    "--stream",
+    "--mode",
+    "--primary-key",
+    "--select",
+    "--where",
+    "--partition-by",
+    "--create-table",
+    "--paused",
+)
+
+
 async def _materializations(client: S2SClient, args: argparse.Namespace) -> None:
+    if args.action != "create":
+        _refuse_flags(args, "create", *CREATE_FLAGS)
     if args.action == "list":
+        if args.name:
+            raise UsageError("materializations list takes no name")
         for status in await client.list_materializations():
             source = f"{status.source.basin}/{status.source.stream}"
             print(
@@ -347,16 +604,16 @@ async def _materializations(client: S2SClient, args: argparse.Namespace) -> None
             )
         return
     if not args.name:
-        raise S2Error("invalid", f"materializations {args.action} needs a name")
+        raise UsageError(f"materializations {args.action} needs a name")
     if args.action == "create":
         if not args.table:
-            raise S2Error("invalid", "materializations create needs --table schema.table")
+            raise UsageError("materializations create needs --table schema.table")
         status = await client.create_materialization(
             args.name,
             args.table,
             basin=args.basin,
             stream=args.stream,
-            mode=args.mode,
+            mode=args.mode or "append",
             primary_key=args.primary_key,
             select=args.select,
             where=args.where,
@@ -432,7 +689,18 @@ async def _sql(client: S2SClient, args: argparse.Namespace) -> None:
         print("truncated: more rows matched than were returned", file=sys.stderr)
 
 
+# --- bench ---------------------------------------------------------------------------------
+
+
 async def _bench(client: S2SClient, args: argparse.Namespace) -> None:
+    records = [pb.AppendRecord(body=b"x" * args.record_bytes) for _ in range(args.batch_records)]
+    batch_metered = sum(metered_size(record) for record in records)
+    if batch_metered > BATCH_METERED_BYTES_MAX:
+        raise UsageError(
+            f"{args.batch_records} records of {args.record_bytes} bytes are {batch_metered} "
+            f"metered bytes, more than an append takes ({BATCH_METERED_BYTES_MAX}): lower "
+            "--record-bytes or --batch-records"
+        )
     # Our own process: the server's allocator settings spare it re-faulting each batch buffer.
     allocator.tune()
     try:
@@ -441,23 +709,31 @@ async def _bench(client: S2SClient, args: argparse.Namespace) -> None:
         if error.code != "resource_already_exists":
             raise
     stream = client.stream(args.basin, args.stream)
-    records = [pb.AppendRecord(body=b"x" * args.record_bytes) for _ in range(args.batch_records)]
     message = pb.AppendInput(records=records)
     batch_bytes = args.record_bytes * args.batch_records
     latencies: list[float] = []
-    sent = 0
+    failures: list[BaseException] = []
     started = time.perf_counter()
     deadline = started + args.seconds
     next_report = started + 1.0
 
-    def on_ack(began: float) -> Any:
-        return lambda _: latencies.append(time.perf_counter() - began)
+    def on_ack(began: float) -> Callable[[asyncio.Future[pb.AppendAck]], None]:
+        def done(future: asyncio.Future[pb.AppendAck]) -> None:
+            if future.cancelled():
+                return
+            # Taking the exception marks it retrieved: no "never retrieved" traceback later.
+            error = future.exception()
+            if error is None:
+                latencies.append(time.perf_counter() - began)
+            else:
+                failures.append(error)
+
+        return done
 
     async with stream.append_session(inflight_batches_max=args.inflight) as session:
-        while (now := time.perf_counter()) < deadline:
+        while (now := time.perf_counter()) < deadline and not failures:
             future = await session.submit(message)
             future.add_done_callback(on_ack(now))
-            sent += 1
             if now >= next_report:
                 rate = len(latencies) * batch_bytes / (now - started) / 2**20
                 print(
@@ -465,7 +741,12 @@ async def _bench(client: S2SClient, args: argparse.Namespace) -> None:
                 )
                 next_report = now + 1.0
     elapsed = time.perf_counter() - started
-    print(file=sys.stderr)
+    if next_report > started + 1.0:
+        print(file=sys.stderr)  # ends the progress line
+    if failures:
+        raise failures[0]
+    if not latencies:
+        raise UsageError(f"no batch was acknowledged within --seconds {args.seconds:g}: give more")
     ordered = sorted(latencies)
 
     def pct(p: float) -> float:

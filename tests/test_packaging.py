@@ -10,18 +10,15 @@ pyproject.toml, so only a clean install showed it.
 from __future__ import annotations
 
 import ast
-import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import threading
-import time
 import tomllib
 from importlib.metadata import packages_distributions
 from pathlib import Path
 
+from tests.serve_command import ServeCommand, environment_without_s2s
 from tests.server_process import REPO
 
 PACKAGES = ("s2s", "server", "client")
@@ -29,8 +26,6 @@ PACKAGES = ("s2s", "server", "client")
 
 INSTALL_TIMEOUT_S = 300
 """Building and installing take ~12 s here with pip's cache warm; the bound is for a cold one."""
-
-START_TIMEOUT_S = 60
 
 
 def _normalized(distribution: str) -> str:
@@ -90,23 +85,13 @@ def _run(*args: str | Path, cwd: Path, timeout_s: float = 60) -> subprocess.Comp
     result = subprocess.run(
         [str(arg) for arg in args],
         cwd=cwd,
-        env=_clean_env(),
+        env=environment_without_s2s(),
         capture_output=True,
         text=True,
         timeout=timeout_s,
     )
     assert result.returncode == 0, f"{args} failed:\n{result.stdout}\n{result.stderr}"
     return result
-
-
-def _clean_env() -> dict[str, str]:
-    """The environment without anything that would point Python at the source tree or
-    change the server's settings."""
-    return {
-        key: value
-        for key, value in os.environ.items()
-        if key not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV") and not key.startswith("S2S_")
-    }
 
 
 def _build_wheel(work: Path) -> Path:
@@ -158,47 +143,6 @@ def _install(wheel: Path, venv: Path, cwd: Path) -> None:
     )
 
 
-class _InstalledServer:
-    """`s2s serve` from the installed wheel on free ports, its log drained in the background."""
-
-    def __init__(self, s2s: Path, data_dir: Path, cwd: Path) -> None:
-        self.log: list[str] = []
-        self.process = subprocess.Popen(
-            [s2s, "serve", "--data-dir", data_dir, "--grpc-port", "0", "--http-port", "0"],
-            cwd=cwd,
-            env=_clean_env(),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.grpc_port = self._wait_for_ports()
-        threading.Thread(target=self._drain, daemon=True).start()
-
-    def _wait_for_ports(self) -> int:
-        assert self.process.stderr is not None
-        grpc_port = None
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            line = self.process.stderr.readline()
-            if not line:
-                raise AssertionError("server exited early:\n" + "".join(self.log))
-            self.log.append(line)
-            if match := re.search(r"gRPC listening on \S+:(\d+)", line):
-                grpc_port = int(match.group(1))
-            if "HTTP listening on" in line and grpc_port is not None:
-                return grpc_port
-        raise AssertionError("server did not start:\n" + "".join(self.log))
-
-    def _drain(self) -> None:
-        assert self.process.stderr is not None
-        self.log.extend(self.process.stderr)
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(30)
-
-
 def test_wheel_in_a_fresh_virtualenv_serves_and_appends(tmp_path: Path) -> None:
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -212,7 +156,7 @@ def test_wheel_in_a_fresh_virtualenv_serves_and_appends(tmp_path: Path) -> None:
     assert Path(location.strip()).is_relative_to(venv), location
     assert "serve" in _run(s2s, "--help", cwd=elsewhere).stdout
 
-    server = _InstalledServer(s2s, tmp_path / "data", elsewhere)
+    server = ServeCommand([s2s], tmp_path / "data", cwd=elsewhere).start()
     try:
         target = ("--server", f"127.0.0.1:{server.grpc_port}")
         _run(s2s, "basins", "create", "packaged-basin", *target, cwd=elsewhere)
@@ -221,7 +165,7 @@ def test_wheel_in_a_fresh_virtualenv_serves_and_appends(tmp_path: Path) -> None:
             [str(s2s), "append", "packaged-basin", "events", *target],
             input="one\ntwo\n",
             cwd=elsewhere,
-            env=_clean_env(),
+            env=environment_without_s2s(),
             capture_output=True,
             text=True,
             timeout=60,

@@ -1,5 +1,5 @@
-"""Builds the gRPC server: our services (LakeService only with a lake), the standard health
-service and reflection."""
+"""Builds the gRPC server: listening where `server.binding` says, then our services
+(LakeService only with a lake), the standard health service and reflection."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from grpc_reflection.v1alpha import reflection
 
 from s2s.v1 import lake_pb2, lake_pb2_grpc, services_pb2
 from s2s.v1 import services_pb2_grpc as services
+from server.binding import IPAddress, add_grpc_port
 from server.grpc_frontend import stream
 from server.grpc_frontend.control import AccountServicer, BasinServicer
 from server.grpc_frontend.lake import LakeServicer
@@ -26,10 +27,9 @@ SERVICE_NAMES = (
 LAKE_SERVICE_NAME = lake_pb2.DESCRIPTOR.services_by_name["LakeService"].full_name
 
 
-async def start_grpc_server(
-    store: StreamStore, host: str, port: int, lake: Lake | None = None
-) -> tuple[aio.Server, int]:
-    """Start serving on host:port (0 picks a free port); returns the server and its port."""
+def listening_grpc_server(address: IPAddress, port: int) -> tuple[aio.Server, int]:
+    """A gRPC server listening exactly at address:port (0 picks a free port), not yet serving;
+    returns it and its port."""
     server = aio.server(
         options=[
             ("grpc.max_receive_message_length", MESSAGE_BYTES_MAX),
@@ -37,6 +37,13 @@ async def start_grpc_server(
             ("grpc.so_reuseport", 0),
         ]
     )
+    return server, add_grpc_port(server, address, port, "--grpc-port")
+
+
+async def start_grpc_server(
+    server: aio.Server, store: StreamStore, lake: Lake | None = None
+) -> None:
+    """Register our services, health and reflection on `server`, then start serving."""
     services.add_AccountServiceServicer_to_server(AccountServicer(store), server)  # type: ignore[no-untyped-call]
     services.add_BasinServiceServicer_to_server(BasinServicer(store), server)  # type: ignore[no-untyped-call]
     server.add_generic_rpc_handlers((stream.handlers(stream.StreamServicer(store)),))
@@ -58,6 +65,4 @@ async def start_grpc_server(
         ),
         server,
     )
-    bound = server.add_insecure_port(f"{host}:{port}")
     await server.start()
-    return server, bound

@@ -1,6 +1,7 @@
 """Serves `HttpApp` with Hypercorn: HTTP/1.1 and cleartext HTTP/2 (prior knowledge) on one port.
 
-The listening socket is bound here, so port 0 yields a known free port before serving starts.
+The caller binds the listening socket (`server.binding`), so the port is known, and a port in
+use is reported, before serving starts.
 """
 
 from __future__ import annotations
@@ -25,25 +26,19 @@ KEEP_ALIVE_REQUESTS_MAX = 2**62
 before its retry (bench: every 1000th unary append at 500/s)."""
 
 
-async def start_http_server(
+def start_http_server(
     store: StreamStore,
-    host: str,
-    port: int,
+    sock: socket.socket,
     shutdown: asyncio.Event,
     grace_s: float,
     lake: Lake | None = None,
-) -> tuple[asyncio.Task[None], int]:
-    """Start serving on host:port (0 picks a free port); returns the serving task and its port.
+) -> asyncio.Task[None]:
+    """Start serving on the listening socket `sock`, which the server then owns; returns the
+    serving task.
 
     Setting `shutdown` stops accepting and ends open sessions with `server_draining`; other
     in-flight requests get `grace_s` to finish.
     """
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(1024)
-    bound: int = sock.getsockname()[1]
     h2_tuning.install()
     config = Config()
     # Hypercorn wraps the descriptor in its own socket object and closes it on shutdown.
@@ -55,7 +50,6 @@ async def start_http_server(
     # A Logger (not a path) makes Hypercorn log through our handlers, once.
     config.errorlog = logging.getLogger("hypercorn.error")
     app = HttpApp(store, shutdown, lake)
-    task = asyncio.create_task(
+    return asyncio.create_task(
         serve(app, config, shutdown_trigger=shutdown.wait)  # type: ignore[arg-type]
     )
-    return task, bound

@@ -1,0 +1,141 @@
+"""Command-line values of `s2s`: the parser, checked argument types, and options that fall back
+to an S2S_* environment variable.
+
+A bad value, on the command line or in the environment, is a usage error: one line naming the
+flag or variable, what it must be and what it got, then exit status 2 (argparse's convention).
+Environment variables are read only by the command that uses them, after parsing, so a bad one
+never breaks `s2s --help` or another command; one set to the empty string counts as unset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+from server.binding import IPAddress, parse_host
+
+U64_MAX = 2**64 - 1
+
+
+class UsageError(Exception):
+    """A bad value or combination found after parsing (e.g. a flag the action does not take,
+    a bad input line); reported like argparse's own errors."""
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line: argparse prints the whole usage
+    first, many lines for `s2s serve`."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def whole_number(low: int, high: int) -> Callable[[str], int]:
+    """An argument type: a whole number from `low` to `high`."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:
+            raise argparse.ArgumentTypeError(
+                f"must be a whole number from {low} to {high}, got {text!r}"
+            )
+        return value
+
+    return parse
+
+
+def number(low: float, *, low_inclusive: bool = True) -> Callable[[str], float]:
+    """An argument type: a finite number above `low` (or from `low` if `low_inclusive`)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        above = value >= low if low_inclusive else value > low
+        if not (math.isfinite(value) and above):
+            bound = f"at least {low:g}" if low_inclusive else f"greater than {low:g}"
+            raise argparse.ArgumentTypeError(f"must be a number {bound}, got {text!r}")
+        return value
+
+    return parse
+
+
+port = whole_number(0, 65535)
+seq_num = whole_number(0, U64_MAX)
+"""Sequence numbers, timestamps and offsets: unsigned 64-bit on the wire."""
+
+
+def nonempty(text: str) -> str:
+    if not text:
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
+def host(text: str) -> IPAddress:
+    try:
+        return parse_host(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def json_text(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"is not valid JSON ({error}): {text!r}") from None
+
+
+def server_address(text: str) -> str:
+    """A gRPC target HOST:PORT, e.g. 127.0.0.1:50051 or [::1]:50051."""
+    hostname, colon, port_text = text.rpartition(":")
+    if not (colon and hostname and port_text.isdigit() and 1 <= int(port_text) <= 65535):
+        raise argparse.ArgumentTypeError(
+            f"must be HOST:PORT, such as 127.0.0.1:50051 or [::1]:50051, got {text!r}"
+        )
+    return text
+
+
+@dataclass(frozen=True)
+class EnvOption:
+    """A flag whose default comes from an environment variable, then from `default`."""
+
+    flag: str
+    env: str
+    parse: Callable[[str], Any]
+    default: Any
+    help: str
+
+    @property
+    def dest(self) -> str:
+        return self.flag.removeprefix("--").replace("-", "_")
+
+    def add_to(self, parser: argparse.ArgumentParser) -> None:
+        shown = "none" if self.default is None else self.default
+        parser.add_argument(
+            self.flag,
+            type=self.parse,
+            default=None,
+            help=f"{self.help} (env {self.env}, default {shown})",
+        )
+
+    def resolve(self, parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+        """Fill in the value if the flag was not given: the variable's, else the default."""
+        if getattr(args, self.dest) is not None:
+            return
+        raw = os.environ.get(self.env)
+        if not raw:
+            setattr(args, self.dest, self.default)
+            return
+        try:
+            setattr(args, self.dest, self.parse(raw))
+        except argparse.ArgumentTypeError as error:
+            parser.error(f"environment variable {self.env} {error}")
