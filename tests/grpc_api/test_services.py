@@ -166,3 +166,28 @@ async def test_unary_read_waits_for_live_batch(client: S2SClient) -> None:
     await stream.append([b"wake"])
     batch = await asyncio.wait_for(reader, 10)
     assert [r.body for r in batch.records] == [b"wake"] and batch.tail.seq_num == 1
+
+
+async def test_bad_names_are_invalid_arguments(server: ServerProcess, client: S2SClient) -> None:
+    """An empty basin or stream name reached the catalog as a storage key: INTERNAL before."""
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        account = services.AccountServiceStub(channel)
+        basins = services.BasinServiceStub(channel)
+        calls = [
+            account.GetBasinConfig(cpb.GetBasinConfigRequest(basin="")),
+            account.ReconfigureBasin(cpb.ReconfigureBasinRequest(basin="")),
+            account.DeleteBasin(cpb.DeleteBasinRequest(basin="")),
+            basins.ListStreams(cpb.ListStreamsRequest(basin="")),
+            basins.CreateStream(cpb.CreateStreamRequest(basin="", stream="s")),
+            basins.GetStreamConfig(cpb.GetStreamConfigRequest(basin="", stream="s")),
+            basins.GetStreamConfig(cpb.GetStreamConfigRequest(basin=BASIN, stream="")),
+            basins.ReconfigureStream(cpb.ReconfigureStreamRequest(basin=BASIN, stream="")),
+            basins.DeleteStream(cpb.DeleteStreamRequest(basin="", stream="s")),
+        ]
+        for call in calls:
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await call
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value
+            assert metadata_dict(info.value.trailing_metadata())["s2-error-code"] == "invalid"
+    await asyncio.sleep(0.2)  # the log is read by a thread
+    assert not any("Traceback" in line for line in server.log)
