@@ -3,11 +3,13 @@ acknowledgements before a failure, and the heartbeat that starts follow mode."""
 
 from __future__ import annotations
 
+import gzip
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
+import zstandard
 
 from s2s.v1 import records_pb2 as pb
 from tests.server_process import ServerProcess
@@ -54,6 +56,23 @@ def _input(*bodies: bytes, match_seq_num: int | None = None) -> bytes:
     return _frame(message.SerializeToString())
 
 
+_INPUT = pb.AppendInput(records=[pb.AppendRecord(body=b"x")]).SerializeToString()
+_FLAGS_NOT_FOR_CLIENTS = (0x10, 0x01, 0x02, 0x04, 0x08, 0x0F, 0x21, 0x41)
+"""Reconnect-advised (the server's to send), each reserved bit, and reserved bits beside
+compression (issue 12 item 8: accepted before)."""
+_ZSTD_EMPTY = zstandard.compress(b"")
+
+
+def _flagged(flags: int) -> bytes:
+    """A frame of a valid input with these flags, compressed as their compression bits say."""
+    compress: dict[int, Callable[[bytes], bytes]] = {
+        0x20: zstandard.compress,
+        0x40: gzip.compress,
+    }
+    body = compress[flags & 0x60](_INPUT) if flags & 0x60 in compress else _INPUT
+    return _frame(body, flags=flags)
+
+
 def test_acks_then_terminal_error_and_nothing_after(h2: httpx.Client, basin_name: str) -> None:
     headers = {**_stream(h2, basin_name), **S2S}
     body = _input(b"a", b"b") + _input(b"c", match_seq_num=0) + _input(b"never")
@@ -75,8 +94,19 @@ def test_acks_then_terminal_error_and_nothing_after(h2: httpx.Client, basin_name
         (_frame(b"\xff\xff", flags=0), 400, "bad_frame"),  # not an AppendInput
         (_frame(b"", flags=0x60), 400, "bad_frame"),  # compression bits 11
         (_frame(pb.AppendInput().SerializeToString()), 422, "invalid"),  # empty batch
+        *((_flagged(flags), 400, "bad_frame") for flags in _FLAGS_NOT_FOR_CLIENTS),
+        (_frame(gzip.compress(_INPUT) + b"\x00", flags=0x40), 400, "bad_frame"),
+        (_frame(zstandard.compress(_INPUT) + _ZSTD_EMPTY, flags=0x20), 400, "bad_frame"),
     ],
-    ids=["terminal-flag", "not-protobuf", "compression-bits-11", "empty-batch"],
+    ids=[
+        "terminal-flag",
+        "not-protobuf",
+        "compression-bits-11",
+        "empty-batch",
+        *(f"flags-0x{flags:02x}" for flags in _FLAGS_NOT_FOR_CLIENTS),
+        "byte-after-gzip-member",
+        "frame-after-zstd-frame",
+    ],
 )
 def test_bad_frames_end_with_terminal_error(
     h2: httpx.Client, basin_name: str, frame: bytes, status: int, code: str
@@ -87,6 +117,8 @@ def test_bad_frames_end_with_terminal_error(
     (terminal,) = _frames(response.content)
     got_status, body = _terminal(terminal)
     assert (got_status, body["code"]) == (status, code)
+    tail = h2.get("/v1/streams/s/records/tail", headers={"s2-basin": basin_name})
+    assert tail.json()["tail"]["seq_num"] == 0
 
 
 def test_append_session_to_missing_stream_is_plain_404(h2: httpx.Client, basin_name: str) -> None:
