@@ -8,15 +8,16 @@ never raise: bytes that do not decode become an `errors.Undecodable`, which the 
 wrappers of `errors` and the append session turn into a `bad_proto` error like any other.
 
 StreamService registers these deserializers itself. Services registered by generated code
-(AccountService, BasinService, LakeService, health, reflection) get them from the
-`UndecodableRequests` interceptor, which also answers `bad_proto` for handlers that are not
-ours; it must be given to the server when the server is built.
+(AccountService, BasinService, LakeService, health, reflection) are registered through a
+`GuardedRegistry`, which hands the server each of their methods with a tolerant deserializer.
+It works when the services are registered, not on each call: an interceptor would add a
+coroutine hop to every call, appends included, for what only needs doing once.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -29,7 +30,7 @@ Request = TypeVar("Request")
 Parsed = TypeVar("Parsed", bound=Message)
 
 _TOLERANT = "_s2s_tolerant"
-"""Marks a deserializer made here, so that the interceptor leaves its method alone."""
+"""Marks a deserializer made here, so that `guarded` leaves its method alone."""
 
 
 def tolerant(
@@ -115,24 +116,26 @@ async def _decoded(requests: AsyncIterator[Any], context: Context) -> AsyncItera
         yield request
 
 
-class UndecodableRequests(aio.ServerInterceptor):  # type: ignore[misc]
-    """Gives every method a tolerant deserializer (see the module docstring). A method's
-    handler is wrapped on its first call and the wrapper reused while the server hands out
-    the same handler; calls to unknown methods are not remembered."""
+class GuardedRegistry:
+    """What generated `add_*Servicer_to_server` functions register on: it passes each
+    service's methods on to `server`, guarded (`guarded`).
 
-    def __init__(self) -> None:
-        self._guarded: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+    Generated code registers a service twice, as a generic handler and by method name; both
+    carry the same method handlers, so the name registration alone is taken and both are
+    made from it.
+    """
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        method: str = handler_call_details.method
-        known = self._guarded.get(method)
-        if known is None or known[0] is not handler:
-            known = self._guarded[method] = (handler, guarded(handler))
-        return known[1]
+    def __init__(self, server: aio.Server) -> None:
+        self._server = server
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        """The generic form of a service, which `add_registered_method_handlers` rebuilds."""
+
+    def add_registered_method_handlers(
+        self, service: str, method_handlers: dict[str, grpc.RpcMethodHandler]
+    ) -> None:
+        guarded_handlers = {name: guarded(h) for name, h in method_handlers.items()}
+        self._server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(service, guarded_handlers),)
+        )
+        self._server.add_registered_method_handlers(service, guarded_handlers)

@@ -3,15 +3,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from s2s.v1 import lake_pb2, lake_pb2_grpc, services_pb2
 from s2s.v1 import services_pb2_grpc as services
 from server.binding import IPAddress, add_grpc_port
 from server.grpc_frontend import stream
 from server.grpc_frontend.control import AccountServicer, BasinServicer
+from server.grpc_frontend.decoding import GuardedRegistry
 from server.grpc_frontend.lake import LakeServicer
 from server.lake.service import Lake
 from server.streamstore import StreamStore
@@ -44,25 +47,31 @@ async def start_grpc_server(
     server: aio.Server, store: StreamStore, lake: Lake | None = None
 ) -> None:
     """Register our services, health and reflection on `server`, then start serving."""
-    services.add_AccountServiceServicer_to_server(AccountServicer(store), server)  # type: ignore[no-untyped-call]
-    services.add_BasinServiceServicer_to_server(BasinServicer(store), server)  # type: ignore[no-untyped-call]
+    await register_services(server, store, lake)
+    await server.start()
+
+
+async def register_services(server: aio.Server, store: StreamStore, lake: Lake | None) -> None:
+    """Our services, health and reflection. Generated registrations go through a
+    `GuardedRegistry`, so a request that does not decode is `bad_proto` there too
+    (StreamService's own handlers decode that way themselves)."""
+    registry: Any = GuardedRegistry(server)
+    services.add_AccountServiceServicer_to_server(AccountServicer(store), registry)  # type: ignore[no-untyped-call]
+    services.add_BasinServiceServicer_to_server(BasinServicer(store), registry)  # type: ignore[no-untyped-call]
     server.add_generic_rpc_handlers((stream.handlers(stream.StreamServicer(store)),))
     names = [
         services_pb2.DESCRIPTOR.services_by_name[n.split(".")[-1]].full_name for n in SERVICE_NAMES
     ]
     if lake is not None:
-        lake_pb2_grpc.add_LakeServiceServicer_to_server(LakeServicer(lake), server)  # type: ignore[no-untyped-call]
+        lake_pb2_grpc.add_LakeServiceServicer_to_server(LakeServicer(lake), registry)  # type: ignore[no-untyped-call]
         names.append(LAKE_SERVICE_NAME)
     health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, registry)
     for name in ("", *names):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    reflection.enable_server_reflection(
-        (
-            *names,
-            health.SERVICE_NAME,
-            reflection.SERVICE_NAME,
-        ),
-        server,
+    # The asyncio servicer named here: `enable_server_reflection` picks it only when handed
+    # an `aio.Server` itself, not the registry.
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+        reflection.aio.ReflectionServicer((*names, health.SERVICE_NAME, reflection.SERVICE_NAME)),
+        registry,
     )
-    await server.start()

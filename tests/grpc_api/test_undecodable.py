@@ -14,8 +14,8 @@ import grpc
 import pytest
 from google.protobuf.descriptor import FileDescriptor
 from grpc import aio
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection, reflection_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2
 
 from client import S2SClient
 from client._errors import metadata_dict
@@ -24,9 +24,7 @@ from s2s.v1 import lake_pb2, services_pb2
 from s2s.v1 import records_pb2 as pb
 from s2s.v1 import services_pb2 as spb
 from s2s.v1 import services_pb2_grpc as services
-from server.grpc_frontend import stream
-from server.grpc_frontend.control import AccountServicer, BasinServicer
-from server.grpc_frontend.decoding import UndecodableRequests
+from server.grpc_frontend.server import register_services
 from server.streamstore import StreamStore
 from tests.grpc_api.conftest import BASIN
 from tests.server_process import ServerProcess
@@ -107,11 +105,6 @@ async def test_stream_service_answers_bad_proto(server: ServerProcess) -> None:
     await _every_method_answers_bad_proto(server, STREAM_SERVICE)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs `interceptors=[UndecodableRequests()]` where server/grpc_frontend/server.py "
-    "builds the server (another engineer's file); remove this mark once it is wired",
-)
 async def test_generated_services_answer_bad_proto(server: ServerProcess) -> None:
     await _every_method_answers_bad_proto(server, GENERATED)
 
@@ -148,17 +141,13 @@ async def test_append_session_ends_at_an_undecodable_message(
     assert _tracebacks(server) == []
 
 
-# --- the interceptor, on a server built here with the generated registrations -------------
+# --- the registry, on a server built here with the generated registrations -------------
 
 
 @pytest.fixture
 async def guarded_server(store: StreamStore) -> AsyncIterator[str]:
-    server = aio.server(interceptors=[UndecodableRequests()])
-    services.add_AccountServiceServicer_to_server(AccountServicer(store), server)
-    services.add_BasinServiceServicer_to_server(BasinServicer(store), server)
-    server.add_generic_rpc_handlers((stream.handlers(stream.StreamServicer(store)),))
-    health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
-    reflection.enable_server_reflection(("s2s.v1.AccountService", reflection.SERVICE_NAME), server)
+    server = aio.server()
+    await register_services(server, store, lake=None)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:
@@ -167,24 +156,24 @@ async def guarded_server(store: StreamStore) -> AsyncIterator[str]:
         await server.stop(None)
 
 
-INTERCEPTED = [
+GUARDED = [
     *_methods(services_pb2.DESCRIPTOR, "AccountService", "BasinService", "StreamService"),
     *_methods(health_pb2.DESCRIPTOR, "Health"),
     *_methods(reflection_pb2.DESCRIPTOR, "ServerReflection"),
 ]
 
 
-async def test_interceptor_answers_bad_proto_for_every_method(
+async def test_registry_answers_bad_proto_for_every_method(
     guarded_server: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.ERROR)
     async with aio.insecure_channel(guarded_server) as channel:
-        for method in INTERCEPTED:
+        for method in GUARDED:
             _assert_bad_proto(await _send_undecodable(channel, method), method)
     assert [record for record in caplog.records if record.levelno >= logging.ERROR] == []
 
 
-async def test_interceptor_leaves_decodable_requests_alone(guarded_server: str) -> None:
+async def test_registry_leaves_decodable_requests_alone(guarded_server: str) -> None:
     async with aio.insecure_channel(guarded_server) as channel:
         account = services.AccountServiceStub(channel)
         listed = await account.ListBasins(cpb.ListBasinsRequest())
