@@ -1,28 +1,20 @@
 """The S2S frame decoder under generated input: frames it encodes come back whole however the
 byte stream is cut, and any other bytes end in `bad_frame`, never in another exception.
 
-`S2S_FUZZ_EXAMPLES` scales the number of inputs, as for the HTTP fuzz test.
+How many inputs: `tests/fuzz/budget.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import AsyncIterator
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from s2s.errors import S2Error
 from server.http_frontend.s2s_frames import encode_frame, read_frames
-
-EXAMPLES = int(os.environ.get("S2S_FUZZ_EXAMPLES", "3000"))
-_SETTINGS = settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    derandomize=os.environ.get("S2S_FUZZ_SEED") is None,
-)
+from tests.fuzz.budget import fuzzed
 
 
 async def _chunks(data: bytes, cuts: list[int]) -> AsyncIterator[bytes]:
@@ -53,7 +45,7 @@ _bodies = st.one_of(
 _cuts = st.lists(st.integers(min_value=0, max_value=20_000), max_size=8)
 
 
-@_SETTINGS
+@fuzzed()
 @given(
     frames=st.lists(
         st.tuples(_bodies, st.sampled_from([None, "gzip", "zstd"])), min_size=1, max_size=4
@@ -67,7 +59,7 @@ def test_encoded_frames_come_back_whole_however_they_are_cut(
     assert _decode(data, cuts) == [body for body, _ in frames]
 
 
-@_SETTINGS
+@fuzzed()
 @given(data=st.binary(max_size=400), cuts=_cuts)
 def test_arbitrary_bytes_decode_or_fail_with_bad_frame(data: bytes, cuts: list[int]) -> None:
     _decode(data, cuts)
@@ -82,7 +74,7 @@ def _frame(flags: int, body: bytes) -> bytes:
     return (1 + len(body)).to_bytes(3, "big") + bytes([flags]) + body
 
 
-@_SETTINGS
+@fuzzed()
 @given(
     body=_compressible,
     compression=st.sampled_from(["gzip", "zstd"]),

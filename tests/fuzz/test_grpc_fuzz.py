@@ -3,13 +3,12 @@
 not a message at all. No call may end in `UNKNOWN` or `INTERNAL` (what an unhandled exception
 becomes), a session must end by itself, and the log must show no traceback.
 
-`S2S_FUZZ_EXAMPLES` scales the number of calls, as for the HTTP fuzz test.
+How many calls (a third of the budget: each is slower): `tests/fuzz/budget.py`.
 """
 
 from __future__ import annotations
 
 import collections
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,16 +16,16 @@ import grpc
 import pytest
 from google.protobuf import descriptor as pbd
 from google.protobuf import message_factory
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from s2s.v1 import control_pb2, lake_pb2, services_pb2
+from tests.fuzz.budget import EXAMPLES, fuzzed
 from tests.fuzz.inputs import BASIN, MATERIALIZATION, STREAM, TABLE
 from tests.server_process import ServerProcess
 
 pytestmark = pytest.mark.xdist_group("fuzz-grpc")
 
-EXAMPLES = int(os.environ.get("S2S_FUZZ_EXAMPLES", "3000")) // 3
 _CALL_TIMEOUT_S = 20.0
 _SESSION_WAIT_S = 1.0
 _statuses: collections.Counter[str] = collections.Counter()
@@ -178,12 +177,7 @@ def _call(
     return grpc.StatusCode.OK
 
 
-@settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    derandomize=os.environ.get("S2S_FUZZ_SEED") is None,
-)
+@fuzzed(EXAMPLES // 3)
 @given(call=_calls())
 def test_no_call_ends_in_an_unhandled_error(
     channel: grpc.Channel,

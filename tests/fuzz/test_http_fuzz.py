@@ -1,8 +1,7 @@
 """Every HTTP route of a real server under generated malformed requests: no input gets a 500,
 the log shows no traceback, and the server still answers afterwards.
 
-`S2S_FUZZ_EXAMPLES` sets how many requests to try (default 3,000: ~15 s here); the
-long run is `S2S_FUZZ_EXAMPLES=20000 .venv/bin/pytest -p no:randomly tests/fuzz -q`.
+How many requests, and how they are drawn: `tests/fuzz/budget.py` (3,000 by default, ~15 s).
 """
 
 from __future__ import annotations
@@ -10,20 +9,19 @@ from __future__ import annotations
 import collections
 import contextlib
 import json
-import os
 import socket
 from collections.abc import Iterator
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 
+from tests.fuzz.budget import fuzzed
 from tests.fuzz.inputs import BASIN, MATERIALIZATION, STREAM, TABLE, RawRequest, requests
 from tests.server_process import ServerProcess
 
 pytestmark = pytest.mark.xdist_group("fuzz-http")
 
-EXAMPLES = int(os.environ.get("S2S_FUZZ_EXAMPLES", "3000"))
 _RESPONSE_TIMEOUT_S = 20.0
 _statuses: collections.Counter[int] = collections.Counter()
 
@@ -84,12 +82,7 @@ def _send(port: int, request: RawRequest) -> tuple[int, dict[bytes, bytes], byte
         return status, headers, body
 
 
-@settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    derandomize=os.environ.get("S2S_FUZZ_SEED") is None,
-)
+@fuzzed()
 @given(request=requests())
 def test_no_request_gets_a_500(server: ServerProcess, request: RawRequest) -> None:
     status, headers, body = _send(server.http_port, request)
