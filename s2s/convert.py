@@ -5,7 +5,8 @@ Shared by the gRPC server and the client, so both read and write configs the sam
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from s2s.config import (
     BasinConfig,
@@ -27,6 +28,20 @@ _CIPHER = {"aegis-256": cpb.STREAM_CIPHER_AEGIS_256, "aes-256-gcm": cpb.STREAM_C
 _STORAGE_BACK = {v: k for k, v in _STORAGE.items()}
 _TIMESTAMPING_BACK = {v: k for k, v in _TIMESTAMPING.items()}
 _CIPHER_BACK = {v: k for k, v in _CIPHER.items()}
+
+
+def _enum_name(names: Mapping[Any, str], number: int, field: str) -> str | None:
+    """The name of an enum value of a message (None for 0, unset). proto3 keeps numbers it
+    does not know; taking one for "unset" would silently clear what the sender meant to set."""
+    if number == 0:
+        return None
+    name = names.get(number)
+    if name is None:
+        raise invalid(
+            f"{field} {number} is not a known value (one of: {', '.join(names.values())})"
+        )
+    return name
+
 
 _FIELDS_OF_PATH = {
     "storage_class": ("storage_class",),
@@ -67,9 +82,11 @@ def stream_config_from_proto(message: cpb.StreamConfig) -> StreamConfig:
         retention = message.retention_policy.age_secs
     uncapped = message.timestamping.uncapped if message.timestamping.HasField("uncapped") else None
     return StreamConfig(
-        storage_class=_STORAGE_BACK.get(message.storage_class),
+        storage_class=_enum_name(_STORAGE_BACK, message.storage_class, "storage_class"),
         retention=retention,  # type: ignore[arg-type]
-        timestamping_mode=_TIMESTAMPING_BACK.get(message.timestamping.mode),
+        timestamping_mode=_enum_name(
+            _TIMESTAMPING_BACK, message.timestamping.mode, "timestamping.mode"
+        ),
         timestamping_uncapped=uncapped,
         delete_on_empty_min_age_secs=(
             message.delete_on_empty.min_age_secs if message.HasField("delete_on_empty") else None
@@ -102,7 +119,7 @@ def basin_config_to_proto(config: BasinConfig) -> cpb.BasinConfig:
 def basin_config_from_proto(message: cpb.BasinConfig) -> BasinConfig:
     return BasinConfig(
         default_stream_config=stream_config_from_proto(message.default_stream_config),
-        stream_cipher=_CIPHER_BACK.get(message.stream_cipher),
+        stream_cipher=_enum_name(_CIPHER_BACK, message.stream_cipher, "stream_cipher"),
         create_stream_on_append=message.create_stream_on_append,
         create_stream_on_read=message.create_stream_on_read,
     )
@@ -116,7 +133,9 @@ def basin_patch_from_proto(message: cpb.BasinConfig, paths: Iterable[str]) -> Ba
             kwargs[path] = getattr(message, path)
         elif path == "stream_cipher":
             kwargs["stream_cipher_set"] = True
-            kwargs["stream_cipher"] = _CIPHER_BACK.get(message.stream_cipher)
+            kwargs["stream_cipher"] = _enum_name(
+                _CIPHER_BACK, message.stream_cipher, "stream_cipher"
+            )
         elif path == "default_stream_config":
             kwargs["clear_default_stream_config"] = True
             stream_paths.extend(

@@ -191,3 +191,27 @@ async def test_bad_names_are_invalid_arguments(server: ServerProcess, client: S2
             assert metadata_dict(info.value.trailing_metadata())["s2-error-code"] == "invalid"
     await asyncio.sleep(0.2)  # the log is read by a thread
     assert not any("Traceback" in line for line in server.log)
+
+
+async def test_unknown_enum_values_are_invalid_arguments(
+    server: ServerProcess, client: S2SClient
+) -> None:
+    """proto3 keeps an enum number it does not know; it was taken for "unset", so a
+    reconfigure with `stream_cipher=77` cleared the basin's cipher and answered OK."""
+    await client.reconfigure_basin(
+        BASIN, cpb.BasinConfig(stream_cipher=cpb.STREAM_CIPHER_AES_256_GCM), ["stream_cipher"]
+    )
+    odd_cipher = cpb.BasinConfig(stream_cipher=77)  # type: ignore[arg-type]
+    with pytest.raises(S2SError) as info:
+        await client.reconfigure_basin(BASIN, odd_cipher, ["stream_cipher"])
+    assert info.value.status == grpc.StatusCode.INVALID_ARGUMENT and "77" in info.value.message
+    assert (await client.get_basin_config(BASIN)).stream_cipher == "aes-256-gcm"
+    with grpc.insecure_channel(server.target) as channel:
+        basins = services.BasinServiceStub(channel)
+        unknown = cpb.StreamConfig(storage_class=9)  # type: ignore[arg-type]
+        with pytest.raises(grpc.RpcError) as raised:
+            basins.CreateStream(
+                cpb.CreateStreamRequest(basin=BASIN, stream="odd", config=unknown), timeout=10
+            )
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [s.name for s in (await client.list_streams(BASIN)).streams] == []
