@@ -125,3 +125,9 @@ class ReadUnwritten(S2Error):
 def invalid(message: str) -> S2Error:
     """A semantic validation failure (HTTP 422)."""
     return S2Error("invalid", message)
+
+
+def server_draining() -> S2Error:
+    """The server is shutting down: what a call cut short by it is told (HTTP 503; SDK >= 0.13
+    then reconnects elsewhere without spending a retry)."""
+    return S2Error("server_draining", "server is shutting down; reconnect to continue")

@@ -18,6 +18,7 @@ import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import lmdb
@@ -198,13 +199,14 @@ async def serve(settings: ServeSettings) -> None:
         log.info("gRPC listening on %s", host_port(settings.host, grpc_port))
         stop = asyncio.Event()
         http_task = start_http_server(store, http_socket, stop, SHUTDOWN_GRACE_S, lake)
-        resources.push_async_callback(_stop_frontends, grpc_server, http_task, stop)
+        resources.push_async_callback(_stop_frontends, store, lake, grpc_server, http_task, stop)
         log.info("HTTP listening on %s", host_port(settings.host, http_port))
         # Everything loaded so far (modules, DuckDB, protobuf descriptors) lives as long as the
         # process: out of the collector's reach, a full collection no longer walks it. Each one
         # took 13-28 ms before, a stall of every request in flight (bench/http_append.py p99).
         gc.freeze()
         loop = asyncio.get_running_loop()
+        loop.set_exception_handler(_report_loop_exception)
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         await stop.wait()
@@ -244,11 +246,32 @@ async def _open_lake(store: StreamStore, settings: LakeSettings) -> Lake:
     return lake
 
 
+def _report_loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """The loop's report of an exception no task handled, except a cancellation.
+
+    Connections still open when the shutdown grace ends are cancelled by Hypercorn, and
+    Python 3.11's asyncio streams ask each cancelled connection task for its exception in a
+    callback, which raises `CancelledError` there: the loop reported it as an error with a
+    traceback, though cancelling is how those connections are meant to end.
+    """
+    if isinstance(context.get("exception"), asyncio.CancelledError):
+        log.debug("cancelled at shutdown: %s", context.get("message"))
+        return
+    loop.default_exception_handler(context)
+
+
 async def _stop_frontends(
-    grpc_server: aio.Server, http_task: asyncio.Task[None], stop: asyncio.Event
+    store: StreamStore,
+    lake: Lake,
+    grpc_server: aio.Server,
+    http_task: asyncio.Task[None],
+    stop: asyncio.Event,
 ) -> None:
     log.info("shutting down: draining calls, then finishing queued commits")
     stop.set()
+    # Calls that only wait end now, so none is cut off at the end of the grace.
+    store.drain()
+    lake.drain()
     # A frontend that fails while stopping must not keep the store from closing cleanly.
     results = await asyncio.gather(
         grpc_server.stop(SHUTDOWN_GRACE_S), http_task, return_exceptions=True

@@ -9,11 +9,12 @@ Semantics follow contract section 8.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 
-from s2s.errors import ReadUnwritten, S2Error, invalid
+from s2s.errors import ReadUnwritten, S2Error, invalid, server_draining
 from server.sequencer import StreamPosition, StreamSequencer
 from server.storage.kv import KeyValueStore, Table
 from server.storage.layout import (
@@ -181,6 +182,12 @@ class Reader:
 
     def __init__(self, kv: KeyValueStore) -> None:
         self._kv = kv
+        self._draining = asyncio.Event()
+
+    def drain(self) -> None:
+        """The server is shutting down: unary reads waiting for records end now, and later
+        ones do not wait (`server_draining`). Sessions end in their frontends."""
+        self._draining.set()
 
     async def resolve_start(
         self, stream: StreamSequencer, start: ReadStart, limits: ReadLimits, can_follow: bool
@@ -243,9 +250,11 @@ class Reader:
         chunk = await self.read_once(stream, seq, count, size, limits.until)
         if chunk.records is not None or chunk.stopped_by is not None or wait <= 0:
             return ReadOutput(chunk.records)
+        if self._draining.is_set():
+            raise server_draining()
         stream.followers += 1
         try:
-            arrived = await stream.wait_durable_beyond(seq, wait)
+            arrived = await _unless_draining(stream.wait_durable_beyond(seq, wait), self._draining)
         finally:
             stream.followers -= 1
         if not arrived:
@@ -310,6 +319,25 @@ class Reader:
                     yield ReadOutput(None, stream.tail)
         finally:
             stream.followers -= 1
+
+
+async def _unless_draining(wait: Awaitable[bool], draining: asyncio.Event) -> bool:
+    """`wait`'s outcome, or `server_draining` once the server drains first: a unary read may
+    wait up to a minute, longer than shutdown grants a call, and cut off by the frontend's
+    deadline it answered 500. It only waits, so cutting it changes nothing."""
+    waiting = asyncio.ensure_future(wait)
+    drained = asyncio.ensure_future(draining.wait())
+    try:
+        await asyncio.wait((waiting, drained), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for future in (waiting, drained):
+            if not future.done():
+                future.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await future
+    if waiting.cancelled():
+        raise server_draining()
+    return waiting.result()
 
 
 def _idle_timeout(heartbeat_s: float, wait_s: float | None, idle_since: float, now: float) -> float:

@@ -72,6 +72,10 @@ class StreamStore:
         self.committer.start()
         self.jobs.start()
 
+    def drain(self) -> None:
+        """Shutdown has begun: calls that only wait (unary reads with `wait`) end now."""
+        self.reader.drain()
+
     async def close(self) -> None:
         """Stop background jobs, finish every queued commit, and close the store."""
         await self.jobs.stop()

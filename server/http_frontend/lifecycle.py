@@ -12,12 +12,8 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Iterator
 
-from s2s.errors import S2Error
+from s2s.errors import server_draining
 from server.http_frontend.exchange import Exchange
-
-
-def draining_error() -> S2Error:
-    return S2Error("server_draining", "server is shutting down; reconnect to continue")
 
 
 class Waits:
@@ -30,7 +26,7 @@ class Waits:
     @contextlib.contextmanager
     def waiting_section(self) -> Iterator[None]:
         if self.draining.is_set():
-            raise draining_error()
+            raise server_draining()
         self.waiting = True
         try:
             yield

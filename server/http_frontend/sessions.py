@@ -13,12 +13,12 @@ from collections.abc import AsyncIterator
 
 from google.protobuf.message import DecodeError
 
-from s2s.errors import S2Error
+from s2s.errors import S2Error, server_draining
 from s2s.records import validate_append_input
 from s2s.v1 import records_pb2 as pb
 from server.http_frontend.errors import internal_error
 from server.http_frontend.exchange import Exchange
-from server.http_frontend.lifecycle import Waits, draining_error, supervise
+from server.http_frontend.lifecycle import Waits, supervise
 from server.http_frontend.records import (
     create_config,
     read_arguments,
@@ -85,7 +85,7 @@ class SessionsApi:
                         raise S2Error("bad_frame", f"cannot decode AppendInput: {error}") from None
                     batch = validate_append_input(message, len(body))
                     await pending.put(await self._store.submit(basin, stream, batch))
-                raise draining_error()
+                raise server_draining()
             except S2Error as error:
                 await pending.put(error)
             except Exception as error:
@@ -97,7 +97,7 @@ class SessionsApi:
             # the drain itself before it reads another frame.
             if receiving:
                 feeder.cancel()
-                await pending.put(draining_error())
+                await pending.put(server_draining())
 
         feeder = asyncio.create_task(intake())
         drain_watcher = asyncio.create_task(stop_intake_on_drain())
@@ -132,7 +132,7 @@ class SessionsApi:
             waits = Waits(self._draining)
 
             async def write_draining() -> None:
-                await exchange.write(terminal_for(draining_error()), more_body=False)
+                await exchange.write(terminal_for(server_draining()), more_body=False)
 
             await supervise(
                 exchange,

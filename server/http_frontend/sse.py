@@ -13,10 +13,10 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from s2s.errors import S2Error
+from s2s.errors import S2Error, server_draining
 from server.http_frontend.errors import internal_error
 from server.http_frontend.exchange import Exchange, parse_uint
-from server.http_frontend.lifecycle import Waits, draining_error, supervise
+from server.http_frontend.lifecycle import Waits, supervise
 from server.http_frontend.records import (
     create_config,
     position_json,
@@ -114,4 +114,4 @@ class SseApi:
             async def write_error(error: S2Error) -> None:
                 await exchange.write(event("error", _json(error.body())), more_body=False)
 
-            await supervise(exchange, pump(), waits, lambda: write_error(draining_error()))
+            await supervise(exchange, pump(), waits, lambda: write_error(server_draining()))

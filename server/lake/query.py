@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import duckdb
 import pyarrow as pa
 
-from s2s.errors import S2Error
+from s2s.errors import S2Error, server_draining
 from server.lake.connection import lake_cursor
 from server.lake.sql_guard import SqlGuard
 from server.lake.sql_rules import FunctionRules
@@ -38,6 +38,16 @@ class QueryRunner:
         finally:
             cursor.close()
         self._executor = ThreadPoolExecutor(_QUERY_THREADS, thread_name_prefix="lake-query")
+        self._lock = threading.Lock()
+        self._running: set[duckdb.DuckDBPyConnection] = set()
+        self._draining = False
+
+    def drain(self) -> None:
+        """Interrupt the queries running now and refuse new ones: `server_draining`."""
+        with self._lock:
+            self._draining = True
+            for cursor in self._running:
+                cursor.interrupt()
 
     @property
     def executor(self) -> ThreadPoolExecutor:
@@ -62,6 +72,11 @@ class QueryRunner:
         self, sql: str, rows_max: int, timeout_s: float, guarded: bool
     ) -> tuple[pa.Table, bool]:
         cursor = lake_cursor(self._conn)
+        with self._lock:
+            if self._draining:
+                cursor.close()
+                raise server_draining()
+            self._running.add(cursor)
         watchdog = threading.Timer(timeout_s, cursor.interrupt)
         watchdog.start()
         try:
@@ -82,6 +97,8 @@ class QueryRunner:
                     count += batch.num_rows
                 return pa.Table.from_batches(batches, schema=reader.schema), truncated
             except duckdb.InterruptException:
+                if self._draining:
+                    raise server_draining() from None
                 raise S2Error(
                     "request_timeout", f"the query ran longer than {timeout_s:g} s"
                 ) from None
@@ -91,6 +108,8 @@ class QueryRunner:
                 cursor.execute("ROLLBACK")
         finally:
             watchdog.cancel()
+            with self._lock:
+                self._running.discard(cursor)
             cursor.close()
 
 

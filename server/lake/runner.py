@@ -137,6 +137,10 @@ class MaterializationRunner:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._state = state
+        self.release_waiters()
+
+    def release_waiters(self) -> None:
+        """Answer everyone in `wait_applied` now, with None (not applied yet)."""
         for _, waiter in self._waiters:
             if not waiter.done():
                 waiter.set_result(None)

@@ -87,6 +87,7 @@ class Lake:
         """Stored materializations that cannot run (registry.Damaged), by name: why."""
         self._queries: QueryRunner | None = None
         self._rules: FunctionRules | None = None
+        self._draining = False
         self._lock = asyncio.Lock()
         self._maintenance: asyncio.Task[None] | None = None
         self.counters: dict[str, TableCounters] = {}
@@ -146,6 +147,17 @@ class Lake:
                     log.info("lake maintenance: %s", result)
             except Exception:  # the next pass retries; the lake stays correct, only larger
                 log.exception("lake maintenance failed")
+
+    def drain(self) -> None:
+        """Shutdown has begun: ingest stops waiting for commits (its rows are durable in their
+        streams and are applied after the restart) and running queries are interrupted
+        (`server_draining`); both could outlast the grace calls get, and a call cut off then
+        answered 500."""
+        self._draining = True
+        for runner in self._runners.values():
+            runner.release_waiters()
+        if self._queries is not None:
+            self._queries.drain()
 
     async def close(self) -> None:
         if self._maintenance is not None:
@@ -349,12 +361,19 @@ class Lake:
         snapshot_id: int | None = None
         if request.wait and placed:
             first_seq, last_seq = placed[0].start_seq, placed[-1].end_seq - 1
-            snapshot_id = await runner.wait_applied(last_seq, INGEST_WAIT_S)
+            snapshot_id = None
+            if not self._draining:
+                snapshot_id = await runner.wait_applied(last_seq, INGEST_WAIT_S)
             if snapshot_id is None:
+                why = (
+                    "before the server began shutting down; they are committed after it restarts"
+                    if self._draining
+                    else f"within {INGEST_WAIT_S:.0f} s "
+                    f"(materialization state: {runner.status().state})"
+                )
                 warnings.append(
                     f"rows are durable in stream {definition.source} but were not committed "
-                    f"to the table within {INGEST_WAIT_S:.0f} s "
-                    f"(materialization state: {runner.status().state})"
+                    f"to the table {why}"
                 )
             else:
                 late = await self._rejected_between(definition, first_seq, last_seq)
