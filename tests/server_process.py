@@ -1,4 +1,6 @@
-"""Runs a real `s2s serve` process on free ports for integration tests."""
+"""Runs a real `s2s serve` process on free ports for integration tests: this source tree's, or
+an installed `s2s` script. The ports are learned from the log, whatever the `--host` form
+(`[::1]:port` included)."""
 
 from __future__ import annotations
 
@@ -9,12 +11,24 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-_LISTENING = re.compile(r"gRPC listening on [^:]+:(\d+)")
-_HTTP_LISTENING = re.compile(r"HTTP listening on [^:]+:(\d+)")
+SOURCE_TREE_S2S = (sys.executable, "-m", "server.cli")
+"""`s2s` from this source tree."""
+_LISTENING = re.compile(r"gRPC listening on \S+:(\d+)")
+_HTTP_LISTENING = re.compile(r"HTTP listening on \S+:(\d+)")
+
+
+def environment_without_s2s() -> dict[str, str]:
+    """The environment minus what would point Python at the source tree or change the
+    server's settings (S2S_*)."""
+    return {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV") and not key.startswith("S2S_")
+    }
 
 
 class ServerProcess:
@@ -26,9 +40,15 @@ class ServerProcess:
         grpc_port: int = 0,
         http_port: int = 0,
         extra_args: Sequence[str] = (),
+        command: Sequence[str | Path] = SOURCE_TREE_S2S,
+        cwd: Path = REPO,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.extra_args = list(extra_args)
+        self.command = [str(part) for part in command]
+        self.cwd = cwd
+        self.env = env
         self.process: subprocess.Popen[str] | None = None
         self.grpc_port = grpc_port
         self.http_port = http_port
@@ -45,9 +65,7 @@ class ServerProcess:
     def start(self, timeout_s: float = 30.0) -> ServerProcess:
         self.process = subprocess.Popen(
             [
-                sys.executable,
-                "-m",
-                "server.cli",
+                *self.command,
                 "serve",
                 "--data-dir",
                 self.data_dir,
@@ -57,7 +75,8 @@ class ServerProcess:
                 str(self.http_port),
                 *self.extra_args,
             ],
-            cwd=REPO,
+            cwd=self.cwd,
+            env=self.env,
             stderr=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             text=True,
@@ -84,6 +103,11 @@ class ServerProcess:
         assert self.process is not None and self.process.stderr is not None
         for line in self.process.stderr:
             self.log.append(line)
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
 
     def kill(self) -> None:
         """SIGKILL: no shutdown code runs."""

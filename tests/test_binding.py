@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from client import S2SClient
-from tests.serve_command import SOURCE_TREE_S2S, ServeCommand
+from tests.server_process import ServerProcess, environment_without_s2s
 
 V4_LOOPBACK = "127.0.0.1"
 V6_LOOPBACK = "::1"
@@ -92,7 +92,7 @@ def _host_port(address: str, port: int) -> str:
     return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
-async def _calls_succeed(address: str, server: ServeCommand) -> None:
+async def _calls_succeed(address: str, server: ServerProcess) -> None:
     async with S2SClient(_host_port(address, server.grpc_port), retries=0) as client:
         await client.list_basins()
     async with httpx.AsyncClient() as http:
@@ -105,7 +105,9 @@ async def test_both_ports_listen_exactly_at_host(host: str, tmp_path: Path) -> N
     if ":" in host and not _has_ipv6_loopback():
         pytest.skip("this machine has no IPv6 loopback (::1)")
     addresses, v4_connects, v6_connects = EXPECTED[host]
-    server = ServeCommand(SOURCE_TREE_S2S, tmp_path / "data", ["--host", host]).start()
+    server = ServerProcess(
+        str(tmp_path / "data"), extra_args=["--host", host], env=environment_without_s2s()
+    ).start()
     try:
         for port in (server.grpc_port, server.http_port):
             assert listening_addresses(server.pid, port) == addresses, (host, port)

@@ -18,8 +18,7 @@ import tomllib
 from importlib.metadata import packages_distributions
 from pathlib import Path
 
-from tests.serve_command import ServeCommand, environment_without_s2s
-from tests.server_process import REPO
+from tests.server_process import REPO, ServerProcess, environment_without_s2s
 
 PACKAGES = ("s2s", "server", "client")
 """The import packages the wheel ships (pyproject.toml's packages.find)."""
@@ -156,7 +155,9 @@ def test_wheel_in_a_fresh_virtualenv_serves_and_appends(tmp_path: Path) -> None:
     assert Path(location.strip()).is_relative_to(venv), location
     assert "serve" in _run(s2s, "--help", cwd=elsewhere).stdout
 
-    server = ServeCommand([s2s], tmp_path / "data", cwd=elsewhere).start()
+    server = ServerProcess(
+        str(tmp_path / "data"), command=[s2s], cwd=elsewhere, env=environment_without_s2s()
+    ).start(timeout_s=60)
     try:
         target = ("--server", f"127.0.0.1:{server.grpc_port}")
         _run(s2s, "basins", "create", "packaged-basin", *target, cwd=elsewhere)

@@ -17,8 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.serve_command import SOURCE_TREE_S2S, ServeCommand, environment_without_s2s
-from tests.server_process import REPO
+from tests.server_process import (
+    REPO,
+    SOURCE_TREE_S2S,
+    ServerProcess,
+    environment_without_s2s,
+)
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -88,7 +92,7 @@ def test_data_dir_that_is_a_file(tmp_path: Path) -> None:
 
 def test_data_dir_in_use_by_another_server(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
-    first = ServeCommand(SOURCE_TREE_S2S, data_dir).start()
+    first = ServerProcess(str(data_dir), env=environment_without_s2s()).start()
     try:
         result = s2s("serve", "--data-dir", str(data_dir), "--grpc-port", "0", "--http-port", "0")
         assert one_line_error(result, EXIT_FAILED) == (
@@ -98,7 +102,7 @@ def test_data_dir_in_use_by_another_server(tmp_path: Path) -> None:
     finally:
         assert first.stop() == 0
     # The lock goes with the process that held it: a restart takes the directory.
-    ServeCommand(SOURCE_TREE_S2S, data_dir).start().stop()
+    ServerProcess(str(data_dir), env=environment_without_s2s()).start().stop()
 
 
 BAD_ENVIRONMENT = [

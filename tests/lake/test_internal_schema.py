@@ -9,7 +9,6 @@ landed a row there and the next start failed with a TypeError, and ingest into
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,25 +31,6 @@ INTERNAL_TABLES = [
     "lake.S2s.materializations",
     "LAKE.s2s.new_table",
 ]
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    data_dir = tmp_path_factory.mktemp("internal-schema") / "data"
-    process = ServerProcess(str(data_dir), extra_args=SERVER_ARGS).start()
-    try:
-        yield process
-    finally:
-        process.stop()
-
-
-@pytest.fixture(scope="module")
-def lake(server: ServerProcess) -> Iterator[LakeClient]:
-    client = LakeClient(server.http_url)
-    try:
-        yield client
-    finally:
-        client.close()
 
 
 def _internal_state(lake: LakeClient) -> list[list[Any]]:
@@ -97,7 +77,7 @@ def test_ingest_into_the_internal_schema_is_refused_and_changes_nothing(
 
 
 async def test_materialization_targets_in_the_internal_schema_are_refused(
-    lake: LakeClient, server: ServerProcess
+    lake: LakeClient, lake_server: ServerProcess
 ) -> None:
     before = _internal_state(lake)
     for table in INTERNAL_TABLES:
@@ -108,7 +88,7 @@ async def test_materialization_targets_in_the_internal_schema_are_refused(
         assert response.status_code == 422, (table, response.text)
         assert response.json()["code"] == "invalid"
         assert "'s2s'" in response.json()["message"]
-    async with S2SClient(server.target) as client:
+    async with S2SClient(lake_server.target) as client:
         for table in INTERNAL_TABLES:
             with pytest.raises(S2SError) as info:
                 await client.create_materialization("evil-grpc", table, create_table=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -56,25 +55,6 @@ ATTACKS: list[tuple[dict[str, Any], tuple[str, ...]]] = [
 ]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    data_dir = tmp_path_factory.mktemp("projection-rules") / "data"
-    process = ServerProcess(str(data_dir), extra_args=["--lake-linger-ms", "100"]).start()
-    try:
-        yield process
-    finally:
-        process.stop()
-
-
-@pytest.fixture(scope="module")
-def lake(server: ServerProcess) -> Iterator[LakeClient]:
-    client = LakeClient(server.http_url)
-    try:
-        yield client
-    finally:
-        client.close()
-
-
 def _snapshots(lake: LakeClient) -> list[list[Any]]:
     return lake.rows("SELECT snapshot_id FROM ducklake_snapshots('lake') ORDER BY ALL")
 
@@ -97,9 +77,9 @@ def test_projection_attacks_are_refused_over_http(lake: LakeClient) -> None:
 
 
 async def test_projection_attacks_are_refused_over_grpc(
-    lake: LakeClient, server: ServerProcess
+    lake: LakeClient, lake_server: ServerProcess
 ) -> None:
-    async with S2SClient(server.target) as client:
+    async with S2SClient(lake_server.target) as client:
         for index, (fields, _) in enumerate(ATTACKS):
             with pytest.raises(S2SError) as info:
                 await client.create_materialization(
@@ -142,8 +122,8 @@ def test_valid_projections_work_end_to_end_over_http(lake: LakeClient) -> None:
     assert status["rows_rejected"] == 0
 
 
-async def test_valid_projections_work_end_to_end_over_grpc(server: ServerProcess) -> None:
-    async with S2SClient(server.target) as client:
+async def test_valid_projections_work_end_to_end_over_grpc(lake_server: ServerProcess) -> None:
+    async with S2SClient(lake_server.target) as client:
         await client.create_basin("proj-grpc")
         await client.create_stream("proj-grpc", "events")
         events = [{"user": "ann", "kind": "click"}, {"user": "bob", "kind": "view"}]

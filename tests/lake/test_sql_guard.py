@@ -10,7 +10,6 @@ settings/databases functions showed absolute paths. Each attack must be refused 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -23,30 +22,16 @@ from tests.server_process import ServerProcess
 pytestmark = pytest.mark.xdist_group("test_sql_guard")
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    data_dir = tmp_path_factory.mktemp("sql-guard") / "data"
-    process = ServerProcess(str(data_dir), extra_args=["--lake-linger-ms", "100"]).start()
-    try:
-        yield process
-    finally:
-        process.stop()
-
-
-@pytest.fixture(scope="module")
-def lake(server: ServerProcess) -> Iterator[LakeClient]:
-    client = LakeClient(server.http_url)
-    client.declare("guard.orders")
-    client.ingest_ok(
+@pytest.fixture(scope="module", autouse=True)
+def _tables(lake: LakeClient) -> None:
+    """Two small tables the reading tests join."""
+    lake.declare("guard.orders")
+    lake.ingest_ok(
         "guard.orders",
         [{"id": i, "customer": i % 3, "amount": i * 1.5, "kind": "k"} for i in range(10)],
     )
-    client.declare("guard.customers")
-    client.ingest_ok("guard.customers", [{"id": i, "name": f"c{i}"} for i in range(3)])
-    try:
-        yield client
-    finally:
-        client.close()
+    lake.declare("guard.customers")
+    lake.ingest_ok("guard.customers", [{"id": i, "name": f"c{i}"} for i in range(3)])
 
 
 def _lake_dir(server: ServerProcess) -> Path:
@@ -109,8 +94,8 @@ async def test_explain_analyze_copy_over_the_catalog_is_refused_and_the_server_r
 # --- files, settings and paths ---------------------------------------------------------------
 
 
-def test_lake_files_are_unreadable(lake: LakeClient, server: ServerProcess) -> None:
-    root = _lake_dir(server)
+def test_lake_files_are_unreadable(lake: LakeClient, lake_server: ServerProcess) -> None:
+    root = _lake_dir(lake_server)
     catalog = root / "catalog.ducklake"
     for sql, named in [
         (f"SELECT * FROM read_blob('{catalog}')", "read_blob"),
@@ -132,15 +117,17 @@ def test_lake_files_are_unreadable(lake: LakeClient, server: ServerProcess) -> N
         (f"SUMMARIZE SELECT * FROM read_blob('{catalog}')", "read_blob"),
     ]:
         message = _refused(lake, sql, named)
-        assert server_id(server) not in message
+        assert server_id(lake_server) not in message
 
 
 def server_id(server: ServerProcess) -> str:
     return (_lake_dir(server) / "server-id").read_text().strip()
 
 
-def test_settings_databases_and_paths_are_hidden(lake: LakeClient, server: ServerProcess) -> None:
-    root = str(_lake_dir(server))
+def test_settings_databases_and_paths_are_hidden(
+    lake: LakeClient, lake_server: ServerProcess
+) -> None:
+    root = str(_lake_dir(lake_server))
     for sql, named in [
         ("SELECT * FROM duckdb_settings()", "duckdb_settings"),
         ("SELECT * FROM duckdb_databases()", "duckdb_databases"),
@@ -253,9 +240,9 @@ def test_reads_of_the_lake_still_work(lake: LakeClient) -> None:
     ) == [[0]]
 
 
-async def test_the_grpc_query_is_guarded_too(server: ServerProcess, lake: LakeClient) -> None:
-    root = _lake_dir(server)
-    async with S2SClient(server.target) as client:
+async def test_the_grpc_query_is_guarded_too(lake_server: ServerProcess, lake: LakeClient) -> None:
+    root = _lake_dir(lake_server)
+    async with S2SClient(lake_server.target) as client:
         for sql in [
             f"EXPLAIN ANALYZE COPY (SELECT 1 AS x) TO '{root}/x.csv' (FORMAT csv)",
             f"SELECT * FROM read_blob('{root}/catalog.ducklake')",
