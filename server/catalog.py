@@ -181,6 +181,9 @@ class Catalog:
     # --- basins ------------------------------------------------------------------------------
 
     def get_basin(self, name: str) -> BasinRecord | None:
+        # Names become storage keys: one that could never be created (an empty one is no key
+        # at all to LMDB) is `invalid` here, whichever frontend or job passed it.
+        names.validate_basin_name(name)
         data = self._kv.get(Table.BASINS, name.encode())
         return None if data is None else BasinRecord.decode(name, data)
 
@@ -266,6 +269,8 @@ class Catalog:
     # --- streams -----------------------------------------------------------------------------
 
     def get_stream(self, basin: str, name: str) -> StreamRecord | None:
+        names.validate_basin_name(basin)
+        names.validate_stream_name(name)
         data = self._kv.get(Table.STREAMS, stream_key(basin, name))
         return None if data is None else StreamRecord.decode(basin, data)
 

@@ -1,12 +1,7 @@
-"""AccountService (basins) and BasinService (streams) over the `StreamStore` catalog.
-
-Names are checked here before any lookup: the catalog takes them as storage keys, and an
-empty one failed there with an internal error (the HTTP frontend checks them when routing).
-"""
+"""AccountService (basins) and BasinService (streams) over the `StreamStore` catalog."""
 
 from __future__ import annotations
 
-from s2s import names
 from s2s.convert import (
     basin_config_from_proto,
     basin_config_to_proto,
@@ -48,16 +43,6 @@ def _token(value: str) -> str | None:
     return value or None
 
 
-def _basin(name: str) -> str:
-    names.validate_basin_name(name)
-    return name
-
-
-def _stream(basin: str, stream: str) -> tuple[str, str]:
-    names.validate_stream_name(stream)
-    return _basin(basin), stream
-
-
 class AccountServicer(services.AccountServiceServicer):
     def __init__(self, store: StreamStore) -> None:
         self._store = store
@@ -90,7 +75,7 @@ class AccountServicer(services.AccountServiceServicer):
     async def GetBasinConfig(
         self, request: cpb.GetBasinConfigRequest, context: Context
     ) -> cpb.GetBasinConfigResponse:
-        record = self._store.get_basin(_basin(request.basin))
+        record = self._store.get_basin(request.basin)
         return cpb.GetBasinConfigResponse(config=basin_config_to_proto(record.config))
 
     @unary
@@ -98,14 +83,14 @@ class AccountServicer(services.AccountServiceServicer):
         self, request: cpb.ReconfigureBasinRequest, context: Context
     ) -> cpb.ReconfigureBasinResponse:
         patch = basin_patch_from_proto(request.config, request.mask.paths)
-        record = await self._store.reconfigure_basin(_basin(request.basin), patch)
+        record = await self._store.reconfigure_basin(request.basin, patch)
         return cpb.ReconfigureBasinResponse(config=basin_config_to_proto(record.config))
 
     @unary
     async def DeleteBasin(
         self, request: cpb.DeleteBasinRequest, context: Context
     ) -> cpb.DeleteBasinResponse:
-        await self._store.delete_basin(_basin(request.basin))
+        await self._store.delete_basin(request.basin)
         return cpb.DeleteBasinResponse()
 
 
@@ -117,10 +102,9 @@ class BasinServicer(services.BasinServiceServicer):
     async def ListStreams(
         self, request: cpb.ListStreamsRequest, context: Context
     ) -> cpb.ListStreamsResponse:
-        basin = _basin(request.basin)
-        self._store.get_basin(basin)
+        self._store.get_basin(request.basin)
         records, has_more = self._store.list_streams(
-            basin, request.prefix, request.start_after, request.limit
+            request.basin, request.prefix, request.start_after, request.limit
         )
         return cpb.ListStreamsResponse(streams=[stream_info(r) for r in records], has_more=has_more)
 
@@ -129,7 +113,8 @@ class BasinServicer(services.BasinServiceServicer):
         self, request: cpb.CreateStreamRequest, context: Context
     ) -> cpb.CreateStreamResponse:
         provisioned = await self._store.create_stream(
-            *_stream(request.basin, request.stream),
+            request.basin,
+            request.stream,
             stream_config_from_proto(request.config),
             request.config.SerializeToString(deterministic=True).hex(),
             _token(request.request_token),
@@ -142,7 +127,7 @@ class BasinServicer(services.BasinServiceServicer):
     async def GetStreamConfig(
         self, request: cpb.GetStreamConfigRequest, context: Context
     ) -> cpb.GetStreamConfigResponse:
-        record = self._store.get_stream(*_stream(request.basin, request.stream))
+        record = self._store.get_stream(request.basin, request.stream)
         return cpb.GetStreamConfigResponse(config=stream_config_to_proto(record.config))
 
     @unary
@@ -150,14 +135,12 @@ class BasinServicer(services.BasinServiceServicer):
         self, request: cpb.ReconfigureStreamRequest, context: Context
     ) -> cpb.ReconfigureStreamResponse:
         patch = stream_patch_from_proto(request.config, request.mask.paths)
-        record = await self._store.reconfigure_stream(
-            *_stream(request.basin, request.stream), patch
-        )
+        record = await self._store.reconfigure_stream(request.basin, request.stream, patch)
         return cpb.ReconfigureStreamResponse(config=stream_config_to_proto(record.config))
 
     @unary
     async def DeleteStream(
         self, request: cpb.DeleteStreamRequest, context: Context
     ) -> cpb.DeleteStreamResponse:
-        await self._store.delete_stream(*_stream(request.basin, request.stream))
+        await self._store.delete_stream(request.basin, request.stream)
         return cpb.DeleteStreamResponse()
