@@ -14,7 +14,6 @@ from urllib.parse import unquote_to_bytes
 
 from s2s import names
 from s2s.errors import S2Error
-from server.http_frontend import h2_late_data
 from server.http_frontend.control import LOCATION_INFO, BasinsApi, StreamsApi, path_basin
 from server.http_frontend.errors import internal_error, respond_error
 from server.http_frontend.exchange import (
@@ -75,9 +74,6 @@ class HttpApp:
     def __init__(
         self, store: StreamStore, draining: asyncio.Event, lake: Lake | None = None
     ) -> None:
-        # Any route may answer before the request body has arrived; over HTTP/2 that must
-        # not cost the client its connection (see `h2_late_data`).
-        h2_late_data.install()
         self._lake = LakeApi(lake) if lake is not None else None
         self._basins = BasinsApi(store)
         self._streams = StreamsApi(store)

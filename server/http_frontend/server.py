@@ -13,7 +13,7 @@ import socket
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
-from server.http_frontend import h2_tuning
+from server.http_frontend import h2_late_data, h2_tuning
 from server.http_frontend.app import HttpApp
 from server.lake.service import Lake
 from server.streamstore import StreamStore
@@ -40,6 +40,9 @@ def start_http_server(
     in-flight requests get `grace_s` to finish.
     """
     h2_tuning.install()
+    # Any route may answer before its request body has arrived; over HTTP/2 that must not
+    # cost the client its connection.
+    h2_late_data.install()
     config = Config()
     # Hypercorn wraps the descriptor in its own socket object and closes it on shutdown.
     config.bind = [f"fd://{sock.detach()}"]
