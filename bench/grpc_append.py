@@ -42,9 +42,9 @@ sys.path.insert(0, str(REPO))
 from benchlib import percentile, probe, process_cpu_s, start_process  # noqa: E402
 
 from client import S2SClient  # noqa: E402
+from s2s import allocator  # noqa: E402
 from s2s.v1 import records_pb2 as pb  # noqa: E402
 from s2s.v1 import services_pb2 as spb  # noqa: E402
-from server import allocator  # noqa: E402
 from tests.server_process import ServerProcess  # noqa: E402
 
 BASIN = "bench-basin"

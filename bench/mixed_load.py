@@ -32,8 +32,8 @@ sys.path.insert(0, str(REPO))
 from benchlib import percentile, probe  # noqa: E402
 
 from client import S2SClient  # noqa: E402
+from s2s import allocator  # noqa: E402
 from s2s.v1 import records_pb2 as pb  # noqa: E402
-from server import allocator  # noqa: E402
 from tests.server_process import ServerProcess  # noqa: E402
 
 BASIN = "mixed-basin"

@@ -1,5 +1,6 @@
 """The `s2s` command line: `s2s serve` runs the server until SIGTERM or SIGINT; the other
-commands (server/cli_client.py) talk to a running server.
+commands (client/cli.py) talk to a running server. This module is where the two halves meet:
+the rest of `server/` never imports `client/`.
 
 Exit status: 0 done; 1 failed, with one line on stderr saying why and what to do; 2 a usage
 error (a bad flag, argument or S2S_* variable: one line, argparse's convention); 130
@@ -24,10 +25,10 @@ import duckdb
 import lmdb
 from grpc import aio
 
-from server import allocator
+from client.cli import add_commands, run
+from s2s import allocator
+from s2s.cli_args import EnvOption, Parser, nonempty, number, port, whole_number
 from server.binding import IPAddress, host_port, listening_socket, parse_host
-from server.cli_args import EnvOption, Parser, host, nonempty, number, port, whole_number
-from server.cli_client import add_commands, run
 from server.grpc_frontend.server import listening_grpc_server, start_grpc_server
 from server.http_frontend import start_http_server
 from server.lake.connection import LakeSettings, default_threads
@@ -37,6 +38,14 @@ from server.storage.kv import MAP_SIZE_BYTES_DEFAULT
 from server.streamstore import StreamStore
 
 log = logging.getLogger("s2s")
+
+
+def host(text: str) -> IPAddress:
+    """`--host`'s argument type (server.binding says which forms are accepted)."""
+    try:
+        return parse_host(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 MAX_STORAGE_GIB_DEFAULT = MAP_SIZE_BYTES_DEFAULT >> 30

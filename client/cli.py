@@ -20,6 +20,18 @@ from typing import IO, Any
 import pyarrow as pa
 
 from client import S2SClient, S2SError, SqlResult
+from s2s import allocator
+from s2s.cli_args import (
+    U64_MAX,
+    EnvOption,
+    Parser,
+    UsageError,
+    json_text,
+    number,
+    seq_num,
+    server_address,
+    whole_number,
+)
 from s2s.config import (
     BasinConfig,
     BasinConfigPatch,
@@ -45,18 +57,6 @@ from s2s.records import (
 from s2s.v1 import control_pb2 as cpb
 from s2s.v1 import lake_pb2 as lpb
 from s2s.v1 import records_pb2 as pb
-from server import allocator
-from server.cli_args import (
-    U64_MAX,
-    EnvOption,
-    Parser,
-    UsageError,
-    json_text,
-    number,
-    seq_num,
-    server_address,
-    whole_number,
-)
 
 SERVER_OPTION = EnvOption(
     "--server", "S2S_SERVER", server_address, "127.0.0.1:50051", "gRPC address of the server"

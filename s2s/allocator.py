@@ -1,4 +1,5 @@
-"""glibc allocator settings for the server process (`s2s serve` applies them at startup).
+"""glibc allocator settings for processes that move ~1 MiB batches: `s2s serve` applies them at
+startup, and so do the load generators (`s2s bench`, `bench/`), which move the same buffers.
 
 An append passes through several buffers of about 1 MiB: the request frame, the decoded
 records, the stored batch and its payload. glibc gives every allocation above a threshold

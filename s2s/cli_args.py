@@ -17,8 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from server.binding import IPAddress, parse_host
-
 U64_MAX = 2**64 - 1
 
 
@@ -78,13 +76,6 @@ def nonempty(text: str) -> str:
     if not text:
         raise argparse.ArgumentTypeError("must not be empty")
     return text
-
-
-def host(text: str) -> IPAddress:
-    try:
-        return parse_host(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def json_text(text: str) -> Any:
