@@ -6,6 +6,13 @@ from typing import Any
 
 import grpc
 
+from s2s.errors import (
+    CURRENT_FENCING_TOKEN_KEY,
+    ERROR_CODE_KEY,
+    EXPECTED_SEQ_NUM_KEY,
+    TAIL_SEQ_NUM_KEY,
+    TAIL_TIMESTAMP_KEY,
+)
 from s2s.v1 import records_pb2 as pb
 
 
@@ -57,16 +64,16 @@ def error_from_status(status: grpc.StatusCode, details: str | None, trailing: An
     """Translate a call's final status, details and trailing metadata."""
     message = details or ""
     metadata = metadata_dict(trailing)
-    code = metadata.get("s2-error-code")
+    code = metadata.get(ERROR_CODE_KEY)
     if code == "seq_num_mismatch":
-        return SeqNumMismatchError(message, int(metadata["s2-expected-seq-num"]))
+        return SeqNumMismatchError(message, int(metadata[EXPECTED_SEQ_NUM_KEY]))
     if code == "fencing_token_mismatch":
-        token = metadata["s2-current-fencing-token-bin"]
+        token = metadata[CURRENT_FENCING_TOKEN_KEY]
         return FencingTokenMismatchError(message, token.decode())
     if code == "read_unwritten":
         tail = pb.StreamPosition(
-            seq_num=int(metadata["s2-tail-seq-num"]),
-            timestamp=int(metadata["s2-tail-timestamp"]),
+            seq_num=int(metadata[TAIL_SEQ_NUM_KEY]),
+            timestamp=int(metadata[TAIL_TIMESTAMP_KEY]),
         )
         return ReadUnwrittenError(message, tail)
     if code is None:

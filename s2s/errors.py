@@ -63,6 +63,16 @@ ERROR_KINDS: dict[str, ErrorKind] = {
 }
 
 
+# gRPC trailing metadata: how a failed call's S2 error code and recovery values travel (the
+# server writes them, the client reads them; docs/grpc.md has the table).
+ERROR_CODE_KEY = "s2-error-code"
+EXPECTED_SEQ_NUM_KEY = "s2-expected-seq-num"
+CURRENT_FENCING_TOKEN_KEY = "s2-current-fencing-token-bin"
+"""Binary (`-bin`): a fencing token is any UTF-8 text, which ASCII metadata cannot carry."""
+TAIL_SEQ_NUM_KEY = "s2-tail-seq-num"
+TAIL_TIMESTAMP_KEY = "s2-tail-timestamp"
+
+
 class S2Error(Exception):
     """A failure with an S2 error code; `kind` says how each transport presents it."""
 

@@ -20,15 +20,19 @@ from typing import Any, TypeAlias, TypeVar
 import grpc
 from grpc import aio
 
-from s2s.errors import FencingTokenMismatch, ReadUnwritten, S2Error, SeqNumMismatch
+from s2s.errors import (
+    CURRENT_FENCING_TOKEN_KEY,
+    ERROR_CODE_KEY,
+    EXPECTED_SEQ_NUM_KEY,
+    TAIL_SEQ_NUM_KEY,
+    TAIL_TIMESTAMP_KEY,
+    FencingTokenMismatch,
+    ReadUnwritten,
+    S2Error,
+    SeqNumMismatch,
+)
 
 log = logging.getLogger(__name__)
-
-ERROR_CODE_KEY = "s2-error-code"
-EXPECTED_SEQ_NUM_KEY = "s2-expected-seq-num"
-CURRENT_FENCING_TOKEN_KEY = "s2-current-fencing-token-bin"
-TAIL_SEQ_NUM_KEY = "s2-tail-seq-num"
-TAIL_TIMESTAMP_KEY = "s2-tail-timestamp"
 
 Context: TypeAlias = Any
 """A `grpc.aio.ServicerContext`; grpcio ships no type information."""
