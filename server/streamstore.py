@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncGenerator
-from typing import Any
+from typing import Any, Literal
 
 from s2s.config import (
     BasinConfig,
@@ -35,6 +35,9 @@ ready task run. A session sending such batches back to back otherwise held the l
 turns, and gRPC's asyncio server accepts each new call in a turn of the loop: beside a flood of
 1000-record batches with headers, unary appends waited p50 0.9-1.2 s; 0.5-0.6 s with a yield
 after sequencing only; 22-26 ms with both (`bench/mixed_load.py --batch-rate 0`)."""
+
+AutoCreate = Literal["append", "read"]
+"""The operation a missing stream may be created for, as its basin's config allows."""
 
 SEQUENCERS_CACHED_MAX = 10_000
 """Idle sequencers beyond this many are dropped; their state is on disk."""
@@ -194,6 +197,21 @@ class StreamStore:
             await asyncio.sleep(0)
         return ack
 
+    async def require_stream(
+        self,
+        basin: str,
+        stream: str,
+        auto_create: AutoCreate | None = None,
+        create_config: StreamConfig | None = None,
+    ) -> None:
+        """Fail now as `auto_create`'s operation would if the stream cannot take it (absent,
+        being deleted), creating it where the basin auto-creates streams for that operation.
+
+        A session checks this before it answers, so a missing stream is an error response
+        rather than a session that ends at once.
+        """
+        await self.sequencer(basin, stream, auto_create, create_config)
+
     async def check_tail(self, basin: str, stream: str) -> StreamPosition:
         sequencer = await self.sequencer(basin, stream, "read")
         return sequencer.tail
@@ -228,7 +246,7 @@ class StreamStore:
         self,
         basin: str,
         stream: str,
-        auto_create: str | None = None,
+        auto_create: AutoCreate | None = None,
         create_config: StreamConfig | None = None,
     ) -> StreamSequencer:
         """The stream's one sequencer, loading (or auto-creating) the stream if needed.
