@@ -7,7 +7,7 @@ async with S2SClient("127.0.0.1:50051") as client:
     print(result.table, result.truncated)
 """
 
-from client._client import AppendSession, Producer, S2SClient, SqlResult, Stream
+from client._client import AppendSession, Producer, ReadParams, S2SClient, SqlResult, Stream
 from client._errors import (
     FencingTokenMismatchError,
     ReadUnwrittenError,
@@ -20,6 +20,7 @@ __all__ = [
     "AppendSession",
     "FencingTokenMismatchError",
     "Producer",
+    "ReadParams",
     "ReadUnwrittenError",
     "S2SClient",
     "S2SError",

@@ -21,7 +21,7 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar, Unpack
 
 import grpc
 import pyarrow as pa
@@ -300,28 +300,36 @@ def encode_input(
     return append_input_bytes(records, match_seq_num, fencing_token)
 
 
-def read_request_fields(
-    seq_num: int | None,
-    timestamp: int | None,
-    tail_offset: int | None,
-    count: int | None,
-    bytes_: int | None,
-    until: int | None,
-    clamp: bool,
-    wait_s: int | None,
-) -> dict[str, Any]:
-    fields: dict[str, Any] = {"clamp": clamp}
-    for key, value in (
-        ("seq_num", seq_num),
-        ("timestamp", timestamp),
-        ("tail_offset", tail_offset),
-        ("count", count),
-        ("bytes", bytes_),
-        ("until", until),
-        ("wait", wait_s),
-    ):
-        if value is not None:
-            fields[key] = value
+class ReadParams(TypedDict, total=False):
+    """Where a read starts and where it ends: the keyword arguments of `Stream.read` and
+    `Stream.read_session` (unset or None: not given).
+
+    Start: at most one of `seq_num`, `timestamp` (milliseconds) or `tail_offset` (records
+    before the tail); none means the tail. End: `count` records, `bytes_` metered bytes,
+    `until` (a timestamp, exclusive), `wait_s` seconds without new records; `clamp` starts at
+    the tail instead of failing when the start is beyond it.
+    """
+
+    seq_num: int | None
+    timestamp: int | None
+    tail_offset: int | None
+    count: int | None
+    bytes_: int | None
+    until: int | None
+    clamp: bool
+    wait_s: int | None
+
+
+_READ_FIELDS = {"bytes_": "bytes", "wait_s": "wait"}
+"""Where a `ReadParams` key is named otherwise in the request messages."""
+
+
+def read_request_fields(params: ReadParams) -> dict[str, Any]:
+    """The fields of a `ReadRequest` / `ReadSessionRequest` for `params`."""
+    fields: dict[str, Any] = {"clamp": params.get("clamp", False)}
+    for key, value in params.items():
+        if value is not None and key != "clamp":
+            fields[_READ_FIELDS.get(key, key)] = value
     return fields
 
 
@@ -373,39 +381,16 @@ class Stream:
             batch_bytes_max,
         )
 
-    async def read(
-        self,
-        *,
-        seq_num: int | None = None,
-        timestamp: int | None = None,
-        tail_offset: int | None = None,
-        count: int | None = None,
-        bytes_: int | None = None,
-        until: int | None = None,
-        clamp: bool = False,
-        wait_s: int | None = None,
-    ) -> pb.ReadBatch:
+    async def read(self, **params: Unpack[ReadParams]) -> pb.ReadBatch:
         """One batch (at most 1000 records and 1 MiB) from the given start."""
-        fields = read_request_fields(
-            seq_num, timestamp, tail_offset, count, bytes_, until, clamp, wait_s
-        )
+        fields = read_request_fields(params)
         request = spb.ReadRequest(basin=self.basin, stream=self.name, **fields)
         stub = self._client.streams
         response: spb.ReadResponse = await self._client.call(lambda: stub.Read(request), retry=True)
         return response.batch
 
     async def read_session(
-        self,
-        *,
-        seq_num: int | None = None,
-        timestamp: int | None = None,
-        tail_offset: int | None = None,
-        count: int | None = None,
-        bytes_: int | None = None,
-        until: int | None = None,
-        clamp: bool = False,
-        wait_s: int | None = None,
-        heartbeats: bool = False,
+        self, *, heartbeats: bool = False, **params: Unpack[ReadParams]
     ) -> AsyncIterator[pb.ReadBatch]:
         """Batches from the start, then live ones as they become durable.
 
@@ -413,9 +398,7 @@ class Stream:
         remaining count and bytes. Heartbeats (batches without records) are yielded only if
         `heartbeats` is true.
         """
-        fields = read_request_fields(
-            seq_num, timestamp, tail_offset, count, bytes_, until, clamp, wait_s
-        )
+        fields = read_request_fields(params)
         attempt = 0
         while True:
             request = spb.ReadSessionRequest(basin=self.basin, stream=self.name, **fields)

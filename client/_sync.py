@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Coroutine, Iterable, Iterator
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Unpack
 
-from client._client import S2SClient, SqlResult
+from client._client import ReadParams, S2SClient, SqlResult
 from s2s.config import StreamConfig
 from s2s.v1 import lake_pb2 as lpb
 from s2s.v1 import records_pb2 as pb
@@ -68,8 +68,8 @@ class SyncClient:
     ) -> pb.AppendAck:
         return self._run(self._client.stream(basin, stream).append(list(records), **kwargs))
 
-    def read(self, basin: str, stream: str, **kwargs: Any) -> pb.ReadBatch:
-        return self._run(self._client.stream(basin, stream).read(**kwargs))
+    def read(self, basin: str, stream: str, **params: Unpack[ReadParams]) -> pb.ReadBatch:
+        return self._run(self._client.stream(basin, stream).read(**params))
 
     def create_materialization(
         self, name: str, table: str, **kwargs: Any
@@ -94,9 +94,11 @@ class SyncClient:
     def sql(self, query: str, limit: int | None = None) -> SqlResult:
         return self._run(self._client.sql(query, limit))
 
-    def read_session(self, basin: str, stream: str, **kwargs: Any) -> Iterator[pb.ReadBatch]:
+    def read_session(
+        self, basin: str, stream: str, *, heartbeats: bool = False, **params: Unpack[ReadParams]
+    ) -> Iterator[pb.ReadBatch]:
         """Blocking iterator over a read session's batches."""
-        session = self._client.stream(basin, stream).read_session(**kwargs)
+        session = self._client.stream(basin, stream).read_session(heartbeats=heartbeats, **params)
         try:
             while True:
                 try:
