@@ -9,6 +9,11 @@ gave each stream one turn: a stream appended in single records at more than ~100
 outgrew a 10 s retention sweep, and a deleted stream lost 64 batches a second.) Deleting always
 removes whole batches from the front of a stream, which keeps the layout invariants
 (server/storage/layout.py) intact.
+
+The jobs work on the storage, the catalog and the sequencer registry directly, not through
+`StreamStore` (which owns and starts them): they read deletion markers and batches, take the
+basin lock for their "check, then remove" steps, and ask the registry whether a stream has
+appends in flight.
 """
 
 from __future__ import annotations
@@ -18,11 +23,13 @@ import contextlib
 import logging
 import struct
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from s2s.errors import S2Error
-from server.catalog import StreamRecord
-from server.storage.kv import Delete, Put, Table, Write
+from server.catalog import Catalog, StreamRecord
+from server.clock import Clock
+from server.sequencers import SequencerRegistry
+from server.storage.committer import GroupCommitter
+from server.storage.kv import Delete, KeyValueStore, Put, Table, Write
 from server.storage.layout import (
     DELETING_BASIN_PREFIX,
     DELETING_STREAM_PREFIX,
@@ -35,9 +42,6 @@ from server.storage.layout import (
     summarize_batch,
     timestamp_key,
 )
-
-if TYPE_CHECKING:
-    from server.streamstore import StreamStore
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +62,20 @@ class JobSettings:
 class BackgroundJobs:
     """Runs the jobs every `interval_s` (or sooner when kicked) until stopped."""
 
-    def __init__(self, store: StreamStore, settings: JobSettings) -> None:
-        self._store = store
+    def __init__(
+        self,
+        kv: KeyValueStore,
+        catalog: Catalog,
+        committer: GroupCommitter,
+        sequencers: SequencerRegistry,
+        clock: Clock,
+        settings: JobSettings,
+    ) -> None:
+        self._kv = kv
+        self._catalog = catalog
+        self._committer = committer
+        self._sequencers = sequencers
+        self._clock = clock
         self._settings = settings
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -117,8 +133,8 @@ class BackgroundJobs:
         (`tests/test_jobs.py`). This small write is that next commit.
         """
         if self._unsettled:
-            now_ms = self._store.clock.now_ms()
-            await self._store.committer.commit(
+            now_ms = self._clock.now_ms()
+            await self._committer.commit(
                 [Put(Table.SYSTEM, RECLAIMED_AT_KEY, struct.pack("<Q", now_ms))]
             )
             self._unsettled = False
@@ -126,28 +142,26 @@ class BackgroundJobs:
     # --- deletion ----------------------------------------------------------------------------
 
     async def _delete_basins(self) -> None:
-        store = self._store
-        markers = store.kv.scan(
+        markers = self._kv.scan(
             Table.SYSTEM, DELETING_BASIN_PREFIX, prefix_end(DELETING_BASIN_PREFIX), 16
         )
         for key, _ in markers:
             basin = key[len(DELETING_BASIN_PREFIX) :].decode()
-            streams, _ = store.catalog.list_streams(basin, limit=self._settings.streams_per_run)
+            streams, _ = self._catalog.list_streams(basin, limit=self._settings.streams_per_run)
             for record in streams:
                 if not record.deleting:
-                    await store.delete_stream(basin, record.name)
+                    await self._delete_stream(basin, record.name)
             if streams:
                 continue
-            async with store.catalog.basin_lock(basin):
-                if store.catalog.list_streams(basin, limit=1)[0]:
+            async with self._catalog.basin_lock(basin):
+                if self._catalog.list_streams(basin, limit=1)[0]:
                     continue
-                await store.committer.commit(
+                await self._committer.commit(
                     [Delete(Table.BASINS, basin.encode()), Delete(Table.SYSTEM, key)]
                 )
 
     async def _delete_streams(self) -> None:
-        store = self._store
-        markers = store.kv.scan(
+        markers = self._kv.scan(
             Table.SYSTEM,
             DELETING_STREAM_PREFIX,
             prefix_end(DELETING_STREAM_PREFIX),
@@ -157,12 +171,12 @@ class BackgroundJobs:
         for key, value in markers:
             skey = key[len(DELETING_STREAM_PREFIX) :]
             sid = struct.unpack(">Q", value)[0]
-            data = store.kv.get(Table.STREAMS, skey)
+            data = self._kv.get(Table.STREAMS, skey)
             if data is None:
-                await store.committer.commit([Delete(Table.SYSTEM, key)])
+                await self._committer.commit([Delete(Table.SYSTEM, key)])
                 continue
             record = StreamRecord.decode(skey.split(b"\x00", 1)[0].decode(), data)
-            sequencer = store.cached_sequencer(record.basin, record.name)
+            sequencer = self._sequencers.cached(record.basin, record.name)
             if sequencer is not None and sequencer.sid == sid and sequencer.inflight:
                 continue  # appends accepted before the deletion are still landing
             doomed.append((key, sid, record))
@@ -177,16 +191,15 @@ class BackgroundJobs:
 
     async def _forget_stream(self, marker: bytes, sid: int, record: StreamRecord) -> None:
         """The stream's data is gone: remove its rows and its deletion marker."""
-        store = self._store
-        async with store.catalog.basin_lock(record.basin):
-            await store.committer.commit(
+        async with self._catalog.basin_lock(record.basin):
+            await self._committer.commit(
                 [
                     Delete(Table.TAILS, sid_key(sid)),
                     Delete(Table.STREAMS, stream_key(record.basin, record.name)),
                     Delete(Table.SYSTEM, marker),
                 ]
             )
-            store.forget_sequencer(record.basin, record.name, sid)
+            self._sequencers.forget(record.basin, record.name, sid)
 
     async def _take_turn(
         self, sid: int, below_seq: int | None, written_before_ms: int | None
@@ -206,11 +219,10 @@ class BackgroundJobs:
         `written_before_ms`; with both None, every batch goes. Returns True if it deleted a
         full commit's worth (so more may remain).
         """
-        store = self._store
         # Usually the oldest batch is still wanted: look at one first, then a commit's worth.
         for limit in (1, self._settings.batches_per_commit):
             items = await asyncio.to_thread(
-                store.kv.scan_map,
+                self._kv.scan_map,
                 Table.BATCHES,
                 batch_key(sid, 0),
                 batch_key(sid + 1, 0),
@@ -234,19 +246,18 @@ class BackgroundJobs:
             if len(writes) < 2 * limit:
                 break
         if writes:
-            await store.committer.commit(writes)
+            await self._committer.commit(writes)
             self._unsettled = True
         return len(writes) // 2 == self._settings.batches_per_commit
 
     # --- retention, trim, delete-on-empty -------------------------------------------------
 
     async def _enforce_retention(self) -> None:
-        store = self._store
         limit = self._settings.streams_per_run
-        items = store.kv.scan(Table.STREAMS, self._retention_cursor, None, limit)
+        items = self._kv.scan(Table.STREAMS, self._retention_cursor, None, limit)
         # Round-robin over all streams, `limit` per run, wrapping around at the end.
         self._retention_cursor = items[-1][0] + b"\x00" if len(items) == limit else b""
-        now = store.clock.now_ms()
+        now = self._clock.now_ms()
         # Streams with more to delete after their first turn, and what bounds their deletion.
         behind: list[tuple[int, int, int | None]] = []
         for key, value in items:
@@ -254,11 +265,11 @@ class BackgroundJobs:
             record = StreamRecord.decode(key.split(b"\x00", 1)[0].decode(), value)
             if record.deleting:
                 continue
-            sequencer = store.cached_sequencer(record.basin, record.name)
+            sequencer = self._sequencers.cached(record.basin, record.name)
             tail = (
                 sequencer.durable
                 if sequencer is not None and sequencer.sid == record.sid
-                else store.catalog.load_tail(record.sid)
+                else self._catalog.load_tail(record.sid)
             )
             age_s = record.config.retention_age_secs
             cutoff = None if age_s is None else now - age_s * 1000
@@ -274,11 +285,10 @@ class BackgroundJobs:
             return
         if now - max(tail.last_write_ms, record.created_at_ms) < min_age_s * 1000:
             return
-        store = self._store
         try:
             # Every append goes through this one sequencer: checking it and marking it
             # deleting with no await in between leaves no window for a write to slip in.
-            sequencer = await store.sequencer(record.basin, record.name)
+            sequencer = await self._sequencers.get(record.basin, record.name)
         except S2Error:
             return  # deleted meanwhile
         state = sequencer.pending
@@ -286,7 +296,7 @@ class BackgroundJobs:
             min_age_s * 1000
         ):
             return
-        has_records = state.trim_point < state.next_seq and store.kv.scan(
+        has_records = state.trim_point < state.next_seq and self._kv.scan(
             Table.BATCHES, batch_key(record.sid, 0), batch_key(record.sid + 1, 0), 1
         )
         if has_records:
@@ -294,7 +304,12 @@ class BackgroundJobs:
         log.info("deleting empty stream %s/%s", record.basin, record.name)
         sequencer.mark_deleting()
         try:
-            await store.delete_stream(record.basin, record.name)
+            await self._delete_stream(record.basin, record.name)
         except S2Error:
             sequencer.deleting = False  # not marked on disk: the stream stays usable
             raise
+
+    async def _delete_stream(self, basin: str, name: str) -> None:
+        await self._sequencers.delete_stream(basin, name)
+        # The next run removes it at once, not a tick later, as after a client's deletion.
+        self.kick()

@@ -1,8 +1,10 @@
 """`StreamStore`: the server's single entry point for control-plane and data-plane operations.
 
-Frontends (gRPC, HTTP) call only this. It owns the storage (key-value store and committer),
-the catalog of basins and streams, one sequencer per active stream, the reader, and the
-background jobs, and starts and stops them together.
+Frontends (gRPC, HTTP) and the lake call only this. It owns the storage (key-value store and
+committer), the catalog of basins and streams, the sequencer registry (one sequencer per stream
+in use), the reader, and the background jobs; it wires them together, starts and stops them
+together, and keeps each change that touches two of them (a deletion: the catalog, then the
+jobs) in one place.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncGenerator
-from typing import Any, Literal
+from typing import Any
 
 from s2s.config import (
     BasinConfig,
@@ -18,13 +20,13 @@ from s2s.config import (
     StreamConfig,
     StreamConfigPatch,
 )
-from s2s.errors import S2Error
 from s2s.records import ValidatedBatch
 from server.catalog import BasinRecord, Catalog, Provisioned, StreamRecord
 from server.clock import Clock, SystemClock
 from server.jobs import BackgroundJobs, JobSettings
 from server.reader import Reader, ReadLimits, ReadOutput, ReadStart, validate_read
 from server.sequencer import AppendAck, StreamPosition, StreamSequencer
+from server.sequencers import AutoCreate, SequencerRegistry
 from server.storage.committer import GroupCommitter
 from server.storage.kv import MAP_SIZE_BYTES_DEFAULT, KeyValueStore, LmdbStore
 
@@ -35,12 +37,6 @@ ready task run. A session sending such batches back to back otherwise held the l
 turns, and gRPC's asyncio server accepts each new call in a turn of the loop: beside a flood of
 1000-record batches with headers, unary appends waited p50 0.9-1.2 s; 0.5-0.6 s with a yield
 after sequencing only; 22-26 ms with both (`bench/mixed_load.py --batch-rate 0`)."""
-
-AutoCreate = Literal["append", "read"]
-"""The operation a missing stream may be created for, as its basin's config allows."""
-
-SEQUENCERS_CACHED_MAX = 10_000
-"""Idle sequencers beyond this many are dropped; their state is on disk."""
 
 
 class StreamStore:
@@ -55,8 +51,15 @@ class StreamStore:
         self.committer = GroupCommitter(kv, on_failure=self._resync_after_failure)
         self.catalog = Catalog(kv, self.committer, self.clock)
         self.reader = Reader(kv)
-        self._sequencers: dict[tuple[str, str], StreamSequencer] = {}
-        self.jobs = BackgroundJobs(self, job_settings or JobSettings())
+        self.sequencers = SequencerRegistry(self.catalog, self.committer, self.clock)
+        self.jobs = BackgroundJobs(
+            kv,
+            self.catalog,
+            self.committer,
+            self.sequencers,
+            self.clock,
+            job_settings or JobSettings(),
+        )
 
     @classmethod
     async def open(
@@ -113,10 +116,7 @@ class StreamStore:
         return await self.catalog.reconfigure_basin(name, patch)
 
     async def delete_basin(self, name: str) -> None:
-        await self.catalog.delete_basin(name)
-        for (basin, _), sequencer in list(self._sequencers.items()):
-            if basin == name:
-                sequencer.mark_deleting()
+        await self.sequencers.delete_basin(name)
         self.jobs.kick()
 
     # --- streams -----------------------------------------------------------------------------
@@ -137,7 +137,7 @@ class StreamStore:
         self, basin: str, name: str, config: StreamConfig | None = None
     ) -> Provisioned:
         provisioned = await self.catalog.ensure_stream(basin, name, config or StreamConfig())
-        self._adopt_config(provisioned.record)
+        self.sequencers.adopt_config(provisioned.record)
         return provisioned
 
     def list_streams(
@@ -153,20 +153,12 @@ class StreamStore:
         self, basin: str, name: str, patch: StreamConfigPatch
     ) -> StreamRecord:
         record = await self.catalog.reconfigure_stream(basin, name, patch)
-        self._adopt_config(record)
+        self.sequencers.adopt_config(record)
         return record
 
     async def delete_stream(self, basin: str, name: str) -> None:
-        await self.catalog.delete_stream(basin, name)
-        sequencer = self._sequencers.get((basin, name))
-        if sequencer is not None:
-            sequencer.mark_deleting()
+        await self.sequencers.delete_stream(basin, name)
         self.jobs.kick()
-
-    def _adopt_config(self, record: StreamRecord) -> None:
-        sequencer = self._sequencers.get((record.basin, record.name))
-        if sequencer is not None and sequencer.sid == record.sid:
-            sequencer.reconfigure(record.config)
 
     # --- data plane --------------------------------------------------------------------------
 
@@ -191,7 +183,7 @@ class StreamStore:
         large = batch.count >= YIELD_AROUND_BATCH_RECORDS
         if large:
             await asyncio.sleep(0)
-        sequencer = await self.sequencer(basin, stream, "append", create_config)
+        sequencer = await self.sequencers.get(basin, stream, "append", create_config)
         ack = await sequencer.submit(batch)
         if large:
             await asyncio.sleep(0)
@@ -210,10 +202,10 @@ class StreamStore:
         A session checks this before it answers, so a missing stream is an error response
         rather than a session that ends at once.
         """
-        await self.sequencer(basin, stream, auto_create, create_config)
+        await self.sequencers.get(basin, stream, auto_create, create_config)
 
     async def check_tail(self, basin: str, stream: str) -> StreamPosition:
-        sequencer = await self.sequencer(basin, stream, "read")
+        sequencer = await self.sequencers.get(basin, stream, "read")
         return sequencer.tail
 
     async def read(
@@ -226,7 +218,7 @@ class StreamStore:
     ) -> ReadOutput:
         """A unary read: one batch of at most 1000 records and 1 MiB."""
         validate_read(start, limits)
-        sequencer = await self.sequencer(basin, stream, "read", create_config)
+        sequencer = await self.sequencers.get(basin, stream, "read", create_config)
         return await self.reader.read_unary(sequencer, start, limits)
 
     async def read_session(
@@ -239,7 +231,7 @@ class StreamStore:
     ) -> AsyncGenerator[ReadOutput, None]:
         """A read that catches up and then follows the tail (see `Reader.session`)."""
         validate_read(start, limits)
-        sequencer = await self.sequencer(basin, stream, "read", create_config)
+        sequencer = await self.sequencers.get(basin, stream, "read", create_config)
         return self.reader.session(sequencer, start, limits)
 
     async def sequencer(
@@ -249,63 +241,8 @@ class StreamStore:
         auto_create: AutoCreate | None = None,
         create_config: StreamConfig | None = None,
     ) -> StreamSequencer:
-        """The stream's one sequencer, loading (or auto-creating) the stream if needed.
-
-        `auto_create` is "append" or "read": the basin flag that allows creating a missing
-        stream for this operation.
-        """
-        key = (basin, stream)
-        sequencer = self._sequencers.get(key)
-        if sequencer is not None:
-            if sequencer.deleting:
-                raise S2Error("stream_deletion_pending", f"stream {stream!r} is being deleted")
-            return sequencer
-        record = self.catalog.get_stream(basin, stream)
-        if record is None:
-            basin_record = self.catalog.require_basin(basin)
-            allowed = (auto_create == "append" and basin_record.config.create_stream_on_append) or (
-                auto_create == "read" and basin_record.config.create_stream_on_read
-            )
-            if not allowed:
-                raise S2Error("stream_not_found", f"stream {stream!r} does not exist")
-            record = await self.catalog.create_stream_if_absent(
-                basin, stream, create_config or StreamConfig()
-            )
-            sequencer = self._sequencers.get(key)
-            if sequencer is not None:  # another caller loaded it while we created
-                return sequencer
-        if record.deleting:
-            raise S2Error("stream_deletion_pending", f"stream {stream!r} is being deleted")
-        sequencer = StreamSequencer(
-            record.sid,
-            stream,
-            record.config,
-            self.catalog.load_tail(record.sid),
-            self.committer,
-            self.clock,
-        )
-        self._evict_idle()
-        self._sequencers[key] = sequencer
-        return sequencer
-
-    def cached_sequencer(self, basin: str, stream: str) -> StreamSequencer | None:
-        return self._sequencers.get((basin, stream))
-
-    def forget_sequencer(self, basin: str, stream: str, sid: int) -> None:
-        """Drop a deleted stream's sequencer so the name can be created afresh."""
-        sequencer = self._sequencers.get((basin, stream))
-        if sequencer is not None and sequencer.sid == sid:
-            del self._sequencers[(basin, stream)]
-
-    def _evict_idle(self) -> None:
-        if len(self._sequencers) < SEQUENCERS_CACHED_MAX:
-            return
-        for key, sequencer in list(self._sequencers.items()):
-            if not sequencer.busy:
-                del self._sequencers[key]
-            if len(self._sequencers) < SEQUENCERS_CACHED_MAX // 2:
-                return
+        """The stream's one sequencer (see `SequencerRegistry.get`)."""
+        return await self.sequencers.get(basin, stream, auto_create, create_config)
 
     def _resync_after_failure(self) -> None:
-        for sequencer in self._sequencers.values():
-            sequencer.resync()
+        self.sequencers.resync()

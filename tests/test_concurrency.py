@@ -189,7 +189,7 @@ async def test_followers_receive_every_record_once_durable(store: StreamStore) -
     async def follow(k: int) -> None:
         start, limits = followers_spec[k]
         session = await store.read_session(BASIN, "follow", start, limits)
-        sequencer = store.cached_sequencer(BASIN, "follow")
+        sequencer = store.sequencers.cached(BASIN, "follow")
         assert sequencer is not None
         async for output in session:
             live[k].set()

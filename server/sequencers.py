@@ -1,0 +1,126 @@
+"""The sequencer registry: the one live `StreamSequencer` of each stream in use.
+
+A stream's tail must have exactly one owner in the process (`server/sequencer.py`), so every
+append and read finds its sequencer here, and everything that changes a stream under a live
+sequencer goes through here too: a new config is adopted at once, a deletion marks the sequencer
+so it refuses appends in the same step as the mark on disk, a failed commit makes every
+sequencer fall back to its durable state, and the deletion job drops a deleted stream's
+sequencer so its name can be created afresh. Idle sequencers are evicted past a bound; their
+state is on disk (the stream's tail row).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from s2s.config import StreamConfig
+from s2s.errors import S2Error
+from server.catalog import Catalog, StreamRecord
+from server.clock import Clock
+from server.sequencer import StreamSequencer
+from server.storage.committer import GroupCommitter
+
+AutoCreate = Literal["append", "read"]
+"""The operation a missing stream may be created for, as its basin's config allows."""
+
+SEQUENCERS_CACHED_MAX = 10_000
+"""Idle sequencers beyond this many are dropped; their state is on disk."""
+
+
+class SequencerRegistry:
+    """Loads, creates, caches and evicts sequencers, keyed by (basin, stream)."""
+
+    def __init__(self, catalog: Catalog, committer: GroupCommitter, clock: Clock) -> None:
+        self._catalog = catalog
+        self._committer = committer
+        self._clock = clock
+        self._sequencers: dict[tuple[str, str], StreamSequencer] = {}
+
+    async def get(
+        self,
+        basin: str,
+        stream: str,
+        auto_create: AutoCreate | None = None,
+        create_config: StreamConfig | None = None,
+    ) -> StreamSequencer:
+        """The stream's one sequencer, loading (or auto-creating) the stream if needed.
+
+        `auto_create` names the operation whose basin flag allows creating a missing stream.
+        """
+        key = (basin, stream)
+        sequencer = self._sequencers.get(key)
+        if sequencer is not None:
+            if sequencer.deleting:
+                raise S2Error("stream_deletion_pending", f"stream {stream!r} is being deleted")
+            return sequencer
+        record = self._catalog.get_stream(basin, stream)
+        if record is None:
+            basin_record = self._catalog.require_basin(basin)
+            allowed = (auto_create == "append" and basin_record.config.create_stream_on_append) or (
+                auto_create == "read" and basin_record.config.create_stream_on_read
+            )
+            if not allowed:
+                raise S2Error("stream_not_found", f"stream {stream!r} does not exist")
+            record = await self._catalog.create_stream_if_absent(
+                basin, stream, create_config or StreamConfig()
+            )
+            sequencer = self._sequencers.get(key)
+            if sequencer is not None:  # another caller loaded it while we created
+                return sequencer
+        if record.deleting:
+            raise S2Error("stream_deletion_pending", f"stream {stream!r} is being deleted")
+        sequencer = StreamSequencer(
+            record.sid,
+            stream,
+            record.config,
+            self._catalog.load_tail(record.sid),
+            self._committer,
+            self._clock,
+        )
+        self._evict_idle()
+        self._sequencers[key] = sequencer
+        return sequencer
+
+    def cached(self, basin: str, stream: str) -> StreamSequencer | None:
+        """The stream's sequencer if one is live; never loads one."""
+        return self._sequencers.get((basin, stream))
+
+    def adopt_config(self, record: StreamRecord) -> None:
+        """A stream's config changed on disk: its live sequencer applies it from now on."""
+        sequencer = self._sequencers.get((record.basin, record.name))
+        if sequencer is not None and sequencer.sid == record.sid:
+            sequencer.reconfigure(record.config)
+
+    async def delete_stream(self, basin: str, name: str) -> None:
+        """Mark the stream deleting on disk, then its live sequencer: appends fail from now."""
+        await self._catalog.delete_stream(basin, name)
+        sequencer = self._sequencers.get((basin, name))
+        if sequencer is not None:
+            sequencer.mark_deleting()
+
+    async def delete_basin(self, name: str) -> None:
+        """Mark the basin deleting on disk, then every live sequencer of its streams."""
+        await self._catalog.delete_basin(name)
+        for (basin, _), sequencer in list(self._sequencers.items()):
+            if basin == name:
+                sequencer.mark_deleting()
+
+    def forget(self, basin: str, stream: str, sid: int) -> None:
+        """Drop a deleted stream's sequencer so the name can be created afresh."""
+        sequencer = self._sequencers.get((basin, stream))
+        if sequencer is not None and sequencer.sid == sid:
+            del self._sequencers[(basin, stream)]
+
+    def resync(self) -> None:
+        """A commit failed: every sequencer continues from what is durable."""
+        for sequencer in self._sequencers.values():
+            sequencer.resync()
+
+    def _evict_idle(self) -> None:
+        if len(self._sequencers) < SEQUENCERS_CACHED_MAX:
+            return
+        for key, sequencer in list(self._sequencers.items()):
+            if not sequencer.busy:
+                del self._sequencers[key]
+            if len(self._sequencers) < SEQUENCERS_CACHED_MAX // 2:
+                return
