@@ -14,6 +14,12 @@ Invariants (each stream has exactly one `StreamSequencer` in the process):
 - If a commit fails, the pending state is reset to the durable state (see `resync`), so a
   failed batch's sequence numbers are assigned again to the next successful batch: no number
   is skipped, and none that was acknowledged is ever reused.
+
+The invariants that a bug elsewhere could break are asserted where they would break, once per
+batch, never per record: a batch's numbers are contiguous, one per record (`_sequence`, before
+anything is written), and a batch becomes durable exactly where the durable tail ends, with a
+timestamp no older than it (`submit`'s `on_done`), which is both "acks complete in order" and
+"the durable tail only moves forward".
 """
 
 from __future__ import annotations
@@ -83,10 +89,6 @@ class StreamSequencer:
     def busy(self) -> bool:
         return self.inflight > 0 or self.followers > 0
 
-    async def append(self, batch: ValidatedBatch) -> AppendAck:
-        """Append one batch and wait until it is durable."""
-        return await (await self.submit(batch))
-
     async def submit(self, batch: ValidatedBatch) -> asyncio.Future[AppendAck]:
         """Sequence one batch now; the returned future resolves once it is durable.
 
@@ -133,6 +135,15 @@ class StreamSequencer:
                 # on it. After a failed commit, `resync` resets everything anyway.
                 self.pending = before
             if error is None:
+                durable = self.durable
+                assert first_seq == durable.next_seq, (
+                    f"stream {self.name!r}: batch {first_seq}..{after.next_seq - 1} became "
+                    f"durable on a durable tail at {durable.next_seq}: acks out of order"
+                )
+                assert after.last_timestamp >= durable.last_timestamp, (
+                    f"stream {self.name!r}: durable timestamp would move back from "
+                    f"{durable.last_timestamp} to {after.last_timestamp}"
+                )
                 self.durable = after
                 self._durable_advanced.set()
                 self._durable_advanced = asyncio.Event()
@@ -168,6 +179,10 @@ class StreamSequencer:
                 trim_point = max(
                     trim_point, min(command.first_seq_num, first_seq + command.index + 1)
                 )
+        assert 0 < batch.count == len(batch.bodies) == len(timestamps), (
+            f"stream {self.name!r}: a batch of {batch.count} records has "
+            f"{len(batch.bodies)} bodies and {len(timestamps)} timestamps"
+        )
         after = TailRow(
             next_seq=first_seq + batch.count,
             last_timestamp=timestamps[-1],
