@@ -15,7 +15,7 @@ import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeAlias
 
 from s2s import names
 from s2s.config import (
@@ -50,6 +50,14 @@ from server.storage.layout import (
 
 REQUEST_TOKEN_BYTES_MAX = 36
 LOCATION_DEFAULT = "local"
+
+RequestedConfig: TypeAlias = str
+"""A create request's config exactly as the request carried it, in its frontend's canonical form
+(HTTP: the JSON value with sorted keys; gRPC: the deterministic protobuf encoding in hex).
+
+With a request token it decides whether a create replays an earlier one, so it is the request's
+own form, not the config it resolves to: a retry that asks for the same config in other words
+(a field given its default value, say) is a different request, and conflicts."""
 
 
 @dataclass(frozen=True)
@@ -141,7 +149,9 @@ class Provisioned:
     record: Any
 
 
-def creation_digest(request_token: str | None, config_json: Any) -> str | None:
+def creation_digest(
+    request_token: str | None, requested_config: RequestedConfig | None
+) -> str | None:
     """Hash of the request token and the requested config: equal digests make a create a replay."""
     if request_token is None:
         return None
@@ -149,7 +159,7 @@ def creation_digest(request_token: str | None, config_json: Any) -> str | None:
         raise S2Error(
             "bad_header", f"request token must be at most {REQUEST_TOKEN_BYTES_MAX} bytes"
         )
-    material = json.dumps([request_token, config_json], sort_keys=True).encode()
+    material = json.dumps([request_token, requested_config]).encode()
     return hashlib.sha256(material).hexdigest()
 
 
@@ -206,11 +216,11 @@ class Catalog:
         self,
         name: str,
         config: BasinConfig,
-        config_json: Any = None,
+        requested_config: RequestedConfig | None = None,
         request_token: str | None = None,
     ) -> Provisioned:
         names.validate_basin_name(name)
-        digest = creation_digest(request_token, config_json)
+        digest = creation_digest(request_token, requested_config)
         async with self.basin_lock(name):
             existing = self.get_basin(name)
             if existing is not None:
@@ -290,12 +300,12 @@ class Catalog:
         basin: str,
         name: str,
         config: StreamConfig,
-        config_json: Any = None,
+        requested_config: RequestedConfig | None = None,
         request_token: str | None = None,
     ) -> Provisioned:
         names.validate_stream_name(name)
         _check_retention(config)
-        digest = creation_digest(request_token, config_json)
+        digest = creation_digest(request_token, requested_config)
         async with self.basin_lock(basin):
             basin_record = self._require_active_basin(basin)
             existing = self.get_stream(basin, name)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncGenerator
-from typing import Any
 
 from s2s.config import (
     BasinConfig,
@@ -21,7 +20,7 @@ from s2s.config import (
     StreamConfigPatch,
 )
 from s2s.records import ValidatedBatch
-from server.catalog import BasinRecord, Catalog, Provisioned, StreamRecord
+from server.catalog import BasinRecord, Catalog, Provisioned, RequestedConfig, StreamRecord
 from server.clock import Clock, SystemClock
 from server.jobs import BackgroundJobs, JobSettings
 from server.reader import Reader, ReadLimits, ReadOutput, ReadStart, validate_read
@@ -94,11 +93,11 @@ class StreamStore:
         self,
         name: str,
         config: BasinConfig | None = None,
-        config_json: Any = None,
+        requested_config: RequestedConfig | None = None,
         request_token: str | None = None,
     ) -> Provisioned:
         return await self.catalog.create_basin(
-            name, config or BasinConfig(), config_json, request_token
+            name, config or BasinConfig(), requested_config, request_token
         )
 
     async def ensure_basin(self, name: str, config: BasinConfig | None = None) -> Provisioned:
@@ -126,11 +125,11 @@ class StreamStore:
         basin: str,
         name: str,
         config: StreamConfig | None = None,
-        config_json: Any = None,
+        requested_config: RequestedConfig | None = None,
         request_token: str | None = None,
     ) -> Provisioned:
         return await self.catalog.create_stream(
-            basin, name, config or StreamConfig(), config_json, request_token
+            basin, name, config or StreamConfig(), requested_config, request_token
         )
 
     async def ensure_stream(

@@ -48,15 +48,15 @@ async def test_basin_lifecycle_and_listing(store: StreamStore) -> None:
 
 
 async def test_basin_create_is_idempotent_with_same_request_token(store: StreamStore) -> None:
-    config_json = {"create_stream_on_append": True}
+    requested = '{"create_stream_on_append":true}'
     config = BasinConfig(create_stream_on_append=True)
-    first = await store.create_basin("idem-basin", config, config_json, request_token="tok-1")
-    replay = await store.create_basin("idem-basin", config, config_json, request_token="tok-1")
+    first = await store.create_basin("idem-basin", config, requested, request_token="tok-1")
+    replay = await store.create_basin("idem-basin", config, requested, request_token="tok-1")
     assert (first.outcome, replay.outcome) == ("created", "noop")
     assert replay.record.created_at_ms == first.record.created_at_ms
     await expect_error(
         "resource_already_exists",
-        store.create_basin("idem-basin", config, config_json, request_token="tok-2"),
+        store.create_basin("idem-basin", config, requested, request_token="tok-2"),
     )
     await expect_error(
         "resource_already_exists",
