@@ -233,6 +233,17 @@ class Catalog:
             await self._committer.commit([Put(Table.BASINS, name.encode(), record.encode())])
             return Provisioned("created", record)
 
+    async def create_basin_if_absent(self, name: str) -> BasinRecord:
+        """A basin the server itself writes to: race-safe, every concurrent caller succeeds."""
+        names.validate_basin_name(name)
+        async with self.basin_lock(name):
+            existing = self.get_basin(name)
+            if existing is not None:
+                return existing
+            record = BasinRecord(name, BasinConfig(), self._clock.now_ms())
+            await self._committer.commit([Put(Table.BASINS, name.encode(), record.encode())])
+            return record
+
     async def ensure_basin(self, name: str, config: BasinConfig) -> Provisioned:
         """Create the basin, or replace its whole config with `config`."""
         names.validate_basin_name(name)

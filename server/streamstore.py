@@ -139,6 +139,14 @@ class StreamStore:
         self.sequencers.adopt_config(provisioned.record)
         return provisioned
 
+    async def create_stream_if_absent(
+        self, basin: str, name: str, config: StreamConfig
+    ) -> StreamRecord:
+        """Create the stream, and its basin (default config) if that is missing too; an existing
+        one is left as it is. For streams the server itself writes to (the lake's ingest)."""
+        await self.catalog.create_basin_if_absent(basin)
+        return await self.catalog.create_stream_if_absent(basin, name, config)
+
     def list_streams(
         self, basin: str, prefix: str = "", start_after: str = "", limit: int | None = None
     ) -> tuple[list[StreamRecord], bool]:

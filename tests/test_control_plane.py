@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from s2s.config import (
@@ -163,6 +165,17 @@ async def test_stream_idempotent_create(store: StreamStore) -> None:
     again = await store.create_stream(BASIN, "idem", StreamConfig(), None, request_token="t")
     assert (first.outcome, again.outcome) == ("created", "noop")
     await expect_error("resource_already_exists", store.create_stream(BASIN, "idem"))
+
+
+async def test_server_owned_stream_is_created_once_with_its_basin(store: StreamStore) -> None:
+    infinite = StreamConfig(retention="infinite")
+    records = await asyncio.gather(
+        *(store.create_stream_if_absent("own-basin", "s", infinite) for _ in range(3))
+    )
+    assert len({record.sid for record in records}) == 1
+    assert store.get_basin("own-basin").config == BasinConfig()
+    again = await store.create_stream_if_absent("own-basin", "s", StreamConfig(retention=60))
+    assert again.sid == records[0].sid and again.config.retention == "infinite"
 
 
 async def test_stream_in_missing_basin(store: StreamStore) -> None:
