@@ -1,10 +1,11 @@
 """`StreamStore`: the server's single entry point for control-plane and data-plane operations.
 
-Frontends (gRPC, HTTP) and the lake call only this. It owns the storage (key-value store and
-committer), the catalog of basins and streams, the sequencer registry (one sequencer per stream
-in use), the reader, and the background jobs; it wires them together, starts and stops them
-together, and keeps each change that touches two of them (a deletion: the catalog, then the
-jobs) in one place.
+Frontends (gRPC, HTTP) and the lake call only its methods. It owns the storage (key-value
+store and committer), the catalog of basins and streams, the sequencer registry (one sequencer
+per stream in use, `server/sequencers.py`), the reader and the background jobs; it builds them
+with what each depends on, starts and stops them together, and keeps each operation that
+touches two of them in one place (a deletion: marked through the registry, then the jobs are
+woken to remove the data).
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ after sequencing only; 22-26 ms with both (`bench/mixed_load.py --batch-rate 0`)
 
 
 class StreamStore:
+    """The facade. Its parts are attributes for tests and benchmarks to inspect; server modules
+    use its methods, so a part can change without touching them."""
+
     def __init__(
         self,
         kv: KeyValueStore,

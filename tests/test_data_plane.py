@@ -310,7 +310,7 @@ async def test_session_stops_at_limits(store: StreamStore, clock: ManualClock) -
 
 async def test_session_heartbeats_while_idle(store: StreamStore, clock: ManualClock) -> None:
     await fill(store, clock, "idle", 1)
-    sequencer = await store.sequencer(BASIN, "idle")
+    sequencer = await store.sequencers.get(BASIN, "idle")
     session = store.reader.session(
         sequencer, ReadStart(seq_num=1), ReadLimits(wait_secs=0.35), heartbeat_secs=lambda: 0.1
     )
