@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
+import zipfile
 from importlib.metadata import packages_distributions
 from pathlib import Path
 
@@ -146,7 +147,14 @@ def test_wheel_in_a_fresh_virtualenv_serves_and_appends(tmp_path: Path) -> None:
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     venv = tmp_path / "venv"
-    _install(_build_wheel(tmp_path), venv, elsewhere)
+    wheel = _build_wheel(tmp_path)
+    with zipfile.ZipFile(wheel) as archive:
+        top_level = {name.split("/")[0] for name in archive.namelist()}
+    # ADR 0005: exactly these three packages, so no further generic name slips in.
+    assert top_level - {f"{wheel.name.split('-')[0]}-{wheel.name.split('-')[1]}.dist-info"} == set(
+        PACKAGES
+    ), top_level
+    _install(wheel, venv, elsewhere)
     s2s = venv / "bin" / "s2s"
 
     location = _run(
