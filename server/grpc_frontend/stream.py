@@ -1,5 +1,8 @@
 """StreamService: appends (unary and pipelined sessions) and reads (unary and following).
 
+Sessions are the core's (`server.append_session`, `server.read_session`): their handlers
+decode requests into its input and encode its acks and batches.
+
 Read responses are assembled from stored record bytes and append responses by hand
 (`s2s.wire`), so those handlers return encoded messages and are registered with an identity
 serializer (`handlers`). Requests are decoded by `decoding`'s deserializers, so a message
@@ -8,7 +11,7 @@ that does not decode reaches the handler as `Undecodable` and fails with `bad_pr
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import TypeVar
 
@@ -20,25 +23,18 @@ from s2s.records import validate_append_input
 from s2s.v1 import records_pb2 as pb
 from s2s.v1 import services_pb2 as spb
 from s2s.wire import append_response_bytes, read_response_bytes, request_input_size
+from server.append_session import DiscardAfterFailure, StreamBatch, append_session
 from server.grpc_frontend.decoding import decoder, tolerant
-from server.grpc_frontend.errors import (
-    Context,
-    Undecodable,
-    abort_with,
-    internal_error,
-    streaming,
-    unary,
-)
+from server.grpc_frontend.errors import Context, Undecodable, streaming, unary
+from server.read_session import read_session
 from server.reader import ReadLimits, ReadOutput, ReadStart
-from server.sequencer import AppendAck
 from server.streamstore import StreamStore
 
-SESSION_INFLIGHT_BATCHES_MAX = 32
-"""Batches an append session may have sequenced but not yet acknowledged (each <= 1 MiB)."""
 DRAIN_QUIET_S = 0.05
 DRAIN_S_MAX = 1.0
-"""After a failure, a session reads and discards the client's further batches until the
-client half-closes, is quiet for DRAIN_QUIET_S, or DRAIN_S_MAX passes; then it ends."""
+DISCARD_AFTER_FAILURE = DiscardAfterFailure(quiet_s=DRAIN_QUIET_S, s_max=DRAIN_S_MAX)
+"""After a failure, an append session reads and discards the client's further batches until
+the client half-closes, is quiet for DRAIN_QUIET_S, or DRAIN_S_MAX passes; then it ends."""
 
 _SERVICE = "s2s.v1.StreamService"
 
@@ -91,64 +87,31 @@ class StreamServicer:
         ack = await self._store.append(basin, stream, batch)
         return append_response_bytes(ack.encode())
 
+    @streaming
     async def AppendSession(
         self,
         requests: AsyncIterator[SizedRequest[spb.AppendSessionRequest] | Undecodable],
         context: Context,
     ) -> AsyncIterator[bytes]:
-        """Sequence each input as it arrives; ack in order as each becomes durable.
+        """Acks in order, then the session's one failure as the call's status (the session
+        itself is `server.append_session`'s).
 
-        The first failure (a bad batch, a failed condition, storage) stops intake: batches
-        before it are still acknowledged, then the session ends with that error. Before
-        ending, the session drains what the client is still sending (see `_drain`): a client
-        write that races the end of the call makes grpc report INTERNAL instead of our status,
-        and the client would lose the typed error.
+        After a failure the session reads what the client is still sending before it ends
+        (`DISCARD_AFTER_FAILURE`): a client write that races the end of the call makes grpc
+        report INTERNAL instead of our status, and the client would lose the typed error.
+        grpc tells handlers nothing of shutdown, so no `draining`: the server's grace period
+        ends a session still open then.
         """
-        pending: asyncio.Queue[asyncio.Future[AppendAck] | S2Error | None] = asyncio.Queue(
-            SESSION_INFLIGHT_BATCHES_MAX
+        acks = append_session(
+            self._store,
+            requests,
+            _SessionRequests(),
+            draining=None,
+            discard=DISCARD_AFTER_FAILURE,
         )
-        loop = asyncio.get_running_loop()
-        failed = asyncio.Event()
-        last_received = [loop.time()]
-
-        async def intake() -> None:
-            names: tuple[str, str] | None = None
-            async for sized in requests:
-                last_received[0] = loop.time()
-                if failed.is_set():
-                    continue  # draining: nothing after a failure is sequenced
-                try:
-                    if isinstance(sized, Undecodable):
-                        raise sized.error()
-                    request, input_size = sized
-                    if names is None:
-                        names = _stream_names(request.basin, request.stream)
-                    elif (request.basin or names[0], request.stream or names[1]) != names:
-                        raise S2Error("invalid", "an append session appends to one stream")
-                    batch = validate_append_input(request.input, input_size)
-                    await pending.put(await self._store.submit(*names, batch))
-                except Exception as error:
-                    # Any failure must reach the response loop, which waits on `pending`:
-                    # an intake that just ended would leave the call open.
-                    failed.set()
-                    await pending.put(
-                        error if isinstance(error, S2Error) else internal_error(error)
-                    )
-            if not failed.is_set():
-                await pending.put(None)
-
-        feeder = asyncio.create_task(intake())
-        try:
-            while (item := await pending.get()) is not None:
-                if isinstance(item, S2Error):
-                    raise item
-                yield append_response_bytes((await item).encode())
-        except S2Error as error:
-            failed.set()
-            await _drain(feeder, last_received)
-            await abort_with(context, error)
-        finally:
-            feeder.cancel()
+        async with contextlib.aclosing(acks):
+            async for ack in acks:
+                yield append_response_bytes(ack.encode())
 
     @unary
     async def Read(self, request: spb.ReadRequest, context: Context) -> bytes:
@@ -162,23 +125,29 @@ class StreamServicer:
     ) -> AsyncIterator[bytes]:
         basin, stream = _stream_names(request.basin, request.stream)
         start, limits = read_arguments(request)
-        session = await self._store.read_session(basin, stream, start, limits)
-        async for output in session:
-            yield output_bytes(output)
+        session = read_session(self._store, basin, stream, start, limits, None, draining=None)
+        async with contextlib.aclosing(session):
+            async for output in session:
+                yield output_bytes(output)
 
 
-async def _drain(intake: asyncio.Task[None], last_received: list[float]) -> None:
-    """Wait until the client stops sending: it half-closes, or nothing arrives for
-    `DRAIN_QUIET_S` (a pipelining client goes quiet once its window of unacknowledged batches
-    is full), or `DRAIN_S_MAX` passes."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + DRAIN_S_MAX
-    while not intake.done():
-        now = loop.time()
-        quiet_until = last_received[0] + DRAIN_QUIET_S
-        if now >= deadline or now >= quiet_until:
-            return
-        await asyncio.wait({intake}, timeout=min(deadline, quiet_until) - now)
+class _SessionRequests:
+    """Decodes an append session's requests: the first names the stream, and each later one
+    names the same stream or leaves the names empty."""
+
+    def __init__(self) -> None:
+        self._names: tuple[str, str] | None = None
+
+    def __call__(self, sized: SizedRequest[spb.AppendSessionRequest] | Undecodable) -> StreamBatch:
+        if isinstance(sized, Undecodable):
+            raise sized.error()
+        request, input_size = sized
+        names = self._names
+        if names is None:
+            names = self._names = _stream_names(request.basin, request.stream)
+        elif (request.basin or names[0], request.stream or names[1]) != names:
+            raise S2Error("invalid", "an append session appends to one stream")
+        return StreamBatch(*names, validate_append_input(request.input, input_size))
 
 
 Request = TypeVar("Request", bound=Message)

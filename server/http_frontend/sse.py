@@ -13,10 +13,9 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from s2s.errors import S2Error, server_draining
-from server.http_frontend.errors import internal_error
+from s2s.errors import S2Error
 from server.http_frontend.exchange import Exchange, parse_uint
-from server.http_frontend.lifecycle import Waits, supervise
+from server.http_frontend.lifecycle import serve_read
 from server.http_frontend.records import (
     create_config,
     position_json,
@@ -24,8 +23,8 @@ from server.http_frontend.records import (
     read_batch_json,
     record_format,
 )
-from server.http_frontend.sessions import next_output
-from server.reader import ReadLimits, ReadStart
+from server.read_session import read_session
+from server.reader import ReadLimits, ReadOutput, ReadStart
 from server.streamstore import StreamStore
 
 SSE_CONTENT_TYPE = "text/event-stream"
@@ -76,42 +75,49 @@ class SseApi:
         self._draining = draining
 
     async def read(self, exchange: Exchange, basin: str, stream: str) -> None:
+        """Catch up, then follow: a `batch` event per batch, a `ping` per heartbeat, and at the
+        end `[DONE]` or one `error` event (`server_draining` on shutdown)."""
         fmt = record_format(exchange)
         start, limits = read_arguments(exchange)
         start, limits, count, size = resume(exchange, start, limits)
-        # Closing the session generator releases its follower slot.
-        session = await self._store.read_session(
-            basin, stream, start, limits, create_config(exchange)
+        session = read_session(
+            self._store,
+            basin,
+            stream,
+            start,
+            limits,
+            create_config(exchange),
+            draining=self._draining,
         )
         async with contextlib.aclosing(session):
-            first = await next_output(session)
-            await exchange.start(200, _HEADERS)
-            waits = Waits(self._draining)
+            await serve_read(
+                exchange,
+                session,
+                _HEADERS,
+                _Events(fmt, count, size).encode,
+                event(None, "[DONE]"),
+                _error_event,
+            )
 
-            async def pump() -> None:
-                nonlocal count, size
-                try:
-                    output = first
-                    while output is not None:
-                        if output.records is None:
-                            tail = None if output.tail is None else position_json(output.tail)
-                            ping = {"timestamp": int(time.time() * 1000), "tail": tail}
-                            await exchange.write(event("ping", _json(ping)))
-                        else:
-                            count += output.records.count
-                            size += output.records.metered_bytes
-                            event_id = f"{output.records.last_seq},{count},{size}"
-                            data = _json(read_batch_json(output, fmt))
-                            await exchange.write(event("batch", data, event_id))
-                        with waits.waiting_section():
-                            output = await next_output(session)
-                    await exchange.write(event(None, "[DONE]"), more_body=False)
-                except S2Error as error:
-                    await write_error(error)
-                except Exception as error:
-                    await write_error(internal_error(error))
 
-            async def write_error(error: S2Error) -> None:
-                await exchange.write(event("error", _json(error.body())), more_body=False)
+class _Events:
+    """Encodes a session's outputs as events, counting records and bytes for the event ids."""
 
-            await supervise(exchange, pump(), waits, lambda: write_error(server_draining()))
+    def __init__(self, fmt: str, count: int, size: int) -> None:
+        self._fmt = fmt
+        self._count = count
+        self._size = size
+
+    def encode(self, output: ReadOutput) -> bytes:
+        if output.records is None:
+            tail = None if output.tail is None else position_json(output.tail)
+            ping = {"timestamp": int(time.time() * 1000), "tail": tail}
+            return event("ping", _json(ping))
+        self._count += output.records.count
+        self._size += output.records.metered_bytes
+        event_id = f"{output.records.last_seq},{self._count},{self._size}"
+        return event("batch", _json(read_batch_json(output, self._fmt)), event_id)
+
+
+def _error_event(error: S2Error) -> bytes:
+    return event("error", _json(error.body()))

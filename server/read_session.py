@@ -1,0 +1,96 @@
+"""Read sessions: the one loop behind gRPC `ReadSession`, S2S read sessions and SSE reads.
+
+The reader (`Reader.session`) catches up from storage, then follows the tail, with heartbeats
+while it is idle. What this adds is what a session means on every transport at shutdown: it
+ends with `server_draining` (which tells SDK >= 0.13 to reconnect elsewhere without spending a
+retry) at once, instead of holding the server up for its grace period. It is cut only while it
+waits for its next output (a storage read, the tail), never while its frontend writes one, so
+no frame or event is half-written; a frontend busy writing ends at its next wait.
+
+The wait runs in the task that consumes the session (the gRPC call's, the HTTP response's):
+racing it against the drain in tasks of its own would cost a task hop per output. Instead one
+watcher per session cancels that task if it is waiting when the drain comes, and the
+cancellation becomes `server_draining` where it lands, at the wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator
+
+from s2s.config import StreamConfig
+from s2s.errors import server_draining
+from server.reader import ReadLimits, ReadOutput, ReadStart
+from server.streamstore import StreamStore
+
+
+async def read_session(
+    store: StreamStore,
+    basin: str,
+    stream: str,
+    start: ReadStart,
+    limits: ReadLimits,
+    create_config: StreamConfig | None,
+    *,
+    draining: asyncio.Event | None,
+) -> AsyncGenerator[ReadOutput, None]:
+    """The session's outputs (records, or a heartbeat with the tail) until it ends; a failure
+    is raised, `server_draining` once `draining` is set (None: a transport not told of
+    shutdown).
+
+    Nothing is checked before the first output is asked for: a frontend that must answer
+    "not found" or "unwritten" as a plain error reads that output before it answers.
+    """
+    outputs = await store.read_session(basin, stream, start, limits, create_config)
+    output: ReadOutput | None
+    # Closing the reader's generator releases its follower slot.
+    async with contextlib.aclosing(outputs):
+        if draining is None:
+            async for output in outputs:
+                yield output
+            return
+        cut = _DrainCut(draining)
+        try:
+            while (output := await cut.next(outputs)) is not None:
+                yield output
+        finally:
+            cut.close()
+
+
+class _DrainCut:
+    """Ends a session's wait for its next output with `server_draining` when the server drains."""
+
+    def __init__(self, draining: asyncio.Event) -> None:
+        self._draining = draining
+        self._waiting: asyncio.Task[object] | None = None
+        """The task consuming the session, while it waits for the next output."""
+        self._cut = False
+        self._watcher = asyncio.ensure_future(draining.wait())
+        self._watcher.add_done_callback(self._on_drain)
+
+    async def next(self, outputs: AsyncIterator[ReadOutput]) -> ReadOutput | None:
+        if self._draining.is_set():
+            raise server_draining()
+        task = asyncio.current_task()
+        assert task is not None, "a session is consumed by a task"
+        self._waiting = task
+        try:
+            return await anext(outputs, None)
+        except asyncio.CancelledError:
+            if not self._cut:
+                raise  # cancelled by its owner: the client left, or the server stopped
+            # The drain's own cancellation, taken back so the task's owner never sees it.
+            task.uncancel()
+            raise server_draining() from None
+        finally:
+            self._waiting = None
+
+    def _on_drain(self, _: object) -> None:
+        if self._waiting is not None:
+            self._cut = True
+            self._waiting.cancel()
+
+    def close(self) -> None:
+        self._watcher.remove_done_callback(self._on_drain)
+        self._watcher.cancel()
