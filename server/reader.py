@@ -186,7 +186,7 @@ class Reader:
 
     def drain(self) -> None:
         """The server is shutting down: unary reads waiting for records end now, and later
-        ones do not wait (`server_draining`). Sessions end in their frontends."""
+        ones do not wait (`server_draining`). Sessions end in `server.read_session`."""
         self._draining.set()
 
     async def resolve_start(

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from grpc import aio
@@ -44,21 +45,30 @@ def listening_grpc_server(address: IPAddress, port: int) -> tuple[aio.Server, in
 
 
 async def start_grpc_server(
-    server: aio.Server, store: StreamStore, lake: Lake | None = None
+    server: aio.Server,
+    store: StreamStore,
+    lake: Lake | None = None,
+    draining: asyncio.Event | None = None,
 ) -> None:
-    """Register our services, health and reflection on `server`, then start serving."""
-    await register_services(server, store, lake)
+    """Register our services, health and reflection on `server`, then start serving. Setting
+    `draining` ends open sessions with `server_draining`."""
+    await register_services(server, store, lake, draining)
     await server.start()
 
 
-async def register_services(server: aio.Server, store: StreamStore, lake: Lake | None) -> None:
+async def register_services(
+    server: aio.Server,
+    store: StreamStore,
+    lake: Lake | None,
+    draining: asyncio.Event | None = None,
+) -> None:
     """Our services, health and reflection. Generated registrations go through a
     `GuardedRegistry`, so a request that does not decode is `bad_proto` there too
     (StreamService's own handlers decode that way themselves)."""
     registry: Any = GuardedRegistry(server)
     services.add_AccountServiceServicer_to_server(AccountServicer(store), registry)  # type: ignore[no-untyped-call]
     services.add_BasinServiceServicer_to_server(BasinServicer(store), registry)  # type: ignore[no-untyped-call]
-    server.add_generic_rpc_handlers((stream.handlers(stream.StreamServicer(store)),))
+    server.add_generic_rpc_handlers((stream.handlers(stream.StreamServicer(store, draining)),))
     names = [
         services_pb2.DESCRIPTOR.services_by_name[n.split(".")[-1]].full_name for n in SERVICE_NAMES
     ]

@@ -11,6 +11,7 @@ that does not decode reaches the handler as `Undecodable` and fails with `bad_pr
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import TypeVar
@@ -67,8 +68,11 @@ def _stream_names(basin: str, stream: str) -> tuple[str, str]:
 
 
 class StreamServicer:
-    def __init__(self, store: StreamStore) -> None:
+    def __init__(self, store: StreamStore, draining: asyncio.Event | None = None) -> None:
+        """`draining`, set when the server begins shutting down, ends open sessions with
+        `server_draining` at their next wait (None: they run until the grace period ends)."""
         self._store = store
+        self._draining = draining
 
     @unary
     async def CheckTail(
@@ -99,14 +103,12 @@ class StreamServicer:
         After a failure the session reads what the client is still sending before it ends
         (`DISCARD_AFTER_FAILURE`): a client write that races the end of the call makes grpc
         report INTERNAL instead of our status, and the client would lose the typed error.
-        grpc tells handlers nothing of shutdown, so no `draining`: the server's grace period
-        ends a session still open then.
         """
         acks = append_session(
             self._store,
             requests,
             _SessionRequests(),
-            draining=None,
+            draining=self._draining,
             discard=DISCARD_AFTER_FAILURE,
         )
         async with contextlib.aclosing(acks):
@@ -125,7 +127,9 @@ class StreamServicer:
     ) -> AsyncIterator[bytes]:
         basin, stream = _stream_names(request.basin, request.stream)
         start, limits = read_arguments(request)
-        session = read_session(self._store, basin, stream, start, limits, None, draining=None)
+        session = read_session(
+            self._store, basin, stream, start, limits, None, draining=self._draining
+        )
         async with contextlib.aclosing(session):
             async for output in session:
                 yield output_bytes(output)

@@ -68,7 +68,8 @@ def _stream_segment(name: str) -> str:
 class HttpApp:
     """S2 v1 REST API over a `StreamStore` (contract sections 1-9), plus the lake API.
 
-    Setting `draining` ends open sessions with `server_draining` (see `lifecycle`).
+    Setting `draining` ends open sessions with `server_draining` (`server.append_session`,
+    `server.read_session`).
     """
 
     def __init__(

@@ -8,12 +8,14 @@ import contextlib
 import json
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import httpx
 from s2_sdk import AppendInput, Record, S2ClientError, SeqNum
 
+from s2s.v1 import records_pb2 as pb
 from s2s.v1 import services_pb2 as spb
 from tests.interop.conftest import sdk_client
 from tests.server_process import ServerProcess
@@ -169,3 +171,67 @@ def test_lake_calls_at_shutdown_answer_instead_of_being_cut_off(tmp_path: Path) 
             time.sleep(0.5)
         assert counted.json()["rows"] == [[1]], counted.text
     server.stop()
+
+
+def test_grpc_sessions_open_at_shutdown_end_with_server_draining(tmp_path: Path) -> None:
+    """An append session waiting for its client's next batch and a read session following
+    the tail end at once with UNAVAILABLE `server_draining` (they ran until the 5 s grace
+    ended before), and the server stops promptly."""
+    server = ServerProcess(str(tmp_path / "data")).start()
+    with httpx.Client(base_url=server.http_url, timeout=30) as http:
+        assert http.post("/v1/basins", json={"basin": "drain-basin"}).status_code == 201
+        created = http.post(
+            "/v1/streams", json={"stream": "s"}, headers={"s2-basin": "drain-basin"}
+        )
+        assert created.status_code == 201
+    ended: dict[str, tuple[object, object]] = {}
+    acked = threading.Event()
+    following = threading.Event()
+
+    def append_session() -> None:
+        request = spb.AppendSessionRequest(
+            basin="drain-basin",
+            stream="s",
+            input=pb.AppendInput(records=[pb.AppendRecord(body=b"x")]),
+        )
+
+        def requests() -> Iterator[bytes]:  # one batch, then the client stays silent
+            yield request.SerializeToString()
+            threading.Event().wait(30)
+
+        with grpc.insecure_channel(server.target) as channel:
+            call = channel.stream_stream("/s2s.v1.StreamService/AppendSession")(
+                requests(), timeout=30
+            )
+            try:
+                for _ in call:
+                    acked.set()
+            except grpc.RpcError as error:
+                ended["append"] = (error.code(), dict(error.trailing_metadata() or ()))
+
+    def read_session() -> None:
+        request = spb.ReadSessionRequest(basin="drain-basin", stream="s", seq_num=0)
+        with grpc.insecure_channel(server.target) as channel:
+            call = channel.unary_stream("/s2s.v1.StreamService/ReadSession")(
+                request.SerializeToString(), timeout=30
+            )
+            try:
+                for _ in call:
+                    following.set()
+            except grpc.RpcError as error:
+                ended["read"] = (error.code(), dict(error.trailing_metadata() or ()))
+
+    sessions = [threading.Thread(target=run, daemon=True) for run in (append_session, read_session)]
+    for session in sessions:
+        session.start()
+    assert acked.wait(10) and following.wait(10)
+    started = time.monotonic()
+    assert server.stop() == 0
+    assert time.monotonic() - started < STOP_PROMPT_S
+    for session in sessions:
+        session.join(10)
+    for name in ("append", "read"):
+        code, trailers = ended[name]
+        assert code == grpc.StatusCode.UNAVAILABLE, (name, code)
+        assert isinstance(trailers, dict) and trailers.get("s2-error-code") == "server_draining"
+    assert "Traceback" not in "".join(server.log)
