@@ -60,6 +60,20 @@ ERROR_KINDS: dict[str, ErrorKind] = {
     "unavailable": ErrorKind(503, _G.UNAVAILABLE, True),
     "server_draining": ErrorKind(503, _G.UNAVAILABLE, True),
     "upstream_timeout": ErrorKind(504, _G.DEADLINE_EXCEEDED, True),
+    # `/v2/stream` ingest: the codes of the Definite Stream API, whose clients expect them.
+    "invalid_request": ErrorKind(400, _G.INVALID_ARGUMENT, False),
+    "invalid_json": ErrorKind(400, _G.INVALID_ARGUMENT, False),
+    "invalid_encoding": ErrorKind(400, _G.INVALID_ARGUMENT, False),
+    "invalid_table": ErrorKind(400, _G.INVALID_ARGUMENT, False),
+    "payload_too_large": ErrorKind(413, _G.RESOURCE_EXHAUSTED, False),
+    "unsupported_media_type": ErrorKind(415, _G.INVALID_ARGUMENT, False),
+    "unsupported_encoding": ErrorKind(415, _G.INVALID_ARGUMENT, False),
+    "too_many_rows": ErrorKind(422, _G.INVALID_ARGUMENT, False),
+    "row_too_large": ErrorKind(422, _G.INVALID_ARGUMENT, False),
+    "field_too_large": ErrorKind(422, _G.INVALID_ARGUMENT, False),
+    "nesting_too_deep": ErrorKind(422, _G.INVALID_ARGUMENT, False),
+    "invalid_primary_key": ErrorKind(422, _G.INVALID_ARGUMENT, False),
+    "duplicate_primary_key": ErrorKind(422, _G.INVALID_ARGUMENT, False),
 }
 
 

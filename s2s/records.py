@@ -172,6 +172,14 @@ def _command(index: int, headers: Headers, body: bytes) -> Fence | Trim | None:
     raise invalid(f"record {index}: unknown command {op!r}")
 
 
+def is_command_record(record: pb.SequencedRecord) -> bool:
+    """Whether a stored record is a command (`fence`, `trim`) rather than data: its one header
+    has an empty name. `_command` lets an empty name stand only alone, so a stored record
+    with an empty header name and others beside it does not exist."""
+    headers = record.headers
+    return len(headers) == 1 and not headers[0].name
+
+
 def fence_record(token: str) -> pb.AppendRecord:
     """A command record that sets the stream's fencing token (empty string clears it)."""
     return pb.AppendRecord(headers=[pb.Header(name=b"", value=COMMAND_FENCE)], body=token.encode())

@@ -1,13 +1,13 @@
 """LakeService: materializations and read-only SQL over the `Lake`, in protobuf form.
 
-The lake speaks the JSON shapes of the HTTP API (spec and status dicts); this module only
-translates them, so both frontends validate and behave alike.
+The lake speaks typed values (`MaterializationSpec`, `MaterializationStatus`); this module
+converts them to and from their protobuf messages, so both frontends validate and behave
+alike.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pyarrow as pa
 
@@ -15,55 +15,59 @@ from s2s.errors import invalid
 from s2s.v1 import lake_pb2 as lpb
 from s2s.v1 import lake_pb2_grpc as lake_services
 from server.grpc_frontend.errors import Context, unary
+from server.lake.definition import MaterializationSpec
+from server.lake.materializations import MaterializationStatus
 from server.lake.query import ROWS_MAX, arrow_ipc_stream
 from server.lake.service import Lake
 
 
-def spec_from_proto(spec: lpb.MaterializationSpec) -> dict[str, Any]:
-    """The spec dict `Lake.create_materialization` takes; unset optionals are left out."""
-    result: dict[str, Any] = {
-        "name": spec.name,
-        "table": spec.table,
-        "partition_by": list(spec.partition_by),
-        "create_table": spec.create_table,
-        "paused": spec.paused,
-    }
-    for key in ("basin", "stream", "mode", "primary_key", "select", "where"):
-        if spec.HasField(key):
-            result[key] = getattr(spec, key)
-    return result
+def spec_from_proto(spec: lpb.MaterializationSpec) -> MaterializationSpec:
+    """The declaration; an unset optional field is None."""
 
+    def optional(field: str) -> str | None:
+        return getattr(spec, field) if spec.HasField(field) else None
 
-def status_to_proto(status: dict[str, Any]) -> lpb.MaterializationStatus:
-    message = lpb.MaterializationStatus(
-        name=status["name"],
-        source=lpb.MaterializationSource(
-            basin=status["source"]["basin"], stream=status["source"]["stream"]
-        ),
-        table=status["table"],
-        mode=status["mode"],
-        partition_by=status["partition_by"],
-        create_table=status["create_table"],
-        state=status["state"],
-        applied_seq_num=status["applied_seq_num"],
-        lag_records=status["lag_records"],
-        lag_seconds=status["lag_seconds"],
-        rows_applied=status["rows_applied"],
-        rows_rejected=status["rows_rejected"],
-        records_skipped=status["records_skipped"],
+    return MaterializationSpec(
+        name=spec.name,
+        table=spec.table,
+        basin=optional("basin"),
+        stream=optional("stream"),
+        mode=optional("mode"),
+        primary_key=optional("primary_key"),
+        select=optional("select"),
+        where=optional("where"),
+        partition_by=tuple(spec.partition_by),
+        create_table=spec.create_table,
+        paused=spec.paused,
     )
-    for key in (
-        "primary_key",
-        "select",
-        "where",
-        "last_error",
-        "tail_seq_num",
-        "last_snapshot_id",
-        "last_commit_at",
-    ):
-        if status[key] is not None:
-            setattr(message, key, status[key])
-    return message
+
+
+def status_to_proto(status: MaterializationStatus) -> lpb.MaterializationStatus:
+    definition, progress = status.definition, status.progress
+    # None leaves a field unset (the constructor's rule): optional fields are present exactly
+    # when they have a value.
+    return lpb.MaterializationStatus(
+        name=definition.name,
+        source=lpb.MaterializationSource(basin=definition.basin, stream=definition.stream),
+        table=definition.target,
+        mode=definition.mode,
+        primary_key=definition.primary_key,
+        select=definition.select,
+        where=definition.where,
+        partition_by=definition.partition_by,
+        create_table=definition.create_table,
+        state=progress.state,
+        last_error=progress.last_error,
+        applied_seq_num=progress.next_seq_num,
+        tail_seq_num=status.tail_seq_num,
+        lag_records=status.lag_records,
+        lag_seconds=status.lag_seconds,
+        rows_applied=progress.rows_applied,
+        rows_rejected=progress.rows_rejected,
+        last_snapshot_id=progress.last_snapshot_id,
+        last_commit_at=progress.last_commit_at,
+        records_skipped=progress.records_skipped,
+    )
 
 
 RESULT_BYTES_MAX = 7 * 1024 * 1024

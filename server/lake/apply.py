@@ -83,8 +83,14 @@ class RecordBatch:
 class ApplyResult:
     last_seq_num: int
     rows_applied: int
-    rows_rejected: int
+    rejections: tuple[tuple[int, str], ...]
+    """The records this batch sent to the dead letters, `(seq_num, reason)` in sequence order:
+    an ingest request waiting for its rows names its rejected ones from these."""
     snapshot_id: int | None
+
+    @property
+    def rows_rejected(self) -> int:
+        return len(self.rejections)
 
 
 @dataclass(frozen=True)
@@ -535,8 +541,6 @@ class Applier:
         definition = self._definition
         good = cursor.execute(f"SELECT count(*) FROM {_TYPED} WHERE reason IS NULL").fetchone()
         rows = int(good[0]) if good else 0
-        rejected_row = cursor.execute(f"SELECT count(*) FROM {_REJECTS}").fetchone()
-        rejected = int(rejected_row[0]) if rejected_row else 0
         if rows and not columns and not definition.create_table:
             raise TableMissing(
                 f"table {definition.target} does not exist and materialization "
@@ -550,21 +554,28 @@ class Applier:
                 "does not exist yet and the record has no non-null field' "
                 f"FROM {_TYPED} WHERE reason IS NULL"
             )
-            rejected, rows = rejected + rows, 0
+            rows = 0
+        # One small read per batch (none rejected: no rows); Python work only per rejection.
+        rejections = tuple(
+            (int(seq_num), str(reason))
+            for seq_num, reason in cursor.execute(
+                f"SELECT seq_num, reason FROM {_REJECTS} ORDER BY seq_num"
+            ).fetchall()
+        )
         cursor.execute("BEGIN")
         try:
             if rows:
                 self._evolve(columns, prepared.new_columns)
                 self._write(all_columns)
             self._dead_letters()
-            self._checkpoint(batch.last_seq_num, rows, rejected)
+            self._checkpoint(batch.last_seq_num, rows, len(rejections))
             cursor.execute("COMMIT")
         except BaseException:
             cursor.execute("ROLLBACK")
             raise
         snapshot = cursor.execute(f"SELECT id FROM {CATALOG_ALIAS}.current_snapshot()").fetchone()
         return ApplyResult(
-            batch.last_seq_num, rows, rejected, int(snapshot[0]) if snapshot else None
+            batch.last_seq_num, rows, rejections, int(snapshot[0]) if snapshot else None
         )
 
     def _evolve(self, columns: dict[str, str], new_columns: dict[str, str]) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any
+from types import NoneType
 
 from s2s import names
 from s2s.errors import S2Error, invalid
@@ -24,8 +24,34 @@ INGEST_BASIN = "lake-ingest"
 """Streams written by `/v2/stream` live here, one per table, named `schema.table`."""
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+NAME_RULE = (
+    "name must be 1-128 characters: letters, digits, '_', '.', '-', starting with a letter or digit"
+)
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _SQL_FRAGMENT_BYTES_MAX = 16 * 1024
+
+
+@dataclass(frozen=True)
+class MaterializationSpec:
+    """A declaration as a client makes it, before it is checked (`build_materialization`).
+
+    Each frontend builds one from its own form (HTTP JSON, gRPC `MaterializationSpec`); unset
+    optional fields are None, or empty, which means the same: the source defaults to the
+    table's ingest stream, the mode to append."""
+
+    name: str
+    table: str
+    """`schema.table` or `lake.schema.table`."""
+    basin: str | None = None
+    stream: str | None = None
+    mode: str | None = None
+    primary_key: str | None = None
+    """The column merge mode upserts on; other modes ignore it."""
+    select: str | None = None
+    where: str | None = None
+    partition_by: tuple[str, ...] = ()
+    create_table: bool = False
+    paused: bool = False
 
 
 @dataclass(frozen=True)
@@ -62,24 +88,27 @@ class Materialization:
         """A stored definition, checked as a declaration is: raises ValueError if it is not
         exactly what `build_materialization` would have stored."""
         data = json.loads(text)
-        if not isinstance(data, dict) or set(data) != _FIELDS:
-            raise ValueError(f"expected a JSON object with the fields {sorted(_FIELDS)}")
+        if not isinstance(data, dict) or set(data) != set(_STORED_TYPES):
+            raise ValueError(f"expected a JSON object with the fields {sorted(_STORED_TYPES)}")
+        for name, expected in _STORED_TYPES.items():
+            if not isinstance(data[name], expected):
+                raise ValueError(f"{name} has the wrong type ({type(data[name]).__name__})")
         stored = Materialization(**data)
-        if not isinstance(stored.owner, str):
-            raise ValueError("owner must be a string")
-        spec = {
-            "name": stored.name,
-            "table": f"{stored.target_schema}.{stored.target_table}",
-            "basin": stored.basin,
-            "stream": stored.stream,
-            "mode": stored.mode,
-            "primary_key": stored.primary_key,
-            "select": stored.select,
-            "where": stored.where,
-            "partition_by": stored.partition_by,
-            "create_table": stored.create_table,
-            "paused": stored.paused,
-        }
+        if not all(isinstance(part, str) for part in stored.partition_by):
+            raise ValueError("partition_by must hold strings")
+        spec = MaterializationSpec(
+            name=stored.name,
+            table=f"{stored.target_schema}.{stored.target_table}",
+            basin=stored.basin,
+            stream=stored.stream,
+            mode=stored.mode,
+            primary_key=stored.primary_key,
+            select=stored.select,
+            where=stored.where,
+            partition_by=tuple(stored.partition_by),
+            create_table=stored.create_table,
+            paused=stored.paused,
+        )
         try:
             rebuilt = build_materialization(spec, owner=stored.owner)
         except S2Error as error:
@@ -92,7 +121,24 @@ class Materialization:
         return replace(self, paused=paused)
 
 
-_FIELDS = frozenset(f.name for f in fields(Materialization))
+_STORED_TYPES: dict[str, type | tuple[type, ...]] = {
+    "name": str,
+    "basin": str,
+    "stream": str,
+    "target_schema": str,
+    "target_table": str,
+    "mode": str,
+    "primary_key": (str, NoneType),
+    "select": (str, NoneType),
+    "where": (str, NoneType),
+    "partition_by": list,
+    "create_table": bool,
+    "paused": bool,
+    "owner": str,
+}
+"""What each stored field must be: a definition is read back from the lake, where anything
+may have been written, and is checked before it is trusted (`from_json`)."""
+assert set(_STORED_TYPES) == {f.name for f in fields(Materialization)}
 
 TABLE_FORM = (
     "'schema.table' or 'lake.schema.table', each part a letter or underscore followed by up "
@@ -133,11 +179,9 @@ def split_table(table: str) -> tuple[str, str]:
         raise invalid(f"table {table!r}: {error}") from None
 
 
-def _optional_sql(value: Any, what: str) -> str | None:
-    if value is None or value == "":
+def _optional_sql(value: str | None, what: str) -> str | None:
+    if not value:
         return None
-    if not isinstance(value, str):
-        raise invalid(f"{what} must be a string of DuckDB SQL")
     if len(value.encode()) > _SQL_FRAGMENT_BYTES_MAX:
         raise invalid(f"{what} must be at most {_SQL_FRAGMENT_BYTES_MAX} bytes")
     if ";" in value:
@@ -145,66 +189,46 @@ def _optional_sql(value: Any, what: str) -> str | None:
     return value
 
 
-def build_materialization(spec: dict[str, Any], owner: str = "") -> Materialization:
-    """Check a declaration (the JSON shape of the HTTP API) and build the definition.
+def build_materialization(spec: MaterializationSpec, owner: str = "") -> Materialization:
+    """Check a declaration and build the definition.
 
     The SQL fragments are checked for syntax against the projection's input columns by the
-    lake (`Lake.create_materialization`), which has a DuckDB connection.
+    lake (`Materializations.create`), which has a DuckDB connection.
     """
-    name = spec.get("name")
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise invalid(
-            "name must be 1-128 characters: letters, digits, '_', '.', '-', "
-            "starting with a letter or digit"
-        )
-    table = spec.get("table")
-    if not isinstance(table, str):
-        raise invalid("table is required: 'schema.table'")
-    schema, table_name = split_table(table)
-    basin = spec.get("basin") or INGEST_BASIN
-    stream = spec.get("stream") or f"{schema}.{table_name}"
-    if not isinstance(basin, str) or not isinstance(stream, str):
-        raise invalid("basin and stream must be strings")
+    if not _NAME.fullmatch(spec.name):
+        raise invalid(NAME_RULE)
+    schema, table_name = split_table(spec.table)
+    basin = spec.basin or INGEST_BASIN
+    stream = spec.stream or f"{schema}.{table_name}"
     names.validate_basin_name(basin)
     names.validate_stream_name(stream)
-    mode = spec.get("mode") or "append"
+    mode = spec.mode or "append"
     if mode not in MODES:
-        raise invalid(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
-    primary_key = spec.get("primary_key")
-    if isinstance(primary_key, list):
-        if len(primary_key) != 1:
-            raise invalid("primary_key must name exactly one column")
-        primary_key = primary_key[0]
-    if mode == "merge":
-        if not isinstance(primary_key, str) or not primary_key:
-            raise invalid("merge mode needs primary_key: the one column to upsert on")
-    else:
-        primary_key = None
-    partition_by = spec.get("partition_by") or []
-    if isinstance(partition_by, str):
-        partition_by = [part.strip() for part in partition_by.split(",") if part.strip()]
-    if not isinstance(partition_by, list) or not all(isinstance(p, str) for p in partition_by):
-        raise invalid("partition_by must be a list of column names or transforms like year(ts)")
-    for part in partition_by:
+        raise invalid_mode(mode)
+    primary_key = spec.primary_key if mode == "merge" else None
+    if mode == "merge" and not primary_key:
+        raise invalid("merge mode needs primary_key: the one column to upsert on")
+    for part in spec.partition_by:
         _optional_sql(part, "partition_by")
-    for flag in ("create_table", "paused"):
-        if not isinstance(spec.get(flag, False), bool):
-            raise invalid(f"{flag} must be true or false")
     return Materialization(
-        name=name,
+        name=spec.name,
         basin=basin,
         stream=stream,
         target_schema=schema,
         target_table=table_name,
         mode=mode,
         primary_key=primary_key,
-        select=_optional_sql(spec.get("select"), "select"),
-        where=_optional_sql(spec.get("where"), "where"),
-        partition_by=list(partition_by),
-        create_table=bool(spec.get("create_table", False)),
-        paused=bool(spec.get("paused", False)),
+        select=_optional_sql(spec.select, "select"),
+        where=_optional_sql(spec.where, "where"),
+        partition_by=list(spec.partition_by),
+        create_table=spec.create_table,
+        paused=spec.paused,
         owner=owner,
     )
+
+
+def invalid_mode(mode: object) -> S2Error:
+    return invalid(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
 
 
 def not_found(name: str) -> S2Error:

@@ -2,7 +2,8 @@
 
 Pure functions only: the HTTP frontend hands over the raw body, its content headers and the
 query parameters, and gets back an `IngestRequest` (accepted rows as JSON text plus per-row
-rejections) or an `IngestError` carrying the HTTP status and error code to answer with.
+rejections) or an `S2Error` whose code (the Definite Stream API's, registered in
+`s2s.errors`) says why the request is refused as a whole.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from s2s import compression
+from s2s.errors import S2Error
 from s2s.records import RECORD_METERED_BYTES_MAX, RECORD_METERED_OVERHEAD_BYTES
 from server.lake.definition import TableNameError, parse_table
 
@@ -59,16 +61,6 @@ _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
-class IngestError(Exception):
-    """A request rejected as a whole; `status` and `code` become the HTTP error response."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-
-
 @dataclass(frozen=True)
 class RejectedRow:
     """A row left out of an otherwise accepted request."""
@@ -110,12 +102,12 @@ def parse_ingest_request(
     content_encoding: str | None,
     query: Mapping[str, str],
 ) -> IngestRequest:
-    """Decode, parse and validate an ingest body; raises `IngestError` if it is unacceptable.
+    """Decode, parse and validate an ingest body; raises `S2Error` if it is unacceptable.
 
     JSON bodies carry their own config; NDJSON bodies take it from the query parameters.
     """
     if len(body) > MAX_PAYLOAD_BYTES:
-        raise _payload_too_large(f"request body is {len(body)} bytes, which")
+        raise payload_too_large(f"request body is {len(body)} bytes, which")
     ndjson = _is_ndjson(content_type)
     text = _decode_utf8(_decompress(body, content_encoding))
     if ndjson:
@@ -129,24 +121,23 @@ def _is_ndjson(content_type: str | None) -> bool:
         return True
     if media_type in _JSON_TYPES:
         return False
-    raise IngestError(
-        415,
+    raise S2Error(
         "unsupported_media_type",
         f"unsupported Content-Type {content_type!r}; use application/json or application/x-ndjson",
     )
 
 
-def _payload_too_large(subject: str) -> IngestError:
-    return IngestError(
-        413,
+def payload_too_large(subject: str) -> S2Error:
+    """The body (`subject`: as received, or decompressed) passed `MAX_PAYLOAD_BYTES`."""
+    return S2Error(
         "payload_too_large",
         f"{subject} exceeds the limit of {MAX_PAYLOAD_BYTES} bytes "
         f"({MAX_PAYLOAD_BYTES // _MIB} MiB)",
     )
 
 
-def _invalid_encoding(detail: str) -> IngestError:
-    return IngestError(400, "invalid_encoding", f"cannot decompress body: {detail}")
+def _invalid_encoding(detail: str) -> S2Error:
+    return S2Error("invalid_encoding", f"cannot decompress body: {detail}")
 
 
 def _decompress(body: bytes, content_encoding: str | None) -> bytes:
@@ -157,8 +148,7 @@ def _decompress(body: bytes, content_encoding: str | None) -> bytes:
         return body
     codec = _CODECS.get(coding)
     if codec is None:
-        raise IngestError(
-            415,
+        raise S2Error(
             "unsupported_encoding",
             f"unsupported Content-Encoding {content_encoding!r}; use gzip, zstd or identity",
         )
@@ -167,7 +157,7 @@ def _decompress(body: bytes, content_encoding: str | None) -> bytes:
     except compression.CorruptData as error:
         raise _invalid_encoding(str(error)) from None
     except compression.TooLarge:
-        raise _payload_too_large("decompressed body") from None
+        raise payload_too_large("decompressed body") from None
 
 
 def _decode_utf8(raw: bytes) -> str:
@@ -175,19 +165,17 @@ def _decode_utf8(raw: bytes) -> str:
         # utf-8-sig drops a leading byte order mark, which some Windows clients send.
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise IngestError(
-            400, "invalid_json", f"body is not valid UTF-8 (bad byte at offset {exc.start})"
+        raise S2Error(
+            "invalid_json", f"body is not valid UTF-8 (bad byte at offset {exc.start})"
         ) from None
 
 
-def _invalid_request(message: str) -> IngestError:
-    return IngestError(400, "invalid_request", message)
+def _invalid_request(message: str) -> S2Error:
+    return S2Error("invalid_request", message)
 
 
-def _nesting_too_deep(where: str) -> IngestError:
-    return IngestError(
-        422, "nesting_too_deep", f"{where} nests deeper than the limit of {MAX_DEPTH} levels"
-    )
+def _nesting_too_deep(where: str) -> S2Error:
+    return S2Error("nesting_too_deep", f"{where} nests deeper than the limit of {MAX_DEPTH} levels")
 
 
 def _parse_json(text: str) -> IngestRequest:
@@ -196,7 +184,7 @@ def _parse_json(text: str) -> IngestRequest:
     except RecursionError:
         raise _nesting_too_deep("request body") from None
     except ValueError as exc:
-        raise IngestError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
+        raise S2Error("invalid_json", f"body is not valid JSON: {exc}") from None
     if not isinstance(document, dict):
         raise _invalid_request("body must be a JSON object with 'data' and 'config'")
     if "data" not in document:
@@ -236,9 +224,7 @@ def _check_row_count(count: int) -> None:
     if count == 0:
         raise _invalid_request("no rows: the request must carry at least one row")
     if count > MAX_ROWS:
-        raise IngestError(
-            422, "too_many_rows", f"request has {count} rows; the limit is {MAX_ROWS} rows"
-        )
+        raise S2Error("too_many_rows", f"request has {count} rows; the limit is {MAX_ROWS} rows")
 
 
 def _config_from_body(config: Any) -> IngestConfig:
@@ -304,15 +290,14 @@ def _split_table(qualified: str) -> tuple[str, str]:
     try:
         return parse_table(qualified)
     except TableNameError as error:
-        raise IngestError(
-            400, "invalid_table", f"invalid table name {_preview(qualified)}: {error}"
+        raise S2Error(
+            "invalid_table", f"invalid table name {_preview(qualified)}: {error}"
         ) from None
 
 
 def _single_key(columns: list[str]) -> str:
     if len(columns) != 1 or not columns[0]:
-        raise IngestError(
-            422,
+        raise S2Error(
             "invalid_primary_key",
             f"merge mode needs exactly one primary key column, got {_preview(columns)}",
         )
@@ -329,7 +314,7 @@ class _RowValidator:
         self._rejected: list[RejectedRow] = []
         self._first_index_by_key: dict[str | int, int] = {}
         # Raised only after every row was seen, so that limit violations take precedence.
-        self._duplicate: IngestError | None = None
+        self._duplicate: S2Error | None = None
 
     def reject(self, index: int, code: str, message: str) -> None:
         self._rejected.append(RejectedRow(index, code, message))
@@ -379,8 +364,7 @@ class _RowValidator:
             return False
         first = self._first_index_by_key.setdefault(key, index)
         if first != index and self._duplicate is None:
-            self._duplicate = IngestError(
-                422,
+            self._duplicate = S2Error(
                 "duplicate_primary_key",
                 f"rows {first} and {index} have the same primary key {column}={_preview(key)}",
             )
@@ -425,13 +409,11 @@ def _raise_oversized(index: int, row: dict[str, Any], size: int) -> NoReturn:
     """Names the offending field when there is one; only called for rows already too large."""
     for name, value in row.items():
         if _field_size(value) > MAX_FIELD_BYTES:
-            raise IngestError(
-                422,
+            raise S2Error(
                 "field_too_large",
                 f"row {index}: field {_preview(name)} exceeds the limit of {MAX_FIELD_BYTES} bytes",
             )
-    raise IngestError(
-        422,
+    raise S2Error(
         "row_too_large",
         f"row {index} is {size} bytes as JSON; the limit is {MAX_ROW_BYTES} bytes",
     )

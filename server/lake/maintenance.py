@@ -6,12 +6,17 @@ many deleted rows (merge mode), expires old snapshots and deletes the files noth
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from dataclasses import dataclass
 
 import duckdb
 
 from server.lake.connection import CATALOG_ALIAS
 from server.lake.sqltext import quote_literal
+from server.lake.writer import LakeWriter
+
+log = logging.getLogger("s2s.lake")
 
 REWRITE_DELETED_SHARE = 0.3
 """A data file is rewritten once this share of its rows is deleted (merge mode updates)."""
@@ -50,3 +55,19 @@ def maintain(
         snapshots_expired=len(expired),
         files_deleted=len(deleted),
     )
+
+
+async def maintain_forever(writer: LakeWriter) -> None:
+    """A pass every `maintenance_interval_s`, on the writer thread (between batch commits),
+    until cancelled."""
+    settings = writer.settings
+    while True:
+        await asyncio.sleep(settings.maintenance_interval_s)
+        try:
+            result = await writer.run(
+                maintain, writer.cursor, settings.snapshot_retention_s, settings.file_grace_s
+            )
+            if result != MaintenanceResult(0, 0, 0):
+                log.info("lake maintenance: %s", result)
+        except Exception:  # the next pass retries; the lake stays correct, only larger
+            log.exception("lake maintenance failed")

@@ -9,6 +9,7 @@ and a watchdog interrupts it after `TIMEOUT_S`.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -49,12 +50,20 @@ class QueryRunner:
             for cursor in self._running:
                 cursor.interrupt()
 
-    @property
-    def executor(self) -> ThreadPoolExecutor:
-        return self._executor
-
     def close(self) -> None:
         self._executor.shutdown(wait=True)
+
+    async def query(self, sql: str, rows_max: int = ROWS_MAX) -> tuple[pa.Table, bool]:
+        """`run` on one of the query threads."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self.run, sql, rows_max)
+
+    async def read(self, sql: str) -> pa.Table:
+        """`run_internal` on one of the query threads: a read the server composed (names and
+        values quoted), whose results are far smaller than `ROWS_MAX`."""
+        loop = asyncio.get_running_loop()
+        table, _ = await loop.run_in_executor(self._executor, self.run_internal, sql)
+        return table
 
     def run(
         self, sql: str, rows_max: int = ROWS_MAX, timeout_s: float = TIMEOUT_S

@@ -13,17 +13,18 @@ import collections
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import duckdb
 
 from s2s.errors import ReadUnwritten, S2Error
-from s2s.records import trim_record, validate_append_input
+from s2s.records import is_command_record, trim_record, validate_append_input
 from s2s.v1 import records_pb2 as pb
 from server.lake import registry
 from server.lake.apply import Applier, ApplyResult, Prepared, RecordBatch, TableMissing
 from server.lake.definition import INGEST_BASIN, Materialization
+from server.lake.watch import AppliedWatch
 from server.lake.writer import LakeWriter
 from server.reader import ReadLimits, ReadStart, RecordSlice
 from server.streamstore import StreamStore
@@ -68,7 +69,7 @@ def decode_slices(slices: list[RecordSlice], with_headers: bool) -> RecordBatch:
     for piece in slices:
         records = list(pb.ReadBatch.FromString(piece.payload).records)
         if any(record.headers for record in records):
-            records = [record for record in records if not _is_command(record)]
+            records = [record for record in records if not is_command_record(record)]
             seq_nums += [record.seq_num for record in records]
         else:
             seq_nums += range(piece.first_seq, piece.last_seq + 1)
@@ -83,10 +84,6 @@ def decode_slices(slices: list[RecordSlice], with_headers: bool) -> RecordBatch:
                 for record in records
             ]
     return RecordBatch.of(seq_nums, timestamps, bodies, headers, slices[-1].last_seq)
-
-
-def _is_command(record: pb.SequencedRecord) -> bool:
-    return len(record.headers) == 1 and record.headers[0].name == b""
 
 
 class MaterializationRunner:
@@ -118,7 +115,7 @@ class MaterializationRunner:
         self._last_snapshot_id: int | None = None
         self._last_commit_at: float | None = None
         self._task: asyncio.Task[None] | None = None
-        self._waiters: list[tuple[int, asyncio.Future[int | None]]] = []
+        self._watches: set[AppliedWatch] = set()
         self._retry_s = _RETRY_S_MIN
         self._trimmed_to = 0
         self._records_skipped = 0
@@ -141,10 +138,8 @@ class MaterializationRunner:
 
     def release_waiters(self) -> None:
         """Answer everyone in `wait_applied` now, with None (not applied yet)."""
-        for _, waiter in self._waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-        self._waiters.clear()
+        for watch in self._watches:
+            watch.release()
 
     def status(self) -> RunnerStatus:
         return RunnerStatus(
@@ -158,20 +153,27 @@ class MaterializationRunner:
             self._records_skipped,
         )
 
-    async def wait_applied(self, seq_num: int, timeout_s: float) -> int | None:
-        """The snapshot that made `seq_num` visible, or None if it did not happen in time."""
-        if self._next_seq > seq_num:
+    @contextlib.contextmanager
+    def watching(self) -> Iterator[AppliedWatch]:
+        """A watch on every commit of this runner while the block runs (watch.py)."""
+        watch = AppliedWatch()
+        self._watches.add(watch)
+        try:
+            yield watch
+        finally:
+            self._watches.discard(watch)
+
+    async def wait_applied(
+        self, watch: AppliedWatch, first_seq: int, last_seq: int, timeout_s: float
+    ) -> int | None:
+        """The snapshot that made `last_seq` visible, or None if it did not happen in time;
+        `watch` then holds the rejections among `first_seq..last_seq`."""
+        watch.expect(first_seq, last_seq)
+        if self._next_seq > last_seq:
             return self._last_snapshot_id
         if self._task is None:
             return None
-        waiter: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
-        self._waiters.append((seq_num, waiter))
-        try:
-            return await asyncio.wait_for(waiter, timeout_s)
-        except TimeoutError:
-            return None
-        finally:
-            self._waiters = [(seq, w) for seq, w in self._waiters if w is not waiter]
+        return await watch.snapshot(timeout_s)
 
     # --- the loop ------------------------------------------------------------------------
 
@@ -352,7 +354,13 @@ class MaterializationRunner:
         except BaseException:
             prepared.cancel()
             raise
-        result: ApplyResult = await self._writer.run(lane.commit, ready)
+        commit = asyncio.ensure_future(self._writer.run(lane.commit, ready))
+        # A commit runs to its end on the writer thread even if this task is cancelled (the
+        # runner stops, or restarts from its checkpoint): its result must still reach the
+        # watches, or a request waiting for its rows would not hear of those it rejected. The
+        # watches hear first, so `wait_applied` never sees a batch applied that they missed.
+        commit.add_done_callback(self._tell_watches)
+        result = await asyncio.shield(commit)
         self._next_seq = result.last_seq_num + 1
         self._rows_applied += result.rows_applied
         self._rows_rejected += result.rows_rejected
@@ -362,17 +370,16 @@ class MaterializationRunner:
         self._state = "running"
         self._retry_s = _RETRY_S_MIN
         await self._trim_applied(result.last_seq_num + 1)
-        still_waiting = []
-        for seq_num, waiter in self._waiters:
-            if seq_num <= result.last_seq_num:
-                if not waiter.done():
-                    waiter.set_result(result.snapshot_id)
-            else:
-                still_waiting.append((seq_num, waiter))
-        self._waiters = still_waiting
+
+    def _tell_watches(self, commit: asyncio.Future[ApplyResult]) -> None:
+        if commit.cancelled() or commit.exception() is not None:
+            return  # nothing committed; `_apply` raises the error
+        for watch in self._watches:
+            watch.note(commit.result())
 
     async def _trim_applied(self, first_kept: int) -> None:
-        """Free an ingest stream's applied records (its retention is infinite, see service.py).
+        """Free an ingest stream's applied records (its retention is infinite: see
+        `Materializations._ensure_ingest_stream`).
 
         Safe for exactly once: everything below the floor is covered by the committed
         checkpoint of every materialization reading the stream, and a restart resumes at or

@@ -14,7 +14,7 @@ import pytest
 
 from server.lake.apply import Applier, RecordBatch, TableMissing
 from server.lake.connection import LakeSettings, lake_cursor, open_lake
-from server.lake.definition import build_materialization
+from server.lake.definition import MaterializationSpec, build_materialization
 from server.lake.maintenance import maintain
 from server.lake.registry import Checkpoint, insert, load_all
 
@@ -27,7 +27,7 @@ def lake(tmp_path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
 
 
 def _applier(conn: duckdb.DuckDBPyConnection, **spec: Any) -> Applier:
-    definition = build_materialization({"name": "m", "create_table": True, **spec})
+    definition = build_materialization(MaterializationSpec(name="m", create_table=True, **spec))
     cursor = lake_cursor(conn)
     assert insert(cursor, definition)
     return Applier(cursor, definition)
@@ -122,6 +122,17 @@ def test_casts_lossless_or_rejects(lake, column_type: str, value: Any, stored: A
         assert got == str(stored).lower() if isinstance(stored, bool) else got == str(stored)
 
 
+def test_the_result_carries_the_rejections_the_dead_letters_got(lake) -> None:
+    applier = _applier(lake, table="s.told")
+    first = applier.apply(_batch(0, {"a": 1}, {"a": 2}))
+    assert first.rejections == ()
+    result = applier.apply(_batch(2, {"a": "x"}, b"not json", {"a": 3}, [1]))
+    assert (result.rows_applied, result.rows_rejected) == (1, 3)
+    stored = _rows(lake, "SELECT seq_num, reason FROM s2s.dead_letters ORDER BY seq_num")
+    assert list(result.rejections) == stored
+    assert [seq_num for seq_num, _ in result.rejections] == [2, 3, 5]
+
+
 def test_new_fields_add_columns(lake) -> None:
     applier = _applier(lake, table="s.evolving")
     applier.apply(_batch(0, {"a": 1}))
@@ -136,7 +147,7 @@ def test_new_fields_add_columns(lake) -> None:
 
 
 def test_merge_keeps_the_latest_record_per_key(lake) -> None:
-    applier = _applier(lake, table="s.kv", mode="merge", primary_key=["k"])
+    applier = _applier(lake, table="s.kv", mode="merge", primary_key="k")
     applier.apply(_batch(0, {"k": "a", "v": 1}, {"k": "b", "v": 1}, {"k": "a", "v": 2}))
     result = applier.apply(_batch(3, {"k": "b", "v": 5}, {"v": 9}, {"k": None, "v": 9}))
     assert (result.rows_applied, result.rows_rejected) == (1, 2)
@@ -178,7 +189,7 @@ def test_projection_that_does_not_compile_is_refused(lake) -> None:
 
 
 def test_missing_table_without_create_table_applies_nothing(lake) -> None:
-    definition = build_materialization({"name": "m", "table": "s.absent"})
+    definition = build_materialization(MaterializationSpec(name="m", table="s.absent"))
     cursor = lake_cursor(lake)
     insert(cursor, definition)
     with pytest.raises(TableMissing):
@@ -204,7 +215,9 @@ class FailingCursor:
 
 @pytest.mark.parametrize("fail_on", ["INSERT INTO lake.", "dead_letters", "checkpoints", "COMMIT"])
 def test_a_failed_commit_leaves_rows_and_checkpoint_together(lake, fail_on: str) -> None:
-    definition = build_materialization({"name": "m", "table": "s.once", "create_table": True})
+    definition = build_materialization(
+        MaterializationSpec(name="m", table="s.once", create_table=True)
+    )
     cursor = lake_cursor(lake)
     insert(cursor, definition)
     failing = FailingCursor(cursor, fail_on)
@@ -271,7 +284,7 @@ def test_a_field_or_projected_column_may_be_called_seq_num(lake) -> None:
     plain.apply(_batch(5, {"seq_num": 99, "v": 1}))
     assert _rows(lake, "SELECT seq_num, v FROM s.plain") == [(99, 1)]
     definition = build_materialization(
-        {"name": "p", "table": "s.projected_seq", "create_table": True, "select": "seq_num"}
+        MaterializationSpec(name="p", table="s.projected_seq", create_table=True, select="seq_num")
     )
     cursor = lake_cursor(lake)
     insert(cursor, definition)
@@ -307,7 +320,9 @@ def test_a_batch_prepared_before_the_table_changed_is_prepared_again(lake) -> No
     """A pipelined runner prepares batch N+1 on a second cursor while batch N commits; if N
     changed the table (here: created it, then added a column), N+1 is shaped again at commit."""
     first = _applier(lake, table="bronze.piped")
-    definition = build_materialization({"name": "m", "create_table": True, "table": "bronze.piped"})
+    definition = build_materialization(
+        MaterializationSpec(name="m", create_table=True, table="bronze.piped")
+    )
     second = Applier(lake_cursor(lake), definition)
     early = first.prepare(_batch(0, {"id": 1, "extra": "a"}))
     late = second.prepare(_batch(1, {"id": 2, "extra": "b"}, {"id": 3, "more": 1.5}))
@@ -340,7 +355,7 @@ def test_a_batch_shaped_for_the_columns_before_it_is_prepared_once(lake, monkeyp
     table, with a date-time column); when N commits as expected, N+1 is not shaped again."""
     first = _applier(lake, table="bronze.guessed")
     definition = build_materialization(
-        {"name": "m", "create_table": True, "table": "bronze.guessed"}
+        MaterializationSpec(name="m", create_table=True, table="bronze.guessed")
     )
     second = Applier(lake_cursor(lake), definition)
     prepares = _count_prepares(second, monkeypatch)
@@ -359,7 +374,7 @@ def test_a_wrong_guess_of_the_columns_is_prepared_again(lake, monkeypatch) -> No
     shaped again at commit."""
     first = _applier(lake, table="bronze.unguessed")
     definition = build_materialization(
-        {"name": "m", "create_table": True, "table": "bronze.unguessed"}
+        MaterializationSpec(name="m", create_table=True, table="bronze.unguessed")
     )
     second = Applier(lake_cursor(lake), definition)
     prepares = _count_prepares(second, monkeypatch)

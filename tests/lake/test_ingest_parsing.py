@@ -11,13 +11,13 @@ from typing import Any
 import pytest
 import zstandard
 
+from s2s.errors import S2Error
 from server.lake.ingest import (
     MAX_DEPTH,
     MAX_FIELD_BYTES,
     MAX_PAYLOAD_BYTES,
     MAX_ROW_BYTES,
     MAX_ROWS,
-    IngestError,
     IngestRequest,
     parse_ingest_request,
 )
@@ -51,14 +51,14 @@ def parse_ndjson(body: bytes, **query: str) -> IngestRequest:
     return parse(body, NDJSON, query=query)
 
 
-def expect_error(status: int, code: str, body: bytes, **kwargs: Any) -> IngestError:
-    with pytest.raises(IngestError) as info:
+def expect_error(status: int, code: str, body: bytes, **kwargs: Any) -> S2Error:
+    with pytest.raises(S2Error) as info:
         parse(body, **kwargs)
-    assert (info.value.status, info.value.code) == (status, code), info.value.message
+    assert (info.value.kind.http_status, info.value.code) == (status, code), info.value.message
     return info.value
 
 
-def expect_ndjson_error(status: int, code: str, body: bytes, **query: str) -> IngestError:
+def expect_ndjson_error(status: int, code: str, body: bytes, **query: str) -> S2Error:
     query.setdefault("table", TABLE)
     return expect_error(status, code, body, content_type=NDJSON, query=query)
 

@@ -1,0 +1,273 @@
+"""The materializations this server runs: one `MaterializationRunner` per declaration, their
+lifecycle (declare, pause, resume, delete), and their status as the frontends show it.
+
+Declarations live in the lake (registry.py) and are loaded when the server starts; a stored
+one that cannot run is kept out of the runners and named in errors about it until it is
+deleted. Lifecycle changes take one lock, so a name is never declared twice at once and a
+runner is never started and stopped concurrently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from s2s.config import StreamConfig
+from s2s.errors import S2Error, invalid
+from s2s.v1 import records_pb2 as pb
+from server.lake import registry
+from server.lake.apply import Applier
+from server.lake.definition import (
+    INGEST_BASIN,
+    Materialization,
+    MaterializationSpec,
+    build_materialization,
+    not_found,
+)
+from server.lake.projection import check_projection, projection_refusal
+from server.lake.runner import MaterializationRunner, RunnerStatus, trim_stream
+from server.lake.sql_rules import FunctionRules
+from server.lake.sqltext import first_line
+from server.lake.writer import LakeWriter
+from server.reader import ReadLimits, ReadStart
+from server.streamstore import StreamStore
+
+log = logging.getLogger("s2s.lake")
+
+
+@dataclass(frozen=True)
+class MaterializationStatus:
+    """A materialization as the frontends show it: what it is, how far it got, how far behind
+    its source it is."""
+
+    definition: Materialization
+    progress: RunnerStatus
+    tail_seq_num: int | None
+    """The source stream's next sequence number; None while the stream does not exist."""
+    lag_seconds: float
+    """Age of the oldest record not yet applied (0 when none waits), to the millisecond."""
+
+    @property
+    def lag_records(self) -> int:
+        return max(0, (self.tail_seq_num or 0) - self.progress.next_seq_num)
+
+
+class Materializations:
+    def __init__(
+        self, store: StreamStore, writer: LakeWriter, rules: FunctionRules, server_id: str
+    ) -> None:
+        self._store = store
+        self._writer = writer
+        self._rules = rules
+        self._server_id = server_id
+        self._runners: dict[str, MaterializationRunner] = {}
+        self._damaged: dict[str, str] = {}
+        """Stored materializations that cannot run (registry.Damaged), by name: why."""
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def load(
+        cls, store: StreamStore, writer: LakeWriter, rules: FunctionRules, server_id: str
+    ) -> Materializations:
+        """This server's stored materializations, each started unless it is paused."""
+        loaded = cls(store, writer, rules, server_id)
+        stored = await writer.run(registry.load_all, writer.cursor)
+        for damaged in stored.damaged:
+            loaded._skip_damaged(damaged.name, damaged.reason)
+        for definition, checkpoint in stored.materializations:
+            if definition.owner != server_id:
+                continue  # another server's, in a shared catalog
+            # Stored before its SQL was checked as it is now: it must not run unchecked.
+            refusal = await writer.run(projection_refusal, writer.cursor, rules, definition)
+            if refusal is not None:
+                loaded._skip_damaged(definition.name, f"its SQL is refused: {refusal}")
+                continue
+            loaded._add_runner(definition, checkpoint)
+        return loaded
+
+    def _skip_damaged(self, name: str | None, reason: str) -> None:
+        """A stored materialization that cannot run: said once in the log, kept out of the
+        runners, and named in errors about it until it is deleted."""
+        log.warning(
+            "materialization %s is not started: %s; delete it and declare it again",
+            "(unnamed)" if name is None else repr(name),
+            reason,
+        )
+        if name is not None:
+            self._damaged[name] = reason
+
+    def _add_runner(self, definition: Materialization, checkpoint: registry.Checkpoint) -> None:
+        runner = MaterializationRunner(
+            definition, checkpoint, self._store, self._writer, self._trim_floor(definition)
+        )
+        self._runners[definition.name] = runner
+        if not definition.paused:
+            runner.start()
+
+    def release_waiters(self) -> None:
+        """Shutdown has begun: ingest requests waiting for a commit stop waiting."""
+        for runner in self._runners.values():
+            runner.release_waiters()
+
+    async def close(self) -> None:
+        for runner in self._runners.values():
+            await runner.stop("stopped")
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    async def create(self, spec: MaterializationSpec) -> MaterializationStatus:
+        definition = build_materialization(spec, owner=self._server_id)
+        async with self._lock:
+            if definition.name in self._runners:
+                raise _already_exists(definition.name)
+            damage = self._damaged.get(definition.name)
+            if damage is not None:
+                raise S2Error(
+                    "resource_already_exists",
+                    f"materialization {definition.name!r} is stored but damaged ({damage}); "
+                    "delete it first",
+                )
+            await self._writer.run(self._check_projection, definition)
+            if definition.basin == INGEST_BASIN:
+                await self._ensure_ingest_stream(definition.stream)
+            created = await self._writer.run(registry.insert, self._writer.cursor, definition)
+            if not created:  # another server sharing the catalog has one of this name
+                raise _already_exists(definition.name)
+            self._add_runner(definition, registry.Checkpoint(-1, 0, 0))
+        return await self.status(definition.name)
+
+    async def _ensure_ingest_stream(self, stream: str) -> None:
+        """Create the ingest basin and stream if absent; never touch an existing config."""
+        # Infinite retention: rows wait for their materialization however long it is paused;
+        # the runner trims what it has applied (runner.py).
+        await self._store.create_stream_if_absent(
+            INGEST_BASIN, stream, StreamConfig(retention="infinite")
+        )
+
+    def _check_projection(self, definition: Materialization) -> None:
+        check_projection(self._writer.cursor, self._rules, definition)
+        if definition.select is None and definition.where is None:
+            return
+        try:
+            Applier(self._writer.cursor, definition).check_projection()
+        except Exception as error:
+            raise invalid(f"select/where do not compile: {first_line(error)}") from None
+
+    async def pause(self, name: str) -> MaterializationStatus:
+        async with self._lock:
+            runner = self.runner(name)
+            await runner.stop("paused")
+            runner.definition = runner.definition.with_paused(True)
+            await self._writer.run(registry.update, self._writer.cursor, runner.definition)
+        return await self.status(name)
+
+    async def resume(self, name: str) -> MaterializationStatus:
+        async with self._lock:
+            runner = self.runner(name)
+            runner.definition = runner.definition.with_paused(False)
+            await self._writer.run(registry.update, self._writer.cursor, runner.definition)
+            runner.start()
+        return await self.status(name)
+
+    async def delete(self, name: str) -> None:
+        """Forget a materialization. What it applied from an ingest stream is trimmed from the
+        stream, so a materialization declared later on it (ingest declares one on first use)
+        does not apply those rows a second time."""
+        async with self._lock:
+            if name in self._damaged:
+                await self._writer.run(registry.delete, self._writer.cursor, name)
+                del self._damaged[name]
+                return
+            runner = self.runner(name)
+            await runner.stop("deleted")
+            # Read after stop: a commit finishing after the cancel is in the stored checkpoint.
+            stored = await self._writer.run(registry.checkpoint, self._writer.cursor, name)
+            await self._writer.run(registry.delete, self._writer.cursor, name)
+            del self._runners[name]
+            definition = runner.definition
+            if definition.basin == INGEST_BASIN and stored is not None:
+                floor = min(stored.last_seq_num + 1, self._trim_floor(definition)())
+                if floor > 0:
+                    await trim_stream(self._store, definition, floor)
+
+    def _trim_floor(self, definition: Materialization) -> Callable[[], int]:
+        """The lowest next sequence number among this server's materializations of the same
+        source (a large number when there are none)."""
+
+        def floor() -> int:
+            return min(
+                (
+                    r.status().next_seq_num
+                    for r in self._runners.values()
+                    if (r.definition.basin, r.definition.stream)
+                    == (definition.basin, definition.stream)
+                ),
+                default=2**63 - 1,
+            )
+
+        return floor
+
+    # --- lookups -------------------------------------------------------------------------
+
+    def runner(self, name: str) -> MaterializationRunner:
+        runner = self._runners.get(name)
+        if runner is None:
+            damage = self._damaged.get(name)
+            if damage is not None:
+                raise S2Error(
+                    "materialization_not_found",
+                    f"materialization {name!r} is not running: it is stored but damaged "
+                    f"({damage}); delete it and declare it again",
+                )
+            raise not_found(name)
+        return runner
+
+    def ingest_runner(self, table: str) -> MaterializationRunner | None:
+        """The first declared materialization of `table`'s ingest stream, if there is one."""
+        table = table.lower()
+        return next(
+            (
+                r
+                for r in self._runners.values()
+                if r.definition.basin == INGEST_BASIN and r.definition.target.lower() == table
+            ),
+            None,
+        )
+
+    async def status(self, name: str) -> MaterializationStatus:
+        runner = self.runner(name)
+        definition = runner.definition
+        progress = runner.status()
+        tail_seq: int | None = None
+        lag_s = 0.0
+        try:
+            tail = await self._store.check_tail(definition.basin, definition.stream)
+            tail_seq = tail.seq_num
+            if tail_seq > progress.next_seq_num:
+                lag_s = await self._oldest_unapplied_age_s(definition, progress.next_seq_num)
+        except S2Error:
+            pass  # the source does not exist (yet): no lag to report
+        return MaterializationStatus(definition, progress, tail_seq, round(lag_s, 3))
+
+    async def statuses(self) -> list[MaterializationStatus]:
+        """Every running or paused materialization's, by name."""
+        return [await self.status(name) for name in sorted(self._runners)]
+
+    async def _oldest_unapplied_age_s(self, definition: Materialization, seq_num: int) -> float:
+        output = await self._store.read(
+            definition.basin,
+            definition.stream,
+            ReadStart(seq_num=seq_num),
+            ReadLimits(count=1, clamp=True),
+        )
+        if output.records is None:
+            return 0.0
+        first = pb.ReadBatch.FromString(output.records.payload).records[0]
+        return max(0.0, time.time() - first.timestamp / 1000)
+
+
+def _already_exists(name: str) -> S2Error:
+    return S2Error("resource_already_exists", f"materialization {name!r} already exists")
