@@ -25,7 +25,7 @@ from server.catalog import BasinRecord, Catalog, Provisioned, RequestedConfig, S
 from server.clock import Clock, SystemClock
 from server.jobs import BackgroundJobs, JobSettings
 from server.reader import Reader, ReadLimits, ReadOutput, ReadStart, validate_read
-from server.sequencer import AppendAck, StreamPosition, StreamSequencer
+from server.sequencer import AppendAck, StreamPosition
 from server.sequencers import AutoCreate, SequencerRegistry
 from server.storage.committer import GroupCommitter
 from server.storage.kv import MAP_SIZE_BYTES_DEFAULT, KeyValueStore, LmdbStore
@@ -245,15 +245,7 @@ class StreamStore:
         sequencer = await self.sequencers.get(basin, stream, "read", create_config)
         return self.reader.session(sequencer, start, limits)
 
-    async def sequencer(
-        self,
-        basin: str,
-        stream: str,
-        auto_create: AutoCreate | None = None,
-        create_config: StreamConfig | None = None,
-    ) -> StreamSequencer:
-        """The stream's one sequencer (see `SequencerRegistry.get`)."""
-        return await self.sequencers.get(basin, stream, auto_create, create_config)
-
     def _resync_after_failure(self) -> None:
+        # Not the registry's method itself: the committer needs its callback before the
+        # registry, which is built on the committer, exists.
         self.sequencers.resync()
