@@ -211,6 +211,10 @@ async def append_rows(
             acks.append(await store.submit(definition.basin, definition.stream, batch))
     except S2Error as error:
         refused = error  # the batches before it are in flight: they land or fail as they do
+    except BaseException:  # cancelled: nobody waits for those in flight any more
+        for ack in acks:
+            ack.cancel()
+        raise
     # Gathered, so every ack is consumed, and cancelled if this request is.
     outcomes = await asyncio.gather(*acks, return_exceptions=True)
     placed: list[PlacedBatch] = []

@@ -126,6 +126,16 @@ async def test_a_refused_submit_waits_for_the_batches_before_it() -> None:
     assert "the first 2000 accepted rows are already durable" in info.value.message
 
 
+async def test_a_cancelled_request_leaves_its_acks_to_the_store() -> None:
+    pipeline = PipelineStore()
+    task = await started(pipeline, 2500)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    # Cancelled futures: the sequencer's callback sees nobody waits, and the outcome stands.
+    assert all(ack.cancelled() for ack in pipeline.acks)
+
+
 def applied(last_seq_num: int, *rejections: tuple[int, str]) -> ApplyResult:
     return ApplyResult(last_seq_num, 0, rejections, snapshot_id=last_seq_num * 10)
 
