@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROTO_FILES := $(wildcard proto/s2s/v1/*.proto)
 
-.PHONY: serve test lint typecheck proto proto-check unit bench clean postgres
+.PHONY: serve test lint typecheck imports proto proto-check unit bench clean postgres
 
 BUF_VERSION := 1.75.0
 BUF := $(VENV)/buf/node_modules/.bin/buf
@@ -20,7 +20,7 @@ $(STAMP): requirements.lock pyproject.toml
 serve: $(STAMP)
 	$(BIN)/s2s serve
 
-test: $(STAMP) postgres proto-check lint typecheck
+test: $(STAMP) postgres proto-check lint typecheck imports
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
 lint: $(STAMP) $(BUF)
@@ -43,6 +43,10 @@ postgres:
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
+
+# The import contracts of pyproject.toml: no cycles, layers import only downwards.
+imports: $(STAMP)
+	$(BIN)/lint-imports --no-cache
 
 # Generated code is never edited by hand: regenerate it from proto/.
 proto: $(STAMP)
