@@ -3,7 +3,7 @@
 A `StreamConfig` is partial: `None` means "not set here". A stream's effective configuration is
 resolved field by field (stream value, then the basin's default, then the system default) into
 a `ResolvedStreamConfig`, which is what a stream stores at creation. The JSON forms follow S2's
-v1 REST API (contract section 5), so the same functions serve the HTTP layer and persistence.
+v1 REST API (docs/s2-compat.md §5), so the same functions serve the HTTP layer and persistence.
 """
 
 from __future__ import annotations

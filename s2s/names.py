@@ -1,7 +1,8 @@
 """Name rules for basins and streams, and for the prefixes used to list them.
 
 Validation returns nothing and raises `S2Error("invalid", ...)` naming what to fix; the HTTP
-layer re-raises with `bad_path`/`bad_header` where the contract wants those codes.
+layer re-raises with `bad_path`/`bad_header` where the contract wants those codes
+(docs/s2-compat.md §3).
 """
 
 from __future__ import annotations

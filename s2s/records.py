@@ -1,7 +1,7 @@
 """Validation and metering of append batches, and the command records `fence` and `trim`.
 
 Every frontend turns its input into an `AppendInput` protobuf message and calls
-`validate_append_input`, so one set of rules (contract sections 6.4, 6.5) applies everywhere.
+`validate_append_input`, so one set of rules (docs/s2-compat.md §6.4, §6.5) applies everywhere.
 The loop over records here is the only per-record work an append does before sequencing.
 """
 

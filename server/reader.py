@@ -3,7 +3,7 @@
 Records come out of storage as slices of stored batch payloads (already protobuf-encoded
 `ReadBatch.records` entries), so a read does per-batch work, not per-record work. Reads see
 only the durable tail: `end_seq` is always the sequencer's durable next sequence number.
-Semantics follow contract section 8.
+Semantics follow docs/s2-compat.md §8.
 """
 
 from __future__ import annotations
@@ -192,7 +192,7 @@ class Reader:
     async def resolve_start(
         self, stream: StreamSequencer, start: ReadStart, limits: ReadLimits, can_follow: bool
     ) -> int:
-        """The first sequence number to read, or `ReadUnwritten` (416) per contract 8."""
+        """The first sequence number to read, or `ReadUnwritten` (416) per docs/s2-compat.md §8."""
         tail = stream.tail
         by_timestamp = start.timestamp is not None
         if start.seq_num is not None:

@@ -5,8 +5,8 @@ Invariants (each stream has exactly one `StreamSequencer` in the process):
 - Appends are checked and numbered synchronously on the event loop, in arrival order, against
   the *pending* state (the durable state plus every append still in flight), so pipelined
   appends get consecutive sequence numbers without waiting for each other's fsync.
-- Checks happen in the contract's order: stream being deleted, fencing token, match_seq_num,
-  timestamps. A failed check changes nothing.
+- Checks happen in the contract's order (docs/s2-compat.md §7): stream being deleted, fencing
+  token, match_seq_num, timestamps. A failed check changes nothing.
 - A batch is acknowledged only after the group commit holding it returned (it is durable); acks
   of one stream complete in sequence order because the committer completes jobs in order.
 - The durable state only moves forward, and followers are woken only after it did: a reader

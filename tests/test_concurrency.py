@@ -1,10 +1,10 @@
 """Concurrency: racing producers, pipelined writers, live followers and fencing handovers.
 
 Every test runs many coroutines against one real `StreamStore` (LMDB, group commit) and checks
-the contract's ordering guarantees (sections 7 and 8): each sequence number is assigned once,
-acks of a stream come back in submission order, commits are grouped, followers see every record
-exactly once and only once it is durable, and a fence cuts off the previous writer; and a
-large batch gives other tasks a turn on the event loop before its sender goes on.
+the contract's ordering guarantees (docs/s2-compat.md §7, §8): each sequence number is
+assigned once, acks of a stream come back in submission order, commits are grouped, followers
+see every record exactly once and only once it is durable, and a fence cuts off the previous
+writer; and a large batch gives other tasks a turn on the event loop before its sender goes on.
 """
 
 from __future__ import annotations
@@ -240,7 +240,7 @@ async def test_followers_receive_every_record_once_durable(store: StreamStore) -
     within_bytes: list[bytes] = []
     metered = 0
     for body in everything:
-        metered += 8 + len(body)  # no headers: contract 6.5
+        metered += 8 + len(body)  # no headers: docs/s2-compat.md §6.5
         if metered > bytes_bound:
             break
         within_bytes.append(body)
@@ -252,7 +252,7 @@ async def test_unary_read_with_wait_returns_the_next_append(store: StreamStore) 
     await store.append(BASIN, "waiting", make_batch(b"old"))
     loop = asyncio.get_running_loop()
     began = loop.time()
-    # At the tail with `wait`, a unary read returns the first live batch (contract 8).
+    # At the tail with `wait`, a unary read returns the first live batch (docs/s2-compat.md §8).
     read = asyncio.create_task(
         store.read(BASIN, "waiting", ReadStart(seq_num=1), ReadLimits(wait_secs=30))
     )

@@ -3,8 +3,8 @@
 A hypothesis state machine drives a real `StreamStore` (LMDB on a temporary directory, manual
 clock) through appends, command records, clock moves, timestamping reconfigurations, reads,
 background jobs and reopenings, and checks every ack, every error and every read result
-against `StreamModel`, which is written from contract sections 2, 6.4, 6.5, 7 and 8 only
-(../shared/spec/S2_COMPAT.md), never from the implementation.
+against `StreamModel`, which is written from docs/s2-compat.md §2, §6.4, §6.5, §7 and §8 only,
+never from the implementation.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ class Rec:
 
     @property
     def metered(self) -> int:
-        # Contract 6.5: 8 + 2 per header + names and values + body.
+        # docs/s2-compat.md §6.5: 8 + 2 per header + names and values + body.
         return 8 + sum(2 + len(n) + len(v) for n, v in self.headers) + len(self.body)
 
 
@@ -80,7 +80,7 @@ class StreamModel:
 
     @property
     def tail(self) -> tuple[int, int]:
-        # Contract 2: empty stream tail is {0, 0}; else the last record's timestamp.
+        # docs/s2-compat.md §2: empty stream tail is {0, 0}; else the last record's timestamp.
         return (self.next_seq, self.records[-1].timestamp if self.records else 0)
 
     def append(
@@ -90,7 +90,7 @@ class StreamModel:
         fencing_token: str | None,
         now: int,
     ) -> tuple[tuple[int, int], tuple[int, int]] | Failure:
-        """Contract 7: checks in order, then timestamps, then command effects."""
+        """docs/s2-compat.md §7: checks in order, then timestamps, then command effects."""
         if fencing_token is not None and fencing_token != self.fencing_token:
             return Failure("fencing_token_mismatch", self.fencing_token)
         if match_seq_num is not None and match_seq_num != self.next_seq:
@@ -127,7 +127,7 @@ class StreamModel:
     def resolve_start(
         self, start: ReadStart, limits: ReadLimits, can_follow: bool
     ) -> int | Failure:
-        """Contract 8: start resolution and the 416 table (before any trimming)."""
+        """docs/s2-compat.md §8: start resolution and the 416 table (before any trimming)."""
         timestamp, until = start.timestamp, limits.until
         if timestamp is not None and until is not None and until <= timestamp:
             return Failure("invalid")
@@ -488,7 +488,7 @@ class SequencerMachine(RuleBasedStateMachine):
             return
         assert not isinstance(expected, Failure), f"expected {expected}, got ack {ack}"
         (first, first_ts), (end, end_ts) = expected
-        # Sequential appends: the tail at ack time is the batch's end (contract 7.6).
+        # Sequential appends: the tail at ack time is the batch's end (docs/s2-compat.md §7.6).
         assert ack == AppendAck(
             StreamPosition(first, first_ts),
             StreamPosition(end, end_ts),
@@ -570,7 +570,7 @@ class SequencerMachine(RuleBasedStateMachine):
         until = None if spec.until is None else spec.until.resolve(self.clock.now, known)
         return start, ReadLimits(spec.count, size, until, spec.clamp)
 
-    # A small wait makes the read able to follow (contract 8: "may follow" ⇔ wait > 0).
+    # A small wait makes the read able to follow (docs/s2-compat.md §8: "may follow" ⇔ wait > 0).
     @rule(
         stream=st.sampled_from(STREAMS),
         spec=reads,
@@ -664,9 +664,9 @@ TestSequencerModel = pytest.mark.timeout(900)(SequencerMachine.TestCase)
 async def test_timestamp_read_beyond_empty_stream_tail_is_416(
     store: StreamStore, clamp: bool
 ) -> None:
-    """Contract 8: `timestamp` > T.timestamp without clamp ⇒ 416; with clamp the start becomes
-    T.seq_num and, for a read that cannot follow, that is 416 too. An empty stream's tail is
-    {0, 0} (contract 2), so timestamp=1 is beyond it."""
+    """docs/s2-compat.md §8: `timestamp` > T.timestamp without clamp ⇒ 416; with clamp the
+    start becomes T.seq_num and, for a read that cannot follow, that is 416 too. An empty
+    stream's tail is {0, 0} (docs/s2-compat.md §2), so timestamp=1 is beyond it."""
     await store.create_stream(BASIN, "empty")
     with pytest.raises(ReadUnwritten) as raised:
         await store.read(BASIN, "empty", ReadStart(timestamp=1), ReadLimits(count=10, clamp=clamp))
@@ -674,7 +674,7 @@ async def test_timestamp_read_beyond_empty_stream_tail_is_416(
 
 
 async def test_timestamp_read_resolving_to_the_tail_is_empty_not_416(store: StreamStore) -> None:
-    """Contract 8 (and pitfall 8): a start by `timestamp` that resolves to the tail of a read
+    """docs/s2-compat.md §8: a start by `timestamp` that resolves to the tail of a read
     that cannot follow is a 200 with no records, unlike a start by seq_num or tail_offset."""
     await store.create_stream(BASIN, "empty")
     out = await store.read(BASIN, "empty", ReadStart(timestamp=0), ReadLimits(count=10))

@@ -1,7 +1,7 @@
 """The ASGI application: routes on the undecoded path, maps failures to the error table.
 
 Routing uses `scope["raw_path"]` and decodes each segment on its own, so a stream named
-`a/b` (sent as `a%2Fb`) or `x/records` is one segment, never a deeper route (contract 1).
+`a/b` (sent as `a%2Fb`) or `x/records` is one segment, never a deeper route (docs/s2-compat.md §1).
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def _stream_segment(name: str) -> str:
 
 
 class HttpApp:
-    """S2 v1 REST API over a `StreamStore` (contract sections 1-9), plus the lake API.
+    """S2 v1 REST API over a `StreamStore` (docs/s2-compat.md §1-§9), plus the lake API.
 
     Setting `draining` ends open sessions with `server_draining` (`server.append_session`,
     `server.read_session`).

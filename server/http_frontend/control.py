@@ -1,4 +1,5 @@
-"""Control plane: basins (`/v1/basins`) and streams (`/v1/streams`) as JSON (contract 4, 5)."""
+"""Control plane: basins (`/v1/basins`) and streams (`/v1/streams`) as JSON
+(docs/s2-compat.md §4, §5)."""
 
 from __future__ import annotations
 

@@ -134,7 +134,7 @@ def media_type(value: str | None) -> str:
 
 
 def first_accept(value: str | None) -> str:
-    """Only the first type of `accept` selects a response encoding (contract 6.1)."""
+    """Only the first type of `accept` selects a response encoding (docs/s2-compat.md §6.1)."""
     if not value:
         return ""
     return media_type(value.split(",", 1)[0])

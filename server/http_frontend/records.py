@@ -1,7 +1,9 @@
-"""Data plane, unary: check tail, append and read as protobuf or JSON (contract 6, 7, 8).
+"""Data plane, unary: check tail, append and read as protobuf or JSON
+(docs/s2-compat.md §6, §7, §8).
 
-The mode of a `/records` request is chosen by `content-type` and `accept` (contract 6.1);
-sessions (S2S, SSE) live in their own modules and share the argument parsing here.
+The mode of a `/records` request is chosen by `content-type` and `accept`
+(docs/s2-compat.md §6.1); sessions (S2S, SSE) live in their own modules and share the argument
+parsing here.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""S2S framing (contract 9): `length(3, big-endian) | flags(1) | body`.
+"""S2S framing (docs/s2-compat.md §9): `length(3, big-endian) | flags(1) | body`.
 
 `length` counts the flags byte and the body. Flags: `0x80` terminal, `0x60` compression
 (`0x20` zstd, `0x40` gzip), `0x10` reconnect advised, low bits reserved. A terminal body is a

@@ -1,4 +1,5 @@
-"""S2S sessions over one HTTP exchange (contract 9): full duplex append and following read.
+"""S2S sessions over one HTTP exchange (docs/s2-compat.md §9): full duplex append and
+following read.
 
 Both answer `200` as soon as the stream is known to exist (or was auto-created), before any
 frame is exchanged; after that, failures are reported as one terminal frame. Errors found

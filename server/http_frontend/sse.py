@@ -1,4 +1,5 @@
-"""Server-sent-event reads (contract 8.1): `batch`, `ping` and `error` events, then `[DONE]`.
+"""Server-sent-event reads (docs/s2-compat.md §8.1): `batch`, `ping` and `error` events,
+then `[DONE]`.
 
 A `batch` event's id is `last_seq_num,count,bytes` (count and bytes cumulative over the
 session), which a client sends back as `last-event-id` to resume where it stopped.

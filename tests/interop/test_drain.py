@@ -1,5 +1,6 @@
 """Shutdown while sessions are open: they end with `503 server_draining` at once instead of
-holding the server for its grace period, and the server exits cleanly (contract 9, 12)."""
+holding the server for its grace period, and the server exits cleanly
+(docs/s2-compat.md §9, §12)."""
 
 from __future__ import annotations
 

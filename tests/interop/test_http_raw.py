@@ -1,5 +1,5 @@
 """The HTTP API without the SDK (httpx): JSON record formats, SSE, idempotent creation, error
-bodies and bad input (contract 3, 4, 6, 8.1)."""
+bodies and bad input (docs/s2-compat.md §3, §4, §6, §8.1)."""
 
 from __future__ import annotations
 

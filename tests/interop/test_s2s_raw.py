@@ -1,4 +1,4 @@
-"""S2S framing checked byte by byte over HTTP/2 (contract 9): terminal error frames,
+"""S2S framing checked byte by byte over HTTP/2 (docs/s2-compat.md §9): terminal error frames,
 acknowledgements before a failure, and the heartbeat that starts follow mode."""
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Control plane through the official SDK: basin and stream lifecycles (contract 4, 5)."""
+"""Control plane through the official SDK: basin and stream lifecycles
+(docs/s2-compat.md §4, §5)."""
 
 from __future__ import annotations
 
