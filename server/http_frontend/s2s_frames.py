@@ -27,7 +27,6 @@ COMPRESSION_THRESHOLD_BYTES = 1024
 """Bodies smaller than this are sent uncompressed even when compression was negotiated."""
 
 _TERMINAL = 0x80
-_COMPRESSION_MASK = 0x60
 _ZSTD = 0x20
 _GZIP = 0x40
 _RECONNECT_ADVISED = 0x10
