@@ -126,6 +126,7 @@ class _AppendSession(Generic[Message]):
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            self._abandon_queued_acks()
 
     async def _next_ack(self) -> AppendAck | None:
         item = await self._pending.get()
@@ -167,12 +168,30 @@ class _AppendSession(Generic[Message]):
         except Exception as error:
             await self._fail(error)
             return
-        await self._pending.put(ack)
+        try:
+            await self._pending.put(ack)
+        except asyncio.CancelledError:
+            ack.cancel()  # the session ended while the queue was full: nobody awaits it
+            raise
 
     async def _fail(self, error: Exception) -> None:
         """Stop sequencing; the error reaches the caller after the acks queued before it."""
         self._failed = True
         await self._pending.put(error)
+
+    def _abandon_queued_acks(self) -> None:
+        """The session ended: nobody awaits the acks still queued. Cancelling one leaves its
+        batch's outcome as it is (`StreamSequencer.submit`); one that already failed (a failed
+        commit fails every batch behind it) is marked seen, or asyncio would log each as an
+        exception never retrieved, with a traceback."""
+        while not self._pending.empty():
+            item = self._pending.get_nowait()
+            if not isinstance(item, asyncio.Future):
+                continue
+            if not item.done():
+                item.cancel()
+            elif not item.cancelled():
+                item.exception()
 
     async def _stop_intake_on_drain(
         self, draining: asyncio.Event, intake: asyncio.Task[None]

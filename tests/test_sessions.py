@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -21,8 +23,10 @@ from server.append_session import (
 from server.read_session import read_session
 from server.reader import ReadLimits, ReadStart
 from server.sequencer import AppendAck
+from server.storage.kv import LmdbStore
 from server.streamstore import StreamStore
-from tests.conftest import BASIN, make_batch
+from tests.conftest import BASIN, MANUAL_JOBS, ManualClock, make_batch
+from tests.crash.faults import FaultyStore
 
 STREAM = "s"
 
@@ -101,6 +105,35 @@ async def test_a_message_that_does_not_decode_ends_the_session(stream_store: Str
     assert acks == [0] and error is not None and error.code == "bad_frame"
     assert client.read == 2, "nothing is read after the failure"
     assert (await stream_store.check_tail(BASIN, STREAM)).seq_num == 1
+
+
+async def test_acks_failed_behind_the_first_failure_are_not_logged_as_unretrieved(
+    tmp_path: Path, clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A failed commit fails every batch queued behind it at once. The session reports the
+    first; the others, still in its queue, were each logged by asyncio as an exception never
+    retrieved, with a traceback."""
+    kv = FaultyStore(LmdbStore(str(tmp_path / "log")))
+    faulty_store = StreamStore(kv, clock, MANUAL_JOBS)
+    await faulty_store.start()
+    try:
+        await faulty_store.create_basin(BASIN)
+        await faulty_store.create_stream(BASIN, STREAM)
+        gate = kv.hold_commit()
+        kv.fail_commit()  # the held one: the first batch's
+        client = Client(*(make_batch(b"x") for _ in range(5)))
+        acks = append_session(faulty_store, client.messages(), decode, draining=None)
+        ending = asyncio.ensure_future(collect(acks))
+        await asyncio.sleep(0.1)  # all five sequenced, the first commit held
+        gate.release.set()
+        acks_seen, error = await asyncio.wait_for(ending, 5)
+        assert acks_seen == [] and error is not None and error.code == "storage"
+    finally:
+        await faulty_store.close()
+    # The error's traceback reaches the session and its queue; the committer keeps the error.
+    del acks, ending, error, faulty_store
+    gc.collect()
+    assert [r for r in caplog.records if "never retrieved" in r.getMessage()] == []
 
 
 async def test_unacknowledged_batches_are_bounded(stream_store: StreamStore) -> None:
