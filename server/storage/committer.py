@@ -290,7 +290,9 @@ class GroupCommitter:
     def _fail(self, group: list[_Job], error: S2Error) -> None:
         for job in group:
             self.release(job.size_bytes)
-            job.on_done(error)
+            # A copy each: a raised exception takes the traceback of where it went, so one
+            # instance shared by every caller (and kept in `_failure`) would hold their frames.
+            job.on_done(S2Error(error.code, error.message))
 
     def _fail_and_recover(self, group: list[_Job], error: S2Error) -> None:
         """One callback, so no caller sees its failure before recovery is done."""
