@@ -238,6 +238,11 @@ def _config_from_body(config: Any) -> IngestConfig:
     tags = config.get("tags", {})
     if not isinstance(tags, dict):
         raise _invalid_request("'config.tags' must be an object")
+    for key, value in tags.items():
+        try:  # the tag becomes the header `tag:<key>` = `str(value)`, in UTF-8
+            f"{key}{value}".encode()
+        except UnicodeEncodeError:
+            raise _invalid_request("'config.tags' has an unpaired UTF-16 surrogate") from None
     return _make_config(
         config["table"],
         config.get("mode", APPEND),

@@ -567,6 +567,8 @@ def test_missing_fields_are_named(body: bytes, field: str) -> None:
         json_body([{"id": 1}], mode="APPEND"),
         json_body([{"id": 1}], wait="true"),
         json_body([{"id": 1}], tags=["a"]),
+        json_body([{"id": 1}], tags={"k": "\ud800"}),  # headers are UTF-8
+        json_body([{"id": 1}], tags={"\udc00": "v"}),
     ],
 )
 def test_malformed_requests_are_rejected(body: bytes) -> None:
