@@ -11,6 +11,7 @@ dropped silently.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
@@ -23,25 +24,27 @@ Output = TypeVar("Output")
 
 async def write_outputs(
     exchange: Exchange,
-    outputs: AsyncIterator[Output],
+    outputs: AsyncGenerator[Output, None],
     encode: Callable[[Output], bytes],
     end: bytes,
     terminal: Callable[[S2Error], bytes],
 ) -> None:
-    """Write each output, then `end`; a failure ends the response with `terminal(error)`."""
-    try:
-        async for output in outputs:
-            await exchange.write(encode(output))
-        await exchange.write(end, more_body=False)
-    except S2Error as error:
-        await exchange.write(terminal(error), more_body=False)
-    except Exception as error:
-        await exchange.write(terminal(internal_error(error)), more_body=False)
+    """Write each output, then `end`; a failure ends the response with `terminal(error)`.
+    `outputs` (a session) is closed however this ends."""
+    async with contextlib.aclosing(outputs):
+        try:
+            async for output in outputs:
+                await exchange.write(encode(output))
+            await exchange.write(end, more_body=False)
+        except S2Error as error:
+            await exchange.write(terminal(error), more_body=False)
+        except Exception as error:
+            await exchange.write(terminal(internal_error(error)), more_body=False)
 
 
 async def serve_read(
     exchange: Exchange,
-    outputs: AsyncIterator[Output],
+    outputs: AsyncGenerator[Output, None],
     headers: list[tuple[str, str]],
     encode: Callable[[Output], bytes],
     end: bytes,
@@ -49,11 +52,13 @@ async def serve_read(
 ) -> None:
     """Answer `200` once the read's first output is known, so that a read of a missing stream
     or past the tail is a plain error response, not a terminal frame; then write the outputs
-    (`write_outputs`) until the read ends or the client disconnects."""
-    first = await anext(outputs, None)
-    await exchange.start(200, headers)
-    writing = write_outputs(exchange, _after(first, outputs), encode, end, terminal)
-    await _unless_disconnected(exchange, writing)
+    (`write_outputs`) until the read ends or the client disconnects. `outputs` (a read
+    session) is closed however this ends, which releases its follower slot."""
+    async with contextlib.aclosing(outputs):
+        first = await anext(outputs, None)
+        await exchange.start(200, headers)
+        writing = write_outputs(exchange, _after(first, outputs), encode, end, terminal)
+        await _unless_disconnected(exchange, writing)
 
 
 async def _after(first: Output | None, rest: AsyncIterator[Output]) -> AsyncGenerator[Output, None]:

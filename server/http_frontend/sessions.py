@@ -11,7 +11,6 @@ input and its output is encoded into frames.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 
 from google.protobuf.message import DecodeError
@@ -58,14 +57,13 @@ class SessionsApi:
             _frame_decoder(basin, stream),
             draining=self._draining,
         )
-        async with contextlib.aclosing(acks):
-            await write_outputs(
-                exchange,
-                acks,
-                lambda ack: encode_frame(ack.encode(), compression),
-                b"",
-                terminal_for,
-            )
+        await write_outputs(
+            exchange,
+            acks,
+            lambda ack: encode_frame(ack.encode(), compression),
+            b"",
+            terminal_for,
+        )
 
     async def read_session(self, exchange: Exchange, basin: str, stream: str) -> None:
         """Catch up, then follow with heartbeats, one frame per batch."""
@@ -80,15 +78,14 @@ class SessionsApi:
             create_config(exchange),
             draining=self._draining,
         )
-        async with contextlib.aclosing(session):
-            await serve_read(
-                exchange,
-                session,
-                _SESSION_HEADERS,
-                lambda output: encode_frame(read_batch_proto(output), compression),
-                b"",
-                terminal_for,
-            )
+        await serve_read(
+            exchange,
+            session,
+            _SESSION_HEADERS,
+            lambda output: encode_frame(read_batch_proto(output), compression),
+            b"",
+            terminal_for,
+        )
 
 
 def _frame_decoder(basin: str, stream: str) -> Callable[[bytes], StreamBatch]:

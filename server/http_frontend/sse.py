@@ -8,7 +8,6 @@ session), which a client sends back as `last-event-id` to resume where it stoppe
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 from dataclasses import replace
@@ -90,15 +89,14 @@ class SseApi:
             create_config(exchange),
             draining=self._draining,
         )
-        async with contextlib.aclosing(session):
-            await serve_read(
-                exchange,
-                session,
-                _HEADERS,
-                _Events(fmt, count, size).encode,
-                event(None, "[DONE]"),
-                _error_event,
-            )
+        await serve_read(
+            exchange,
+            session,
+            _HEADERS,
+            _Events(fmt, count, size).encode,
+            event(None, "[DONE]"),
+            _error_event,
+        )
 
 
 class _Events:
