@@ -239,8 +239,8 @@ def _config_from_body(config: Any) -> IngestConfig:
     if not isinstance(tags, dict):
         raise _invalid_request("'config.tags' must be an object")
     for key, value in tags.items():
-        try:  # the tag becomes the header `tag:<key>` = `str(value)`, in UTF-8
-            f"{key}{value}".encode()
+        try:  # the tag becomes the header `tag:<key>` = `tag_text(value)`, in UTF-8
+            f"{key}{tag_text(value)}".encode()
         except UnicodeEncodeError:
             raise _invalid_request("'config.tags' has an unpaired UTF-16 surrogate") from None
     return _make_config(
@@ -250,6 +250,14 @@ def _config_from_body(config: Any) -> IngestConfig:
         wait,
         dict(tags),
     )
+
+
+def tag_text(value: Any) -> str:
+    """A tag's header value: a string as it is, anything else as its JSON text (`2`, `true`,
+    `{"a":1}`), never a Python repr."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def _columns_from_body(primary_key: Any) -> list[str]:

@@ -22,7 +22,7 @@ from s2s.records import (
 )
 from s2s.v1 import records_pb2 as pb
 from server.lake.definition import Materialization, MaterializationSpec
-from server.lake.ingest import IngestRequest, RejectedRow
+from server.lake.ingest import IngestRequest, RejectedRow, tag_text
 from server.lake.materializations import Materializations
 from server.lake.metrics import IngestMetrics
 from server.lake.query import QueryRunner
@@ -279,7 +279,7 @@ def _accepted_row(placed: list[PlacedBatch], seq_num: int) -> int | None:
 def _record_batches(request: IngestRequest) -> list[ValidatedBatch]:
     """The rows as append batches within the stream's batch limits."""
     headers = [
-        pb.Header(name=f"tag:{key}".encode(), value=str(value).encode())
+        pb.Header(name=f"tag:{key}".encode(), value=tag_text(value).encode())
         for key, value in sorted(request.tags.items())
     ]
     # Every record carries the same headers: meter them once, then add each body's length.

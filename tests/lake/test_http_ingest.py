@@ -278,6 +278,17 @@ def test_tags_reach_the_projection_as_headers(lake: LakeClient, table: str) -> N
     ]
 
 
+def test_tags_that_are_not_strings_arrive_as_their_json_text(lake: LakeClient, table: str) -> None:
+    """A tag's value became its Python repr (`{'a': 1}`, `True`) before: JSON text now."""
+    lake.declare(
+        table,
+        select="(body->>'id')::INT AS id, headers['tag:n'] AS n, headers['tag:ok'] AS ok, "
+        "headers['tag:obj'] AS obj",
+    )
+    lake.ingest_ok(table, [{"id": 1}], tags={"n": 2, "ok": True, "obj": {"a": 1, "b": "é"}})
+    assert lake.rows(f"SELECT id, n, ok, obj FROM {table}") == [[1, "2", "true", '{"a":1,"b":"é"}']]
+
+
 def test_concurrent_first_ingests_into_an_existing_table_declare_it_once(
     lake: LakeClient, table: str
 ) -> None:
