@@ -9,7 +9,6 @@ Semantics follow docs/s2-compat.md §8.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
@@ -330,11 +329,13 @@ async def _unless_draining(wait: Awaitable[bool], draining: asyncio.Event) -> bo
     try:
         await asyncio.wait((waiting, drained), return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for future in (waiting, drained):
-            if not future.done():
-                future.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await future
+        unfinished = [future for future in (waiting, drained) if not future.done()]
+        for future in unfinished:
+            future.cancel()
+        if unfinished:
+            # `asyncio.wait` lets them finish cancelling without raising their CancelledError,
+            # so a cancellation of this task itself, arriving meanwhile, is not swallowed.
+            await asyncio.wait(unfinished)
     if waiting.cancelled():
         raise server_draining()
     return waiting.result()
