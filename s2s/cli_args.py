@@ -81,14 +81,18 @@ def nonempty(text: str) -> str:
 def json_text(text: str) -> Any:
     try:
         return json.loads(text)
-    except json.JSONDecodeError as error:
+    except RecursionError:
+        raise argparse.ArgumentTypeError("is JSON nested too deeply") from None
+    except ValueError as error:  # not JSON, or a number of more than 4,300 digits
         raise argparse.ArgumentTypeError(f"is not valid JSON ({error}): {text!r}") from None
 
 
 def server_address(text: str) -> str:
     """A gRPC target HOST:PORT, e.g. 127.0.0.1:50051 or [::1]:50051."""
     hostname, colon, port_text = text.rpartition(":")
-    if not (colon and hostname and port_text.isdigit() and 1 <= int(port_text) <= 65535):
+    # `isdigit` alone lets through what `int` raises on: "²", or more than 4,300 digits.
+    digits = port_text.isascii() and port_text.isdigit() and len(port_text) <= 5
+    if not (colon and hostname and digits and 1 <= int(port_text) <= 65535):
         raise argparse.ArgumentTypeError(
             f"must be HOST:PORT, such as 127.0.0.1:50051 or [::1]:50051, got {text!r}"
         )

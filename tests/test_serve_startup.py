@@ -119,6 +119,7 @@ BAD_ENVIRONMENT = [
     ("S2S_LAKE_MAINTENANCE_INTERVAL_S", "nan"),
     ("S2S_LAKE_MAINTENANCE_INTERVAL_S", "-1"),
     ("S2S_SERVER", "no-port-here"),
+    ("S2S_SERVER", "host:\u00b2"),
 ]
 
 

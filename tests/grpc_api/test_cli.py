@@ -176,6 +176,7 @@ USAGE_ERRORS = [
     (["sql", "select 1", "--limit", "-1"], "argument --limit: must be a whole number from 1"),
     (["streams", "create", "b", "s", "--config", "{retention"], "--config: is not valid JSON"),
     (["streams", "create", "b", "s", "--config", '{"retention_policy": 5}'], "must be a JSON ob"),
+    (["streams", "create", "b", "s", "--config", "[" * 2_000], "--config: is JSON nested too"),
     (["basins", "create", "basin-x", "--config", '{"nope": 1}'], "unknown basin config field"),
     (["streams", "list", "b", "--config", "{}"], "--config only goes with create or config"),
     (["streams", "delete", "b", "s", "--prefix", "x"], "--prefix only goes with list"),
@@ -186,7 +187,9 @@ USAGE_ERRORS = [
 ]
 
 
-@pytest.mark.parametrize(("args", "says"), USAGE_ERRORS, ids=[" ".join(a) for a, _ in USAGE_ERRORS])
+@pytest.mark.parametrize(
+    ("args", "says"), USAGE_ERRORS, ids=[" ".join(a)[:80] for a, _ in USAGE_ERRORS]
+)
 def test_usage_errors_are_one_line_and_exit_2(
     args: list[str], says: str, shared_server: ServerProcess
 ) -> None:
