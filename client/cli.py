@@ -14,7 +14,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import IO, Any
 
 import pyarrow as pa
@@ -250,25 +250,37 @@ def _config(parse: Callable[[Any], Any], value: Any) -> Any:
         raise UsageError(f"--config: {error.message}") from None
 
 
-async def _basins(client: S2SClient, args: argparse.Namespace) -> None:
+def _check_management_args(args: argparse.Namespace, list_takes: str, names: str) -> None:
+    """The flags and names `basins` and `streams` take, the same for both: `list` a prefix and
+    no name, the other actions a name, and only `create` and `config` a config."""
+    command = f"{args.command} {args.action}"
     if args.action == "list":
         _refuse_flags(args, "create or config", "--config")
         if args.name:
-            raise UsageError("basins list takes no name: use --prefix to filter")
-        response = await client.list_basins(prefix=args.prefix or "")
-        for basin in response.basins:
-            state = "deleting" if basin.HasField("deleted_at_ms") else "active"
-            print(f"{basin.name}\t{state}")
+            raise UsageError(f"{command} takes {list_takes}")
         return
     _refuse_flags(args, "list", "--prefix")
     if not args.name:
-        raise UsageError(f"basins {args.action} needs a basin name")
-    if args.action == "create":
+        raise UsageError(f"{command} needs {names}")
+    if args.action == "delete":
+        _refuse_flags(args, "create or config", "--config")
+
+
+def _print_listing(items: Iterable[cpb.BasinInfo | cpb.StreamInfo]) -> None:
+    for item in items:
+        state = "deleting" if item.HasField("deleted_at_ms") else "active"
+        print(f"{item.name}\t{state}")
+
+
+async def _basins(client: S2SClient, args: argparse.Namespace) -> None:
+    _check_management_args(args, "no name: use --prefix to filter", "a basin name")
+    if args.action == "list":
+        _print_listing((await client.list_basins(prefix=args.prefix or "")).basins)
+    elif args.action == "create":
         config = _config(basin_config_from_json, args.config)
         await client.create_basin(args.name, config)
         print(f"created basin {args.name}")
     elif args.action == "delete":
-        _refuse_flags(args, "create or config", "--config")
         await client.delete_basin(args.name)
         print(f"deleting basin {args.name}")
     elif args.config is not None:
@@ -280,24 +292,16 @@ async def _basins(client: S2SClient, args: argparse.Namespace) -> None:
 
 
 async def _streams(client: S2SClient, args: argparse.Namespace) -> None:
+    _check_management_args(
+        args, "a basin and no stream name: use --prefix", "a basin and a stream name"
+    )
     if args.action == "list":
-        _refuse_flags(args, "create or config", "--config")
-        if args.name:
-            raise UsageError("streams list takes a basin and no stream name: use --prefix")
-        response = await client.list_streams(args.basin, prefix=args.prefix or "")
-        for stream in response.streams:
-            state = "deleting" if stream.HasField("deleted_at_ms") else "active"
-            print(f"{stream.name}\t{state}")
-        return
-    _refuse_flags(args, "list", "--prefix")
-    if not args.name:
-        raise UsageError(f"streams {args.action} needs a basin and a stream name")
-    if args.action == "create":
+        _print_listing((await client.list_streams(args.basin, prefix=args.prefix or "")).streams)
+    elif args.action == "create":
         config = _config(stream_config_from_json, args.config)
         await client.create_stream(args.basin, args.name, config)
         print(f"created stream {args.name}")
     elif args.action == "delete":
-        _refuse_flags(args, "create or config", "--config")
         await client.delete_stream(args.basin, args.name)
         print(f"deleting stream {args.name}")
     elif args.config is not None:
