@@ -697,8 +697,9 @@ async def _sql(client: S2SClient, args: argparse.Namespace) -> None:
 
 
 async def _bench(client: S2SClient, args: argparse.Namespace) -> None:
-    records = [pb.AppendRecord(body=b"x" * args.record_bytes) for _ in range(args.batch_records)]
-    batch_metered = sum(metered_size(record) for record in records)
+    record = pb.AppendRecord(body=b"x" * args.record_bytes)
+    # Checked before the batch is built: 1000 records of 1 MiB would take 1 GiB to refuse.
+    batch_metered = metered_size(record) * args.batch_records
     if batch_metered > BATCH_METERED_BYTES_MAX:
         raise UsageError(
             f"{args.batch_records} records of {args.record_bytes} bytes are {batch_metered} "
@@ -713,7 +714,7 @@ async def _bench(client: S2SClient, args: argparse.Namespace) -> None:
         if error.code != "resource_already_exists":
             raise
     stream = client.stream(args.basin, args.stream)
-    message = pb.AppendInput(records=records)
+    message = pb.AppendInput(records=[record] * args.batch_records)
     batch_bytes = args.record_bytes * args.batch_records
     latencies: list[float] = []
     failures: list[BaseException] = []
