@@ -20,8 +20,7 @@ from typing import IO, Any
 import pyarrow as pa
 
 from client import S2SClient, S2SError, SqlResult
-from s2s import allocator
-from s2s.cli_args import (
+from client.cli_args import (
     U64_MAX,
     EnvOption,
     Parser,
@@ -32,6 +31,7 @@ from s2s.cli_args import (
     server_address,
     whole_number,
 )
+from s2s import allocator
 from s2s.config import (
     BasinConfig,
     BasinConfigPatch,

@@ -26,8 +26,8 @@ import lmdb
 from grpc import aio
 
 from client.cli import add_commands, run
+from client.cli_args import EnvOption, Parser, nonempty, number, port, whole_number
 from s2s import allocator
-from s2s.cli_args import EnvOption, Parser, nonempty, number, port, whole_number
 from server.binding import IPAddress, host_port, listening_socket, parse_host
 from server.grpc_frontend.server import listening_grpc_server, start_grpc_server
 from server.http_frontend import start_http_server

@@ -5,6 +5,9 @@ A bad value, on the command line or in the environment, is a usage error: one li
 flag or variable, what it must be and what it got, then exit status 2 (argparse's convention).
 Environment variables are read only by the command that uses them, after parsing, so a bad one
 never breaks `s2s --help` or another command; one set to the empty string counts as unset.
+
+Both halves of the command line use it: the client commands here in `client/`, and `s2s serve`
+through `server/cli.py`, the one server module that imports the client.
 """
 
 from __future__ import annotations
