@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -117,14 +116,7 @@ def test_bench_reports_throughput_and_latency(server: ServerProcess) -> None:
 # --- bad input as a new user would give it: one line on stderr, no traceback ------------------
 
 UNREACHABLE = "127.0.0.1:1"
-
-
-@pytest.fixture(scope="module")
-def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """One server for the checks that must fail before anything reaches it."""
-    process = ServerProcess(str(tmp_path_factory.mktemp("cli") / "data")).start()
-    yield process
-    process.stop()
+"""No server: a usage error must come before anything is sent (a call would exit 1)."""
 
 
 def s2s_raw(target: str, *args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[str]:
@@ -190,10 +182,8 @@ USAGE_ERRORS = [
 @pytest.mark.parametrize(
     ("args", "says"), USAGE_ERRORS, ids=[" ".join(a)[:80] for a, _ in USAGE_ERRORS]
 )
-def test_usage_errors_are_one_line_and_exit_2(
-    args: list[str], says: str, shared_server: ServerProcess
-) -> None:
-    line = one_line(s2s_raw(shared_server.target, *args), 2)
+def test_usage_errors_are_one_line_and_exit_2(args: list[str], says: str) -> None:
+    line = one_line(s2s_raw(UNREACHABLE, *args), 2)
     assert line.startswith(f"s2s {args[0]}: error: ") and says in line, line
 
 
@@ -212,11 +202,9 @@ NDJSON_USAGE_ERRORS = [
 
 
 @pytest.mark.parametrize(("stdin", "says"), NDJSON_USAGE_ERRORS)
-def test_bad_ndjson_lines_are_usage_errors(
-    stdin: bytes, says: str, shared_server: ServerProcess
-) -> None:
+def test_bad_ndjson_lines_are_usage_errors(stdin: bytes, says: str) -> None:
     command = ("append", "ndjson-basin", "s", "--ndjson")
-    line = one_line(s2s_raw(shared_server.target, *command, stdin=stdin), 2)
+    line = one_line(s2s_raw(UNREACHABLE, *command, stdin=stdin), 2)
     assert says in line, line
 
 
