@@ -96,7 +96,9 @@ def add_commands(commands: Any) -> None:
     )
     streams.add_argument("--prefix", help="list only names starting with this (list)")
 
-    append = command("append", "append stdin lines as records (one batch per 1000 lines)", _append)
+    append = command(
+        "append", "append stdin lines as records (batches of up to 1000 lines and 1 MiB)", _append
+    )
     append.add_argument("basin")
     append.add_argument("stream")
     append.add_argument(
