@@ -68,18 +68,16 @@ def append_session(
     messages: AsyncIterator[Message],
     decode: Callable[[Message], StreamBatch],
     *,
-    draining: asyncio.Event | None,
     discard: DiscardAfterFailure | None = None,
 ) -> AsyncGenerator[AppendAck, None]:
     """The session's acks, in order; its one failure is raised after the acks before it.
 
     `decode` raises for a message it cannot turn into a batch (an `S2Error`, like the
     checks that follow). `messages` may raise too: that failure ends the session the same way.
-    Setting `draining` ends the session with `server_draining`; None for a transport that is
-    not told of shutdown. The caller closes the generator (`contextlib.aclosing`), which stops
-    the intake.
+    When the store drains (shutdown), the session ends with `server_draining`. The caller
+    closes the generator (`contextlib.aclosing`), which stops the intake.
     """
-    return _AppendSession(store, messages, decode, draining, discard).acks()
+    return _AppendSession(store, messages, decode, discard).acks()
 
 
 class _AppendSession(Generic[Message]):
@@ -88,13 +86,12 @@ class _AppendSession(Generic[Message]):
         store: StreamStore,
         messages: AsyncIterator[Message],
         decode: Callable[[Message], StreamBatch],
-        draining: asyncio.Event | None,
         discard: DiscardAfterFailure | None,
     ) -> None:
         self._store = store
         self._messages = messages
         self._decode = decode
-        self._draining = draining
+        self._draining = store.draining
         self._discard = discard
         self._pending: asyncio.Queue[_Queued] = asyncio.Queue(SESSION_INFLIGHT_BATCHES_MAX)
         self._failed = False
@@ -105,9 +102,7 @@ class _AppendSession(Generic[Message]):
     async def acks(self) -> AsyncGenerator[AppendAck, None]:
         self._last_received_s = asyncio.get_running_loop().time()
         intake = asyncio.create_task(self._intake())
-        tasks = [intake]
-        if self._draining is not None:
-            tasks.append(asyncio.create_task(self._stop_intake_on_drain(self._draining, intake)))
+        tasks = [intake, asyncio.create_task(self._stop_intake_on_drain(self._draining, intake))]
         try:
             while True:
                 try:
@@ -140,7 +135,7 @@ class _AppendSession(Generic[Message]):
         loop = asyncio.get_running_loop()
         try:
             while True:
-                if not self._failed and self._draining is not None and self._draining.is_set():
+                if not self._failed and self._draining.is_set():
                     await self._fail(server_draining())
                 if self._failed and self._discard is None:
                     return

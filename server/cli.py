@@ -204,9 +204,8 @@ async def serve(settings: ServeSettings) -> None:
         lake = await _open_lake(store, settings.lake)
         resources.push_async_callback(lake.close)
 
-        # Set on SIGTERM or SIGINT: open sessions of both frontends end with server_draining.
-        stop = asyncio.Event()
-        await start_grpc_server(grpc_server, store, lake, stop)
+        stop = asyncio.Event()  # set on SIGTERM or SIGINT
+        await start_grpc_server(grpc_server, store, lake)
         log.info("gRPC listening on %s", host_port(settings.host, grpc_port))
         http_task = start_http_server(store, http_socket, stop, SHUTDOWN_GRACE_S, lake)
         resources.push_async_callback(_stop_frontends, store, lake, grpc_server, http_task, stop)

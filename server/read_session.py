@@ -32,12 +32,9 @@ async def read_session(
     start: ReadStart,
     limits: ReadLimits,
     create_config: StreamConfig | None,
-    *,
-    draining: asyncio.Event | None,
 ) -> AsyncGenerator[ReadOutput, None]:
     """The session's outputs (records, or a heartbeat with the tail) until it ends; a failure
-    is raised, `server_draining` once `draining` is set (None: a transport not told of
-    shutdown).
+    is raised, `server_draining` once the store drains (shutdown).
 
     Nothing is checked before the first output is asked for: a frontend that must answer
     "not found" or "unwritten" as a plain error reads that output before it answers.
@@ -46,11 +43,7 @@ async def read_session(
     output: ReadOutput | None
     # Closing the reader's generator releases its follower slot.
     async with contextlib.aclosing(outputs):
-        if draining is None:
-            async for output in outputs:
-                yield output
-            return
-        cut = _DrainCut(draining)
+        cut = _DrainCut(store.draining)
         try:
             while (output := await cut.next(outputs)) is not None:
                 yield output

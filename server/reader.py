@@ -179,14 +179,11 @@ def seq_at_timestamp(kv: KeyValueStore, sid: int, timestamp: int, tail_seq: int)
 class Reader:
     """Serves reads of sequencers' streams from a key-value store."""
 
-    def __init__(self, kv: KeyValueStore) -> None:
+    def __init__(self, kv: KeyValueStore, draining: asyncio.Event) -> None:
+        """`draining` is the store's: once set, unary reads waiting for records end, and
+        later ones do not wait (`server_draining`)."""
         self._kv = kv
-        self._draining = asyncio.Event()
-
-    def drain(self) -> None:
-        """The server is shutting down: unary reads waiting for records end now, and later
-        ones do not wait (`server_draining`). Sessions end in `server.read_session`."""
-        self._draining.set()
+        self._draining = draining
 
     async def resolve_start(
         self, stream: StreamSequencer, start: ReadStart, limits: ReadLimits, can_follow: bool

@@ -53,7 +53,10 @@ class StreamStore:
         self.clock = clock or SystemClock()
         self.committer = GroupCommitter(kv, on_failure=self._resync_after_failure)
         self.catalog = Catalog(kv, self.committer, self.clock)
-        self.reader = Reader(kv)
+        self.draining = asyncio.Event()
+        """Set once shutdown has begun (`drain`): calls that only wait end with
+        `server_draining`, and sessions end at their next wait."""
+        self.reader = Reader(kv, self.draining)
         self.sequencers = SequencerRegistry(self.catalog, self.committer, self.clock)
         self.jobs = BackgroundJobs(
             kv,
@@ -82,8 +85,9 @@ class StreamStore:
         self.jobs.start()
 
     def drain(self) -> None:
-        """Shutdown has begun: calls that only wait (unary reads with `wait`) end now."""
-        self.reader.drain()
+        """Shutdown has begun: unary reads waiting at the tail end now, and open sessions
+        (`server.append_session`, `server.read_session`) end at their next wait."""
+        self.draining.set()
 
     async def close(self) -> None:
         """Stop background jobs, finish every queued commit, and close the store."""

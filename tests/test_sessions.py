@@ -80,7 +80,7 @@ async def stream_store(store: StreamStore) -> StreamStore:
 async def test_acks_in_order_until_the_client_half_closes(stream_store: StreamStore) -> None:
     client = Client(*(make_batch(b"a", b"b") for _ in range(5)))
     client.close()
-    acks = append_session(stream_store, client.messages(), decode, draining=None)
+    acks = append_session(stream_store, client.messages(), decode)
     assert await collect(acks) == ([0, 2, 4, 6, 8], None)
 
 
@@ -89,9 +89,7 @@ async def test_first_failure_ends_the_session_after_the_acks_before_it(
 ) -> None:
     client = Client(make_batch(b"a"), make_batch(b"b", match_seq_num=7), make_batch(b"c"))
     client.close()
-    acks, error = await collect(
-        append_session(stream_store, client.messages(), decode, draining=None)
-    )
+    acks, error = await collect(append_session(stream_store, client.messages(), decode))
     assert acks == [0]
     assert isinstance(error, SeqNumMismatch) and error.expected_seq_num == 1
     assert (await stream_store.check_tail(BASIN, STREAM)).seq_num == 1
@@ -99,9 +97,7 @@ async def test_first_failure_ends_the_session_after_the_acks_before_it(
 
 async def test_a_message_that_does_not_decode_ends_the_session(stream_store: StreamStore) -> None:
     client = Client(make_batch(b"a"), None, make_batch(b"c"))
-    acks, error = await collect(
-        append_session(stream_store, client.messages(), decode, draining=None)
-    )
+    acks, error = await collect(append_session(stream_store, client.messages(), decode))
     assert acks == [0] and error is not None and error.code == "bad_frame"
     assert client.read == 2, "nothing is read after the failure"
     assert (await stream_store.check_tail(BASIN, STREAM)).seq_num == 1
@@ -122,7 +118,7 @@ async def test_acks_failed_behind_the_first_failure_are_not_logged_as_unretrieve
         gate = kv.hold_commit()
         kv.fail_commit()  # the held one: the first batch's
         client = Client(*(make_batch(b"x") for _ in range(5)))
-        acks = append_session(faulty_store, client.messages(), decode, draining=None)
+        acks = append_session(faulty_store, client.messages(), decode)
         ending = asyncio.ensure_future(collect(acks))
         await asyncio.sleep(0.1)  # all five sequenced, the first commit held
         gate.release.set()
@@ -138,7 +134,7 @@ async def test_acks_failed_behind_the_first_failure_are_not_logged_as_unretrieve
 
 async def test_unacknowledged_batches_are_bounded(stream_store: StreamStore) -> None:
     client = Client(*(make_batch(b"x") for _ in range(3 * SESSION_INFLIGHT_BATCHES_MAX)))
-    acks = append_session(stream_store, client.messages(), decode, draining=None)
+    acks = append_session(stream_store, client.messages(), decode)
     async with contextlib.aclosing(acks):
         await anext(acks)
         await asyncio.sleep(0.2)  # the intake runs as far as it may
@@ -154,7 +150,6 @@ async def test_after_a_failure_the_client_is_read_until_quiet_then_the_session_e
         stream_store,
         client.messages(),
         decode,
-        draining=None,
         discard=DiscardAfterFailure(quiet_s=0.2, s_max=5.0),
     )
     ending = asyncio.ensure_future(collect(acks))
@@ -172,11 +167,10 @@ async def test_draining_cuts_an_append_session_waiting_for_the_client(
     stream_store: StreamStore,
 ) -> None:
     client = Client(make_batch(b"a"), make_batch(b"b"))
-    draining = asyncio.Event()
-    acks = append_session(stream_store, client.messages(), decode, draining=draining)
+    acks = append_session(stream_store, client.messages(), decode)
     ending = asyncio.ensure_future(collect(acks))
     await asyncio.sleep(0.1)  # both acknowledged; the session waits for the next message
-    draining.set()
+    stream_store.drain()
     acks_seen, error = await asyncio.wait_for(ending, 2)
     assert acks_seen == [0, 1] and error is not None and error.code == "server_draining"
     client.send(make_batch(b"after"))
@@ -187,10 +181,7 @@ async def test_draining_cuts_an_append_session_waiting_for_the_client(
 async def test_draining_cuts_a_read_session_waiting_at_the_tail(store: StreamStore) -> None:
     await store.create_stream(BASIN, "r")
     await store.append(BASIN, "r", make_batch(b"a"))
-    draining = asyncio.Event()
-    session = read_session(
-        store, BASIN, "r", ReadStart(seq_num=0), ReadLimits(), None, draining=draining
-    )
+    session = read_session(store, BASIN, "r", ReadStart(seq_num=0), ReadLimits(), None)
 
     async def follow() -> tuple[int, str | None]:
         outputs = 0
@@ -205,7 +196,7 @@ async def test_draining_cuts_a_read_session_waiting_at_the_tail(store: StreamSto
 
     following = asyncio.ensure_future(follow())
     await asyncio.sleep(0.1)  # the record, then the heartbeat that says it is live
-    draining.set()
+    store.drain()
     assert await asyncio.wait_for(following, 2) == (2, "server_draining")
 
 
@@ -214,14 +205,11 @@ async def test_a_read_session_busy_when_draining_begins_ends_at_its_next_wait(
 ) -> None:
     await store.create_stream(BASIN, "r")
     await store.append(BASIN, "r", make_batch(b"a"))
-    draining = asyncio.Event()
-    session = read_session(
-        store, BASIN, "r", ReadStart(seq_num=0), ReadLimits(), None, draining=draining
-    )
+    session = read_session(store, BASIN, "r", ReadStart(seq_num=0), ReadLimits(), None)
     async with contextlib.aclosing(session):
         first = await anext(session)
         assert first.records is not None and first.records.count == 1
-        draining.set()
+        store.drain()
         await asyncio.sleep(0.05)  # "writing" the first output while the drain comes
         with pytest.raises(S2Error) as info:
             await anext(session)

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from grpc import aio
@@ -48,11 +47,9 @@ async def start_grpc_server(
     server: aio.Server,
     store: StreamStore,
     lake: Lake | None = None,
-    draining: asyncio.Event | None = None,
 ) -> None:
-    """Register our services, health and reflection on `server`, then start serving. Setting
-    `draining` ends open sessions with `server_draining`."""
-    await register_services(server, store, lake, draining)
+    """Register our services, health and reflection on `server`, then start serving."""
+    await register_services(server, store, lake)
     await server.start()
 
 
@@ -60,7 +57,6 @@ async def register_services(
     server: aio.Server,
     store: StreamStore,
     lake: Lake | None,
-    draining: asyncio.Event | None = None,
 ) -> None:
     """Our services, health and reflection. Generated registrations go through a
     `GuardedRegistry`, so a request that does not decode is `bad_proto` there too
@@ -68,7 +64,7 @@ async def register_services(
     registry: Any = GuardedRegistry(server)
     services.add_AccountServiceServicer_to_server(AccountServicer(store), registry)  # type: ignore[no-untyped-call]
     services.add_BasinServiceServicer_to_server(BasinServicer(store), registry)  # type: ignore[no-untyped-call]
-    server.add_generic_rpc_handlers((stream.handlers(stream.StreamServicer(store, draining)),))
+    server.add_generic_rpc_handlers((stream.handlers(stream.StreamServicer(store)),))
     names = [
         services_pb2.DESCRIPTOR.services_by_name[n.split(".")[-1]].full_name for n in SERVICE_NAMES
     ]

@@ -11,7 +11,6 @@ that does not decode reaches the handler as `Undecodable` and fails with `bad_pr
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import TypeVar
@@ -68,11 +67,8 @@ def _stream_names(basin: str, stream: str) -> tuple[str, str]:
 
 
 class StreamServicer:
-    def __init__(self, store: StreamStore, draining: asyncio.Event | None = None) -> None:
-        """`draining`, set when the server begins shutting down, ends open sessions with
-        `server_draining` at their next wait (None: they run until the grace period ends)."""
+    def __init__(self, store: StreamStore) -> None:
         self._store = store
-        self._draining = draining
 
     @unary
     async def CheckTail(
@@ -108,7 +104,6 @@ class StreamServicer:
             self._store,
             requests,
             _SessionRequests(),
-            draining=self._draining,
             discard=DISCARD_AFTER_FAILURE,
         )
         async with contextlib.aclosing(acks):
@@ -127,9 +122,7 @@ class StreamServicer:
     ) -> AsyncIterator[bytes]:
         basin, stream = _stream_names(request.basin, request.stream)
         start, limits = read_arguments(request)
-        session = read_session(
-            self._store, basin, stream, start, limits, None, draining=self._draining
-        )
+        session = read_session(self._store, basin, stream, start, limits, None)
         async with contextlib.aclosing(session):
             async for output in session:
                 yield output_bytes(output)

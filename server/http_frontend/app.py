@@ -6,7 +6,6 @@ Routing uses `scope["raw_path"]` and decodes each segment on its own, so a strea
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import reprlib
 from typing import Any
@@ -68,19 +67,17 @@ def _stream_segment(name: str) -> str:
 class HttpApp:
     """S2 v1 REST API over a `StreamStore` (docs/s2-compat.md §1-§9), plus the lake API.
 
-    Setting `draining` ends open sessions with `server_draining` (`server.append_session`,
+    Open sessions end with `server_draining` when the store drains (`server.append_session`,
     `server.read_session`).
     """
 
-    def __init__(
-        self, store: StreamStore, draining: asyncio.Event, lake: Lake | None = None
-    ) -> None:
+    def __init__(self, store: StreamStore, lake: Lake | None = None) -> None:
         self._lake = LakeApi(lake) if lake is not None else None
         self._basins = BasinsApi(store)
         self._streams = StreamsApi(store)
         self._records = RecordsApi(store)
-        self._sessions = SessionsApi(store, draining)
-        self._sse = SseApi(store, draining)
+        self._sessions = SessionsApi(store)
+        self._sse = SseApi(store)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":

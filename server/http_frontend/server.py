@@ -36,8 +36,8 @@ def start_http_server(
     """Start serving on the listening socket `sock`, which the server then owns; returns the
     serving task.
 
-    Setting `shutdown` stops accepting and ends open sessions with `server_draining`; other
-    in-flight requests get `grace_s` to finish.
+    Setting `shutdown` stops accepting; in-flight requests get `grace_s` to finish (open
+    sessions end at once when the store drains, see `StreamStore.drain`).
     """
     h2_tuning.install()
     # Any route may answer before its request body has arrived; over HTTP/2 that must not
@@ -52,7 +52,7 @@ def start_http_server(
     config.accesslog = None
     # A Logger (not a path) makes Hypercorn log through our handlers, once.
     config.errorlog = logging.getLogger("hypercorn.error")
-    app = HttpApp(store, shutdown, lake)
+    app = HttpApp(store, lake)
     return asyncio.create_task(
         serve(app, config, shutdown_trigger=shutdown.wait)  # type: ignore[arg-type]
     )

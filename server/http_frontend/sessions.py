@@ -10,7 +10,6 @@ input and its output is encoded into frames.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 
 from google.protobuf.message import DecodeError
@@ -41,9 +40,8 @@ _SESSION_HEADERS = [
 
 
 class SessionsApi:
-    def __init__(self, store: StreamStore, draining: asyncio.Event) -> None:
+    def __init__(self, store: StreamStore) -> None:
         self._store = store
-        self._draining = draining
 
     async def append_session(self, exchange: Exchange, basin: str, stream: str) -> None:
         """Each frame's batch is acknowledged by a frame, in order; the session's one failure
@@ -55,7 +53,6 @@ class SessionsApi:
             self._store,
             read_frames(exchange.body_chunks()),
             _frame_decoder(basin, stream),
-            draining=self._draining,
         )
         await write_outputs(
             exchange,
@@ -76,7 +73,6 @@ class SessionsApi:
             start,
             limits,
             create_config(exchange),
-            draining=self._draining,
         )
         await serve_read(
             exchange,

@@ -7,7 +7,6 @@ session), which a client sends back as `last-event-id` to resume where it stoppe
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from dataclasses import replace
@@ -70,9 +69,8 @@ def resume(
 
 
 class SseApi:
-    def __init__(self, store: StreamStore, draining: asyncio.Event) -> None:
+    def __init__(self, store: StreamStore) -> None:
         self._store = store
-        self._draining = draining
 
     async def read(self, exchange: Exchange, basin: str, stream: str) -> None:
         """Catch up, then follow: a `batch` event per batch, a `ping` per heartbeat, and at the
@@ -87,7 +85,6 @@ class SseApi:
             start,
             limits,
             create_config(exchange),
-            draining=self._draining,
         )
         await serve_read(
             exchange,
