@@ -21,7 +21,6 @@ import pyarrow as pa
 
 from client import S2SClient, S2SError, SqlResult
 from client.cli_args import (
-    U64_MAX,
     EnvOption,
     Parser,
     UsageError,
@@ -57,6 +56,7 @@ from s2s.records import (
 from s2s.v1 import control_pb2 as cpb
 from s2s.v1 import lake_pb2 as lpb
 from s2s.v1 import records_pb2 as pb
+from s2s.wire import U64_MAX
 
 SERVER_OPTION = EnvOption(
     "--server", "S2S_SERVER", server_address, "127.0.0.1:50051", "gRPC address of the server"

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-U64_MAX = 2**64 - 1
+from s2s.wire import U64_MAX
 
 
 class UsageError(Exception):

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from s2s.errors import S2Error, invalid
+from s2s.wire import U64_MAX
 
 STORAGE_CLASSES = ("standard", "express")
 TIMESTAMPING_MODES = ("client-prefer", "client-require", "arrival")
@@ -139,7 +140,7 @@ def _enum(value: Any, allowed: tuple[str, ...], what: str) -> str:
 
 
 def _u64(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**64:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= U64_MAX:
         raise _bad_json(f"{what} must be an unsigned 64-bit integer")
     return value
 

@@ -19,6 +19,11 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from s2s.v1 import records_pb2 as pb
 
+U64_MAX = 2**64 - 1
+"""Largest value of the API's uint64 fields (sequence numbers, timestamps, counts, bytes)."""
+U32_MAX = 2**32 - 1
+"""Largest value of its uint32 fields (`wait`, in seconds)."""
+
 _READ_BATCH_RECORDS_TAG = b"\x0a"  # ReadBatch.records: field 1, length-delimited
 _READ_BATCH_TAIL_TAG = b"\x12"  # ReadBatch.tail: field 2, length-delimited
 _ENVELOPE_BATCH_TAG = b"\x0a"  # {Read,ReadSession}Response.batch: field 1, length-delimited

@@ -13,6 +13,7 @@ from urllib.parse import parse_qsl
 
 from s2s import compression
 from s2s.errors import S2Error
+from s2s.wire import U64_MAX
 from server.http_frontend.json_body import parse_json
 
 Scope = MutableMapping[str, Any]
@@ -24,7 +25,6 @@ REQUEST_BODY_BYTES_MAX = 8 * 1024 * 1024
 """Largest unary request body, before and after decompression: a 1 MiB batch in JSON base64
 with per-record overhead fits well inside."""
 _CODECS: dict[str, compression.Codec] = {"gzip": "gzip", "zstd": "zstd"}
-U64_MAX = 2**64 - 1
 
 
 class Exchange:

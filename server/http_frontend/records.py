@@ -17,8 +17,8 @@ from s2s.config import StreamConfig, stream_config_from_json
 from s2s.errors import S2Error, invalid
 from s2s.records import BATCH_RECORDS_MAX, validate_append_input
 from s2s.v1 import records_pb2 as pb
-from s2s.wire import read_batch_bytes
-from server.http_frontend.exchange import U64_MAX, Exchange, first_accept, media_type, parse_uint
+from s2s.wire import U32_MAX, U64_MAX, read_batch_bytes
+from server.http_frontend.exchange import Exchange, first_accept, media_type, parse_uint
 from server.http_frontend.json_body import parse_json, unpaired_surrogate
 from server.reader import ReadLimits, ReadOutput, ReadStart
 from server.sequencer import AppendAck, StreamPosition
@@ -28,7 +28,6 @@ PROTOBUF_TYPES = ("application/protobuf", "application/x-protobuf")
 PROTOBUF_RESPONSE_TYPE = "application/protobuf"
 STREAM_CONFIG_HEADER = "s2-stream-config"
 FORMAT_HEADER = "s2-format"
-_U32_MAX = 2**32 - 1
 
 
 # --- arguments ---------------------------------------------------------------------------
@@ -70,7 +69,7 @@ def read_arguments(exchange: Exchange) -> tuple[ReadStart, ReadLimits]:
     clamp_text = query.get("clamp", "false")
     if clamp_text not in ("true", "false"):
         raise S2Error("bad_query", "clamp must be true or false")
-    wait = _uint(query, "wait", _U32_MAX)
+    wait = _uint(query, "wait", U32_MAX)
     start = ReadStart(
         seq_num=_uint(query, "seq_num"),
         timestamp=_uint(query, "timestamp"),

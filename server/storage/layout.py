@@ -49,7 +49,6 @@ import google_crc32c
 
 from s2s.wire import Headers, record_entries
 
-U64_MAX = 2**64 - 1
 NEXT_STREAM_ID_KEY = b"next_stream_id"
 RECLAIMED_AT_KEY = b"reclaimed_at_ms"
 DELETING_BASIN_PREFIX = b"deleting/basin/"
