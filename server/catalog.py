@@ -15,7 +15,7 @@ import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
-from typing import Any, TypeAlias
+from typing import Generic, Literal, TypeAlias, TypeVar
 
 from s2s import names
 from s2s.config import (
@@ -141,12 +141,15 @@ class StreamRecord:
         )
 
 
+Record = TypeVar("Record", BasinRecord, StreamRecord)
+
+
 @dataclass(frozen=True)
-class Provisioned:
+class Provisioned(Generic[Record]):
     """Outcome of a create or ensure: what exists now and whether this call changed it."""
 
-    outcome: str  # "created" | "updated" | "noop"
-    record: Any
+    outcome: Literal["created", "updated", "noop"]
+    record: Record
 
 
 def creation_digest(
@@ -218,7 +221,7 @@ class Catalog:
         config: BasinConfig,
         requested_config: RequestedConfig | None = None,
         request_token: str | None = None,
-    ) -> Provisioned:
+    ) -> Provisioned[BasinRecord]:
         names.validate_basin_name(name)
         digest = creation_digest(request_token, requested_config)
         async with self.basin_lock(name):
@@ -244,14 +247,14 @@ class Catalog:
             await self._committer.commit([Put(Table.BASINS, name.encode(), record.encode())])
             return record
 
-    async def ensure_basin(self, name: str, config: BasinConfig) -> Provisioned:
+    async def ensure_basin(self, name: str, config: BasinConfig) -> Provisioned[BasinRecord]:
         """Create the basin, or replace its whole config with `config`."""
         names.validate_basin_name(name)
         async with self.basin_lock(name):
             existing = self.get_basin(name)
             if existing is None:
                 record = BasinRecord(name, config, self._clock.now_ms())
-                outcome = "created"
+                outcome: Literal["created", "updated"] = "created"
             elif existing.deleting:
                 raise S2Error("basin_deletion_pending", f"basin {name!r} is being deleted")
             elif existing.config == config:
@@ -313,7 +316,7 @@ class Catalog:
         config: StreamConfig,
         requested_config: RequestedConfig | None = None,
         request_token: str | None = None,
-    ) -> Provisioned:
+    ) -> Provisioned[StreamRecord]:
         names.validate_stream_name(name)
         _check_retention(config)
         digest = creation_digest(request_token, requested_config)
@@ -342,7 +345,9 @@ class Catalog:
                 return existing
             return await self._insert_stream(basin_record, name, config, None)
 
-    async def ensure_stream(self, basin: str, name: str, config: StreamConfig) -> Provisioned:
+    async def ensure_stream(
+        self, basin: str, name: str, config: StreamConfig
+    ) -> Provisioned[StreamRecord]:
         names.validate_stream_name(name)
         _check_retention(config)
         async with self.basin_lock(basin):

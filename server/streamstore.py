@@ -103,12 +103,14 @@ class StreamStore:
         config: BasinConfig | None = None,
         requested_config: RequestedConfig | None = None,
         request_token: str | None = None,
-    ) -> Provisioned:
+    ) -> Provisioned[BasinRecord]:
         return await self.catalog.create_basin(
             name, config or BasinConfig(), requested_config, request_token
         )
 
-    async def ensure_basin(self, name: str, config: BasinConfig | None = None) -> Provisioned:
+    async def ensure_basin(
+        self, name: str, config: BasinConfig | None = None
+    ) -> Provisioned[BasinRecord]:
         return await self.catalog.ensure_basin(name, config or BasinConfig())
 
     def list_basins(
@@ -135,14 +137,14 @@ class StreamStore:
         config: StreamConfig | None = None,
         requested_config: RequestedConfig | None = None,
         request_token: str | None = None,
-    ) -> Provisioned:
+    ) -> Provisioned[StreamRecord]:
         return await self.catalog.create_stream(
             basin, name, config or StreamConfig(), requested_config, request_token
         )
 
     async def ensure_stream(
         self, basin: str, name: str, config: StreamConfig | None = None
-    ) -> Provisioned:
+    ) -> Provisioned[StreamRecord]:
         provisioned = await self.catalog.ensure_stream(basin, name, config or StreamConfig())
         self.sequencers.adopt_config(provisioned.record)
         return provisioned

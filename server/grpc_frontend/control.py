@@ -12,7 +12,7 @@ from s2s.convert import (
 )
 from s2s.v1 import control_pb2 as cpb
 from s2s.v1 import services_pb2_grpc as services
-from server.catalog import BasinRecord, Provisioned, StreamRecord
+from server.catalog import BasinRecord, StreamRecord
 from server.grpc_frontend.errors import Context, unary
 from server.streamstore import StreamStore
 
@@ -61,7 +61,7 @@ class AccountServicer(services.AccountServiceServicer):
         self, request: cpb.CreateBasinRequest, context: Context
     ) -> cpb.CreateBasinResponse:
         config = basin_config_from_proto(request.config)
-        provisioned: Provisioned = await self._store.create_basin(
+        provisioned = await self._store.create_basin(
             request.basin,
             config,
             request.config.SerializeToString(deterministic=True).hex(),

@@ -86,7 +86,9 @@ def _query_errors() -> Iterator[None]:
         raise S2Error("bad_query", error.message) from None
 
 
-def _provision_headers(provisioned: Provisioned) -> list[tuple[str, str]]:
+def _provision_headers(
+    provisioned: Provisioned[BasinRecord] | Provisioned[StreamRecord],
+) -> list[tuple[str, str]]:
     return [(PROVISION_RESULT_HEADER, provisioned.outcome)]
 
 
