@@ -15,8 +15,9 @@ backend owns its append session:
   validation or by its condition, storage) stops intake. The batches before it are still
   acknowledged, then the session ends with that error; nothing after it is sequenced.
 - Draining: on shutdown, intake stops at the next message boundary the same way, with
-  `server_draining`. It is cut only while it waits for the client's next message, never while
-  it decodes or submits one, so no batch the client was not told about was appended.
+  `server_draining`; when the caller's access token is revoked or expires, with `authn`. It
+  is cut only while it waits for the client's next message, never while it decodes or submits
+  one, so no batch the client was not told about was appended.
 
 Two tasks per session, as before this module existed: the intake reads, decodes and submits in
 its own turn, and the caller's task awaits the acks; they meet in a bounded queue. A batch
@@ -31,10 +32,9 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Generic, NamedTuple, TypeAlias, TypeVar
 
-from s2s.errors import server_draining
 from s2s.records import ValidatedBatch
+from server.scoped_store import ScopedStore
 from server.sequencer import AppendAck
-from server.streamstore import StreamStore
 
 SESSION_INFLIGHT_BATCHES_MAX = 32
 """Batches a session may have sequenced but not yet acknowledged (each <= 1 MiB)."""
@@ -64,7 +64,7 @@ _Queued: TypeAlias = asyncio.Future[AppendAck] | Exception | None
 
 
 def append_session(
-    store: StreamStore,
+    store: ScopedStore,
     messages: AsyncIterator[Message],
     decode: Callable[[Message], StreamBatch],
     *,
@@ -74,7 +74,8 @@ def append_session(
 
     `decode` raises for a message it cannot turn into a batch (an `S2Error`, like the
     checks that follow). `messages` may raise too: that failure ends the session the same way.
-    When the store drains (shutdown), the session ends with `server_draining`. The caller
+    When the store drains (shutdown) or the caller's token ends, the session ends with
+    `ScopedStore.end_error`'s error. The caller
     closes the generator (`contextlib.aclosing`), which stops the intake.
     """
     return _AppendSession(store, messages, decode, discard).acks()
@@ -83,7 +84,7 @@ def append_session(
 class _AppendSession(Generic[Message]):
     def __init__(
         self,
-        store: StreamStore,
+        store: ScopedStore,
         messages: AsyncIterator[Message],
         decode: Callable[[Message], StreamBatch],
         discard: DiscardAfterFailure | None,
@@ -91,7 +92,6 @@ class _AppendSession(Generic[Message]):
         self._store = store
         self._messages = messages
         self._decode = decode
-        self._draining = store.draining
         self._discard = discard
         self._pending: asyncio.Queue[_Queued] = asyncio.Queue(SESSION_INFLIGHT_BATCHES_MAX)
         self._failed = False
@@ -102,7 +102,7 @@ class _AppendSession(Generic[Message]):
     async def acks(self) -> AsyncGenerator[AppendAck, None]:
         self._last_received_s = asyncio.get_running_loop().time()
         intake = asyncio.create_task(self._intake())
-        tasks = [intake, asyncio.create_task(self._stop_intake_on_drain(self._draining, intake))]
+        tasks = [intake, asyncio.create_task(self._stop_intake_on_end(intake))]
         try:
             while True:
                 try:
@@ -135,8 +135,8 @@ class _AppendSession(Generic[Message]):
         loop = asyncio.get_running_loop()
         try:
             while True:
-                if not self._failed and self._draining.is_set():
-                    await self._fail(server_draining())
+                if not self._failed and (ended := self._store.end_error()) is not None:
+                    await self._fail(ended)
                 if self._failed and self._discard is None:
                     return
                 self._waiting_for_message = True
@@ -188,16 +188,14 @@ class _AppendSession(Generic[Message]):
             elif not item.cancelled():
                 item.exception()
 
-    async def _stop_intake_on_drain(
-        self, draining: asyncio.Event, intake: asyncio.Task[None]
-    ) -> None:
-        await draining.wait()
+    async def _stop_intake_on_end(self, intake: asyncio.Task[None]) -> None:
+        error = await self._store.ended()
         # Only an intake waiting for the client's next message is cut; one busy decoding or
-        # submitting notices the drain itself before it reads another message.
+        # submitting notices the end itself before it reads another message.
         if self._waiting_for_message and not self._failed:
             if self._discard is None:
                 intake.cancel()
-            await self._fail(server_draining())
+            await self._fail(error)
 
     async def _discard_until_quiet(
         self, intake: asyncio.Task[None], discard: DiscardAfterFailure

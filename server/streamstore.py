@@ -21,6 +21,7 @@ from s2s.config import (
     StreamConfigPatch,
 )
 from s2s.records import ValidatedBatch
+from server.access.tokens import AccessTokens
 from server.catalog import BasinRecord, Catalog, Provisioned, RequestedConfig, StreamRecord
 from server.clock import Clock, SystemClock
 from server.jobs import BackgroundJobs, JobSettings
@@ -58,6 +59,7 @@ class StreamStore:
         `server_draining`, and sessions end at their next wait."""
         self.reader = Reader(kv, self.draining)
         self.sequencers = SequencerRegistry(self.catalog, self.committer, self.clock)
+        self.access_tokens = AccessTokens(kv, self.committer, self.clock)
         self.jobs = BackgroundJobs(
             kv,
             self.catalog,
@@ -81,6 +83,7 @@ class StreamStore:
         return store
 
     async def start(self) -> None:
+        self.access_tokens.load()
         self.committer.start()
         self.jobs.start()
 
@@ -185,9 +188,11 @@ class StreamStore:
         stream: str,
         batch: ValidatedBatch,
         create_config: StreamConfig | None = None,
+        *,
+        may_create: bool = True,
     ) -> AppendAck:
         """Append one batch atomically; returns once it is durable."""
-        return await (await self.submit(basin, stream, batch, create_config))
+        return await (await self.submit(basin, stream, batch, create_config, may_create=may_create))
 
     async def submit(
         self,
@@ -195,12 +200,19 @@ class StreamStore:
         stream: str,
         batch: ValidatedBatch,
         create_config: StreamConfig | None = None,
+        *,
+        may_create: bool = True,
     ) -> asyncio.Future[AppendAck]:
-        """Sequence a batch now and return a future of its ack (for pipelined sessions)."""
+        """Sequence a batch now and return a future of its ack (for pipelined sessions).
+
+        `may_create` false: a missing stream is not created, whatever the basin's config
+        (the caller may not create it); so for the reads below."""
         large = batch.count >= YIELD_AROUND_BATCH_RECORDS
         if large:
             await asyncio.sleep(0)
-        sequencer = await self.sequencers.get(basin, stream, "append", create_config)
+        sequencer = await self.sequencers.get(
+            basin, stream, "append" if may_create else None, create_config
+        )
         ack = await sequencer.submit(batch)
         if large:
             await asyncio.sleep(0)
@@ -221,8 +233,10 @@ class StreamStore:
         """
         await self.sequencers.get(basin, stream, auto_create, create_config)
 
-    async def check_tail(self, basin: str, stream: str) -> StreamPosition:
-        sequencer = await self.sequencers.get(basin, stream, "read")
+    async def check_tail(
+        self, basin: str, stream: str, *, may_create: bool = True
+    ) -> StreamPosition:
+        sequencer = await self.sequencers.get(basin, stream, "read" if may_create else None)
         return sequencer.tail
 
     async def read(
@@ -232,10 +246,14 @@ class StreamStore:
         start: ReadStart,
         limits: ReadLimits,
         create_config: StreamConfig | None = None,
+        *,
+        may_create: bool = True,
     ) -> ReadOutput:
         """A unary read: one batch of at most 1000 records and 1 MiB."""
         validate_read(start, limits)
-        sequencer = await self.sequencers.get(basin, stream, "read", create_config)
+        sequencer = await self.sequencers.get(
+            basin, stream, "read" if may_create else None, create_config
+        )
         return await self.reader.read_unary(sequencer, start, limits)
 
     async def read_session(
@@ -245,10 +263,14 @@ class StreamStore:
         start: ReadStart,
         limits: ReadLimits,
         create_config: StreamConfig | None = None,
+        *,
+        may_create: bool = True,
     ) -> AsyncGenerator[ReadOutput, None]:
         """A read that catches up and then follows the tail (see `Reader.session`)."""
         validate_read(start, limits)
-        sequencer = await self.sequencers.get(basin, stream, "read", create_config)
+        sequencer = await self.sequencers.get(
+            basin, stream, "read" if may_create else None, create_config
+        )
         return self.reader.session(sequencer, start, limits)
 
     def _resync_after_failure(self) -> None:

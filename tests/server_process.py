@@ -43,9 +43,13 @@ class ServerProcess:
         command: Sequence[str | Path] = SOURCE_TREE_S2S,
         cwd: Path = REPO,
         env: Mapping[str, str] | None = None,
+        auth: bool = False,
     ) -> None:
+        """`auth` false runs the server with `--no-auth`: the tests of everything but access
+        control make their calls without tokens."""
         self.data_dir = data_dir
         self.extra_args = list(extra_args)
+        self.auth = auth
         self.command = [str(part) for part in command]
         self.cwd = cwd
         self.env = env
@@ -62,6 +66,11 @@ class ServerProcess:
     def target(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
 
+    @property
+    def root_token(self) -> str:
+        """The root access token's secret, which the server wrote at its first start."""
+        return (Path(self.data_dir) / "root.token").read_text().strip()
+
     def start(self, timeout_s: float = 30.0) -> ServerProcess:
         self.process = subprocess.Popen(
             [
@@ -73,6 +82,7 @@ class ServerProcess:
                 str(self.grpc_port),
                 "--http-port",
                 str(self.http_port),
+                *([] if self.auth else ["--no-auth"]),
                 *self.extra_args,
             ],
             cwd=self.cwd,

@@ -14,6 +14,7 @@ import pytest
 
 from s2s.errors import S2Error, SeqNumMismatch
 from s2s.records import ValidatedBatch
+from server.access.tokens import OPEN_ACCESS, Principal
 from server.append_session import (
     SESSION_INFLIGHT_BATCHES_MAX,
     DiscardAfterFailure,
@@ -22,6 +23,7 @@ from server.append_session import (
 )
 from server.read_session import read_session
 from server.reader import ReadLimits, ReadStart
+from server.scoped_store import ScopedStore
 from server.sequencer import AppendAck
 from server.storage.kv import LmdbStore
 from server.streamstore import StreamStore
@@ -32,6 +34,11 @@ STREAM = "s"
 
 Message = ValidatedBatch | None
 """What the tests' clients send: a batch, or None for a message that does not decode."""
+
+
+def full_access(store: StreamStore) -> ScopedStore:
+    """The store as a caller with every permission sees it (these tests are not about access)."""
+    return ScopedStore(store, Principal(OPEN_ACCESS))
 
 
 def decode(message: Message) -> StreamBatch:
@@ -80,7 +87,7 @@ async def stream_store(store: StreamStore) -> StreamStore:
 async def test_acks_in_order_until_the_client_half_closes(stream_store: StreamStore) -> None:
     client = Client(*(make_batch(b"a", b"b") for _ in range(5)))
     client.close()
-    acks = append_session(stream_store, client.messages(), decode)
+    acks = append_session(full_access(stream_store), client.messages(), decode)
     assert await collect(acks) == ([0, 2, 4, 6, 8], None)
 
 
@@ -89,7 +96,9 @@ async def test_first_failure_ends_the_session_after_the_acks_before_it(
 ) -> None:
     client = Client(make_batch(b"a"), make_batch(b"b", match_seq_num=7), make_batch(b"c"))
     client.close()
-    acks, error = await collect(append_session(stream_store, client.messages(), decode))
+    acks, error = await collect(
+        append_session(full_access(stream_store), client.messages(), decode)
+    )
     assert acks == [0]
     assert isinstance(error, SeqNumMismatch) and error.expected_seq_num == 1
     assert (await stream_store.check_tail(BASIN, STREAM)).seq_num == 1
@@ -97,7 +106,9 @@ async def test_first_failure_ends_the_session_after_the_acks_before_it(
 
 async def test_a_message_that_does_not_decode_ends_the_session(stream_store: StreamStore) -> None:
     client = Client(make_batch(b"a"), None, make_batch(b"c"))
-    acks, error = await collect(append_session(stream_store, client.messages(), decode))
+    acks, error = await collect(
+        append_session(full_access(stream_store), client.messages(), decode)
+    )
     assert acks == [0] and error is not None and error.code == "bad_frame"
     assert client.read == 2, "nothing is read after the failure"
     assert (await stream_store.check_tail(BASIN, STREAM)).seq_num == 1
@@ -118,7 +129,7 @@ async def test_acks_failed_behind_the_first_failure_are_not_logged_as_unretrieve
         gate = kv.hold_commit()
         kv.fail_commit()  # the held one: the first batch's
         client = Client(*(make_batch(b"x") for _ in range(5)))
-        acks = append_session(faulty_store, client.messages(), decode)
+        acks = append_session(full_access(faulty_store), client.messages(), decode)
         ending = asyncio.ensure_future(collect(acks))
         await asyncio.sleep(0.1)  # all five sequenced, the first commit held
         gate.release.set()
@@ -134,7 +145,7 @@ async def test_acks_failed_behind_the_first_failure_are_not_logged_as_unretrieve
 
 async def test_unacknowledged_batches_are_bounded(stream_store: StreamStore) -> None:
     client = Client(*(make_batch(b"x") for _ in range(3 * SESSION_INFLIGHT_BATCHES_MAX)))
-    acks = append_session(stream_store, client.messages(), decode)
+    acks = append_session(full_access(stream_store), client.messages(), decode)
     async with contextlib.aclosing(acks):
         await anext(acks)
         await asyncio.sleep(0.2)  # the intake runs as far as it may
@@ -147,7 +158,7 @@ async def test_after_a_failure_the_client_is_read_until_quiet_then_the_session_e
 ) -> None:
     client = Client(make_batch(b"a"), None)
     acks = append_session(
-        stream_store,
+        full_access(stream_store),
         client.messages(),
         decode,
         discard=DiscardAfterFailure(quiet_s=0.2, s_max=5.0),
@@ -167,7 +178,7 @@ async def test_draining_cuts_an_append_session_waiting_for_the_client(
     stream_store: StreamStore,
 ) -> None:
     client = Client(make_batch(b"a"), make_batch(b"b"))
-    acks = append_session(stream_store, client.messages(), decode)
+    acks = append_session(full_access(stream_store), client.messages(), decode)
     ending = asyncio.ensure_future(collect(acks))
     await asyncio.sleep(0.1)  # both acknowledged; the session waits for the next message
     stream_store.drain()
@@ -181,7 +192,7 @@ async def test_draining_cuts_an_append_session_waiting_for_the_client(
 async def test_draining_cuts_a_read_session_waiting_at_the_tail(store: StreamStore) -> None:
     await store.create_stream(BASIN, "r")
     await store.append(BASIN, "r", make_batch(b"a"))
-    session = read_session(store, BASIN, "r", ReadStart(seq_num=0), ReadLimits(), None)
+    session = read_session(full_access(store), BASIN, "r", ReadStart(seq_num=0), ReadLimits(), None)
 
     async def follow() -> tuple[int, str | None]:
         outputs = 0
@@ -205,7 +216,7 @@ async def test_a_read_session_busy_when_draining_begins_ends_at_its_next_wait(
 ) -> None:
     await store.create_stream(BASIN, "r")
     await store.append(BASIN, "r", make_batch(b"a"))
-    session = read_session(store, BASIN, "r", ReadStart(seq_num=0), ReadLimits(), None)
+    session = read_session(full_access(store), BASIN, "r", ReadStart(seq_num=0), ReadLimits(), None)
     async with contextlib.aclosing(session):
         first = await anext(session)
         assert first.records is not None and first.records.count == 1

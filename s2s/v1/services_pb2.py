@@ -22,41 +22,42 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from s2s.v1 import access_pb2 as s2s_dot_v1_dot_access__pb2
 from s2s.v1 import control_pb2 as s2s_dot_v1_dot_control__pb2
 from s2s.v1 import records_pb2 as s2s_dot_v1_dot_records__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15s2s/v1/services.proto\x12\x06s2s.v1\x1a\x14s2s/v1/control.proto\x1a\x14s2s/v1/records.proto\"1\n\x10\x43heckTailRequest\x12\r\n\x05\x62\x61sin\x18\x01 \x01(\t\x12\x0e\n\x06stream\x18\x02 \x01(\t\"9\n\x11\x43heckTailResponse\x12$\n\x04tail\x18\x01 \x01(\x0b\x32\x16.s2s.v1.StreamPosition\"R\n\rAppendRequest\x12\r\n\x05\x62\x61sin\x18\x01 \x01(\t\x12\x0e\n\x06stream\x18\x02 \x01(\t\x12\"\n\x05input\x18\x03 \x01(\x0b\x32\x13.s2s.v1.AppendInput\"0\n\x0e\x41ppendResponse\x12\x1e\n\x03\x61\x63k\x18\x01 \x01(\x0b\x32\x11.s2s.v1.AppendAck\"Y\n\x14\x41ppendSessionRequest\x12\r\n\x05\x62\x61sin\x18\x01 \x01(\t\x12\x0e\n\x06stream\x18\x02 \x01(\t\x12\"\n\x05input\x18\x03 \x01(\x0b\x32\x13.s2s.v1.AppendInput\"7\n\x15\x41ppendSessionResponse\x12\x1e\n\x03\x61\x63k\x18\x01 \x01(\x0b\x32\x11.s2s.v1.AppendAck\"\xf9\x01\n\x0bReadRequest\x12\r\n\x05\x62\x61sin\x18\x01 \x01(\t\x12\x0e\n\x06stream\x18\x02 \x01(\t\x12\x11\n\x07seq_num\x18\x03 \x01(\x04H\x00\x12\x13\n\ttimestamp\x18\x04 \x01(\x04H\x00\x12\x15\n\x0btail_offset\x18\x05 \x01(\x04H\x00\x12\x12\n\x05\x63ount\x18\x06 \x01(\x04H\x01\x88\x01\x01\x12\x12\n\x05\x62ytes\x18\x07 \x01(\x04H\x02\x88\x01\x01\x12\x12\n\x05until\x18\x08 \x01(\x04H\x03\x88\x01\x01\x12\r\n\x05\x63lamp\x18\t \x01(\x08\x12\x11\n\x04wait\x18\n \x01(\rH\x04\x88\x01\x01\x42\x07\n\x05startB\x08\n\x06_countB\x08\n\x06_bytesB\x08\n\x06_untilB\x07\n\x05_wait\"0\n\x0cReadResponse\x12 \n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x11.s2s.v1.ReadBatch\"\x80\x02\n\x12ReadSessionRequest\x12\r\n\x05\x62\x61sin\x18\x01 \x01(\t\x12\x0e\n\x06stream\x18\x02 \x01(\t\x12\x11\n\x07seq_num\x18\x03 \x01(\x04H\x00\x12\x13\n\ttimestamp\x18\x04 \x01(\x04H\x00\x12\x15\n\x0btail_offset\x18\x05 \x01(\x04H\x00\x12\x12\n\x05\x63ount\x18\x06 \x01(\x04H\x01\x88\x01\x01\x12\x12\n\x05\x62ytes\x18\x07 \x01(\x04H\x02\x88\x01\x01\x12\x12\n\x05until\x18\x08 \x01(\x04H\x03\x88\x01\x01\x12\r\n\x05\x63lamp\x18\t \x01(\x08\x12\x11\n\x04wait\x18\n \x01(\rH\x04\x88\x01\x01\x42\x07\n\x05startB\x08\n\x06_countB\x08\n\x06_bytesB\x08\n\x06_untilB\x07\n\x05_wait\"7\n\x13ReadSessionResponse\x12 \n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x11.s2s.v1.ReadBatch2\x8d\x03\n\x0e\x41\x63\x63ountService\x12\x43\n\nListBasins\x12\x19.s2s.v1.ListBasinsRequest\x1a\x1a.s2s.v1.ListBasinsResponse\x12\x46\n\x0b\x43reateBasin\x12\x1a.s2s.v1.CreateBasinRequest\x1a\x1b.s2s.v1.CreateBasinResponse\x12O\n\x0eGetBasinConfig\x12\x1d.s2s.v1.GetBasinConfigRequest\x1a\x1e.s2s.v1.GetBasinConfigResponse\x12U\n\x10ReconfigureBasin\x12\x1f.s2s.v1.ReconfigureBasinRequest\x1a .s2s.v1.ReconfigureBasinResponse\x12\x46\n\x0b\x44\x65leteBasin\x12\x1a.s2s.v1.DeleteBasinRequest\x1a\x1b.s2s.v1.DeleteBasinResponse2\x9a\x03\n\x0c\x42\x61sinService\x12\x46\n\x0bListStreams\x12\x1a.s2s.v1.ListStreamsRequest\x1a\x1b.s2s.v1.ListStreamsResponse\x12I\n\x0c\x43reateStream\x12\x1b.s2s.v1.CreateStreamRequest\x1a\x1c.s2s.v1.CreateStreamResponse\x12R\n\x0fGetStreamConfig\x12\x1e.s2s.v1.GetStreamConfigRequest\x1a\x1f.s2s.v1.GetStreamConfigResponse\x12X\n\x11ReconfigureStream\x12 .s2s.v1.ReconfigureStreamRequest\x1a!.s2s.v1.ReconfigureStreamResponse\x12I\n\x0c\x44\x65leteStream\x12\x1b.s2s.v1.DeleteStreamRequest\x1a\x1c.s2s.v1.DeleteStreamResponse2\xd9\x02\n\rStreamService\x12@\n\tCheckTail\x12\x18.s2s.v1.CheckTailRequest\x1a\x19.s2s.v1.CheckTailResponse\x12\x37\n\x06\x41ppend\x12\x15.s2s.v1.AppendRequest\x1a\x16.s2s.v1.AppendResponse\x12P\n\rAppendSession\x12\x1c.s2s.v1.AppendSessionRequest\x1a\x1d.s2s.v1.AppendSessionResponse(\x01\x30\x01\x12\x31\n\x04Read\x12\x13.s2s.v1.ReadRequest\x1a\x14.s2s.v1.ReadResponse\x12H\n\x0bReadSession\x12\x1a.s2s.v1.ReadSessionRequest\x1a\x1b.s2s.v1.ReadSessionResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15s2s/v1/services.proto\x12\x06s2s.v1\x1a\x13s2s/v1/access.proto\x1a\x14s2s/v1/control.proto\x1a\x14s2s/v1/records.proto\"1\n\x10\x43heckTailRequest\x12\r\n\x05\x62\x61sin\x18\x01 \x01(\t\x12\x0e\n\x06stream\x18\x02 \x01(\t\"9\n\x11\x43heckTailResponse\x12$\n\x04tail\x18\x01 \x01(\x0b\x32\x16.s2s.v1.StreamPosition\"R\n\rAppendRequest\x12\r\n\x05\x62\x61sin\x18\x01 \x01(\t\x12\x0e\n\x06stream\x18\x02 \x01(\t\x12\"\n\x05input\x18\x03 \x01(\x0b\x32\x13.s2s.v1.AppendInput\"0\n\x0e\x41ppendResponse\x12\x1e\n\x03\x61\x63k\x18\x01 \x01(\x0b\x32\x11.s2s.v1.AppendAck\"Y\n\x14\x41ppendSessionRequest\x12\r\n\x05\x62\x61sin\x18\x01 \x01(\t\x12\x0e\n\x06stream\x18\x02 \x01(\t\x12\"\n\x05input\x18\x03 \x01(\x0b\x32\x13.s2s.v1.AppendInput\"7\n\x15\x41ppendSessionResponse\x12\x1e\n\x03\x61\x63k\x18\x01 \x01(\x0b\x32\x11.s2s.v1.AppendAck\"\xf9\x01\n\x0bReadRequest\x12\r\n\x05\x62\x61sin\x18\x01 \x01(\t\x12\x0e\n\x06stream\x18\x02 \x01(\t\x12\x11\n\x07seq_num\x18\x03 \x01(\x04H\x00\x12\x13\n\ttimestamp\x18\x04 \x01(\x04H\x00\x12\x15\n\x0btail_offset\x18\x05 \x01(\x04H\x00\x12\x12\n\x05\x63ount\x18\x06 \x01(\x04H\x01\x88\x01\x01\x12\x12\n\x05\x62ytes\x18\x07 \x01(\x04H\x02\x88\x01\x01\x12\x12\n\x05until\x18\x08 \x01(\x04H\x03\x88\x01\x01\x12\r\n\x05\x63lamp\x18\t \x01(\x08\x12\x11\n\x04wait\x18\n \x01(\rH\x04\x88\x01\x01\x42\x07\n\x05startB\x08\n\x06_countB\x08\n\x06_bytesB\x08\n\x06_untilB\x07\n\x05_wait\"0\n\x0cReadResponse\x12 \n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x11.s2s.v1.ReadBatch\"\x80\x02\n\x12ReadSessionRequest\x12\r\n\x05\x62\x61sin\x18\x01 \x01(\t\x12\x0e\n\x06stream\x18\x02 \x01(\t\x12\x11\n\x07seq_num\x18\x03 \x01(\x04H\x00\x12\x13\n\ttimestamp\x18\x04 \x01(\x04H\x00\x12\x15\n\x0btail_offset\x18\x05 \x01(\x04H\x00\x12\x12\n\x05\x63ount\x18\x06 \x01(\x04H\x01\x88\x01\x01\x12\x12\n\x05\x62ytes\x18\x07 \x01(\x04H\x02\x88\x01\x01\x12\x12\n\x05until\x18\x08 \x01(\x04H\x03\x88\x01\x01\x12\r\n\x05\x63lamp\x18\t \x01(\x08\x12\x11\n\x04wait\x18\n \x01(\rH\x04\x88\x01\x01\x42\x07\n\x05startB\x08\n\x06_countB\x08\n\x06_bytesB\x08\n\x06_untilB\x07\n\x05_wait\"7\n\x13ReadSessionResponse\x12 \n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x11.s2s.v1.ReadBatch2\x95\x05\n\x0e\x41\x63\x63ountService\x12\x43\n\nListBasins\x12\x19.s2s.v1.ListBasinsRequest\x1a\x1a.s2s.v1.ListBasinsResponse\x12\x46\n\x0b\x43reateBasin\x12\x1a.s2s.v1.CreateBasinRequest\x1a\x1b.s2s.v1.CreateBasinResponse\x12O\n\x0eGetBasinConfig\x12\x1d.s2s.v1.GetBasinConfigRequest\x1a\x1e.s2s.v1.GetBasinConfigResponse\x12U\n\x10ReconfigureBasin\x12\x1f.s2s.v1.ReconfigureBasinRequest\x1a .s2s.v1.ReconfigureBasinResponse\x12\x46\n\x0b\x44\x65leteBasin\x12\x1a.s2s.v1.DeleteBasinRequest\x1a\x1b.s2s.v1.DeleteBasinResponse\x12U\n\x10IssueAccessToken\x12\x1f.s2s.v1.IssueAccessTokenRequest\x1a .s2s.v1.IssueAccessTokenResponse\x12U\n\x10ListAccessTokens\x12\x1f.s2s.v1.ListAccessTokensRequest\x1a .s2s.v1.ListAccessTokensResponse\x12X\n\x11RevokeAccessToken\x12 .s2s.v1.RevokeAccessTokenRequest\x1a!.s2s.v1.RevokeAccessTokenResponse2\x9a\x03\n\x0c\x42\x61sinService\x12\x46\n\x0bListStreams\x12\x1a.s2s.v1.ListStreamsRequest\x1a\x1b.s2s.v1.ListStreamsResponse\x12I\n\x0c\x43reateStream\x12\x1b.s2s.v1.CreateStreamRequest\x1a\x1c.s2s.v1.CreateStreamResponse\x12R\n\x0fGetStreamConfig\x12\x1e.s2s.v1.GetStreamConfigRequest\x1a\x1f.s2s.v1.GetStreamConfigResponse\x12X\n\x11ReconfigureStream\x12 .s2s.v1.ReconfigureStreamRequest\x1a!.s2s.v1.ReconfigureStreamResponse\x12I\n\x0c\x44\x65leteStream\x12\x1b.s2s.v1.DeleteStreamRequest\x1a\x1c.s2s.v1.DeleteStreamResponse2\xd9\x02\n\rStreamService\x12@\n\tCheckTail\x12\x18.s2s.v1.CheckTailRequest\x1a\x19.s2s.v1.CheckTailResponse\x12\x37\n\x06\x41ppend\x12\x15.s2s.v1.AppendRequest\x1a\x16.s2s.v1.AppendResponse\x12P\n\rAppendSession\x12\x1c.s2s.v1.AppendSessionRequest\x1a\x1d.s2s.v1.AppendSessionResponse(\x01\x30\x01\x12\x31\n\x04Read\x12\x13.s2s.v1.ReadRequest\x1a\x14.s2s.v1.ReadResponse\x12H\n\x0bReadSession\x12\x1a.s2s.v1.ReadSessionRequest\x1a\x1b.s2s.v1.ReadSessionResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 's2s.v1.services_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CHECKTAILREQUEST']._serialized_start=77
-  _globals['_CHECKTAILREQUEST']._serialized_end=126
-  _globals['_CHECKTAILRESPONSE']._serialized_start=128
-  _globals['_CHECKTAILRESPONSE']._serialized_end=185
-  _globals['_APPENDREQUEST']._serialized_start=187
-  _globals['_APPENDREQUEST']._serialized_end=269
-  _globals['_APPENDRESPONSE']._serialized_start=271
-  _globals['_APPENDRESPONSE']._serialized_end=319
-  _globals['_APPENDSESSIONREQUEST']._serialized_start=321
-  _globals['_APPENDSESSIONREQUEST']._serialized_end=410
-  _globals['_APPENDSESSIONRESPONSE']._serialized_start=412
-  _globals['_APPENDSESSIONRESPONSE']._serialized_end=467
-  _globals['_READREQUEST']._serialized_start=470
-  _globals['_READREQUEST']._serialized_end=719
-  _globals['_READRESPONSE']._serialized_start=721
-  _globals['_READRESPONSE']._serialized_end=769
-  _globals['_READSESSIONREQUEST']._serialized_start=772
-  _globals['_READSESSIONREQUEST']._serialized_end=1028
-  _globals['_READSESSIONRESPONSE']._serialized_start=1030
-  _globals['_READSESSIONRESPONSE']._serialized_end=1085
-  _globals['_ACCOUNTSERVICE']._serialized_start=1088
-  _globals['_ACCOUNTSERVICE']._serialized_end=1485
-  _globals['_BASINSERVICE']._serialized_start=1488
-  _globals['_BASINSERVICE']._serialized_end=1898
-  _globals['_STREAMSERVICE']._serialized_start=1901
-  _globals['_STREAMSERVICE']._serialized_end=2246
+  _globals['_CHECKTAILREQUEST']._serialized_start=98
+  _globals['_CHECKTAILREQUEST']._serialized_end=147
+  _globals['_CHECKTAILRESPONSE']._serialized_start=149
+  _globals['_CHECKTAILRESPONSE']._serialized_end=206
+  _globals['_APPENDREQUEST']._serialized_start=208
+  _globals['_APPENDREQUEST']._serialized_end=290
+  _globals['_APPENDRESPONSE']._serialized_start=292
+  _globals['_APPENDRESPONSE']._serialized_end=340
+  _globals['_APPENDSESSIONREQUEST']._serialized_start=342
+  _globals['_APPENDSESSIONREQUEST']._serialized_end=431
+  _globals['_APPENDSESSIONRESPONSE']._serialized_start=433
+  _globals['_APPENDSESSIONRESPONSE']._serialized_end=488
+  _globals['_READREQUEST']._serialized_start=491
+  _globals['_READREQUEST']._serialized_end=740
+  _globals['_READRESPONSE']._serialized_start=742
+  _globals['_READRESPONSE']._serialized_end=790
+  _globals['_READSESSIONREQUEST']._serialized_start=793
+  _globals['_READSESSIONREQUEST']._serialized_end=1049
+  _globals['_READSESSIONRESPONSE']._serialized_start=1051
+  _globals['_READSESSIONRESPONSE']._serialized_end=1106
+  _globals['_ACCOUNTSERVICE']._serialized_start=1109
+  _globals['_ACCOUNTSERVICE']._serialized_end=1770
+  _globals['_BASINSERVICE']._serialized_start=1773
+  _globals['_BASINSERVICE']._serialized_end=2183
+  _globals['_STREAMSERVICE']._serialized_start=2186
+  _globals['_STREAMSERVICE']._serialized_end=2531
 # @@protoc_insertion_point(module_scope)

@@ -1,3 +1,4 @@
+from s2s.v1 import access_pb2 as _access_pb2
 from s2s.v1 import control_pb2 as _control_pb2
 from s2s.v1 import records_pb2 as _records_pb2
 from google.protobuf import descriptor as _descriptor

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from s2s.v1 import access_pb2 as s2s_dot_v1_dot_access__pb2
 from s2s.v1 import control_pb2 as s2s_dot_v1_dot_control__pb2
 from s2s.v1 import services_pb2 as s2s_dot_v1_dot_services__pb2
 
@@ -27,7 +28,7 @@ if _version_not_supported:
 
 
 class AccountServiceStub(object):
-    """Basins of the deployment.
+    """Basins and access tokens of the deployment.
     """
 
     def __init__(self, channel):
@@ -61,10 +62,25 @@ class AccountServiceStub(object):
                 request_serializer=s2s_dot_v1_dot_control__pb2.DeleteBasinRequest.SerializeToString,
                 response_deserializer=s2s_dot_v1_dot_control__pb2.DeleteBasinResponse.FromString,
                 _registered_method=True)
+        self.IssueAccessToken = channel.unary_unary(
+                '/s2s.v1.AccountService/IssueAccessToken',
+                request_serializer=s2s_dot_v1_dot_access__pb2.IssueAccessTokenRequest.SerializeToString,
+                response_deserializer=s2s_dot_v1_dot_access__pb2.IssueAccessTokenResponse.FromString,
+                _registered_method=True)
+        self.ListAccessTokens = channel.unary_unary(
+                '/s2s.v1.AccountService/ListAccessTokens',
+                request_serializer=s2s_dot_v1_dot_access__pb2.ListAccessTokensRequest.SerializeToString,
+                response_deserializer=s2s_dot_v1_dot_access__pb2.ListAccessTokensResponse.FromString,
+                _registered_method=True)
+        self.RevokeAccessToken = channel.unary_unary(
+                '/s2s.v1.AccountService/RevokeAccessToken',
+                request_serializer=s2s_dot_v1_dot_access__pb2.RevokeAccessTokenRequest.SerializeToString,
+                response_deserializer=s2s_dot_v1_dot_access__pb2.RevokeAccessTokenResponse.FromString,
+                _registered_method=True)
 
 
 class AccountServiceServicer(object):
-    """Basins of the deployment.
+    """Basins and access tokens of the deployment.
     """
 
     def ListBasins(self, request, context):
@@ -102,6 +118,27 @@ class AccountServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def IssueAccessToken(self, request, context):
+        """Issues an access token; the response holds its secret, shown only this once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAccessTokens(self, request, context):
+        """Lists access tokens in id order, without their secrets.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeAccessToken(self, request, context):
+        """Revokes an access token.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AccountServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -130,6 +167,21 @@ def add_AccountServiceServicer_to_server(servicer, server):
                     request_deserializer=s2s_dot_v1_dot_control__pb2.DeleteBasinRequest.FromString,
                     response_serializer=s2s_dot_v1_dot_control__pb2.DeleteBasinResponse.SerializeToString,
             ),
+            'IssueAccessToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.IssueAccessToken,
+                    request_deserializer=s2s_dot_v1_dot_access__pb2.IssueAccessTokenRequest.FromString,
+                    response_serializer=s2s_dot_v1_dot_access__pb2.IssueAccessTokenResponse.SerializeToString,
+            ),
+            'ListAccessTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAccessTokens,
+                    request_deserializer=s2s_dot_v1_dot_access__pb2.ListAccessTokensRequest.FromString,
+                    response_serializer=s2s_dot_v1_dot_access__pb2.ListAccessTokensResponse.SerializeToString,
+            ),
+            'RevokeAccessToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeAccessToken,
+                    request_deserializer=s2s_dot_v1_dot_access__pb2.RevokeAccessTokenRequest.FromString,
+                    response_serializer=s2s_dot_v1_dot_access__pb2.RevokeAccessTokenResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             's2s.v1.AccountService', rpc_method_handlers)
@@ -139,7 +191,7 @@ def add_AccountServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class AccountService(object):
-    """Basins of the deployment.
+    """Basins and access tokens of the deployment.
     """
 
     @staticmethod
@@ -267,6 +319,87 @@ class AccountService(object):
             '/s2s.v1.AccountService/DeleteBasin',
             s2s_dot_v1_dot_control__pb2.DeleteBasinRequest.SerializeToString,
             s2s_dot_v1_dot_control__pb2.DeleteBasinResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def IssueAccessToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/s2s.v1.AccountService/IssueAccessToken',
+            s2s_dot_v1_dot_access__pb2.IssueAccessTokenRequest.SerializeToString,
+            s2s_dot_v1_dot_access__pb2.IssueAccessTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAccessTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/s2s.v1.AccountService/ListAccessTokens',
+            s2s_dot_v1_dot_access__pb2.ListAccessTokensRequest.SerializeToString,
+            s2s_dot_v1_dot_access__pb2.ListAccessTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeAccessToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/s2s.v1.AccountService/RevokeAccessToken',
+            s2s_dot_v1_dot_access__pb2.RevokeAccessTokenRequest.SerializeToString,
+            s2s_dot_v1_dot_access__pb2.RevokeAccessTokenResponse.FromString,
             options,
             channel_credentials,
             insecure,

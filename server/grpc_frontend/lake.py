@@ -14,11 +14,14 @@ import pyarrow as pa
 from s2s.errors import invalid
 from s2s.v1 import lake_pb2 as lpb
 from s2s.v1 import lake_pb2_grpc as lake_services
+from server.grpc_frontend.caller import principal
 from server.grpc_frontend.errors import Context, unary
 from server.lake.definition import MaterializationSpec
 from server.lake.materializations import MaterializationStatus
 from server.lake.query import ROWS_MAX, arrow_ipc_stream
+from server.lake.scoped import ScopedLake
 from server.lake.service import Lake
+from server.streamstore import StreamStore
 
 
 def spec_from_proto(spec: lpb.MaterializationSpec) -> MaterializationSpec:
@@ -86,21 +89,27 @@ def encode_result(table: pa.Table, truncated: bool) -> lpb.QueryResponse:
 
 
 class LakeServicer(lake_services.LakeServiceServicer):
-    def __init__(self, lake: Lake) -> None:
+    """Each call runs through its caller's `ScopedLake` (server/lake/scoped.py)."""
+
+    def __init__(self, store: StreamStore, lake: Lake) -> None:
+        self._store = store
         self._lake = lake
+
+    def _caller(self, context: Context) -> ScopedLake:
+        return ScopedLake(self._lake, principal(self._store, context))
 
     @unary
     async def CreateMaterialization(
         self, request: lpb.CreateMaterializationRequest, context: Context
     ) -> lpb.CreateMaterializationResponse:
-        status = await self._lake.create_materialization(spec_from_proto(request.spec))
+        status = await self._caller(context).create_materialization(spec_from_proto(request.spec))
         return lpb.CreateMaterializationResponse(materialization=status_to_proto(status))
 
     @unary
     async def ListMaterializations(
         self, request: lpb.ListMaterializationsRequest, context: Context
     ) -> lpb.ListMaterializationsResponse:
-        statuses = await self._lake.list_materializations()
+        statuses = await self._caller(context).list_materializations()
         return lpb.ListMaterializationsResponse(
             materializations=[status_to_proto(s) for s in statuses]
         )
@@ -109,28 +118,28 @@ class LakeServicer(lake_services.LakeServiceServicer):
     async def GetMaterialization(
         self, request: lpb.GetMaterializationRequest, context: Context
     ) -> lpb.GetMaterializationResponse:
-        status = await self._lake.materialization_status(request.name)
+        status = await self._caller(context).materialization_status(request.name)
         return lpb.GetMaterializationResponse(materialization=status_to_proto(status))
 
     @unary
     async def PauseMaterialization(
         self, request: lpb.PauseMaterializationRequest, context: Context
     ) -> lpb.PauseMaterializationResponse:
-        status = await self._lake.pause(request.name)
+        status = await self._caller(context).pause(request.name)
         return lpb.PauseMaterializationResponse(materialization=status_to_proto(status))
 
     @unary
     async def ResumeMaterialization(
         self, request: lpb.ResumeMaterializationRequest, context: Context
     ) -> lpb.ResumeMaterializationResponse:
-        status = await self._lake.resume(request.name)
+        status = await self._caller(context).resume(request.name)
         return lpb.ResumeMaterializationResponse(materialization=status_to_proto(status))
 
     @unary
     async def DeleteMaterialization(
         self, request: lpb.DeleteMaterializationRequest, context: Context
     ) -> lpb.DeleteMaterializationResponse:
-        await self._lake.delete(request.name)
+        await self._caller(context).delete(request.name)
         return lpb.DeleteMaterializationResponse()
 
     @unary
@@ -138,6 +147,6 @@ class LakeServicer(lake_services.LakeServiceServicer):
         rows_max = request.limit if request.HasField("limit") else ROWS_MAX
         if not 1 <= rows_max <= ROWS_MAX:
             raise invalid(f"limit must be between 1 and {ROWS_MAX}")
-        table, truncated = await self._lake.query(request.sql, rows_max)
+        table, truncated = await self._caller(context).query(request.sql, rows_max)
         # Encoding up to ROWS_MAX rows (maybe more than once, to fit) stays off the event loop.
         return await asyncio.to_thread(encode_result, table, truncated)

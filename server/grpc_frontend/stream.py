@@ -24,6 +24,7 @@ from s2s.v1 import records_pb2 as pb
 from s2s.v1 import services_pb2 as spb
 from s2s.wire import append_response_bytes, read_response_bytes, request_input_size
 from server.append_session import DiscardAfterFailure, StreamBatch, append_session
+from server.grpc_frontend.caller import caller
 from server.grpc_frontend.decoding import decoder, tolerant
 from server.grpc_frontend.errors import Context, Undecodable, streaming, unary
 from server.read_session import read_session
@@ -74,7 +75,9 @@ class StreamServicer:
     async def CheckTail(
         self, request: spb.CheckTailRequest, context: Context
     ) -> spb.CheckTailResponse:
-        tail = await self._store.check_tail(*_stream_names(request.basin, request.stream))
+        tail = await caller(self._store, context).check_tail(
+            *_stream_names(request.basin, request.stream)
+        )
         return spb.CheckTailResponse(
             tail=pb.StreamPosition(seq_num=tail.seq_num, timestamp=tail.timestamp)
         )
@@ -84,7 +87,7 @@ class StreamServicer:
         request, input_size = sized
         basin, stream = _stream_names(request.basin, request.stream)
         batch = validate_append_input(request.input, input_size)
-        ack = await self._store.append(basin, stream, batch)
+        ack = await caller(self._store, context).append(basin, stream, batch)
         return append_response_bytes(ack.encode())
 
     @streaming
@@ -101,7 +104,7 @@ class StreamServicer:
         report INTERNAL instead of our status, and the client would lose the typed error.
         """
         acks = append_session(
-            self._store,
+            caller(self._store, context),
             requests,
             _SessionRequests(),
             discard=DISCARD_AFTER_FAILURE,
@@ -114,7 +117,7 @@ class StreamServicer:
     async def Read(self, request: spb.ReadRequest, context: Context) -> bytes:
         basin, stream = _stream_names(request.basin, request.stream)
         start, limits = read_arguments(request)
-        return output_bytes(await self._store.read(basin, stream, start, limits))
+        return output_bytes(await caller(self._store, context).read(basin, stream, start, limits))
 
     @streaming
     async def ReadSession(
@@ -122,7 +125,7 @@ class StreamServicer:
     ) -> AsyncIterator[bytes]:
         basin, stream = _stream_names(request.basin, request.stream)
         start, limits = read_arguments(request)
-        session = read_session(self._store, basin, stream, start, limits, None)
+        session = read_session(caller(self._store, context), basin, stream, start, limits, None)
         async with contextlib.aclosing(session):
             async for output in session:
                 yield output_bytes(output)

@@ -13,6 +13,7 @@ from urllib.parse import unquote_to_bytes
 
 from s2s import names
 from s2s.errors import S2Error
+from server.http_frontend.access_tokens import AccessTokensApi
 from server.http_frontend.control import LOCATION_INFO, BasinsApi, StreamsApi, path_basin
 from server.http_frontend.errors import internal_error, respond_error
 from server.http_frontend.exchange import (
@@ -27,7 +28,9 @@ from server.http_frontend.lake import LakeApi
 from server.http_frontend.records import RecordsApi
 from server.http_frontend.sessions import S2S_CONTENT_TYPE, SessionsApi
 from server.http_frontend.sse import SSE_CONTENT_TYPE, SseApi
+from server.lake.scoped import ScopedLake
 from server.lake.service import Lake
+from server.scoped_store import ScopedStore
 from server.streamstore import StreamStore
 
 log = logging.getLogger("s2s.http")
@@ -67,17 +70,15 @@ def _stream_segment(name: str) -> str:
 class HttpApp:
     """S2 v1 REST API over a `StreamStore` (docs/s2-compat.md §1-§9), plus the lake API.
 
-    Open sessions end with `server_draining` when the store drains (`server.append_session`,
-    `server.read_session`).
+    Every request but `/health` and `/ping` is authenticated first (`authorization: Bearer`)
+    and then served through a `ScopedStore` of its caller, which checks each operation.
+    Open sessions end with `server_draining` when the store drains and with `authn` when their
+    token is revoked (`server.append_session`, `server.read_session`).
     """
 
     def __init__(self, store: StreamStore, lake: Lake | None = None) -> None:
-        self._lake = LakeApi(lake) if lake is not None else None
-        self._basins = BasinsApi(store)
-        self._streams = StreamsApi(store)
-        self._records = RecordsApi(store)
-        self._sessions = SessionsApi(store)
-        self._sse = SseApi(store)
+        self._store = store
+        self._lake = lake
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -109,106 +110,35 @@ class HttpApp:
             _allow(method, "GET")
             await exchange.respond(200, b"OK", "text/plain")
             return
+        store = ScopedStore(
+            self._store, self._store.access_tokens.authenticate(exchange.header("authorization"))
+        )
         if path == ["metrics"] or path[:1] == ["v2"] or path[:2] == ["v1", "lake"]:
-            await self._route_lake(exchange, method, path)
+            await self._route_lake(store, exchange, method, path)
             return
         if len(path) < 2 or path[0] != "v1":
             raise NotFound()
         resource, rest = path[1], path[2:]
         if resource == "basins":
-            await self._route_basins(exchange, method, rest)
+            await _route_basins(BasinsApi(store), exchange, method, rest)
         elif resource == "streams":
-            await self._route_streams(exchange, method, rest)
+            await _route_streams(store, exchange, method, rest)
         elif resource == "locations":
-            await self._route_locations(exchange, method, rest)
-        elif resource in ("access-tokens", "metrics"):
-            raise S2Error("not_implemented", f"{resource} are not supported by this server")
+            await _route_locations(store, exchange, method, rest)
+        elif resource == "access-tokens":
+            await _route_access_tokens(AccessTokensApi(store), exchange, method, rest)
+        elif resource == "metrics":
+            raise S2Error("not_implemented", "metrics are not supported by this server")
         else:
             raise NotFound()
 
-    async def _route_basins(self, exchange: Exchange, method: str, rest: list[str]) -> None:
-        if not rest:
-            _allow(method, "GET", "POST")
-            if method == "GET":
-                await self._basins.list(exchange)
-            else:
-                await self._basins.create(exchange)
-            return
-        if len(rest) != 1:
-            raise NotFound()
-        _allow(method, "GET", "PUT", "PATCH", "DELETE")
-        name = path_basin(rest[0])
-        handlers = {
-            "GET": self._basins.get,
-            "PUT": self._basins.ensure,
-            "PATCH": self._basins.reconfigure,
-            "DELETE": self._basins.delete,
-        }
-        await handlers[method](exchange, name)
-
-    async def _route_streams(self, exchange: Exchange, method: str, rest: list[str]) -> None:
-        if len(rest) > 3 or (len(rest) >= 2 and rest[1] != "records"):
-            raise NotFound()
-        if len(rest) == 3 and rest[2] != "tail":
-            raise NotFound()
-        _allow_streams(method, len(rest))
-        basin = _basin_from_header(exchange)
-        if not rest:
-            if method == "GET":
-                await self._streams.list(exchange, basin)
-            else:
-                await self._streams.create(exchange, basin)
-            return
-        stream = _stream_segment(rest[0])
-        if len(rest) == 1:
-            handlers = {
-                "GET": self._streams.get,
-                "PUT": self._streams.ensure,
-                "PATCH": self._streams.reconfigure,
-                "DELETE": self._streams.delete,
-            }
-            await handlers[method](exchange, basin, stream)
-        elif len(rest) == 3:
-            await self._records.check_tail(exchange, basin, stream)
-        else:
-            await self._route_records(exchange, method, basin, stream)
-
-    async def _route_records(
-        self, exchange: Exchange, method: str, basin: str, stream: str
+    async def _route_lake(
+        self, store: ScopedStore, exchange: Exchange, method: str, path: list[str]
     ) -> None:
-        s2s = media_type(exchange.header("content-type")) == S2S_CONTENT_TYPE
-        if method == "POST":
-            if s2s:
-                await self._sessions.append_session(exchange, basin, stream)
-            else:
-                await self._records.append(exchange, basin, stream)
-        elif s2s:
-            await self._sessions.read_session(exchange, basin, stream)
-        elif first_accept(exchange.header("accept")) == SSE_CONTENT_TYPE:
-            await self._sse.read(exchange, basin, stream)
-        else:
-            await self._records.read(exchange, basin, stream)
-
-    async def _route_locations(self, exchange: Exchange, method: str, rest: list[str]) -> None:
-        if not rest:
-            _allow(method, "GET")
-            await exchange.respond_json(200, [LOCATION_INFO])
-        elif rest == ["default"]:
-            _allow(method, "GET", "PUT")
-            if method == "PUT":
-                requested = await exchange.json_body()
-                if requested != LOCATION_INFO["name"]:
-                    # reprlib: a short preview, whatever the client sent.
-                    raise S2Error("invalid", f"unknown location {reprlib.repr(requested)}")
-            await exchange.respond_json(200, LOCATION_INFO)
-        else:
-            raise NotFound()
-
-    async def _route_lake(self, exchange: Exchange, method: str, path: list[str]) -> None:
         """`/metrics`, `/v2/stream[/errors]` and `/v1/lake/...`; all 404 without a lake."""
-        lake = self._lake
-        if lake is None:
+        if self._lake is None:
             raise NotFound()
+        lake = LakeApi(ScopedLake(self._lake, store.principal))
         if path == ["metrics"]:
             _allow(method, "GET")
             await lake.metrics(exchange)
@@ -225,6 +155,113 @@ class HttpApp:
             await _route_materializations(lake, exchange, method, path[3:])
         else:
             raise NotFound()
+
+
+async def _route_basins(api: BasinsApi, exchange: Exchange, method: str, rest: list[str]) -> None:
+    if not rest:
+        _allow(method, "GET", "POST")
+        if method == "GET":
+            await api.list(exchange)
+        else:
+            await api.create(exchange)
+        return
+    if len(rest) != 1:
+        raise NotFound()
+    _allow(method, "GET", "PUT", "PATCH", "DELETE")
+    name = path_basin(rest[0])
+    handlers = {
+        "GET": api.get,
+        "PUT": api.ensure,
+        "PATCH": api.reconfigure,
+        "DELETE": api.delete,
+    }
+    await handlers[method](exchange, name)
+
+
+async def _route_access_tokens(
+    api: AccessTokensApi, exchange: Exchange, method: str, rest: list[str]
+) -> None:
+    if not rest:
+        _allow(method, "GET", "POST")
+        if method == "GET":
+            await api.list(exchange)
+        else:
+            await api.issue(exchange)
+    elif len(rest) == 1:
+        _allow(method, "DELETE")
+        await api.revoke(exchange, rest[0])
+    else:
+        raise NotFound()
+
+
+async def _route_streams(
+    store: ScopedStore, exchange: Exchange, method: str, rest: list[str]
+) -> None:
+    if len(rest) > 3 or (len(rest) >= 2 and rest[1] != "records"):
+        raise NotFound()
+    if len(rest) == 3 and rest[2] != "tail":
+        raise NotFound()
+    _allow_streams(method, len(rest))
+    basin = _basin_from_header(exchange)
+    streams = StreamsApi(store)
+    if not rest:
+        if method == "GET":
+            await streams.list(exchange, basin)
+        else:
+            await streams.create(exchange, basin)
+        return
+    stream = _stream_segment(rest[0])
+    if len(rest) == 1:
+        handlers = {
+            "GET": streams.get,
+            "PUT": streams.ensure,
+            "PATCH": streams.reconfigure,
+            "DELETE": streams.delete,
+        }
+        await handlers[method](exchange, basin, stream)
+    elif len(rest) == 3:
+        await RecordsApi(store).check_tail(exchange, basin, stream)
+    else:
+        await _route_records(store, exchange, method, basin, stream)
+
+
+async def _route_records(
+    store: ScopedStore, exchange: Exchange, method: str, basin: str, stream: str
+) -> None:
+    s2s = media_type(exchange.header("content-type")) == S2S_CONTENT_TYPE
+    if method == "POST":
+        if s2s:
+            await SessionsApi(store).append_session(exchange, basin, stream)
+        else:
+            await RecordsApi(store).append(exchange, basin, stream)
+    elif s2s:
+        await SessionsApi(store).read_session(exchange, basin, stream)
+    elif first_accept(exchange.header("accept")) == SSE_CONTENT_TYPE:
+        await SseApi(store).read(exchange, basin, stream)
+    else:
+        await RecordsApi(store).read(exchange, basin, stream)
+
+
+async def _route_locations(
+    store: ScopedStore, exchange: Exchange, method: str, rest: list[str]
+) -> None:
+    if not rest:
+        _allow(method, "GET")
+        store.principal.require("list-locations")
+        await exchange.respond_json(200, [LOCATION_INFO])
+    elif rest == ["default"]:
+        _allow(method, "GET", "PUT")
+        if method == "PUT":
+            store.principal.require("set-default-location")
+            requested = await exchange.json_body()
+            if requested != LOCATION_INFO["name"]:
+                # reprlib: a short preview, whatever the client sent.
+                raise S2Error("invalid", f"unknown location {reprlib.repr(requested)}")
+        else:
+            store.principal.require("get-default-location")
+        await exchange.respond_json(200, LOCATION_INFO)
+    else:
+        raise NotFound()
 
 
 async def _route_materializations(

@@ -21,7 +21,7 @@ from s2s.config import (
 from s2s.errors import S2Error
 from server.catalog import LOCATION_DEFAULT, BasinRecord, Provisioned, StreamRecord
 from server.http_frontend.exchange import Exchange, parse_uint
-from server.streamstore import StreamStore
+from server.scoped_store import ScopedStore
 
 REQUEST_TOKEN_HEADER = "s2-request-token"
 PROVISION_RESULT_HEADER = "s2-provision-result"
@@ -65,7 +65,7 @@ def _object(value: Any, what: str) -> dict[str, Any]:
     return value
 
 
-def _list_query(exchange: Exchange) -> tuple[str, str, int | None]:
+def list_query(exchange: Exchange) -> tuple[str, str, int]:
     query = exchange.query()
     limit: int | None = None
     if "limit" in query:
@@ -76,7 +76,7 @@ def _list_query(exchange: Exchange) -> tuple[str, str, int | None]:
 
 
 @contextlib.contextmanager
-def _query_errors() -> Iterator[None]:
+def query_errors() -> Iterator[None]:
     """A prefix or start_after the name rules reject is a bad query parameter (400)."""
     try:
         yield
@@ -101,12 +101,12 @@ def path_basin(name: str) -> str:
 
 
 class BasinsApi:
-    def __init__(self, store: StreamStore) -> None:
+    def __init__(self, store: ScopedStore) -> None:
         self._store = store
 
     async def list(self, exchange: Exchange) -> None:
-        prefix, start_after, limit = _list_query(exchange)
-        with _query_errors():
+        prefix, start_after, limit = list_query(exchange)
+        with query_errors():
             records, has_more = self._store.list_basins(prefix, start_after, limit)
         await exchange.respond_json(
             200, {"basins": [basin_info(r) for r in records], "has_more": has_more}
@@ -152,12 +152,12 @@ class BasinsApi:
 
 
 class StreamsApi:
-    def __init__(self, store: StreamStore) -> None:
+    def __init__(self, store: ScopedStore) -> None:
         self._store = store
 
     async def list(self, exchange: Exchange, basin: str) -> None:
-        prefix, start_after, limit = _list_query(exchange)
-        with _query_errors():
+        prefix, start_after, limit = list_query(exchange)
+        with query_errors():
             records, has_more = self._store.list_streams(basin, prefix, start_after, limit)
         await exchange.respond_json(
             200,

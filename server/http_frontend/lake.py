@@ -2,8 +2,8 @@
 materialization control and Prometheus metrics. Routing lives in `app.py`, the JSON shapes in
 `lake_json.py`.
 
-Authorization: a `Bearer` token is accepted and ignored on every lake route; enforcing it
-belongs to the security work, which covers the whole server, not just the lake.
+Each call runs through a `ScopedLake` of its caller, which checks it against the caller's
+access token (server/lake/scoped.py has the rules).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from server.lake.dead_letters import DEAD_LETTERS_LIMIT_MAX
 from server.lake.definition import split_table
 from server.lake.ingest import MAX_PAYLOAD_BYTES, parse_ingest_request, payload_too_large
 from server.lake.query import ROWS_MAX, arrow_ipc_stream
-from server.lake.service import Lake
+from server.lake.scoped import ScopedLake
 
 ARROW_STREAM_CONTENT_TYPE = "application/vnd.apache.arrow.stream"
 TRUNCATED_HEADER = "s2s-truncated"
@@ -33,9 +33,9 @@ DEAD_LETTERS_LIMIT_DEFAULT = 100
 
 
 class LakeApi:
-    """The lake's HTTP handlers over a `Lake`."""
+    """The lake's HTTP handlers over one caller's `ScopedLake`."""
 
-    def __init__(self, lake: Lake) -> None:
+    def __init__(self, lake: ScopedLake) -> None:
         self._lake = lake
 
     # --- ingest --------------------------------------------------------------------------

@@ -21,8 +21,8 @@ from s2s.wire import U32_MAX, U64_MAX, read_batch_bytes
 from server.http_frontend.exchange import Exchange, first_accept, media_type, parse_uint
 from server.http_frontend.json_body import parse_json, unpaired_surrogate
 from server.reader import ReadLimits, ReadOutput, ReadStart
+from server.scoped_store import ScopedStore
 from server.sequencer import AppendAck, StreamPosition
-from server.streamstore import StreamStore
 
 PROTOBUF_TYPES = ("application/protobuf", "application/x-protobuf")
 PROTOBUF_RESPONSE_TYPE = "application/protobuf"
@@ -198,7 +198,7 @@ def read_batch_proto(output: ReadOutput) -> bytes:
 
 
 class RecordsApi:
-    def __init__(self, store: StreamStore) -> None:
+    def __init__(self, store: ScopedStore) -> None:
         self._store = store
 
     async def check_tail(self, exchange: Exchange, basin: str, stream: str) -> None:

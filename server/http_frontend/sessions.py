@@ -28,7 +28,7 @@ from server.http_frontend.s2s_frames import (
     terminal_for,
 )
 from server.read_session import read_session
-from server.streamstore import StreamStore
+from server.scoped_store import ScopedStore
 
 S2S_CONTENT_TYPE = "s2s/proto"
 
@@ -40,7 +40,7 @@ _SESSION_HEADERS = [
 
 
 class SessionsApi:
-    def __init__(self, store: StreamStore) -> None:
+    def __init__(self, store: ScopedStore) -> None:
         self._store = store
 
     async def append_session(self, exchange: Exchange, basin: str, stream: str) -> None:

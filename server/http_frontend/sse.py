@@ -24,7 +24,7 @@ from server.http_frontend.records import (
 )
 from server.read_session import read_session
 from server.reader import ReadLimits, ReadOutput, ReadStart
-from server.streamstore import StreamStore
+from server.scoped_store import ScopedStore
 
 SSE_CONTENT_TYPE = "text/event-stream"
 _HEADERS = [
@@ -69,7 +69,7 @@ def resume(
 
 
 class SseApi:
-    def __init__(self, store: StreamStore) -> None:
+    def __init__(self, store: ScopedStore) -> None:
         self._store = store
 
     async def read(self, exchange: Exchange, basin: str, stream: str) -> None:

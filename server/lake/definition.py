@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from types import NoneType
+from typing import TypeAlias
 
 from s2s import names
 from s2s.errors import S2Error, invalid
@@ -22,6 +24,10 @@ from server.lake.connection import CATALOG_ALIAS, META_SCHEMA
 MODES = ("append", "merge")
 INGEST_BASIN = "lake-ingest"
 """Streams written by `/v2/stream` live here, one per table, named `schema.table`."""
+
+StreamCheck: TypeAlias = Callable[[str, str], None]
+"""Called with a basin and stream the lake is about to use for a caller; raises (an `S2Error`,
+`permission_denied`) if that caller may not."""
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 NAME_RULE = (

@@ -21,7 +21,12 @@ from s2s.records import (
     validate_append_input,
 )
 from s2s.v1 import records_pb2 as pb
-from server.lake.definition import Materialization, MaterializationSpec
+from server.lake.definition import (
+    INGEST_BASIN,
+    Materialization,
+    MaterializationSpec,
+    StreamCheck,
+)
 from server.lake.ingest import IngestRequest, RejectedRow, tag_text
 from server.lake.materializations import Materializations
 from server.lake.metrics import IngestMetrics
@@ -92,10 +97,19 @@ class Ingest:
         streams and are applied after the restart)."""
         self._draining = True
 
-    async def ingest(self, request: IngestRequest) -> IngestResult:
-        """Append the request's rows to its table's stream; with `wait`, await the commit."""
+    async def ingest(
+        self, request: IngestRequest, authorize: StreamCheck | None = None
+    ) -> IngestResult:
+        """Append the request's rows to its table's stream; with `wait`, await the commit.
+
+        `authorize` is called with the table's ingest stream before anything is declared,
+        and with the stream the rows go to before they are appended."""
+        if authorize is not None:
+            authorize(INGEST_BASIN, request.qualified_table)
         runner = await self._table_runner(request)
         definition = runner.definition
+        if authorize is not None:
+            authorize(definition.basin, definition.stream)
         # Counted only once the table is known: made-up names must not grow the metrics.
         self._metrics.track(definition.target)
         rejected = list(request.rejected)

@@ -24,6 +24,7 @@ from server.lake.definition import (
     INGEST_BASIN,
     Materialization,
     MaterializationSpec,
+    StreamCheck,
     build_materialization,
     not_found,
 )
@@ -118,8 +119,14 @@ class Materializations:
 
     # --- lifecycle -----------------------------------------------------------------------
 
-    async def create(self, spec: MaterializationSpec) -> MaterializationStatus:
+    async def create(
+        self, spec: MaterializationSpec, authorize: StreamCheck | None = None
+    ) -> MaterializationStatus:
+        """Declare and start a materialization; `authorize` is called with its source stream
+        (the spec's, or the table's ingest stream) before anything is created."""
         definition = build_materialization(spec, owner=self._server_id)
+        if authorize is not None:
+            authorize(definition.basin, definition.stream)
         async with self._lock:
             if definition.name in self._runners:
                 raise _already_exists(definition.name)

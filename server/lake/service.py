@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from server.lake.connection import LakeSettings
 from server.lake.dead_letters import DeadLetter, DeadLetters
-from server.lake.definition import MaterializationSpec
+from server.lake.definition import MaterializationSpec, StreamCheck
 from server.lake.ingest import IngestRequest
 from server.lake.ingest_service import Ingest, IngestResult
 from server.lake.maintenance import maintain_forever
@@ -83,8 +83,10 @@ class Lake:
 
     # --- materializations ----------------------------------------------------------------
 
-    async def create_materialization(self, spec: MaterializationSpec) -> MaterializationStatus:
-        return await self._materializations.create(spec)
+    async def create_materialization(
+        self, spec: MaterializationSpec, authorize: StreamCheck | None = None
+    ) -> MaterializationStatus:
+        return await self._materializations.create(spec, authorize)
 
     async def list_materializations(self) -> list[MaterializationStatus]:
         return await self._materializations.statuses()
@@ -103,8 +105,10 @@ class Lake:
 
     # --- ingest --------------------------------------------------------------------------
 
-    async def ingest(self, request: IngestRequest) -> IngestResult:
-        return await self._ingest.ingest(request)
+    async def ingest(
+        self, request: IngestRequest, authorize: StreamCheck | None = None
+    ) -> IngestResult:
+        return await self._ingest.ingest(request, authorize)
 
     def count_refused(self, table: str | None, code: str) -> None:
         """An ingest request was refused as a whole (`code`), before or in `ingest`."""

@@ -27,6 +27,7 @@ class Table(enum.Enum):
     BATCHES = b"batches"
     TIMESTAMPS = b"timestamps"
     SYSTEM = b"system"
+    ACCESS_TOKENS = b"access_tokens"
 
 
 class Put(NamedTuple):

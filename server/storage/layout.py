@@ -31,6 +31,7 @@ little-endian.
 | SYSTEM     | b"deleting/basin/" ‖ basin      | empty: awaits deletion      | deletable       |
 | SYSTEM     | b"deleting/stream/" ‖ stream key| u64 BE sid: awaits deletion | deletable       |
 | SYSTEM     | b"reclaimed_at_ms"              | u64 LE: last deletion's end | updatable       |
+| ACCESS_TOKENS | token id (UTF-8)          | JSON: secret digest, scope  | issued, revoked |
 """
 
 from __future__ import annotations

@@ -145,7 +145,6 @@ def test_unknown_route_and_wrong_method(http: httpx.Client) -> None:
 
 
 def test_not_implemented_endpoints(http: httpx.Client) -> None:
-    _error(http.get("/v1/access-tokens"), 501, "not_implemented")
     _error(http.get("/v1/metrics", params={"set": "active-basins"}), 501, "not_implemented")
 
 

@@ -1,0 +1,277 @@
+"""The `StreamStore` as one caller may use it: every operation checked against its token.
+
+Frontends and the core sessions reach the store only through a `ScopedStore`, made per call
+from the caller's `Principal`, so each operation is checked in the method that performs it,
+against what it will do:
+
+- an append needs `append`, and `fence` or `trim` too when its batch carries those commands;
+- a stream that would be created on the fly (the basin's `create_stream_on_append` /
+  `create_stream_on_read`) is created only if the token may `create-stream` it; otherwise the
+  call fails as it would without that basin setting;
+- an ensure (PUT) may create or reconfigure, so it needs both permissions;
+- lists return only what the scope covers, and narrow the query to it, so pages stay full.
+
+With `auto_prefix_streams`, the token's stream names are relative to its stream prefix: it is
+added to every name that comes in and taken off every name that goes out.
+
+A refused call raises `permission_denied` before it changes anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncGenerator
+
+from s2s.config import BasinConfig, BasinConfigPatch, StreamConfig, StreamConfigPatch
+from s2s.errors import S2Error, server_draining
+from s2s.records import Fence, ValidatedBatch
+from server.access.scope import ResourceSet
+from server.access.tokens import IssueRequest, Principal, TokenInfo
+from server.catalog import BasinRecord, Provisioned, RequestedConfig, StreamRecord
+from server.reader import ReadLimits, ReadOutput, ReadStart
+from server.sequencer import AppendAck, StreamPosition
+from server.sequencers import AutoCreate
+from server.streamstore import StreamStore
+
+
+class ScopedStore:
+    """`StreamStore`'s operations for one principal; stream names as the principal sees them."""
+
+    def __init__(self, store: StreamStore, principal: Principal) -> None:
+        self._store = store
+        self.principal = principal
+        self._prefix = principal.stream_prefix
+
+    def end_error(self) -> S2Error | None:
+        """Why the caller's calls that wait must end now, if they must: the server is
+        draining (`server_draining`), or the caller's token was revoked or expired (`authn`)."""
+        if self._store.draining.is_set():
+            return server_draining()
+        if self.principal.ended.is_set():
+            return S2Error("authn", "the access token was revoked or has expired")
+        return None
+
+    async def ended(self) -> S2Error:
+        """Wait until `end_error` has an answer, and return it."""
+        events = (self._store.draining, self.principal.ended)
+        if not any(event.is_set() for event in events):
+            waits = [asyncio.ensure_future(event.wait()) for event in events]
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for wait in waits:
+                    wait.cancel()
+        error = self.end_error()
+        assert error is not None, "one of the events is set"
+        return error
+
+    # --- access tokens -----------------------------------------------------------------------
+
+    async def issue_access_token(self, request: IssueRequest) -> str:
+        return await self._store.access_tokens.issue(self.principal, request)
+
+    def list_access_tokens(
+        self, prefix: str, start_after: str, limit: int
+    ) -> tuple[list[TokenInfo], bool]:
+        return self._store.access_tokens.list(self.principal, prefix, start_after, limit)
+
+    async def revoke_access_token(self, token_id: str) -> None:
+        await self._store.access_tokens.revoke(self.principal, token_id)
+
+    # --- basins ------------------------------------------------------------------------------
+
+    def list_basins(
+        self, prefix: str = "", start_after: str = "", limit: int | None = None
+    ) -> tuple[list[BasinRecord], bool]:
+        self.principal.require("list-basins")
+        narrowed = _narrow(self.principal.info.scope.basins, prefix)
+        if narrowed is None:
+            return [], False
+        if narrowed.exact is not None:
+            records, _ = self._store.list_basins(narrowed.exact, start_after, 1)
+            return [r for r in records if r.name == narrowed.exact], False
+        return self._store.list_basins(narrowed.prefix or "", start_after, limit)
+
+    async def create_basin(
+        self,
+        name: str,
+        config: BasinConfig | None = None,
+        requested_config: RequestedConfig | None = None,
+        request_token: str | None = None,
+    ) -> Provisioned[BasinRecord]:
+        self.principal.require("create-basin", basin=name)
+        return await self._store.create_basin(name, config, requested_config, request_token)
+
+    async def ensure_basin(
+        self, name: str, config: BasinConfig | None = None
+    ) -> Provisioned[BasinRecord]:
+        self.principal.require("create-basin", basin=name)
+        self.principal.require("reconfigure-basin", basin=name)
+        return await self._store.ensure_basin(name, config)
+
+    def get_basin(self, name: str) -> BasinRecord:
+        self.principal.require("get-basin-config", basin=name)
+        return self._store.get_basin(name)
+
+    async def reconfigure_basin(self, name: str, patch: BasinConfigPatch) -> BasinRecord:
+        self.principal.require("reconfigure-basin", basin=name)
+        return await self._store.reconfigure_basin(name, patch)
+
+    async def delete_basin(self, name: str) -> None:
+        self.principal.require("delete-basin", basin=name)
+        await self._store.delete_basin(name)
+
+    # --- streams -----------------------------------------------------------------------------
+
+    def list_streams(
+        self, basin: str, prefix: str = "", start_after: str = "", limit: int | None = None
+    ) -> tuple[list[StreamRecord], bool]:
+        self.principal.require("list-streams", basin=basin)
+        full_prefix = self._prefix + prefix
+        full_start_after = self._prefix + start_after if start_after else ""
+        narrowed = _narrow(self.principal.info.scope.streams, full_prefix)
+        if narrowed is None:
+            return [], False
+        if narrowed.exact is not None:
+            records, _ = self._store.list_streams(basin, narrowed.exact, full_start_after, 1)
+            return [self._outgoing(r) for r in records if r.name == narrowed.exact], False
+        records, has_more = self._store.list_streams(
+            basin, narrowed.prefix or "", full_start_after, limit
+        )
+        return [self._outgoing(r) for r in records], has_more
+
+    async def create_stream(
+        self,
+        basin: str,
+        name: str,
+        config: StreamConfig | None = None,
+        requested_config: RequestedConfig | None = None,
+        request_token: str | None = None,
+    ) -> Provisioned[StreamRecord]:
+        full = self._stream("create-stream", basin, name)
+        provisioned = await self._store.create_stream(
+            basin, full, config, requested_config, request_token
+        )
+        return Provisioned(provisioned.outcome, self._outgoing(provisioned.record))
+
+    async def ensure_stream(
+        self, basin: str, name: str, config: StreamConfig | None = None
+    ) -> Provisioned[StreamRecord]:
+        full = self._stream("create-stream", basin, name)
+        self.principal.require("reconfigure-stream", basin=basin, stream=full)
+        provisioned = await self._store.ensure_stream(basin, full, config)
+        return Provisioned(provisioned.outcome, self._outgoing(provisioned.record))
+
+    def get_stream(self, basin: str, name: str) -> StreamRecord:
+        full = self._stream("get-stream-config", basin, name)
+        return self._outgoing(self._store.get_stream(basin, full))
+
+    async def reconfigure_stream(
+        self, basin: str, name: str, patch: StreamConfigPatch
+    ) -> StreamRecord:
+        full = self._stream("reconfigure-stream", basin, name)
+        return self._outgoing(await self._store.reconfigure_stream(basin, full, patch))
+
+    async def delete_stream(self, basin: str, name: str) -> None:
+        await self._store.delete_stream(basin, self._stream("delete-stream", basin, name))
+
+    # --- data plane --------------------------------------------------------------------------
+
+    async def append(
+        self,
+        basin: str,
+        stream: str,
+        batch: ValidatedBatch,
+        create_config: StreamConfig | None = None,
+    ) -> AppendAck:
+        return await (await self.submit(basin, stream, batch, create_config))
+
+    async def submit(
+        self,
+        basin: str,
+        stream: str,
+        batch: ValidatedBatch,
+        create_config: StreamConfig | None = None,
+    ) -> asyncio.Future[AppendAck]:
+        full = self._stream("append", basin, stream)
+        for command in batch.commands:
+            operation = "fence" if isinstance(command, Fence) else "trim"
+            self.principal.require(operation, basin=basin, stream=full)
+        return await self._store.submit(
+            basin, full, batch, create_config, may_create=self._may_create(basin, full)
+        )
+
+    async def require_stream(
+        self,
+        basin: str,
+        stream: str,
+        auto_create: AutoCreate | None = None,
+        create_config: StreamConfig | None = None,
+    ) -> None:
+        full = self._stream(auto_create or "check-tail", basin, stream)
+        if not self._may_create(basin, full):
+            auto_create = None
+        await self._store.require_stream(basin, full, auto_create, create_config)
+
+    async def check_tail(self, basin: str, stream: str) -> StreamPosition:
+        full = self._stream("check-tail", basin, stream)
+        return await self._store.check_tail(basin, full, may_create=self._may_create(basin, full))
+
+    async def read(
+        self,
+        basin: str,
+        stream: str,
+        start: ReadStart,
+        limits: ReadLimits,
+        create_config: StreamConfig | None = None,
+    ) -> ReadOutput:
+        full = self._stream("read", basin, stream)
+        return await self._store.read(
+            basin, full, start, limits, create_config, may_create=self._may_create(basin, full)
+        )
+
+    async def read_session(
+        self,
+        basin: str,
+        stream: str,
+        start: ReadStart,
+        limits: ReadLimits,
+        create_config: StreamConfig | None = None,
+    ) -> AsyncGenerator[ReadOutput, None]:
+        full = self._stream("read", basin, stream)
+        return await self._store.read_session(
+            basin, full, start, limits, create_config, may_create=self._may_create(basin, full)
+        )
+
+    # --- names -------------------------------------------------------------------------------
+
+    def _stream(self, operation: str, basin: str, name: str) -> str:
+        """The stored name of the caller's stream `name`, once `operation` on it is allowed."""
+        full = self._prefix + name
+        self.principal.require(operation, basin=basin, stream=full)
+        return full
+
+    def _may_create(self, basin: str, full: str) -> bool:
+        return self.principal.permits("create-stream", basin=basin, stream=full)
+
+    def _outgoing(self, record: StreamRecord) -> StreamRecord:
+        if not self._prefix:
+            return record
+        assert record.name.startswith(self._prefix), "only streams in scope are returned"
+        return dataclasses.replace(record, name=record.name[len(self._prefix) :])
+
+
+def _narrow(resources: ResourceSet | None, prefix: str) -> ResourceSet | None:
+    """The names both a scope's `resources` and a list query's `prefix` cover, or None if
+    they share none."""
+    if resources is None or resources.exact == "":
+        return None
+    if resources.exact is not None:
+        return resources if resources.exact.startswith(prefix) else None
+    assert resources.prefix is not None
+    if prefix.startswith(resources.prefix):
+        return ResourceSet(prefix=prefix)
+    if resources.prefix.startswith(prefix):
+        return resources
+    return None
