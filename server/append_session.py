@@ -159,7 +159,7 @@ class _AppendSession(Generic[Message]):
     async def _submit(self, message: Message) -> None:
         try:
             decoded = self._decode(message)
-            ack = await self._store.submit(decoded.basin, decoded.stream, decoded.batch)
+            ack = await self._store.submit(decoded.basin, decoded.stream, decoded.batch, paced=True)
         except Exception as error:
             await self._fail(error)
             return

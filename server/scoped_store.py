@@ -193,11 +193,21 @@ class ScopedStore:
         stream: str,
         batch: ValidatedBatch,
         create_config: StreamConfig | None = None,
+        *,
+        paced: bool = False,
     ) -> asyncio.Future[AppendAck]:
+        """Sequence the batch once it is allowed. Over the token's rate limit, a `paced`
+        append (a session's) waits, any other is refused with `rate_limited`."""
         full = self._stream("append", basin, stream)
         for command in batch.commands:
             operation = "fence" if isinstance(command, Fence) else "trim"
             self.principal.require(operation, basin=basin, stream=full)
+        limiter = self.principal.limiter
+        if limiter is not None:
+            if paced:
+                await limiter.pace(batch.metered_bytes)
+            else:
+                limiter.admit(batch.metered_bytes)
         return await self._store.submit(
             basin, full, batch, create_config, may_create=self._may_create(basin, full)
         )

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13s2s/v1/access.proto\x12\x06s2s.v1\";\n\x0bResourceSet\x12\x0f\n\x05\x65xact\x18\x01 \x01(\tH\x00\x12\x10\n\x06prefix\x18\x02 \x01(\tH\x00\x42\t\n\x07matcher\"3\n\x14ReadWritePermissions\x12\x0c\n\x04read\x18\x01 \x01(\x08\x12\r\n\x05write\x18\x02 \x01(\x08\"\xa4\x01\n\x18PermittedOperationGroups\x12-\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x1c.s2s.v1.ReadWritePermissions\x12+\n\x05\x62\x61sin\x18\x02 \x01(\x0b\x32\x1c.s2s.v1.ReadWritePermissions\x12,\n\x06stream\x18\x03 \x01(\x0b\x32\x1c.s2s.v1.ReadWritePermissions\"\xcb\x01\n\x10\x41\x63\x63\x65ssTokenScope\x12#\n\x06\x62\x61sins\x18\x01 \x01(\x0b\x32\x13.s2s.v1.ResourceSet\x12$\n\x07streams\x18\x02 \x01(\x0b\x32\x13.s2s.v1.ResourceSet\x12*\n\raccess_tokens\x18\x03 \x01(\x0b\x32\x13.s2s.v1.ResourceSet\x12\x33\n\top_groups\x18\x04 \x01(\x0b\x32 .s2s.v1.PermittedOperationGroups\x12\x0b\n\x03ops\x18\x05 \x03(\t\"\x91\x01\n\x0f\x41\x63\x63\x65ssTokenInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x1a\n\rexpires_at_ms\x18\x02 \x01(\x04H\x00\x88\x01\x01\x12\x1b\n\x13\x61uto_prefix_streams\x18\x03 \x01(\x08\x12\'\n\x05scope\x18\x04 \x01(\x0b\x32\x18.s2s.v1.AccessTokenScopeB\x10\n\x0e_expires_at_ms\"@\n\x17IssueAccessTokenRequest\x12%\n\x04info\x18\x01 \x01(\x0b\x32\x17.s2s.v1.AccessTokenInfo\"0\n\x18IssueAccessTokenResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\"M\n\x17ListAccessTokensRequest\x12\x0e\n\x06prefix\x18\x01 \x01(\t\x12\x13\n\x0bstart_after\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\r\"\\\n\x18ListAccessTokensResponse\x12.\n\raccess_tokens\x18\x01 \x03(\x0b\x32\x17.s2s.v1.AccessTokenInfo\x12\x10\n\x08has_more\x18\x02 \x01(\x08\"&\n\x18RevokeAccessTokenRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x1b\n\x19RevokeAccessTokenResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13s2s/v1/access.proto\x12\x06s2s.v1\";\n\x0bResourceSet\x12\x0f\n\x05\x65xact\x18\x01 \x01(\tH\x00\x12\x10\n\x06prefix\x18\x02 \x01(\tH\x00\x42\t\n\x07matcher\"3\n\x14ReadWritePermissions\x12\x0c\n\x04read\x18\x01 \x01(\x08\x12\r\n\x05write\x18\x02 \x01(\x08\"\xa4\x01\n\x18PermittedOperationGroups\x12-\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x1c.s2s.v1.ReadWritePermissions\x12+\n\x05\x62\x61sin\x18\x02 \x01(\x0b\x32\x1c.s2s.v1.ReadWritePermissions\x12,\n\x06stream\x18\x03 \x01(\x0b\x32\x1c.s2s.v1.ReadWritePermissions\"\xcb\x01\n\x10\x41\x63\x63\x65ssTokenScope\x12#\n\x06\x62\x61sins\x18\x01 \x01(\x0b\x32\x13.s2s.v1.ResourceSet\x12$\n\x07streams\x18\x02 \x01(\x0b\x32\x13.s2s.v1.ResourceSet\x12*\n\raccess_tokens\x18\x03 \x01(\x0b\x32\x13.s2s.v1.ResourceSet\x12\x33\n\top_groups\x18\x04 \x01(\x0b\x32 .s2s.v1.PermittedOperationGroups\x12\x0b\n\x03ops\x18\x05 \x03(\t\"`\n\nRateLimits\x12\x1a\n\rappends_per_s\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x16\n\tmib_per_s\x18\x02 \x01(\x01H\x01\x88\x01\x01\x42\x10\n\x0e_appends_per_sB\x0c\n\n_mib_per_s\"\xb5\x01\n\x0f\x41\x63\x63\x65ssTokenInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x1a\n\rexpires_at_ms\x18\x02 \x01(\x04H\x00\x88\x01\x01\x12\x1b\n\x13\x61uto_prefix_streams\x18\x03 \x01(\x08\x12\'\n\x05scope\x18\x04 \x01(\x0b\x32\x18.s2s.v1.AccessTokenScope\x12\"\n\x06limits\x18\x05 \x01(\x0b\x32\x12.s2s.v1.RateLimitsB\x10\n\x0e_expires_at_ms\"@\n\x17IssueAccessTokenRequest\x12%\n\x04info\x18\x01 \x01(\x0b\x32\x17.s2s.v1.AccessTokenInfo\"0\n\x18IssueAccessTokenResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\"M\n\x17ListAccessTokensRequest\x12\x0e\n\x06prefix\x18\x01 \x01(\t\x12\x13\n\x0bstart_after\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\r\"\\\n\x18ListAccessTokensResponse\x12.\n\raccess_tokens\x18\x01 \x03(\x0b\x32\x17.s2s.v1.AccessTokenInfo\x12\x10\n\x08has_more\x18\x02 \x01(\x08\"&\n\x18RevokeAccessTokenRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x1b\n\x19RevokeAccessTokenResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,18 +39,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PERMITTEDOPERATIONGROUPS']._serialized_end=310
   _globals['_ACCESSTOKENSCOPE']._serialized_start=313
   _globals['_ACCESSTOKENSCOPE']._serialized_end=516
-  _globals['_ACCESSTOKENINFO']._serialized_start=519
-  _globals['_ACCESSTOKENINFO']._serialized_end=664
-  _globals['_ISSUEACCESSTOKENREQUEST']._serialized_start=666
-  _globals['_ISSUEACCESSTOKENREQUEST']._serialized_end=730
-  _globals['_ISSUEACCESSTOKENRESPONSE']._serialized_start=732
-  _globals['_ISSUEACCESSTOKENRESPONSE']._serialized_end=780
-  _globals['_LISTACCESSTOKENSREQUEST']._serialized_start=782
-  _globals['_LISTACCESSTOKENSREQUEST']._serialized_end=859
-  _globals['_LISTACCESSTOKENSRESPONSE']._serialized_start=861
-  _globals['_LISTACCESSTOKENSRESPONSE']._serialized_end=953
-  _globals['_REVOKEACCESSTOKENREQUEST']._serialized_start=955
-  _globals['_REVOKEACCESSTOKENREQUEST']._serialized_end=993
-  _globals['_REVOKEACCESSTOKENRESPONSE']._serialized_start=995
-  _globals['_REVOKEACCESSTOKENRESPONSE']._serialized_end=1022
+  _globals['_RATELIMITS']._serialized_start=518
+  _globals['_RATELIMITS']._serialized_end=614
+  _globals['_ACCESSTOKENINFO']._serialized_start=617
+  _globals['_ACCESSTOKENINFO']._serialized_end=798
+  _globals['_ISSUEACCESSTOKENREQUEST']._serialized_start=800
+  _globals['_ISSUEACCESSTOKENREQUEST']._serialized_end=864
+  _globals['_ISSUEACCESSTOKENRESPONSE']._serialized_start=866
+  _globals['_ISSUEACCESSTOKENRESPONSE']._serialized_end=914
+  _globals['_LISTACCESSTOKENSREQUEST']._serialized_start=916
+  _globals['_LISTACCESSTOKENSREQUEST']._serialized_end=993
+  _globals['_LISTACCESSTOKENSRESPONSE']._serialized_start=995
+  _globals['_LISTACCESSTOKENSRESPONSE']._serialized_end=1087
+  _globals['_REVOKEACCESSTOKENREQUEST']._serialized_start=1089
+  _globals['_REVOKEACCESSTOKENREQUEST']._serialized_end=1127
+  _globals['_REVOKEACCESSTOKENRESPONSE']._serialized_start=1129
+  _globals['_REVOKEACCESSTOKENRESPONSE']._serialized_end=1156
 # @@protoc_insertion_point(module_scope)

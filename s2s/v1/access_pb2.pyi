@@ -46,17 +46,27 @@ class AccessTokenScope(_message.Message):
     ops: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, basins: _Optional[_Union[ResourceSet, _Mapping]] = ..., streams: _Optional[_Union[ResourceSet, _Mapping]] = ..., access_tokens: _Optional[_Union[ResourceSet, _Mapping]] = ..., op_groups: _Optional[_Union[PermittedOperationGroups, _Mapping]] = ..., ops: _Optional[_Iterable[str]] = ...) -> None: ...
 
+class RateLimits(_message.Message):
+    __slots__ = ("appends_per_s", "mib_per_s")
+    APPENDS_PER_S_FIELD_NUMBER: _ClassVar[int]
+    MIB_PER_S_FIELD_NUMBER: _ClassVar[int]
+    appends_per_s: float
+    mib_per_s: float
+    def __init__(self, appends_per_s: _Optional[float] = ..., mib_per_s: _Optional[float] = ...) -> None: ...
+
 class AccessTokenInfo(_message.Message):
-    __slots__ = ("id", "expires_at_ms", "auto_prefix_streams", "scope")
+    __slots__ = ("id", "expires_at_ms", "auto_prefix_streams", "scope", "limits")
     ID_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_MS_FIELD_NUMBER: _ClassVar[int]
     AUTO_PREFIX_STREAMS_FIELD_NUMBER: _ClassVar[int]
     SCOPE_FIELD_NUMBER: _ClassVar[int]
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
     id: str
     expires_at_ms: int
     auto_prefix_streams: bool
     scope: AccessTokenScope
-    def __init__(self, id: _Optional[str] = ..., expires_at_ms: _Optional[int] = ..., auto_prefix_streams: bool = ..., scope: _Optional[_Union[AccessTokenScope, _Mapping]] = ...) -> None: ...
+    limits: RateLimits
+    def __init__(self, id: _Optional[str] = ..., expires_at_ms: _Optional[int] = ..., auto_prefix_streams: bool = ..., scope: _Optional[_Union[AccessTokenScope, _Mapping]] = ..., limits: _Optional[_Union[RateLimits, _Mapping]] = ...) -> None: ...
 
 class IssueAccessTokenRequest(_message.Message):
     __slots__ = ("info",)

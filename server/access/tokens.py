@@ -28,6 +28,7 @@ from pathlib import Path
 
 from s2s import names
 from s2s.errors import S2Error
+from server.access.limits import RateLimiter, RateLimits, limits_from_json
 from server.access.scope import (
     EVERYTHING,
     ROOT_SCOPE,
@@ -57,6 +58,7 @@ class TokenInfo:
     expires_at_ms: int | None
     auto_prefix_streams: bool
     scope: Scope
+    limits: RateLimits | None = None
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,8 @@ class IssueRequest:
     scope: Scope
     expires_at_ms: int | None = None
     auto_prefix_streams: bool = False
+    limits: RateLimits | None = None
+    """None: the issuer's own limits, if it has any."""
 
 
 @dataclass(eq=False)
@@ -74,6 +78,11 @@ class Principal:
 
     info: TokenInfo
     ended: asyncio.Event = field(default_factory=asyncio.Event)
+    limiter: RateLimiter | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        limits = self.info.limits
+        self.limiter = None if limits is None else RateLimiter(limits)
 
     def require(
         self,
@@ -151,6 +160,7 @@ class _Stored:
                 "expires_at_ms": self.info.expires_at_ms,
                 "auto_prefix_streams": self.info.auto_prefix_streams,
                 "scope": scope_to_json(self.info.scope),
+                "limits": None if self.info.limits is None else self.info.limits.to_json(),
             },
             separators=(",", ":"),
         ).encode()
@@ -163,6 +173,7 @@ class _Stored:
             expires_at_ms=obj["expires_at_ms"],
             auto_prefix_streams=obj["auto_prefix_streams"],
             scope=scope_from_json(obj["scope"]),
+            limits=limits_from_json(obj.get("limits")),
         )
         return cls(info, bytes.fromhex(obj["digest"]), Principal(info))
 
@@ -259,10 +270,15 @@ class AccessTokens:
             raise S2Error(
                 "permission_denied", "expires_at is later than the issuing token's own expiry"
             )
+        limits = request.limits or requester.info.limits
+        if limits is not None and not limits.within(requester.info.limits):
+            raise S2Error(
+                "permission_denied", "the limits are looser than the issuing token's own"
+            )
         if request.id in self._by_id:
             raise S2Error("resource_already_exists", f"access token {request.id!r} already exists")
         secret = new_secret()
-        info = TokenInfo(request.id, expires_at_ms, request.auto_prefix_streams, scope)
+        info = TokenInfo(request.id, expires_at_ms, request.auto_prefix_streams, scope, limits)
         stored = _Stored(info, _digest(secret), Principal(info))
         await self._committer.commit(
             [Put(Table.ACCESS_TOKENS, request.id.encode(), stored.encode())]

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from s2s.v1 import access_pb2 as apb
+from server.access.limits import RateLimits, limits_from_json
 from server.access.scope import GROUPS, ResourceSet, Scope, scope_from_json
 from server.access.tokens import IssueRequest, TokenInfo
 
@@ -16,6 +17,18 @@ def issue_request_from_proto(info: apb.AccessTokenInfo) -> IssueRequest:
         scope=scope_from_proto(info.scope),
         expires_at_ms=info.expires_at_ms if info.HasField("expires_at_ms") else None,
         auto_prefix_streams=info.auto_prefix_streams,
+        limits=_limits_from_proto(info) if info.HasField("limits") else None,
+    )
+
+
+def _limits_from_proto(info: apb.AccessTokenInfo) -> RateLimits | None:
+    """Through the JSON form, whose parser holds the rules."""
+    limits = info.limits
+    return limits_from_json(
+        {
+            key: getattr(limits, key) if limits.HasField(key) else None
+            for key in ("appends_per_s", "mib_per_s")
+        }
     )
 
 
@@ -71,6 +84,8 @@ def token_info_to_proto(info: TokenInfo) -> apb.AccessTokenInfo:
             ops=sorted(scope.ops),
         ),
     )
+    if info.limits is not None:
+        message.limits.CopyFrom(apb.RateLimits(**info.limits.to_json()))
     return message
 
 

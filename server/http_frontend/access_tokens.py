@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from s2s.errors import S2Error
+from server.access.limits import limits_from_json
 from server.access.scope import scope_from_json, scope_to_json
 from server.access.tokens import IssueRequest, TokenInfo
 from server.http_frontend.control import list_query, query_errors, rfc3339
@@ -16,12 +17,16 @@ from server.scoped_store import ScopedStore
 
 
 def token_info_json(info: TokenInfo) -> dict[str, Any]:
-    return {
+    """S2's `AccessTokenInfo`, plus `limits` (an s2s extension) when the token has any."""
+    body: dict[str, Any] = {
         "id": info.id,
         "expires_at": rfc3339(info.expires_at_ms),
         "auto_prefix_streams": info.auto_prefix_streams,
         "scope": scope_to_json(info.scope),
     }
+    if info.limits is not None:
+        body["limits"] = info.limits.to_json()
+    return body
 
 
 def issue_request_from_json(value: Any) -> IssueRequest:
@@ -40,6 +45,7 @@ def issue_request_from_json(value: Any) -> IssueRequest:
         scope=scope_from_json(value["scope"]),
         expires_at_ms=_timestamp_ms(value.get("expires_at")),
         auto_prefix_streams=bool(auto_prefix),
+        limits=limits_from_json(value.get("limits")),
     )
 
 
