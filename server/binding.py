@@ -26,6 +26,7 @@ import errno
 import ipaddress
 import socket
 
+import grpc
 from grpc import aio
 
 from server.startup import StartupError
@@ -75,16 +76,25 @@ def listening_socket(address: IPAddress, port: int, port_flag: str) -> socket.so
     return sock
 
 
-def add_grpc_port(server: aio.Server, address: IPAddress, port: int, port_flag: str) -> int:
-    """Make `server` listen exactly at address:port (port 0: a free one); returns the port."""
+def add_grpc_port(
+    server: aio.Server,
+    address: IPAddress,
+    port: int,
+    port_flag: str,
+    credentials: grpc.ServerCredentials | None = None,
+) -> int:
+    """Make `server` listen exactly at address:port (port 0: a free one), over TLS with
+    `credentials`, else in plain text; returns the port."""
     if address == IPV4_ANY:
-        return _add_ipv4_wildcard(server, port, port_flag)
+        return _add_ipv4_wildcard(server, port, port_flag, credentials)
     # gRPC says only "failed to bind"; binding the same address first gives the reason.
     _bound_socket(address, port, port_flag).close()
-    return _add(server, address, port, port_flag)
+    return _add(server, address, port, port_flag, credentials)
 
 
-def _add_ipv4_wildcard(server: aio.Server, port: int, port_flag: str) -> int:
+def _add_ipv4_wildcard(
+    server: aio.Server, port: int, port_flag: str, credentials: grpc.ServerCredentials | None
+) -> int:
     for _ in range(FREE_PORT_ATTEMPTS_MAX):
         holder = _hold_ipv6_wildcard(port)
         try:
@@ -99,7 +109,7 @@ def _add_ipv4_wildcard(server: aio.Server, port: int, port_flag: str) -> int:
                 if chosen != port:
                     continue  # the port free on IPv6 is taken on IPv4: hold another
                 raise
-            return _add(server, IPV4_ANY, chosen, port_flag)
+            return _add(server, IPV4_ANY, chosen, port_flag, credentials)
         finally:
             if holder is not None:
                 holder.close()
@@ -129,10 +139,19 @@ def _hold_ipv6_wildcard(port: int) -> socket.socket | None:
     return holder
 
 
-def _add(server: aio.Server, address: IPAddress, port: int, port_flag: str) -> int:
+def _add(
+    server: aio.Server,
+    address: IPAddress,
+    port: int,
+    port_flag: str,
+    credentials: grpc.ServerCredentials | None,
+) -> int:
     target = host_port(address, port)
     try:
-        bound: int = server.add_insecure_port(target)
+        if credentials is None:
+            bound: int = server.add_insecure_port(target)
+        else:
+            bound = server.add_secure_port(target, credentials)
     except RuntimeError:
         raise StartupError(
             f"gRPC could not listen on {target} ({port_flag}): another process may have taken "

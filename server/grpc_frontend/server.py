@@ -1,10 +1,12 @@
-"""Builds the gRPC server: listening where `server.binding` says, then our services
-(LakeService only with a lake), the standard health service and reflection."""
+"""Builds the gRPC server: listening where `server.binding` says (over TLS when given a
+certificate), then our services (LakeService only with a lake), the standard health service and
+reflection."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import grpc
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
@@ -18,6 +20,7 @@ from server.grpc_frontend.decoding import GuardedRegistry
 from server.grpc_frontend.lake import LakeServicer
 from server.lake.service import Lake
 from server.streamstore import StreamStore
+from server.tls import ServerTls
 
 MESSAGE_BYTES_MAX = 8 * 1024 * 1024
 """Largest gRPC message accepted or sent: a 1 MiB batch plus generous protobuf overhead."""
@@ -30,9 +33,12 @@ SERVICE_NAMES = (
 LAKE_SERVICE_NAME = lake_pb2.DESCRIPTOR.services_by_name["LakeService"].full_name
 
 
-def listening_grpc_server(address: IPAddress, port: int) -> tuple[aio.Server, int]:
+def listening_grpc_server(
+    address: IPAddress, port: int, tls: ServerTls | None = None
+) -> tuple[aio.Server, int]:
     """A gRPC server listening exactly at address:port (0 picks a free port), not yet serving;
-    returns it and its port."""
+    returns it and its port. With `tls`, the port takes only TLS connections: a plain-text
+    client's handshake fails."""
     server = aio.server(
         options=[
             ("grpc.max_receive_message_length", MESSAGE_BYTES_MAX),
@@ -40,7 +46,10 @@ def listening_grpc_server(address: IPAddress, port: int) -> tuple[aio.Server, in
             ("grpc.so_reuseport", 0),
         ]
     )
-    return server, add_grpc_port(server, address, port, "--grpc-port")
+    credentials = None
+    if tls is not None:
+        credentials = grpc.ssl_server_credentials([(tls.key_pem, tls.cert_pem)])
+    return server, add_grpc_port(server, address, port, "--grpc-port", credentials)
 
 
 async def start_grpc_server(
