@@ -61,22 +61,36 @@ class SqlResult:
 
 
 class S2SClient:
-    """A connection to an s2s server's gRPC API. Use as `async with S2SClient(...) as c:`."""
+    """A connection to an s2s server's gRPC API. Use as `async with S2SClient(...) as c:`.
+
+    With `tls` (implied by `root_certificates`), the connection is TLS and the server's
+    certificate must be signed by one of `root_certificates` (PEM bytes, e.g. a server's
+    self-signed `DATA_DIR/tls/cert.pem`), or by the system's roots when None, and must name the
+    host of `target`.
+    """
 
     def __init__(
-        self, target: str = "127.0.0.1:50051", *, retries: int = 3, backoff_s: float = 0.1
+        self,
+        target: str = "127.0.0.1:50051",
+        *,
+        retries: int = 3,
+        backoff_s: float = 0.1,
+        tls: bool = False,
+        root_certificates: bytes | None = None,
     ) -> None:
-        self._channel = aio.insecure_channel(
-            target,
-            options=[
-                ("grpc.max_receive_message_length", MESSAGE_BYTES_MAX),
-                ("grpc.max_send_message_length", MESSAGE_BYTES_MAX),
-                # Reconnect quickly after a server restart; gRPC's default waits up to minutes.
-                ("grpc.initial_reconnect_backoff_ms", 100),
-                ("grpc.min_reconnect_backoff_ms", 100),
-                ("grpc.max_reconnect_backoff_ms", int(BACKOFF_MAX_S * 1000)),
-            ],
-        )
+        options = [
+            ("grpc.max_receive_message_length", MESSAGE_BYTES_MAX),
+            ("grpc.max_send_message_length", MESSAGE_BYTES_MAX),
+            # Reconnect quickly after a server restart; gRPC's default waits up to minutes.
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", int(BACKOFF_MAX_S * 1000)),
+        ]
+        if tls or root_certificates is not None:
+            credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+            self._channel = aio.secure_channel(target, credentials, options=options)
+        else:
+            self._channel = aio.insecure_channel(target, options=options)
         self._account = services.AccountServiceStub(self._channel)  # type: ignore[no-untyped-call]
         self._basins = services.BasinServiceStub(self._channel)  # type: ignore[no-untyped-call]
         self.streams = services.StreamServiceStub(self._channel)  # type: ignore[no-untyped-call]

@@ -24,8 +24,10 @@ from client.cli_args import (
     EnvOption,
     Parser,
     UsageError,
+    boolean,
     json_text,
     number,
+    pem_certificates,
     seq_num,
     server_address,
     whole_number,
@@ -61,6 +63,24 @@ from s2s.wire import U64_MAX
 SERVER_OPTION = EnvOption(
     "--server", "S2S_SERVER", server_address, "127.0.0.1:50051", "gRPC address of the server"
 )
+TLS_OPTIONS = (
+    EnvOption(
+        "--tls",
+        "S2S_TLS",
+        boolean,
+        False,
+        "connect over TLS, trusting the system's certificate authorities (or --tls-ca)",
+        switch=True,
+    ),
+    EnvOption(
+        "--tls-ca",
+        "S2S_TLS_CA",
+        pem_certificates,
+        None,
+        "PEM file of the certificates to trust instead, such as a server's DATA_DIR/tls/"
+        "cert.pem (implies --tls)",
+    ),
+)
 
 Handler = Callable[[S2SClient, argparse.Namespace], Awaitable[None]]
 
@@ -73,7 +93,8 @@ def add_commands(commands: Any) -> None:
 
     def command(name: str, help_text: str, handler: Handler) -> Parser:
         parser: Parser = commands.add_parser(name, help=help_text)
-        SERVER_OPTION.add_to(parser)
+        for option in (SERVER_OPTION, *TLS_OPTIONS):
+            option.add_to(parser)
         parser.set_defaults(handler=handler, parser=parser)
         return parser
 
@@ -181,7 +202,8 @@ def add_commands(commands: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run a client command; returns the exit status."""
     parser: Parser = args.parser
-    SERVER_OPTION.resolve(parser, args)
+    for option in (SERVER_OPTION, *TLS_OPTIONS):
+        option.resolve(parser, args)
     _check_text_arguments(parser, args)
     try:
         asyncio.run(_dispatch(args))
@@ -190,7 +212,10 @@ def run(args: argparse.Namespace) -> int:
     except (S2SError, S2Error) as error:
         hint = ""
         if error.code == "unavailable":
-            hint = f" (is the server running at {args.server}? set --server or S2S_SERVER)"
+            hint = (
+                f" (is the server running at {args.server}? set --server or S2S_SERVER, and "
+                "--tls if it serves TLS)"
+            )
         print(f"error: {error}{hint}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -222,7 +247,9 @@ def _is_utf8(text: str) -> bool:
 
 
 async def _dispatch(args: argparse.Namespace) -> None:
-    async with S2SClient(args.server, retries=1) as client:
+    async with S2SClient(
+        args.server, retries=1, tls=args.tls, root_certificates=args.tls_ca
+    ) as client:
         await args.handler(client, args)
 
 

@@ -16,6 +16,7 @@ import argparse
 import json
 import math
 import os
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -75,10 +76,39 @@ seq_num = whole_number(0, U64_MAX)
 """Sequence numbers, timestamps and offsets: unsigned 64-bit on the wire."""
 
 
+def boolean(text: str) -> bool:
+    """A switch's environment variable: 1, true, yes or on; 0, false, no or off."""
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(
+        f"must be 1, true, yes or on, or 0, false, no or off, got {text!r}"
+    )
+
+
 def nonempty(text: str) -> str:
     if not text:
         raise argparse.ArgumentTypeError("must not be empty")
     return text
+
+
+def pem_certificates(path: str) -> bytes:
+    """The contents of a file of PEM certificates (a CA bundle, or a server's self-signed
+    certificate), checked to hold at least one."""
+    try:
+        with open(path, "rb") as file:
+            pem = file.read()
+    except OSError as error:
+        raise argparse.ArgumentTypeError(f"cannot read {path!r}: {error.strerror}") from None
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=pem.decode("ascii"))
+    except (UnicodeDecodeError, ssl.SSLError):
+        raise argparse.ArgumentTypeError(
+            f"{path!r} holds no PEM certificate ('-----BEGIN CERTIFICATE-----')"
+        ) from None
+    return pem
 
 
 def json_text(text: str) -> Any:
@@ -104,13 +134,15 @@ def server_address(text: str) -> str:
 
 @dataclass(frozen=True)
 class EnvOption:
-    """A flag whose default comes from an environment variable, then from `default`."""
+    """A flag whose default comes from an environment variable, then from `default`. A
+    `switch` takes no value on the command line (it means True); its variable is `boolean`."""
 
     flag: str
     env: str
     parse: Callable[[str], Any]
     default: Any
     help: str
+    switch: bool = False
 
     @property
     def dest(self) -> str:
@@ -118,12 +150,13 @@ class EnvOption:
 
     def add_to(self, parser: argparse.ArgumentParser) -> None:
         shown = "none" if self.default is None else self.default
-        parser.add_argument(
-            self.flag,
-            type=self.parse,
-            default=None,
-            help=f"{self.help} (env {self.env}, default {shown})",
-        )
+        help_text = f"{self.help} (env {self.env}, default {shown})"
+        if self.switch:
+            parser.add_argument(
+                self.flag, action="store_const", const=True, default=None, help=help_text
+            )
+            return
+        parser.add_argument(self.flag, type=self.parse, default=None, help=help_text)
 
     def resolve(self, parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         """Fill in the value if the flag was not given: the variable's, else the default."""

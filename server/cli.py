@@ -26,16 +26,18 @@ import lmdb
 from grpc import aio
 
 from client.cli import add_commands, run
-from client.cli_args import EnvOption, Parser, nonempty, number, port, whole_number
+from client.cli_args import EnvOption, Parser, boolean, nonempty, number, port, whole_number
 from s2s import allocator
 from server.binding import IPAddress, host_port, listening_socket, parse_host
 from server.grpc_frontend.server import listening_grpc_server, start_grpc_server
 from server.http_frontend import start_http_server
+from server.http_frontend.cors import parse_origins
 from server.lake.connection import LakeSettings, default_threads
 from server.lake.service import Lake
 from server.startup import StartupError, claim_data_dir
 from server.storage.kv import MAP_SIZE_BYTES_DEFAULT
 from server.streamstore import StreamStore
+from server.tls import TlsSettings, server_tls
 
 log = logging.getLogger("s2s")
 
@@ -44,6 +46,14 @@ def host(text: str) -> IPAddress:
     """`--host`'s argument type (server.binding says which forms are accepted)."""
     try:
         return parse_host(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def cors_origins(text: str) -> frozenset[str]:
+    """`--cors-origins`'s argument type (server.http_frontend.cors says which forms)."""
+    try:
+        return parse_origins(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
 
@@ -124,6 +134,31 @@ SERVE_OPTIONS = (
         600.0,
         "how often the lake merges small files and expires snapshots older than a day, 0 never",
     ),
+    EnvOption(
+        "--tls-cert",
+        "S2S_TLS_CERT",
+        nonempty,
+        None,
+        "PEM certificate (chain) both ports serve TLS with, only TLS; needs --tls-key",
+    ),
+    EnvOption("--tls-key", "S2S_TLS_KEY", nonempty, None, "--tls-cert's unencrypted PEM key"),
+    EnvOption(
+        "--tls-self-signed",
+        "S2S_TLS_SELF_SIGNED",
+        boolean,
+        False,
+        "TLS on both ports with a self-signed certificate for localhost, kept in "
+        "DATA_DIR/tls (for development; clients must trust DATA_DIR/tls/cert.pem)",
+        switch=True,
+    ),
+    EnvOption(
+        "--cors-origins",
+        "S2S_CORS_ORIGINS",
+        cors_origins,
+        None,
+        "browser origins allowed to call the HTTP API (CORS), comma-separated "
+        "scheme://host[:port], or * for any",
+    ),
 )
 
 
@@ -155,6 +190,8 @@ class ServeSettings:
     http_port: int
     max_storage_gib: int
     lake: LakeSettings
+    tls: TlsSettings
+    cors_origins: frozenset[str] | None
 
 
 def serve_settings(args: argparse.Namespace) -> ServeSettings:
@@ -165,6 +202,10 @@ def serve_settings(args: argparse.Namespace) -> ServeSettings:
         option.resolve(parser, args)
     if args.lake_catalog and not args.lake_data_path:
         parser.error("--lake-catalog needs --lake-data-path: where the Parquet files go")
+    if (args.tls_cert is None) != (args.tls_key is None):
+        parser.error("--tls-cert and --tls-key go together: give both")
+    if args.tls_self_signed and args.tls_cert is not None:
+        parser.error("--tls-self-signed and --tls-cert exclude each other: give one")
     return ServeSettings(
         data_dir=args.data_dir,
         host=args.host,
@@ -180,6 +221,8 @@ def serve_settings(args: argparse.Namespace) -> ServeSettings:
             threads=args.lake_threads,
             maintenance_interval_s=args.lake_maintenance_interval_s,
         ),
+        tls=TlsSettings(args.tls_cert, args.tls_key, args.tls_self_signed),
+        cors_origins=args.cors_origins,
     )
 
 
@@ -191,9 +234,10 @@ async def serve(settings: ServeSettings) -> None:
     # Callbacks run in reverse: frontends stop first, then the lake, the store, the ports.
     async with contextlib.AsyncExitStack() as resources:
         resources.enter_context(claim_data_dir(settings.data_dir))
+        tls = server_tls(settings.tls, settings.data_dir, settings.host)
         # Both ports before the store and the lake: a port in use or a wrong address fails in
         # milliseconds, not after the seconds they take to open.
-        grpc_server, grpc_port = listening_grpc_server(settings.host, settings.grpc_port)
+        grpc_server, grpc_port = listening_grpc_server(settings.host, settings.grpc_port, tls)
         resources.push_async_callback(grpc_server.stop, None)
         http_socket = resources.enter_context(
             listening_socket(settings.host, settings.http_port, "--http-port")
@@ -206,10 +250,19 @@ async def serve(settings: ServeSettings) -> None:
 
         stop = asyncio.Event()  # set on SIGTERM or SIGINT
         await start_grpc_server(grpc_server, store, lake)
-        log.info("gRPC listening on %s", host_port(settings.host, grpc_port))
-        http_task = start_http_server(store, http_socket, stop, SHUTDOWN_GRACE_S, lake)
+        over = " over TLS" if tls else ""
+        log.info("gRPC listening on %s%s", host_port(settings.host, grpc_port), over)
+        http_task = start_http_server(
+            store,
+            http_socket,
+            stop,
+            SHUTDOWN_GRACE_S,
+            lake,
+            tls=tls,
+            cors_origins=settings.cors_origins,
+        )
         resources.push_async_callback(_stop_frontends, store, lake, grpc_server, http_task, stop)
-        log.info("HTTP listening on %s", host_port(settings.host, http_port))
+        log.info("HTTP listening on %s%s", host_port(settings.host, http_port), over)
         # Everything loaded so far (modules, DuckDB, protobuf descriptors) lives as long as the
         # process: out of the collector's reach, a full collection no longer walks it. Each one
         # took 13-28 ms before, a stall of every request in flight (bench/http_append.py p99).

@@ -7,10 +7,17 @@ here, where an interrupt exits 130 quietly like one at any later point.
 
 from __future__ import annotations
 
+import os
+
 EXIT_INTERRUPTED = 130
 
 
 def main() -> int:
+    # gRPC core logs at INFO on stderr, read when it loads: each failed TLS handshake (a client
+    # that does not trust the server's certificate, a plain-text client at a TLS port) would
+    # add lines to a client command's one-line error, and to the server's log per attempt.
+    # GRPC_VERBOSITY=debug still shows them.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     try:
         # Imported here, not at the top: the point is to catch an interrupt while it loads.
         from server.cli import main as run_command

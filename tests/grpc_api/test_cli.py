@@ -211,7 +211,10 @@ def test_bad_ndjson_lines_are_usage_errors(stdin: bytes, says: str) -> None:
 def test_unreachable_server_is_one_line() -> None:
     line = one_line(s2s_raw(UNREACHABLE, "tail", "b", "s"), 1)
     assert line.startswith("error: unavailable: ")
-    assert line.endswith(f"(is the server running at {UNREACHABLE}? set --server or S2S_SERVER)")
+    assert line.endswith(
+        f"(is the server running at {UNREACHABLE}? set --server or S2S_SERVER, and --tls if "
+        "it serves TLS)"
+    )
 
 
 def test_append_takes_bytes_and_ndjson_bodies_as_json_text(server: ServerProcess) -> None:
