@@ -159,6 +159,15 @@ SERVE_OPTIONS = (
         "browser origins allowed to call the HTTP API (CORS), comma-separated "
         "scheme://host[:port], or * for any",
     ),
+    EnvOption(
+        "--no-auth",
+        "S2S_NO_AUTH",
+        boolean,
+        False,
+        "serve every call without an access token, with every permission: only for "
+        "throwaway local use (by default calls need `authorization: Bearer <token>`)",
+        switch=True,
+    ),
 )
 
 
@@ -192,6 +201,7 @@ class ServeSettings:
     lake: LakeSettings
     tls: TlsSettings
     cors_origins: frozenset[str] | None
+    auth: bool
 
 
 def serve_settings(args: argparse.Namespace) -> ServeSettings:
@@ -223,6 +233,7 @@ def serve_settings(args: argparse.Namespace) -> ServeSettings:
         ),
         tls=TlsSettings(args.tls_cert, args.tls_key, args.tls_self_signed),
         cors_origins=args.cors_origins,
+        auth=not args.no_auth,
     )
 
 
@@ -245,6 +256,7 @@ async def serve(settings: ServeSettings) -> None:
         http_port: int = http_socket.getsockname()[1]
         store = await _open_store(settings)
         resources.push_async_callback(store.close)
+        await _set_up_access(store, settings)
         lake = await _open_lake(store, settings.lake)
         resources.push_async_callback(lake.close)
 
@@ -273,6 +285,19 @@ async def serve(settings: ServeSettings) -> None:
             loop.add_signal_handler(signum, stop.set)
         await stop.wait()
     log.info("stopped")
+
+
+async def _set_up_access(store: StreamStore, settings: ServeSettings) -> None:
+    """Access tokens on (the root token's file made if needed), or off with a warning."""
+    if not settings.auth:
+        store.access_tokens.required = False
+        log.warning(
+            "--no-auth: every call is served with every permission, token or not; "
+            "use this only on a machine nobody else can reach"
+        )
+        return
+    path = await store.access_tokens.bootstrap_root(settings.data_dir)
+    log.info("root access token: in %s (readable only by this user)", path)
 
 
 async def _open_store(settings: ServeSettings) -> StreamStore:

@@ -78,7 +78,7 @@ async def register_services(
         services_pb2.DESCRIPTOR.services_by_name[n.split(".")[-1]].full_name for n in SERVICE_NAMES
     ]
     if lake is not None:
-        lake_pb2_grpc.add_LakeServiceServicer_to_server(LakeServicer(lake), registry)  # type: ignore[no-untyped-call]
+        lake_pb2_grpc.add_LakeServiceServicer_to_server(LakeServicer(store, lake), registry)  # type: ignore[no-untyped-call]
         names.append(LAKE_SERVICE_NAME)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, registry)
