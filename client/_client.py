@@ -27,6 +27,7 @@ import grpc
 import pyarrow as pa
 from grpc import aio
 
+from client._auth import bearer_token_interceptors
 from client._errors import S2SError, error_from_rpc, error_from_status
 from s2s.config import BasinConfig, StreamConfig
 from s2s.convert import (
@@ -36,6 +37,7 @@ from s2s.convert import (
     stream_config_to_proto,
 )
 from s2s.records import BATCH_METERED_BYTES_MAX, BATCH_RECORDS_MAX, metered_size
+from s2s.v1 import access_pb2 as apb
 from s2s.v1 import control_pb2 as cpb
 from s2s.v1 import lake_pb2 as lpb
 from s2s.v1 import lake_pb2_grpc as lake_services
@@ -67,6 +69,9 @@ class S2SClient:
     certificate must be signed by one of `root_certificates` (PEM bytes, e.g. a server's
     self-signed `DATA_DIR/tls/cert.pem`), or by the system's roots when None, and must name the
     host of `target`.
+
+    `access_token` is sent with every call (`authorization: Bearer ...` metadata); a server
+    with access control refuses calls without one (`authn`).
     """
 
     def __init__(
@@ -77,6 +82,7 @@ class S2SClient:
         backoff_s: float = 0.1,
         tls: bool = False,
         root_certificates: bytes | None = None,
+        access_token: str | None = None,
     ) -> None:
         options = [
             ("grpc.max_receive_message_length", MESSAGE_BYTES_MAX),
@@ -86,11 +92,14 @@ class S2SClient:
             ("grpc.min_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", int(BACKOFF_MAX_S * 1000)),
         ]
+        interceptors = [] if access_token is None else bearer_token_interceptors(access_token)
         if tls or root_certificates is not None:
             credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
-            self._channel = aio.secure_channel(target, credentials, options=options)
+            self._channel = aio.secure_channel(
+                target, credentials, options=options, interceptors=interceptors
+            )
         else:
-            self._channel = aio.insecure_channel(target, options=options)
+            self._channel = aio.insecure_channel(target, options=options, interceptors=interceptors)
         self._account = services.AccountServiceStub(self._channel)  # type: ignore[no-untyped-call]
         self._basins = services.BasinServiceStub(self._channel)  # type: ignore[no-untyped-call]
         self.streams = services.StreamServiceStub(self._channel)  # type: ignore[no-untyped-call]
@@ -146,6 +155,23 @@ class S2SClient:
             basin=name, config=basin_config_to_proto(config or BasinConfig()), request_token=token
         )
         return await self.call(lambda: self._account.CreateBasin(request), retry=True)
+
+    async def issue_access_token(self, info: apb.AccessTokenInfo) -> str:
+        """Issue a token within this client's own scope; returns its secret (shown once)."""
+        request = apb.IssueAccessTokenRequest(info=info)
+        response = await self.call(lambda: self._account.IssueAccessToken(request))
+        secret: str = response.access_token
+        return secret
+
+    async def list_access_tokens(
+        self, prefix: str = "", start_after: str = "", limit: int = 0
+    ) -> apb.ListAccessTokensResponse:
+        request = apb.ListAccessTokensRequest(prefix=prefix, start_after=start_after, limit=limit)
+        return await self.call(lambda: self._account.ListAccessTokens(request), retry=True)
+
+    async def revoke_access_token(self, token_id: str) -> None:
+        request = apb.RevokeAccessTokenRequest(id=token_id)
+        await self.call(lambda: self._account.RevokeAccessToken(request))
 
     async def list_basins(
         self, prefix: str = "", start_after: str = "", limit: int = 0

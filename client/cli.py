@@ -15,9 +15,12 @@ import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
-from typing import IO, Any
+from pathlib import Path
+from typing import IO, Any, TypeVar
 
 import pyarrow as pa
+from google.protobuf import json_format
+from google.protobuf.message import Message
 
 from client import S2SClient, S2SError, SqlResult
 from client.cli_args import (
@@ -26,8 +29,10 @@ from client.cli_args import (
     UsageError,
     boolean,
     json_text,
+    nonempty,
     number,
     pem_certificates,
+    rfc3339_ms,
     seq_num,
     server_address,
     whole_number,
@@ -55,6 +60,7 @@ from s2s.records import (
     metered_size,
     trim_record,
 )
+from s2s.v1 import access_pb2 as apb
 from s2s.v1 import control_pb2 as cpb
 from s2s.v1 import lake_pb2 as lpb
 from s2s.v1 import records_pb2 as pb
@@ -82,6 +88,16 @@ TLS_OPTIONS = (
     ),
 )
 
+TOKEN_OPTION = EnvOption(
+    "--token",
+    "S2S_ACCESS_TOKEN",
+    nonempty,
+    None,
+    "access token (prefer the variable: a flag shows in the process list); default: the "
+    "local server's root token, S2S_DATA_DIR/root.token (./data/root.token), if readable",
+)
+ROOT_TOKEN_FILE = "root.token"
+
 Handler = Callable[[S2SClient, argparse.Namespace], Awaitable[None]]
 
 EXIT_INTERRUPTED = 130
@@ -93,10 +109,32 @@ def add_commands(commands: Any) -> None:
 
     def command(name: str, help_text: str, handler: Handler) -> Parser:
         parser: Parser = commands.add_parser(name, help=help_text)
-        for option in (SERVER_OPTION, *TLS_OPTIONS):
+        for option in (SERVER_OPTION, *TLS_OPTIONS, TOKEN_OPTION):
             option.add_to(parser)
         parser.set_defaults(handler=handler, parser=parser)
         return parser
+
+    tokens = command("tokens", "manage access tokens", _tokens)
+    tokens.add_argument("action", choices=["issue", "list", "revoke"])
+    tokens.add_argument("id", nargs="?", default="", help="the token's id (issue, revoke)")
+    tokens.add_argument(
+        "--scope",
+        type=json_text,
+        help='S2\'s scope as JSON (issue), e.g. \'{"basins": {"exact": "b"}, "streams": '
+        '{"prefix": ""}, "op_groups": {"stream": {"read": true}}}\'',
+    )
+    tokens.add_argument(
+        "--expires-at", type=rfc3339_ms, help="RFC 3339 expiry (issue); default: this token's"
+    )
+    tokens.add_argument(
+        "--auto-prefix-streams",
+        action="store_true",
+        help="stream names are relative to the scope's stream prefix (issue)",
+    )
+    tokens.add_argument(
+        "--limits", type=json_text, help='rate limits (issue): {"appends_per_s", "mib_per_s"}'
+    )
+    tokens.add_argument("--prefix", help="list only ids starting with this (list)")
 
     basins = command("basins", "manage basins", _basins)
     basins.add_argument("action", choices=["create", "list", "delete", "config"])
@@ -202,8 +240,10 @@ def add_commands(commands: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run a client command; returns the exit status."""
     parser: Parser = args.parser
-    for option in (SERVER_OPTION, *TLS_OPTIONS):
+    for option in (SERVER_OPTION, *TLS_OPTIONS, TOKEN_OPTION):
         option.resolve(parser, args)
+    if args.token is None:
+        args.token = _local_root_token()
     _check_text_arguments(parser, args)
     try:
         asyncio.run(_dispatch(args))
@@ -246,9 +286,23 @@ def _is_utf8(text: str) -> bool:
     return True
 
 
+def _local_root_token() -> str | None:
+    """The root token a server on this machine wrote into its data directory, if this user
+    can read it: what makes the CLI work against `make serve` without a flag."""
+    path = Path(os.environ.get("S2S_DATA_DIR") or "./data") / ROOT_TOKEN_FILE
+    try:
+        return path.read_text().strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
 async def _dispatch(args: argparse.Namespace) -> None:
     async with S2SClient(
-        args.server, retries=1, tls=args.tls, root_certificates=args.tls_ca
+        args.server,
+        retries=1,
+        tls=args.tls,
+        root_certificates=args.tls_ca,
+        access_token=args.token,
     ) as client:
         await args.handler(client, args)
 
@@ -318,6 +372,47 @@ async def _basins(client: S2SClient, args: argparse.Namespace) -> None:
         _print_json(basin_config_to_json(await client.reconfigure_basin(args.name, message, mask)))
     else:
         _print_json(basin_config_to_json(await client.get_basin_config(args.name)))
+
+
+async def _tokens(client: S2SClient, args: argparse.Namespace) -> None:
+    issuing = ("--scope", "--expires-at", "--auto-prefix-streams", "--limits")
+    if args.action == "list":
+        _refuse_flags(args, "issue", *issuing)
+        if args.id:
+            raise UsageError("tokens list takes no id: use --prefix to filter")
+        page = await client.list_access_tokens(prefix=args.prefix or "")
+        for info in page.access_tokens:
+            _print_json(json_format.MessageToDict(info, preserving_proto_field_name=True))
+        return
+    if not args.id:
+        raise UsageError(f"tokens {args.action} needs the token's id")
+    if args.action == "revoke":
+        _refuse_flags(args, "issue", *issuing)
+        await client.revoke_access_token(args.id)
+        print(f"revoked access token {args.id}")
+        return
+    if args.scope is None:
+        raise UsageError("tokens issue needs --scope")
+    info = apb.AccessTokenInfo(
+        id=args.id,
+        expires_at_ms=args.expires_at,
+        auto_prefix_streams=args.auto_prefix_streams,
+        scope=_message(apb.AccessTokenScope(), args.scope, "--scope"),
+    )
+    if args.limits is not None:
+        info.limits.CopyFrom(_message(apb.RateLimits(), args.limits, "--limits"))
+    print(await client.issue_access_token(info))
+
+
+MessageT = TypeVar("MessageT", bound=Message)
+
+
+def _message(message: MessageT, value: Any, flag: str) -> MessageT:
+    """`value` (parsed JSON) in the shape of `message`, whose fields follow S2's JSON names."""
+    try:
+        return json_format.ParseDict(value, message)
+    except json_format.ParseError as error:
+        raise UsageError(f"{flag}: {error}") from None
 
 
 async def _streams(client: S2SClient, args: argparse.Namespace) -> None:

@@ -19,6 +19,7 @@ import os
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, NoReturn
 
 from s2s.wire import U64_MAX
@@ -109,6 +110,19 @@ def pem_certificates(path: str) -> bytes:
             f"{path!r} holds no PEM certificate ('-----BEGIN CERTIFICATE-----')"
         ) from None
     return pem
+
+
+def rfc3339_ms(text: str) -> int:
+    """An RFC 3339 time with an offset (2027-01-01T00:00:00Z), as milliseconds since the epoch."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        raise argparse.ArgumentTypeError(
+            f"is not an RFC 3339 time with an offset, e.g. 2027-01-01T00:00:00Z: {text!r}"
+        )
+    return int(moment.timestamp() * 1000)
 
 
 def json_text(text: str) -> Any:
