@@ -272,9 +272,7 @@ class AccessTokens:
             )
         limits = request.limits or requester.info.limits
         if limits is not None and not limits.within(requester.info.limits):
-            raise S2Error(
-                "permission_denied", "the limits are looser than the issuing token's own"
-            )
+            raise S2Error("permission_denied", "the limits are looser than the issuing token's own")
         if request.id in self._by_id:
             raise S2Error("resource_already_exists", f"access token {request.id!r} already exists")
         secret = new_secret()
