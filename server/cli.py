@@ -168,6 +168,15 @@ SERVE_OPTIONS = (
         "throwaway local use (by default calls need `authorization: Bearer <token>`)",
         switch=True,
     ),
+    EnvOption(
+        "--open-metrics",
+        "S2S_OPEN_METRICS",
+        boolean,
+        False,
+        "serve GET /metrics without a token to clients on this machine (loopback addresses), "
+        "for a local Prometheus; elsewhere it needs a token with account-metrics",
+        switch=True,
+    ),
 )
 
 
@@ -202,6 +211,7 @@ class ServeSettings:
     tls: TlsSettings
     cors_origins: frozenset[str] | None
     auth: bool
+    open_metrics: bool
 
 
 def serve_settings(args: argparse.Namespace) -> ServeSettings:
@@ -234,6 +244,7 @@ def serve_settings(args: argparse.Namespace) -> ServeSettings:
         tls=TlsSettings(args.tls_cert, args.tls_key, args.tls_self_signed),
         cors_origins=args.cors_origins,
         auth=not args.no_auth,
+        open_metrics=args.open_metrics,
     )
 
 
@@ -272,6 +283,7 @@ async def serve(settings: ServeSettings) -> None:
             lake,
             tls=tls,
             cors_origins=settings.cors_origins,
+            open_metrics=settings.open_metrics,
         )
         resources.push_async_callback(_stop_frontends, store, lake, grpc_server, http_task, stop)
         log.info("HTTP listening on %s%s", host_port(settings.host, http_port), over)

@@ -6,6 +6,7 @@ Routing uses `scope["raw_path"]` and decodes each segment on its own, so a strea
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import reprlib
 from typing import Any
@@ -13,6 +14,7 @@ from urllib.parse import unquote_to_bytes
 
 from s2s import names
 from s2s.errors import S2Error
+from server.access.tokens import OPEN_ACCESS, Principal
 from server.http_frontend.access_tokens import AccessTokensApi
 from server.http_frontend.control import LOCATION_INFO, BasinsApi, StreamsApi, path_basin
 from server.http_frontend.errors import internal_error, respond_error
@@ -76,9 +78,15 @@ class HttpApp:
     token is revoked (`server.append_session`, `server.read_session`).
     """
 
-    def __init__(self, store: StreamStore, lake: Lake | None = None) -> None:
+    def __init__(
+        self, store: StreamStore, lake: Lake | None = None, *, open_metrics: bool = False
+    ) -> None:
         self._store = store
         self._lake = lake
+        self._open_metrics = open_metrics
+        """`/metrics` without a token from loopback (`s2s serve --open-metrics`), for a
+        Prometheus on the same machine."""
+        self._anyone = Principal(OPEN_ACCESS)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -110,9 +118,11 @@ class HttpApp:
             _allow(method, "GET")
             await exchange.respond(200, b"OK", "text/plain")
             return
-        store = ScopedStore(
-            self._store, self._store.access_tokens.authenticate(exchange.header("authorization"))
-        )
+        if path == ["metrics"] and self._open_metrics and _from_loopback(exchange):
+            principal = self._anyone
+        else:
+            principal = self._store.access_tokens.authenticate(exchange.header("authorization"))
+        store = ScopedStore(self._store, principal)
         if path == ["metrics"] or path[:1] == ["v2"] or path[:2] == ["v1", "lake"]:
             await self._route_lake(store, exchange, method, path)
             return
@@ -302,6 +312,16 @@ def _allow_streams(method: str, depth: int) -> None:
         3: ("GET",),
     }
     _allow(method, *allowed[depth])
+
+
+def _from_loopback(exchange: Exchange) -> bool:
+    client = exchange.scope.get("client")
+    if not client:
+        return False
+    try:
+        return ipaddress.ip_address(client[0]).is_loopback
+    except ValueError:
+        return False
 
 
 def _basin_from_header(exchange: Exchange) -> str:

@@ -39,13 +39,15 @@ def start_http_server(
     *,
     tls: ServerTls | None = None,
     cors_origins: frozenset[str] | None = None,
+    open_metrics: bool = False,
 ) -> asyncio.Task[None]:
     """Start serving on the listening socket `sock`, which the server then owns; returns the
     serving task.
 
     Setting `shutdown` stops accepting; in-flight requests get `grace_s` to finish (open
     sessions end at once when the store drains, see `StreamStore.drain`). With `tls`, only TLS;
-    with `cors_origins`, CORS for browsers from those origins (`server.http_frontend.cors`).
+    with `cors_origins`, CORS for browsers from those origins (`server.http_frontend.cors`);
+    with `open_metrics`, `/metrics` needs no token from loopback addresses.
     """
     h2_tuning.install()
     # Any route may answer before its request body has arrived; over HTTP/2 that must not
@@ -66,7 +68,7 @@ def start_http_server(
         config.keyfile = str(tls.key_path)
         # The official SDKs speak HTTP/2 only and require it by ALPN over TLS.
         config.alpn_protocols = ["h2", "http/1.1"]
-    app: Asgi = HttpApp(store, lake)
+    app: Asgi = HttpApp(store, lake, open_metrics=open_metrics)
     if cors_origins:
         app = Cors(app, cors_origins)
     return asyncio.create_task(

@@ -441,3 +441,16 @@ def test_lists_show_only_what_the_scope_covers(
         assert basins == [BASIN]
         token_ids = [t["id"] for t in _ok(client.get("/v1/access-tokens"))["access_tokens"]]
         assert token_ids == ["no-account", "no-basin", "no-stream"]
+
+
+def test_open_metrics_serves_loopback_without_a_token(tmp_path: Path) -> None:
+    server = ServerProcess(str(tmp_path / "data"), auth=True, extra_args=["--open-metrics"])
+    server.start()
+    try:
+        with _client(server, None) as anonymous:
+            metrics = anonymous.get("/metrics")
+            assert metrics.status_code == 200 and "text/plain" in metrics.headers["content-type"]
+            refused = anonymous.get("/v1/basins")
+            assert (refused.status_code, refused.json()["code"]) == (401, "authn")
+    finally:
+        server.stop()
