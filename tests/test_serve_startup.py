@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.server_process import (
@@ -99,9 +100,11 @@ def test_data_dir_in_use_by_another_server(tmp_path: Path) -> None:
             f"error: --data-dir {str(data_dir)!r} is in use by another s2s server "
             f"(pid {first.pid}): stop it, or give this one another --data-dir"
         )
+        assert httpx.get(f"{first.http_url}/health").status_code == 200, "the first serves on"
     finally:
-        assert first.stop() == 0
-    # The lock goes with the process that held it: a restart takes the directory.
+        first.kill()
+    # The lock goes with the process that held it, even one killed with SIGKILL: a restart
+    # takes the directory.
     ServerProcess(str(data_dir), env=environment_without_s2s()).start().stop()
 
 
