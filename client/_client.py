@@ -27,7 +27,6 @@ import grpc
 import pyarrow as pa
 from grpc import aio
 
-from client._auth import bearer_token_interceptors
 from client._errors import S2SError, error_from_rpc, error_from_status
 from s2s.config import BasinConfig, StreamConfig
 from s2s.convert import (
@@ -92,14 +91,16 @@ class S2SClient:
             ("grpc.min_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", int(BACKOFF_MAX_S * 1000)),
         ]
-        interceptors = [] if access_token is None else bearer_token_interceptors(access_token)
+        self.metadata: tuple[tuple[str, str], ...] = (
+            () if access_token is None else (("authorization", f"Bearer {access_token}"),)
+        )
+        """Sent with every call. Not a client interceptor: grpc.aio's add 50-300 us to each
+        unary call on this machine (an extra task per call)."""
         if tls or root_certificates is not None:
             credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
-            self._channel = aio.secure_channel(
-                target, credentials, options=options, interceptors=interceptors
-            )
+            self._channel = aio.secure_channel(target, credentials, options=options)
         else:
-            self._channel = aio.insecure_channel(target, options=options, interceptors=interceptors)
+            self._channel = aio.insecure_channel(target, options=options)
         self._account = services.AccountServiceStub(self._channel)  # type: ignore[no-untyped-call]
         self._basins = services.BasinServiceStub(self._channel)  # type: ignore[no-untyped-call]
         self.streams = services.StreamServiceStub(self._channel)  # type: ignore[no-untyped-call]
@@ -154,12 +155,16 @@ class S2SClient:
         request = cpb.CreateBasinRequest(
             basin=name, config=basin_config_to_proto(config or BasinConfig()), request_token=token
         )
-        return await self.call(lambda: self._account.CreateBasin(request), retry=True)
+        return await self.call(
+            lambda: self._account.CreateBasin(request, metadata=self.metadata), retry=True
+        )
 
     async def issue_access_token(self, info: apb.AccessTokenInfo) -> str:
         """Issue a token within this client's own scope; returns its secret (shown once)."""
         request = apb.IssueAccessTokenRequest(info=info)
-        response = await self.call(lambda: self._account.IssueAccessToken(request))
+        response = await self.call(
+            lambda: self._account.IssueAccessToken(request, metadata=self.metadata)
+        )
         secret: str = response.access_token
         return secret
 
@@ -167,21 +172,27 @@ class S2SClient:
         self, prefix: str = "", start_after: str = "", limit: int = 0
     ) -> apb.ListAccessTokensResponse:
         request = apb.ListAccessTokensRequest(prefix=prefix, start_after=start_after, limit=limit)
-        return await self.call(lambda: self._account.ListAccessTokens(request), retry=True)
+        return await self.call(
+            lambda: self._account.ListAccessTokens(request, metadata=self.metadata), retry=True
+        )
 
     async def revoke_access_token(self, token_id: str) -> None:
         request = apb.RevokeAccessTokenRequest(id=token_id)
-        await self.call(lambda: self._account.RevokeAccessToken(request))
+        await self.call(lambda: self._account.RevokeAccessToken(request, metadata=self.metadata))
 
     async def list_basins(
         self, prefix: str = "", start_after: str = "", limit: int = 0
     ) -> cpb.ListBasinsResponse:
         request = cpb.ListBasinsRequest(prefix=prefix, start_after=start_after, limit=limit)
-        return await self.call(lambda: self._account.ListBasins(request), retry=True)
+        return await self.call(
+            lambda: self._account.ListBasins(request, metadata=self.metadata), retry=True
+        )
 
     async def get_basin_config(self, name: str) -> BasinConfig:
         request = cpb.GetBasinConfigRequest(basin=name)
-        response = await self.call(lambda: self._account.GetBasinConfig(request), retry=True)
+        response = await self.call(
+            lambda: self._account.GetBasinConfig(request, metadata=self.metadata), retry=True
+        )
         return basin_config_from_proto(response.config)
 
     async def reconfigure_basin(
@@ -189,12 +200,16 @@ class S2SClient:
     ) -> BasinConfig:
         request = cpb.ReconfigureBasinRequest(basin=name, config=config)
         request.mask.paths.extend(mask)
-        response = await self.call(lambda: self._account.ReconfigureBasin(request))
+        response = await self.call(
+            lambda: self._account.ReconfigureBasin(request, metadata=self.metadata)
+        )
         return basin_config_from_proto(response.config)
 
     async def delete_basin(self, name: str) -> None:
         request = cpb.DeleteBasinRequest(basin=name)
-        await self.call(lambda: self._account.DeleteBasin(request), retry=True)
+        await self.call(
+            lambda: self._account.DeleteBasin(request, metadata=self.metadata), retry=True
+        )
 
     # --- streams -----------------------------------------------------------------------------
 
@@ -212,7 +227,9 @@ class S2SClient:
             config=stream_config_to_proto(config or StreamConfig()),
             request_token=token,
         )
-        return await self.call(lambda: self._basins.CreateStream(request), retry=True)
+        return await self.call(
+            lambda: self._basins.CreateStream(request, metadata=self.metadata), retry=True
+        )
 
     async def list_streams(
         self, basin: str, prefix: str = "", start_after: str = "", limit: int = 0
@@ -220,11 +237,15 @@ class S2SClient:
         request = cpb.ListStreamsRequest(
             basin=basin, prefix=prefix, start_after=start_after, limit=limit
         )
-        return await self.call(lambda: self._basins.ListStreams(request), retry=True)
+        return await self.call(
+            lambda: self._basins.ListStreams(request, metadata=self.metadata), retry=True
+        )
 
     async def get_stream_config(self, basin: str, name: str) -> StreamConfig:
         request = cpb.GetStreamConfigRequest(basin=basin, stream=name)
-        response = await self.call(lambda: self._basins.GetStreamConfig(request), retry=True)
+        response = await self.call(
+            lambda: self._basins.GetStreamConfig(request, metadata=self.metadata), retry=True
+        )
         return stream_config_from_proto(response.config)
 
     async def reconfigure_stream(
@@ -232,12 +253,16 @@ class S2SClient:
     ) -> StreamConfig:
         request = cpb.ReconfigureStreamRequest(basin=basin, stream=name, config=config)
         request.mask.paths.extend(mask)
-        response = await self.call(lambda: self._basins.ReconfigureStream(request))
+        response = await self.call(
+            lambda: self._basins.ReconfigureStream(request, metadata=self.metadata)
+        )
         return stream_config_from_proto(response.config)
 
     async def delete_stream(self, basin: str, name: str) -> None:
         request = cpb.DeleteStreamRequest(basin=basin, stream=name)
-        await self.call(lambda: self._basins.DeleteStream(request), retry=True)
+        await self.call(
+            lambda: self._basins.DeleteStream(request, metadata=self.metadata), retry=True
+        )
 
     def stream(self, basin: str, name: str) -> Stream:
         return Stream(self, basin, name)
@@ -283,48 +308,50 @@ class S2SClient:
                 setattr(spec, key, value)
         request = lpb.CreateMaterializationRequest(spec=spec)
         response: lpb.CreateMaterializationResponse = await self.call(
-            lambda: self._lake.CreateMaterialization(request)
+            lambda: self._lake.CreateMaterialization(request, metadata=self.metadata)
         )
         return response.materialization
 
     async def list_materializations(self) -> list[lpb.MaterializationStatus]:
         request = lpb.ListMaterializationsRequest()
         response: lpb.ListMaterializationsResponse = await self.call(
-            lambda: self._lake.ListMaterializations(request), retry=True
+            lambda: self._lake.ListMaterializations(request, metadata=self.metadata), retry=True
         )
         return list(response.materializations)
 
     async def get_materialization(self, name: str) -> lpb.MaterializationStatus:
         request = lpb.GetMaterializationRequest(name=name)
         response: lpb.GetMaterializationResponse = await self.call(
-            lambda: self._lake.GetMaterialization(request), retry=True
+            lambda: self._lake.GetMaterialization(request, metadata=self.metadata), retry=True
         )
         return response.materialization
 
     async def pause_materialization(self, name: str) -> lpb.MaterializationStatus:
         request = lpb.PauseMaterializationRequest(name=name)
         response: lpb.PauseMaterializationResponse = await self.call(
-            lambda: self._lake.PauseMaterialization(request)
+            lambda: self._lake.PauseMaterialization(request, metadata=self.metadata)
         )
         return response.materialization
 
     async def resume_materialization(self, name: str) -> lpb.MaterializationStatus:
         request = lpb.ResumeMaterializationRequest(name=name)
         response: lpb.ResumeMaterializationResponse = await self.call(
-            lambda: self._lake.ResumeMaterialization(request)
+            lambda: self._lake.ResumeMaterialization(request, metadata=self.metadata)
         )
         return response.materialization
 
     async def delete_materialization(self, name: str) -> None:
         request = lpb.DeleteMaterializationRequest(name=name)
-        await self.call(lambda: self._lake.DeleteMaterialization(request))
+        await self.call(lambda: self._lake.DeleteMaterialization(request, metadata=self.metadata))
 
     async def sql(self, query: str, limit: int | None = None) -> SqlResult:
         """Run one read-only statement; at most `limit` rows (default: the server's maximum)."""
         request = lpb.QueryRequest(sql=query)
         if limit is not None:
             request.limit = limit
-        response: lpb.QueryResponse = await self.call(lambda: self._lake.Query(request), retry=True)
+        response: lpb.QueryResponse = await self.call(
+            lambda: self._lake.Query(request, metadata=self.metadata), retry=True
+        )
         table = pa.ipc.open_stream(response.arrow_ipc_stream).read_all()
         return SqlResult(table, response.truncated)
 
@@ -385,7 +412,7 @@ class Stream:
         request = spb.CheckTailRequest(basin=self.basin, stream=self.name)
         stub = self._client.streams
         response: spb.CheckTailResponse = await self._client.call(
-            lambda: stub.CheckTail(request), retry=True
+            lambda: stub.CheckTail(request, metadata=self._client.metadata), retry=True
         )
         return response.tail
 
@@ -401,7 +428,9 @@ class Stream:
             encode_input(records, match_seq_num, fencing_token),
         )
         call = self._client.append_call
-        response: spb.AppendResponse = await self._client.call(lambda: call(request))
+        response: spb.AppendResponse = await self._client.call(
+            lambda: call(request, metadata=self._client.metadata)
+        )
         return response.ack
 
     def append_session(self, inflight_batches_max: int = 16) -> AppendSession:
@@ -426,7 +455,9 @@ class Stream:
         fields = read_request_fields(params)
         request = spb.ReadRequest(basin=self.basin, stream=self.name, **fields)
         stub = self._client.streams
-        response: spb.ReadResponse = await self._client.call(lambda: stub.Read(request), retry=True)
+        response: spb.ReadResponse = await self._client.call(
+            lambda: stub.Read(request, metadata=self._client.metadata), retry=True
+        )
         return response.batch
 
     async def read_session(
@@ -442,7 +473,7 @@ class Stream:
         attempt = 0
         while True:
             request = spb.ReadSessionRequest(basin=self.basin, stream=self.name, **fields)
-            call = self._client.streams.ReadSession(request)
+            call = self._client.streams.ReadSession(request, metadata=self._client.metadata)
             try:
                 async for response in call:
                     attempt = 0
@@ -504,7 +535,9 @@ class AppendSession:
         append_input = encode_input(records, match_seq_num, fencing_token)
         await self._slots.acquire()
         if self._call is None:
-            self._call = self._stream._client.append_session_call()
+            self._call = self._stream._client.append_session_call(
+                metadata=self._stream._client.metadata
+            )
             self._reader = asyncio.create_task(self._read_acks())
         header = b""
         if self._first:

@@ -14,6 +14,7 @@ Within a group, `read` grants the operations that change nothing, `write` the ot
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -104,9 +105,10 @@ class Scope:
     """The granted (group, writes) pairs: ("stream", False) is the stream group's `read`."""
     ops: frozenset[str]
 
-    @property
+    @functools.cached_property
     def operations(self) -> frozenset[str]:
-        """Every operation granted, one by one or through a group."""
+        """Every operation granted, one by one or through a group (computed once: every call
+        checks it)."""
         return self.ops | frozenset(
             op for op, group in OPERATION_GROUPS.items() if group in self.op_groups
         )
