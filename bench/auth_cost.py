@@ -12,6 +12,9 @@ bench/http_append.py):
 
   grpc-session-1000x1k  AppendSession, 1000 x 1 KiB batches, 16 in flight (MiB/s)
   grpc-unary-500rps     unary Append of one 1 KiB record, paced at 500/s (ack latency p50)
+  grpc-unary-serial     unary Appends of one 1 KiB record, each sent when the previous is
+                        acknowledged, for --seconds (ack latency p50, and the server's
+                        CPU time per call: less noisy than latency on this VM)
   sdk-session-1000x1k   the official SDK's S2S append session, 1000 x 1 KiB (MiB/s)
   sdk-unary-500rps      the official SDK's unary append, open loop at 500/s (p50)
 
@@ -42,7 +45,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 import grpc_append  # noqa: E402
 import http_append  # noqa: E402
-from benchlib import probe  # noqa: E402
+from benchlib import probe, process_cpu_s  # noqa: E402
 from s2_sdk import S2, Endpoints  # noqa: E402
 
 from client import S2SClient  # noqa: E402
@@ -83,17 +86,39 @@ async def _measure(server: ServerProcess, auth: bool, seconds: float) -> dict[st
     gc.freeze()
     results: dict[str, float] = {}
     async with S2SClient(server.target, access_token=token) as client:
+        server_cpu = process_cpu_s(server.process.pid)
         session = await grpc_append.session_flood(client, "session", 1000, seconds)
         results["grpc-session-1000x1k MiB/s"] = session["mib_s"]
+        batches = session["batches_s"] * seconds
+        server_ms = (process_cpu_s(server.process.pid) - server_cpu) / batches * 1e3
+        results["grpc-session server CPU ms/batch"] = server_ms
         unary = await grpc_append.paced_unary(client, 500.0, seconds)
         results["grpc-unary-500rps p50 ms"] = unary["p50_ms"]
+        serial_p50_ms, server_us = await _serial_unary(client, seconds, server.process.pid)
+        results["grpc-unary-serial p50 ms"] = serial_p50_ms
+        results["grpc-unary-serial server CPU us/call"] = server_us
     endpoints = Endpoints(account=server.http_url, basin=server.http_url)
     async with S2(token or "unused-token", endpoints=endpoints) as sdk:
         sdk_session = await http_append.sdk_session(sdk, "sdk-session", seconds, server.process.pid)
         results["sdk-session-1000x1k MiB/s"] = sdk_session["mib_s"]
+        results["sdk-session server CPU ms/batch"] = sdk_session["server_cpu_ms_per_batch"]
         sdk_unary = await http_append.sdk_unary(sdk, "sdk-unary", seconds)
         results["sdk-unary-500rps p50 ms"] = sdk_unary["p50_ms"]
     return results
+
+
+async def _serial_unary(client: S2SClient, seconds: float, server_pid: int) -> tuple[float, float]:
+    """Ack latency p50 (ms) and the server's CPU time per call (us)."""
+    stream = client.stream(BASIN, "unary-0")
+    latencies: list[float] = []
+    server_cpu = process_cpu_s(server_pid)
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        began = time.perf_counter()
+        await stream.append([grpc_append.RECORD])
+        latencies.append(time.perf_counter() - began)
+    server_s = process_cpu_s(server_pid) - server_cpu
+    return statistics.median(latencies) * 1e3, server_s / len(latencies) * 1e6
 
 
 async def _check_cost(directory: str) -> dict[str, float]:

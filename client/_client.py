@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -61,6 +62,9 @@ class SqlResult:
     truncated: bool
 
 
+ACCESS_TOKEN_VARIABLE = "S2S_ACCESS_TOKEN"
+
+
 class S2SClient:
     """A connection to an s2s server's gRPC API. Use as `async with S2SClient(...) as c:`.
 
@@ -69,8 +73,9 @@ class S2SClient:
     self-signed `DATA_DIR/tls/cert.pem`), or by the system's roots when None, and must name the
     host of `target`.
 
-    `access_token` is sent with every call (`authorization: Bearer ...` metadata); a server
-    with access control refuses calls without one (`authn`).
+    `access_token` (default: the `S2S_ACCESS_TOKEN` variable) is sent with every call
+    (`authorization: Bearer ...` metadata); a server with access control refuses calls
+    without one (`authn`).
     """
 
     def __init__(
@@ -91,6 +96,7 @@ class S2SClient:
             ("grpc.min_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", int(BACKOFF_MAX_S * 1000)),
         ]
+        access_token = access_token or os.environ.get(ACCESS_TOKEN_VARIABLE) or None
         self.metadata: tuple[tuple[str, str], ...] = (
             () if access_token is None else (("authorization", f"Bearer {access_token}"),)
         )

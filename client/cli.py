@@ -499,7 +499,14 @@ def _ndjson_body(value: Any, where: str) -> bytes:
     which is what reading it back and parsing it expects."""
     if isinstance(value, str):
         return _utf8(value, f"{where} body")
-    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    try:
+        # allow_nan=False: Python reads 1e400 as infinity and NaN as nan, which would be stored
+        # as the non-JSON words Infinity and NaN, unreadable to every other JSON parser.
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        raise UsageError(
+            f"{where} body has a number JSON cannot hold (NaN, Infinity, or too large)"
+        ) from None
     return _utf8(text, f"{where} body")
 
 

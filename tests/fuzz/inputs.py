@@ -37,6 +37,7 @@ ROUTES: tuple[tuple[tuple[str, ...], str], ...] = (
     (("GET",), "/v1/locations"),
     (("GET", "PUT"), "/v1/locations/default"),
     (("GET", "POST"), "/v1/access-tokens"),
+    (("DELETE",), "/v1/access-tokens/{name}"),
     (("GET",), "/v1/metrics"),
     (("POST",), "/v2/stream"),
     (("GET",), "/v2/stream/errors"),

@@ -198,6 +198,8 @@ NDJSON_USAGE_ERRORS = [
     (b'{"timestamp": -1}\n', "timestamp must be from 0 to"),
     (b'{"timestamp": "now"}\n', "timestamp must be milliseconds since the epoch"),
     (b"[" * 100_000 + b"\n", "nested too deeply"),
+    (b'{"body": {"x": 1e400}}\n', "a number JSON cannot hold"),
+    (b'{"body": [NaN]}\n', "a number JSON cannot hold"),
 ]
 
 

@@ -89,3 +89,11 @@ def test_the_cli_falls_back_to_the_local_root_token(server: ServerProcess) -> No
     assert s2s(server, "basins", "list").returncode == 1, "no token, no file: refused"
     fallback = s2s(server, "basins", "list", data_dir=server.data_dir)
     assert fallback.returncode == 0, fallback.stderr
+
+
+async def test_the_client_reads_its_token_from_the_environment(
+    server: ServerProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("S2S_ACCESS_TOKEN", server.root_token)
+    async with S2SClient(server.target) as client:
+        await client.list_basins()
