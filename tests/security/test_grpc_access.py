@@ -229,9 +229,8 @@ async def _refusal(call: Awaitable[object]) -> tuple[grpc.StatusCode, str]:
     return error.code(), metadata_dict(error.trailing_metadata()).get("s2-error-code", "")
 
 
-@pytest.fixture
-async def tokens(server: ServerProcess, stubs: Stubs) -> dict[str, str | None]:
-    root = server.root_token
+async def _ensure_stream(stubs: Stubs, root: str) -> None:
+    """The basin and stream the tests call on (whichever test runs first makes them)."""
     auth = _auth(root)
     existing = await stubs.account.ListBasins(cpb.ListBasinsRequest(prefix=BASIN), metadata=auth)
     if not any(b.name == BASIN for b in existing.basins):
@@ -239,6 +238,13 @@ async def tokens(server: ServerProcess, stubs: Stubs) -> dict[str, str | None]:
         await stubs.basins.CreateStream(
             cpb.CreateStreamRequest(basin=BASIN, stream=STREAM), metadata=auth
         )
+
+
+@pytest.fixture
+async def tokens(server: ServerProcess, stubs: Stubs) -> dict[str, str | None]:
+    root = server.root_token
+    auth = _auth(root)
+    await _ensure_stream(stubs, root)
     revoked = await _issue(stubs, root, "revoked", _scope())
     await stubs.account.RevokeAccessToken(apb.RevokeAccessTokenRequest(id="revoked"), metadata=auth)
     return {
@@ -280,6 +286,7 @@ async def test_every_method_refuses_and_changes_nothing(
 
 async def test_token_methods_round_trip(server: ServerProcess, stubs: Stubs) -> None:
     root = server.root_token
+    await _ensure_stream(stubs, root)
     secret = await _issue(
         stubs,
         root,
@@ -311,6 +318,7 @@ async def test_revocation_ends_open_grpc_sessions_within_a_second(
     server: ServerProcess, stubs: Stubs
 ) -> None:
     root = server.root_token
+    await _ensure_stream(stubs, root)
     secret = await _issue(stubs, root, "grpc-sessions", _scope())
     auth = _auth(secret)
     outgoing: asyncio.Queue[spb.AppendSessionRequest | None] = asyncio.Queue()
