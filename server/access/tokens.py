@@ -47,6 +47,8 @@ ROOT_TOKEN_ID = "root"
 ROOT_TOKEN_FILE = "root.token"
 """In the data directory: the root token's secret, mode 0600."""
 SECRET_PREFIX = "s2s_"
+EXPIRES_AT_MS_MAX = 253_402_300_799_999
+"""9999-12-31T23:59:59.999Z: the last time RFC 3339 (and Python's datetime) can write."""
 BEARER = "bearer "
 
 
@@ -266,6 +268,8 @@ class AccessTokens:
         expires_at_ms = request.expires_at_ms if request.expires_at_ms is not None else ceiling
         if expires_at_ms is not None and expires_at_ms <= self._clock.now_ms():
             raise S2Error("invalid", "expires_at is in the past")
+        if expires_at_ms is not None and expires_at_ms > EXPIRES_AT_MS_MAX:
+            raise S2Error("invalid", "expires_at must be before the year 10000")
         if ceiling is not None and (expires_at_ms is None or expires_at_ms > ceiling):
             raise S2Error(
                 "permission_denied", "expires_at is later than the issuing token's own expiry"

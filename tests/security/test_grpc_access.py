@@ -353,3 +353,15 @@ async def test_revocation_ends_open_grpc_sessions_within_a_second(
         assert (code, s2_code) == (grpc.StatusCode.UNAUTHENTICATED, "authn")
     assert time.monotonic() - revoked_at < 1.0
     await outgoing.put(None)
+
+
+async def test_an_expiry_no_timestamp_can_write_is_refused(
+    server: ServerProcess, stubs: Stubs
+) -> None:
+    info = apb.AccessTokenInfo(id="far-future", scope=_scope(), expires_at_ms=2**63)
+    refused = await _refusal(
+        stubs.account.IssueAccessToken(
+            apb.IssueAccessTokenRequest(info=info), metadata=_auth(server.root_token)
+        )
+    )
+    assert refused == (grpc.StatusCode.INVALID_ARGUMENT, "invalid")
