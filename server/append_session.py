@@ -30,7 +30,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Generic, NamedTuple, TypeAlias, TypeVar
+from typing import Generic, NamedTuple, NoReturn, TypeAlias, TypeVar
 
 from s2s.records import ValidatedBatch
 from server.scoped_store import ScopedStore
@@ -79,6 +79,22 @@ def append_session(
     closes the generator (`contextlib.aclosing`), which stops the intake.
     """
     return _AppendSession(store, messages, decode, discard).acks()
+
+
+async def refuse_session(
+    messages: AsyncIterator[Message], error: Exception, discard: DiscardAfterFailure
+) -> NoReturn:
+    """Refuse a session before it starts (its caller has no valid token, say): read and
+    discard the client's messages as after a failure (`DiscardAfterFailure`), then raise
+    `error`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + discard.s_max
+    while (wait_s := min(discard.quiet_s, deadline - loop.time())) > 0:
+        try:
+            await asyncio.wait_for(anext(messages), wait_s)
+        except (StopAsyncIteration, TimeoutError):
+            break
+    raise error
 
 
 class _AppendSession(Generic[Message]):

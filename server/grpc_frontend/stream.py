@@ -23,7 +23,12 @@ from s2s.records import validate_append_input
 from s2s.v1 import records_pb2 as pb
 from s2s.v1 import services_pb2 as spb
 from s2s.wire import append_response_bytes, read_response_bytes, request_input_size
-from server.append_session import DiscardAfterFailure, StreamBatch, append_session
+from server.append_session import (
+    DiscardAfterFailure,
+    StreamBatch,
+    append_session,
+    refuse_session,
+)
 from server.grpc_frontend.caller import caller
 from server.grpc_frontend.decoding import decoder, tolerant
 from server.grpc_frontend.errors import Context, Undecodable, streaming, unary
@@ -103,12 +108,11 @@ class StreamServicer:
         (`DISCARD_AFTER_FAILURE`): a client write that races the end of the call makes grpc
         report INTERNAL instead of our status, and the client would lose the typed error.
         """
-        acks = append_session(
-            caller(self._store, context),
-            requests,
-            _SessionRequests(),
-            discard=DISCARD_AFTER_FAILURE,
-        )
+        try:
+            store = caller(self._store, context)
+        except S2Error as refused:  # no valid token: the same discarding, then the status
+            await refuse_session(requests, refused, DISCARD_AFTER_FAILURE)
+        acks = append_session(store, requests, _SessionRequests(), discard=DISCARD_AFTER_FAILURE)
         async with contextlib.aclosing(acks):
             async for ack in acks:
                 yield append_response_bytes(ack.encode())

@@ -365,3 +365,15 @@ async def test_an_expiry_no_timestamp_can_write_is_refused(
         )
     )
     assert refused == (grpc.StatusCode.INVALID_ARGUMENT, "invalid")
+
+
+async def test_an_append_session_without_a_token_always_gets_authn(
+    server: ServerProcess, stubs: Stubs
+) -> None:
+    """The refusal comes while the client is still sending; the server reads what it sends
+    before it ends the call, or gRPC would report INTERNAL instead of UNAUTHENTICATED."""
+    request = spb.AppendSessionRequest(basin=BASIN, stream=STREAM, input=RECORDS)
+    for _ in range(30):
+        call = stubs.streams.AppendSession(iter([request] * 5), metadata=_auth("s2s_wrong"))
+        refused = await _refusal(call.read())
+        assert refused == (grpc.StatusCode.UNAUTHENTICATED, "authn")
