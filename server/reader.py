@@ -72,7 +72,8 @@ class RecordSlice:
 
 @dataclass(frozen=True)
 class ReadOutput:
-    """One batch of a read: records (None for a heartbeat) and, on live batches, the tail."""
+    """One batch of a read: records (None for a heartbeat) and, on live batches and on a
+    batch that ends at the tail, the tail."""
 
     records: RecordSlice | None
     tail: StreamPosition | None = None
@@ -290,7 +291,10 @@ class Reader:
                 )
                 records, stopped_by, seq = chunk.records, chunk.stopped_by, chunk.next_seq
                 if records is not None:
-                    yield ReadOutput(records, stream.tail if live else None)
+                    # A batch that reaches the durable tail carries it, live or not: it tells
+                    # the client it is caught up (the SDK's `is_caught_up`) with the batch.
+                    at_tail = live or seq == stream.durable.next_seq
+                    yield ReadOutput(records, stream.tail if at_tail else None)
                     idle_since = loop.time()
                     if count_left is not None:
                         count_left -= records.count

@@ -281,8 +281,10 @@ async def test_session_catches_up_then_follows(store: StreamStore, clock: Manual
     session = await store.read_session(BASIN, "follow", ReadStart(seq_num=1), ReadLimits())
     iterator = aiter(session)
     first = await anext(iterator)
-    assert first.records is not None and first.tail is None
+    assert first.records is not None
     assert [r.seq_num for r in decode(first.records.payload)] == [1, 2]
+    # It reaches the tail, so it carries it: the client knows it is caught up.
+    assert first.tail is not None and first.tail.seq_num == 3
     heartbeat = await anext(iterator)
     assert heartbeat.records is None and heartbeat.tail is not None
     assert heartbeat.tail.seq_num == 3
@@ -328,3 +330,14 @@ async def test_session_from_tail_of_empty_stream_waits(store: StreamStore) -> No
     batch = await asyncio.wait_for(anext(iterator), 5)
     assert batch.records is not None and batch.records.first_seq == 0
     await session.aclose()
+
+
+async def test_a_catch_up_batch_short_of_the_tail_carries_no_tail(
+    store: StreamStore, clock: ManualClock
+) -> None:
+    await fill(store, clock, "partial", 3)
+    session = await store.read_session(
+        BASIN, "partial", ReadStart(seq_num=0), ReadLimits(count=2)
+    )
+    batches = [output async for output in session]
+    assert len(batches) == 1 and batches[0].tail is None

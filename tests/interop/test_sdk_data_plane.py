@@ -263,3 +263,20 @@ async def test_a_connection_outlives_a_thousand_requests(
         await asyncio.gather(*(worker() for _ in range(4)))
         assert slowest < 2.0
         assert (await stream.check_tail()).seq_num == 1200
+
+
+async def test_a_catch_up_read_session_reports_caught_up(sdk: S2, basin_name: str) -> None:
+    """The batch that reaches the tail carries it, so the SDK knows it is caught up without
+    waiting for a record that may never come."""
+    stream = await _stream(sdk, basin_name)
+    await stream.append(AppendInput(records=[Record(body=b"a"), Record(body=b"b")]))
+    seen: list[bytes] = []
+
+    async def until_caught_up() -> None:
+        async with stream.read_session(start=TailOffset(2)) as session:
+            while not session.is_caught_up():
+                batch = await anext(session)
+                seen.extend(r.body for r in batch.records)
+
+    await asyncio.wait_for(until_caught_up(), timeout=10)
+    assert seen == [b"a", b"b"]
