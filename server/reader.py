@@ -271,7 +271,8 @@ class Reader:
         """Catch up from storage, then follow the tail live, with heartbeats while idle.
 
         Ends when count, bytes or `until` are exhausted, or when `wait` seconds pass without a
-        new batch; follows forever if unbounded and no `wait` is given.
+        new batch; follows forever if unbounded and no `wait` is given. An explicit `wait` of 0
+        ends it once it has caught up to the tail, as S2 does.
         """
         seq = await self.resolve_start(stream, start, limits, can_follow=limits.may_follow)
         count_left = limits.count
@@ -306,7 +307,7 @@ class Reader:
                     return  # the next record is larger than the bytes still allowed
                 if stopped_by is not None or seq < stream.durable.next_seq:
                     continue
-                if not limits.may_follow:
+                if not limits.may_follow or limits.wait_secs == 0:
                     return
                 if not live:
                     live = True

@@ -454,3 +454,18 @@ def test_hostile_input_is_a_4xx_that_changes_nothing(
     assert http.get("/v1/basins").json()["basins"] == basins
     time.sleep(0.1)  # the log is read by a thread
     assert sum("Traceback" in line for line in server.log) == tracebacks
+
+
+def test_sse_with_wait_0_ends_once_caught_up(http: httpx.Client, basin_name: str) -> None:
+    headers = {**_stream(http, basin_name), "accept": "text/event-stream"}
+    appended = http.post(
+        "/v1/streams/s/records",
+        json={"records": [{"body": "a"}, {"body": "b"}]},
+        headers={**headers, "accept": "application/json"},
+    )
+    assert appended.status_code == 200, appended.text
+    # Without `wait` this session would follow forever; with wait=0 the response ends.
+    response = http.get("/v1/streams/s/records", params={"seq_num": 0, "wait": 0}, headers=headers)
+    events = _sse_events(response.text)
+    batches = [json.loads(e["data"]) for e in events if e.get("event") == "batch"]
+    assert [r["body"] for b in batches for r in b["records"]] == ["a", "b"]

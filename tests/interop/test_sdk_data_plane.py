@@ -280,3 +280,15 @@ async def test_a_catch_up_read_session_reports_caught_up(sdk: S2, basin_name: st
 
     await asyncio.wait_for(until_caught_up(), timeout=10)
     assert seen == [b"a", b"b"]
+
+
+async def test_a_read_session_with_wait_0_ends_once_caught_up(sdk: S2, basin_name: str) -> None:
+    stream = await _stream(sdk, basin_name)
+    await stream.append(AppendInput(records=[Record(body=b"a")]))
+
+    async def read_all() -> list[bytes]:
+        return [
+            r.body async for b in stream.read_session(start=SeqNum(0), wait=0) for r in b.records
+        ]
+
+    assert await asyncio.wait_for(read_all(), timeout=10) == [b"a"]
