@@ -221,14 +221,21 @@ class Reader:
         count_max: int,
         bytes_max: int,
         until: int | None,
+        skip_trimmed: bool = True,
     ) -> ReadChunk:
+        """Records from `start_seq`, or from the trim point if that is beyond it.
+
+        A live session passes `skip_trimmed=False`: S2 trims eventually, and a reader already
+        following a stream receives every batch appended after it caught up, trimmed or not
+        (and the trim command itself), while the batches are still stored."""
         if stream.deleting:
             raise S2Error("stream_deletion_pending", f"stream {stream.name!r} is being deleted")
         if count_max <= 0:
             return ReadChunk(None, "count", start_seq)
         if bytes_max <= 0:
             return ReadChunk(None, "bytes", start_seq)
-        start_seq = max(start_seq, stream.durable.trim_point)
+        if skip_trimmed:
+            start_seq = max(start_seq, stream.durable.trim_point)
         end_seq = stream.durable.next_seq
         if start_seq >= end_seq:
             return ReadChunk(None, None, start_seq)
@@ -289,6 +296,7 @@ class Reader:
                     READ_RECORDS_MAX if count_left is None else min(count_left, READ_RECORDS_MAX),
                     READ_BYTES_MAX if bytes_left is None else min(bytes_left, READ_BYTES_MAX),
                     limits.until,
+                    skip_trimmed=not live,
                 )
                 records, stopped_by, seq = chunk.records, chunk.stopped_by, chunk.next_seq
                 if records is not None:

@@ -292,3 +292,33 @@ async def test_a_read_session_with_wait_0_ends_once_caught_up(sdk: S2, basin_nam
         ]
 
     assert await asyncio.wait_for(read_all(), timeout=10) == [b"a"]
+
+
+async def test_a_live_reader_receives_a_batch_that_trims_itself(sdk: S2, basin_name: str) -> None:
+    """S2 trims eventually: a reader already following receives every batch appended after it
+    caught up, the records a trim in the same batch trims and the commands included."""
+    stream = await _stream(sdk, basin_name)
+    await stream.append(AppendInput(records=[Record(body=b"old")]))
+    seen: list[tuple[int, bool]] = []
+
+    async def follow() -> None:
+        async with stream.read_session(start=SeqNum(0)) as session:
+            async for batch in session:
+                seen.extend((r.seq_num, r.is_command_record()) for r in batch.records)
+                if len(seen) >= 5:
+                    return
+
+    follower = asyncio.create_task(follow())
+    await asyncio.sleep(0.5)  # caught up, following at seq 1
+    records = [
+        Record(body=b"x"),
+        Record(body=b"y"),
+        CommandRecord.trim(5),
+        CommandRecord.fence("f"),
+    ]
+    await stream.append(AppendInput(records=records))
+    await asyncio.wait_for(follower, timeout=10)
+    assert seen == [(0, False), (1, False), (2, False), (3, True), (4, True)]
+    # A new reader starts at the trim point.
+    batch = await stream.read(start=SeqNum(0))
+    assert [r.seq_num for r in batch.records] == [4]
