@@ -336,8 +336,6 @@ async def test_a_catch_up_batch_short_of_the_tail_carries_no_tail(
     store: StreamStore, clock: ManualClock
 ) -> None:
     await fill(store, clock, "partial", 3)
-    session = await store.read_session(
-        BASIN, "partial", ReadStart(seq_num=0), ReadLimits(count=2)
-    )
+    session = await store.read_session(BASIN, "partial", ReadStart(seq_num=0), ReadLimits(count=2))
     batches = [output async for output in session]
     assert len(batches) == 1 and batches[0].tail is None
