@@ -19,9 +19,9 @@ import os
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, NoReturn
 
+from s2s.rfc3339 import parse_ms
 from s2s.wire import U64_MAX
 
 
@@ -114,15 +114,12 @@ def pem_certificates(path: str) -> bytes:
 
 def rfc3339_ms(text: str) -> int:
     """An RFC 3339 time with an offset (2027-01-01T00:00:00Z), as milliseconds since the epoch."""
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        moment = None
-    if moment is None or moment.tzinfo is None:
+    ms = parse_ms(text)
+    if ms is None:
         raise argparse.ArgumentTypeError(
             f"is not an RFC 3339 time with an offset, e.g. 2027-01-01T00:00:00Z: {text!r}"
         )
-    return int(moment.timestamp() * 1000)
+    return ms
 
 
 def json_text(text: str) -> Any:

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
+from typing import TypeVar
 
 from s2s.config import BasinConfig, BasinConfigPatch, StreamConfig, StreamConfigPatch
 from s2s.errors import S2Error, server_draining
@@ -85,13 +86,12 @@ class ScopedStore:
         self, prefix: str = "", start_after: str = "", limit: int | None = None
     ) -> tuple[list[BasinRecord], bool]:
         self.principal.require("list-basins")
-        narrowed = _narrow(self.principal.info.scope.basins, prefix)
-        if narrowed is None:
-            return [], False
-        if narrowed.exact is not None:
-            records, _ = self._store.list_basins(narrowed.exact, start_after, 1)
-            return [r for r in records if r.name == narrowed.exact], False
-        return self._store.list_basins(narrowed.prefix or "", start_after, limit)
+        return _list_within(
+            self.principal.info.scope.basins,
+            prefix,
+            limit,
+            lambda query, count: self._store.list_basins(query, start_after, count),
+        )
 
     async def create_basin(
         self,
@@ -128,16 +128,12 @@ class ScopedStore:
         self, basin: str, prefix: str = "", start_after: str = "", limit: int | None = None
     ) -> tuple[list[StreamRecord], bool]:
         self.principal.require("list-streams", basin=basin)
-        full_prefix = self._prefix + prefix
         full_start_after = self._prefix + start_after if start_after else ""
-        narrowed = _narrow(self.principal.info.scope.streams, full_prefix)
-        if narrowed is None:
-            return [], False
-        if narrowed.exact is not None:
-            records, _ = self._store.list_streams(basin, narrowed.exact, full_start_after, 1)
-            return [self._outgoing(r) for r in records if r.name == narrowed.exact], False
-        records, has_more = self._store.list_streams(
-            basin, narrowed.prefix or "", full_start_after, limit
+        records, has_more = _list_within(
+            self.principal.info.scope.streams,
+            self._prefix + prefix,
+            limit,
+            lambda query, count: self._store.list_streams(basin, query, full_start_after, count),
         )
         return [self._outgoing(r) for r in records], has_more
 
@@ -285,3 +281,23 @@ def _narrow(resources: ResourceSet | None, prefix: str) -> ResourceSet | None:
     if resources.prefix.startswith(prefix):
         return resources
     return None
+
+
+Named = TypeVar("Named", BasinRecord, StreamRecord)
+
+
+def _list_within(
+    resources: ResourceSet | None,
+    prefix: str,
+    limit: int | None,
+    list_page: Callable[[str, int | None], tuple[list[Named], bool]],
+) -> tuple[list[Named], bool]:
+    """A page of the names both `resources` and the query's `prefix` cover, asking the store
+    (`list_page(prefix, limit)`) only for those, so a page is as full as the store's."""
+    narrowed = _narrow(resources, prefix)
+    if narrowed is None:
+        return [], False
+    if narrowed.exact is not None:
+        records, _ = list_page(narrowed.exact, 1)
+        return [r for r in records if r.name == narrowed.exact], False
+    return list_page(narrowed.prefix or "", limit)

@@ -96,19 +96,28 @@ class Principal:
     ) -> None:
         """Raise `permission_denied` unless the token permits `operation` on these resources
         (`stream` as stored, with any auto-prefix already applied)."""
+        refusal = self._refusal(operation, basin, stream, access_token)
+        if refusal is not None:
+            raise S2Error("permission_denied", refusal)
+
+    def permits(self, operation: str, *, basin: str, stream: str) -> bool:
+        """`require` as a question: no exception raised and caught on a path taken per batch."""
+        return self._refusal(operation, basin, stream, None) is None
+
+    def _refusal(
+        self, operation: str, basin: str | None, stream: str | None, access_token: str | None
+    ) -> str | None:
+        """Why the token does not permit `operation` on these resources, or None if it does."""
         scope = self.info.scope
         if operation not in scope.operations:
-            raise S2Error("permission_denied", f"this access token does not permit {operation!r}")
-        for kind, name, covered in (
-            ("basin", basin, scope.covers_basin),
-            ("stream", stream, scope.covers_stream),
-            ("access token", access_token, scope.covers_access_token),
-        ):
-            if name is not None and not covered(name):
-                raise S2Error(
-                    "permission_denied",
-                    f"{kind} {name!r} is outside this access token's scope",
-                )
+            return f"this access token does not permit {operation!r}"
+        if basin is not None and not scope.covers_basin(basin):
+            return f"basin {basin!r} is outside this access token's scope"
+        if stream is not None and not scope.covers_stream(stream):
+            return f"stream {stream!r} is outside this access token's scope"
+        if access_token is not None and not scope.covers_access_token(access_token):
+            return f"access token {access_token!r} is outside this access token's scope"
+        return None
 
     def require_group(self, group: Group, writes: bool, purpose: str) -> None:
         """Raise `permission_denied` unless the token holds a group permission itself (the
@@ -131,13 +140,6 @@ class Principal:
                 'streams are both {"prefix": ""}',
             )
 
-    def permits(self, operation: str, *, basin: str, stream: str) -> bool:
-        try:
-            self.require(operation, basin=basin, stream=stream)
-        except S2Error:
-            return False
-        return True
-
     @property
     def stream_prefix(self) -> str:
         """What this token's stream names are relative to: its stream scope's prefix with
@@ -150,10 +152,13 @@ class Principal:
 
 @dataclass(eq=False)
 class _Stored:
-    info: TokenInfo
-    digest: bytes
     principal: Principal
+    digest: bytes
     expiry_timer: asyncio.TimerHandle | None = None
+
+    @property
+    def info(self) -> TokenInfo:
+        return self.principal.info
 
     def encode(self) -> bytes:
         return json.dumps(
@@ -177,7 +182,7 @@ class _Stored:
             scope=scope_from_json(obj["scope"]),
             limits=limits_from_json(obj.get("limits")),
         )
-        return cls(info, bytes.fromhex(obj["digest"]), Principal(info))
+        return cls(Principal(info), bytes.fromhex(obj["digest"]))
 
 
 def _digest(secret: str) -> bytes:
@@ -204,9 +209,12 @@ class AccessTokens:
         self._committer = committer
         self._clock = clock
         self.required = True
-        self._open = Principal(OPEN_ACCESS)
+        self.anyone = Principal(OPEN_ACCESS)
+        """The caller with every permission: every caller without access control."""
         self._by_id: dict[str, _Stored] = {}
         self._by_digest: dict[bytes, _Stored] = {}
+        self._issuing: set[str] = set()
+        """Ids being issued, whose records are not yet durable."""
 
     def load(self) -> None:
         for key, value in self._kv.scan(Table.ACCESS_TOKENS, b"", None, sys.maxsize):
@@ -218,7 +226,7 @@ class AccessTokens:
         """The caller of a request with this `authorization` header value; `authn` if it
         carries no token, or one that is unknown, revoked or expired."""
         if not self.required:
-            return self._open
+            return self.anyone
         if not authorization:
             raise S2Error(
                 "authn", "missing access token: send the header `authorization: Bearer <token>`"
@@ -277,18 +285,21 @@ class AccessTokens:
         limits = request.limits or requester.info.limits
         if limits is not None and not limits.within(requester.info.limits):
             raise S2Error("permission_denied", "the limits are looser than the issuing token's own")
-        if request.id in self._by_id:
+        if request.id in self._by_id or request.id in self._issuing:
             raise S2Error("resource_already_exists", f"access token {request.id!r} already exists")
         secret = new_secret()
         info = TokenInfo(request.id, expires_at_ms, request.auto_prefix_streams, scope, limits)
-        stored = _Stored(info, _digest(secret), Principal(info))
-        await self._committer.commit(
-            [Put(Table.ACCESS_TOKENS, request.id.encode(), stored.encode())]
-        )
-        # A concurrent issue of the same id waited for the commit too: the first one wins.
-        if request.id in self._by_id:
-            raise S2Error("resource_already_exists", f"access token {request.id!r} already exists")
-        self._add(stored)
+        stored = _Stored(Principal(info), _digest(secret))
+        # The id is taken from now: a concurrent issue of it must fail here, not write its own
+        # record over this one on disk while this one is being answered.
+        self._issuing.add(request.id)
+        try:
+            await self._committer.commit(
+                [Put(Table.ACCESS_TOKENS, request.id.encode(), stored.encode())]
+            )
+            self._add(stored)
+        finally:
+            self._issuing.discard(request.id)
         return secret
 
     def list(
@@ -338,7 +349,7 @@ class AccessTokens:
             return path
         secret = new_secret()
         info = TokenInfo(ROOT_TOKEN_ID, None, False, ROOT_SCOPE)
-        root = _Stored(info, _digest(secret), Principal(info))
+        root = _Stored(Principal(info), _digest(secret))
         # The file first: a crash between the two leaves a file that does not match, which
         # the next start replaces.
         _write_private(path, secret + "\n")

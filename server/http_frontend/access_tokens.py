@@ -3,11 +3,10 @@
 
 from __future__ import annotations
 
-import contextlib
-from datetime import datetime
 from typing import Any
 
 from s2s.errors import S2Error
+from s2s.rfc3339 import parse_ms
 from server.access.limits import limits_from_json
 from server.access.scope import scope_from_json, scope_to_json
 from server.access.tokens import IssueRequest, TokenInfo
@@ -52,16 +51,13 @@ def issue_request_from_json(value: Any) -> IssueRequest:
 def _timestamp_ms(value: Any) -> int | None:
     if value is None:
         return None
-    moment = None
-    if isinstance(value, str):
-        with contextlib.suppress(ValueError):
-            moment = datetime.fromisoformat(value)
-    if moment is None or moment.tzinfo is None:
+    ms = parse_ms(value) if isinstance(value, str) else None
+    if ms is None:
         raise S2Error(
             "bad_json",
             "`expires_at` must be an RFC 3339 time with an offset, e.g. 2027-01-01T00:00:00Z",
         )
-    return int(moment.timestamp() * 1000)
+    return ms
 
 
 class AccessTokensApi:

@@ -14,7 +14,6 @@ from urllib.parse import unquote_to_bytes
 
 from s2s import names
 from s2s.errors import S2Error
-from server.access.tokens import OPEN_ACCESS, Principal
 from server.http_frontend.access_tokens import AccessTokensApi
 from server.http_frontend.control import LOCATION_INFO, BasinsApi, StreamsApi, path_basin
 from server.http_frontend.errors import internal_error, respond_error
@@ -86,7 +85,6 @@ class HttpApp:
         self._open_metrics = open_metrics
         """`/metrics` without a token from loopback (`s2s serve --open-metrics`), for a
         Prometheus on the same machine."""
-        self._anyone = Principal(OPEN_ACCESS)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -119,7 +117,7 @@ class HttpApp:
             await exchange.respond(200, b"OK", "text/plain")
             return
         if path == ["metrics"] and self._open_metrics and _from_loopback(exchange):
-            principal = self._anyone
+            principal = self._store.access_tokens.anyone
         else:
             principal = self._store.access_tokens.authenticate(exchange.header("authorization"))
         store = ScopedStore(self._store, principal)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from typing import Any
 
 from s2s import names
@@ -19,6 +18,7 @@ from s2s.config import (
     stream_patch_from_json,
 )
 from s2s.errors import S2Error
+from s2s.rfc3339 import format_ms
 from server.catalog import LOCATION_DEFAULT, BasinRecord, Provisioned, StreamRecord
 from server.http_frontend.exchange import Exchange, parse_uint
 from server.scoped_store import ScopedStore
@@ -29,10 +29,7 @@ LOCATION_INFO = {"name": LOCATION_DEFAULT, "is_private": False}
 
 
 def rfc3339(ms: int | None) -> str | None:
-    if ms is None:
-        return None
-    moment = datetime.fromtimestamp(ms // 1000, tz=UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+    return None if ms is None else format_ms(ms)
 
 
 def basin_info(record: BasinRecord) -> dict[str, Any]:

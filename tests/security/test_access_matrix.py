@@ -410,7 +410,7 @@ def test_a_token_in_scope_is_not_refused(
     server: ServerProcess, tokens: Tokens, op: Operation
 ) -> None:
     response = _call(server, tokens.by_case["in scope"], op)
-    assert response.status_code not in (401, 403), response.text
+    assert response.status_code < 500 and response.status_code not in (401, 403), response.text
 
 
 def test_health_needs_no_token(server: ServerProcess) -> None:

@@ -47,23 +47,24 @@ def _issue(server: ServerProcess, issuer: str, token_id: str, limits: Any) -> ht
 
 
 def test_unary_appends_over_the_limit_are_refused_with_429(server: ServerProcess) -> None:
-    response = _issue(server, server.root_token, "five-per-s", {"appends_per_s": 5})
+    # 2/s with a burst of 2: ten appends pass the limit unless they take over 4 s.
+    response = _issue(server, server.root_token, "two-per-s", {"appends_per_s": 2})
     assert response.status_code == 201, response.text
     token = response.json()["access_token"]
     with httpx.Client(base_url=server.http_url, headers={**_bearer(token), **HEADERS}) as client:
         assert client.post("/v1/streams", json={"stream": "unary"}).status_code == 201
         statuses = [
             client.post("/v1/streams/unary/records", json={"records": [{"body": "x"}]})
-            for _ in range(8)
+            for _ in range(10)
         ]
         refused = [r for r in statuses if r.status_code != 200]
-        assert refused, "some appends went over 5/s"
+        assert refused, "some appends went over 2/s"
         assert all(r.status_code == 429 and r.json()["code"] == "rate_limited" for r in refused)
         accepted = len(statuses) - len(refused)
         tail = client.get("/v1/streams/unary/records/tail").json()["tail"]["seq_num"]
         assert tail == accepted, "a refused append appended nothing"
-        listed = client.get("/v1/access-tokens", params={"prefix": "five"}).json()
-        assert listed["access_tokens"][0]["limits"] == {"appends_per_s": 5.0, "mib_per_s": None}
+        listed = client.get("/v1/access-tokens", params={"prefix": "two"}).json()
+        assert listed["access_tokens"][0]["limits"] == {"appends_per_s": 2.0, "mib_per_s": None}
 
 
 async def test_session_appends_are_paced_to_the_limit(server: ServerProcess) -> None:
