@@ -36,6 +36,7 @@ from s2s.convert import (
     stream_config_from_proto,
     stream_config_to_proto,
 )
+from s2s.encryption_key import ENCRYPTION_KEY_HEADER, EncryptionKey
 from s2s.records import BATCH_METERED_BYTES_MAX, BATCH_RECORDS_MAX, metered_size
 from s2s.v1 import access_pb2 as apb
 from s2s.v1 import control_pb2 as cpb
@@ -270,8 +271,11 @@ class S2SClient:
             lambda: self._basins.DeleteStream(request, metadata=self.metadata), retry=True
         )
 
-    def stream(self, basin: str, name: str) -> Stream:
-        return Stream(self, basin, name)
+    def stream(self, basin: str, name: str, *, encryption_key: bytes | str | None = None) -> Stream:
+        """A stream's appends and reads. `encryption_key` (32 bytes, or their base64) is sent
+        with them: a stream created in a basin with a `stream_cipher` needs it; a plaintext
+        stream ignores it."""
+        return Stream(self, basin, name, encryption_key)
 
     # --- lake --------------------------------------------------------------------------------
 
@@ -409,16 +413,24 @@ def read_request_fields(params: ReadParams) -> dict[str, Any]:
 class Stream:
     """One stream of a basin: appends and reads."""
 
-    def __init__(self, client: S2SClient, basin: str, name: str) -> None:
+    def __init__(
+        self, client: S2SClient, basin: str, name: str, encryption_key: bytes | str | None = None
+    ) -> None:
         self._client = client
         self.basin = basin
         self.name = name
+        if isinstance(encryption_key, bytes):
+            encryption_key = EncryptionKey.from_bytes(encryption_key).header_value
+        self.metadata: tuple[tuple[str, str], ...] = client.metadata + (
+            () if encryption_key is None else ((ENCRYPTION_KEY_HEADER, encryption_key),)
+        )
+        """The client's metadata and the stream's key: sent with its appends and reads."""
 
     async def check_tail(self) -> pb.StreamPosition:
         request = spb.CheckTailRequest(basin=self.basin, stream=self.name)
         stub = self._client.streams
         response: spb.CheckTailResponse = await self._client.call(
-            lambda: stub.CheckTail(request, metadata=self._client.metadata), retry=True
+            lambda: stub.CheckTail(request, metadata=self.metadata), retry=True
         )
         return response.tail
 
@@ -435,7 +447,7 @@ class Stream:
         )
         call = self._client.append_call
         response: spb.AppendResponse = await self._client.call(
-            lambda: call(request, metadata=self._client.metadata)
+            lambda: call(request, metadata=self.metadata)
         )
         return response.ack
 
@@ -462,7 +474,7 @@ class Stream:
         request = spb.ReadRequest(basin=self.basin, stream=self.name, **fields)
         stub = self._client.streams
         response: spb.ReadResponse = await self._client.call(
-            lambda: stub.Read(request, metadata=self._client.metadata), retry=True
+            lambda: stub.Read(request, metadata=self.metadata), retry=True
         )
         return response.batch
 
@@ -479,7 +491,7 @@ class Stream:
         attempt = 0
         while True:
             request = spb.ReadSessionRequest(basin=self.basin, stream=self.name, **fields)
-            call = self._client.streams.ReadSession(request, metadata=self._client.metadata)
+            call = self._client.streams.ReadSession(request, metadata=self.metadata)
             try:
                 async for response in call:
                     attempt = 0
@@ -541,9 +553,7 @@ class AppendSession:
         append_input = encode_input(records, match_seq_num, fencing_token)
         await self._slots.acquire()
         if self._call is None:
-            self._call = self._stream._client.append_session_call(
-                metadata=self._stream._client.metadata
-            )
+            self._call = self._stream._client.append_session_call(metadata=self._stream.metadata)
             self._reader = asyncio.create_task(self._read_acks())
         header = b""
         if self._first:

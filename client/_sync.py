@@ -64,12 +64,28 @@ class SyncClient:
         return self._run(self._client.stream(basin, stream).check_tail())
 
     def append(
-        self, basin: str, stream: str, records: Iterable[pb.AppendRecord | bytes], **kwargs: Any
+        self,
+        basin: str,
+        stream: str,
+        records: Iterable[pb.AppendRecord | bytes],
+        *,
+        encryption_key: bytes | str | None = None,
+        **kwargs: Any,
     ) -> pb.AppendAck:
-        return self._run(self._client.stream(basin, stream).append(list(records), **kwargs))
+        target = self._client.stream(basin, stream, encryption_key=encryption_key)
+        return self._run(target.append(list(records), **kwargs))
 
-    def read(self, basin: str, stream: str, **params: Unpack[ReadParams]) -> pb.ReadBatch:
-        return self._run(self._client.stream(basin, stream).read(**params))
+    def read(
+        self,
+        basin: str,
+        stream: str,
+        *,
+        encryption_key: bytes | str | None = None,
+        **params: Unpack[ReadParams],
+    ) -> pb.ReadBatch:
+        return self._run(
+            self._client.stream(basin, stream, encryption_key=encryption_key).read(**params)
+        )
 
     def create_materialization(
         self, name: str, table: str, **kwargs: Any
@@ -95,10 +111,17 @@ class SyncClient:
         return self._run(self._client.sql(query, limit))
 
     def read_session(
-        self, basin: str, stream: str, *, heartbeats: bool = False, **params: Unpack[ReadParams]
+        self,
+        basin: str,
+        stream: str,
+        *,
+        heartbeats: bool = False,
+        encryption_key: bytes | str | None = None,
+        **params: Unpack[ReadParams],
     ) -> Iterator[pb.ReadBatch]:
         """Blocking iterator over a read session's batches."""
-        session = self._client.stream(basin, stream).read_session(heartbeats=heartbeats, **params)
+        target = self._client.stream(basin, stream, encryption_key=encryption_key)
+        session = target.read_session(heartbeats=heartbeats, **params)
         try:
             while True:
                 try:

@@ -22,12 +22,13 @@ import pyarrow as pa
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from client import S2SClient, S2SError, SqlResult
+from client import S2SClient, S2SError, SqlResult, Stream
 from client.cli_args import (
     EnvOption,
     Parser,
     UsageError,
     boolean,
+    encryption_key,
     json_text,
     nonempty,
     number,
@@ -97,6 +98,15 @@ TOKEN_OPTION = EnvOption(
     "local server's root token, S2S_DATA_DIR/root.token (./data/root.token), if readable",
 )
 ROOT_TOKEN_FILE = "root.token"
+ENCRYPTION_KEY_OPTION = EnvOption(
+    "--encryption-key",
+    "S2S_ENCRYPTION_KEY",
+    encryption_key,
+    None,
+    "the stream's key, base64 of 32 bytes, for appends and reads of a stream created in a "
+    "basin with a stream_cipher (prefer the variable: a flag shows in the process list)",
+)
+STREAM_COMMANDS = ("append", "read", "fence", "trim", "bench")
 
 Handler = Callable[[S2SClient, argparse.Namespace], Awaitable[None]]
 
@@ -111,6 +121,8 @@ def add_commands(commands: Any) -> None:
         parser: Parser = commands.add_parser(name, help=help_text)
         for option in (SERVER_OPTION, *TLS_OPTIONS, TOKEN_OPTION):
             option.add_to(parser)
+        if name in STREAM_COMMANDS:
+            ENCRYPTION_KEY_OPTION.add_to(parser)
         parser.set_defaults(handler=handler, parser=parser)
         return parser
 
@@ -242,6 +254,8 @@ def run(args: argparse.Namespace) -> int:
     parser: Parser = args.parser
     for option in (SERVER_OPTION, *TLS_OPTIONS, TOKEN_OPTION):
         option.resolve(parser, args)
+    if hasattr(args, ENCRYPTION_KEY_OPTION.dest):
+        ENCRYPTION_KEY_OPTION.resolve(parser, args)
     if args.token is None:
         args.token = _local_root_token()
     _check_text_arguments(parser, args)
@@ -588,8 +602,12 @@ def _batches(stream: IO[bytes], ndjson: bool) -> Iterator[list[pb.AppendRecord]]
         yield batch
 
 
+def _stream(client: S2SClient, args: argparse.Namespace) -> Stream:
+    return client.stream(args.basin, args.stream, encryption_key=args.encryption_key)
+
+
 async def _append(client: S2SClient, args: argparse.Namespace) -> None:
-    stream = client.stream(args.basin, args.stream)
+    stream = _stream(client, args)
     match = args.match_seq_num
     total = 0
     last: pb.AppendAck | None = None
@@ -636,7 +654,7 @@ def _ndjson_line(record: pb.SequencedRecord) -> str:
 
 
 async def _read(client: S2SClient, args: argparse.Namespace) -> None:
-    stream = client.stream(args.basin, args.stream)
+    stream = _stream(client, args)
     start: dict[str, Any] = {}
     if args.from_ts is not None:
         start["timestamp"] = args.from_ts
@@ -667,14 +685,14 @@ async def _tail(client: S2SClient, args: argparse.Namespace) -> None:
 
 
 async def _fence(client: S2SClient, args: argparse.Namespace) -> None:
-    ack = await client.stream(args.basin, args.stream).append(
+    ack = await _stream(client, args).append(
         [fence_record(args.token)], fencing_token=args.fencing_token
     )
     print(f"fenced at seq_num {ack.start.seq_num}")
 
 
 async def _trim(client: S2SClient, args: argparse.Namespace) -> None:
-    ack = await client.stream(args.basin, args.stream).append([trim_record(args.seq_num)])
+    ack = await _stream(client, args).append([trim_record(args.seq_num)])
     print(f"trim requested at seq_num {ack.start.seq_num}")
 
 
@@ -844,7 +862,7 @@ async def _bench(client: S2SClient, args: argparse.Namespace) -> None:
     except S2SError as error:
         if error.code != "resource_already_exists":
             raise
-    stream = client.stream(args.basin, args.stream)
+    stream = _stream(client, args)
     message = pb.AppendInput(records=[record] * args.batch_records)
     batch_bytes = args.record_bytes * args.batch_records
     latencies: list[float] = []

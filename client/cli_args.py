@@ -21,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
+from s2s.encryption_key import KEY_BYTES, EncryptionKey
+from s2s.errors import S2Error
 from s2s.rfc3339 import parse_ms
 from s2s.wire import U64_MAX
 
@@ -93,6 +95,19 @@ def nonempty(text: str) -> str:
     if not text:
         raise argparse.ArgumentTypeError("must not be empty")
     return text
+
+
+def encryption_key(text: str) -> str:
+    """A stream's key as the server takes it: base64 of 32 bytes."""
+    try:
+        key = EncryptionKey.from_header(text)
+        assert key is not None
+        key.material("the stream's")
+    except S2Error:
+        raise argparse.ArgumentTypeError(
+            f"must be base64 of {KEY_BYTES} bytes (e.g. from `openssl rand -base64 {KEY_BYTES}`)"
+        ) from None
+    return key.header_value
 
 
 def pem_certificates(path: str) -> bytes:

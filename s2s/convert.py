@@ -30,6 +30,11 @@ _TIMESTAMPING_BACK = {v: k for k, v in _TIMESTAMPING.items()}
 _CIPHER_BACK = {v: k for k, v in _CIPHER.items()}
 
 
+def stream_cipher_proto(cipher: str | None) -> cpb.StreamCipher:
+    """A cipher's name (None: plaintext) as the proto enum."""
+    return _CIPHER.get(cipher or "", cpb.STREAM_CIPHER_UNSPECIFIED)
+
+
 def _enum_name(names: Mapping[Any, str], number: int, field: str) -> str | None:
     """The name of an enum value of a message (None for 0, unset). proto3 keeps numbers it
     does not know; taking one for "unset" would silently clear what the sender meant to set."""
@@ -112,7 +117,7 @@ def basin_config_to_proto(config: BasinConfig) -> cpb.BasinConfig:
         default_stream_config=stream_config_to_proto(config.default_stream_config),
         create_stream_on_append=config.create_stream_on_append,
         create_stream_on_read=config.create_stream_on_read,
-        stream_cipher=_CIPHER.get(config.stream_cipher or "", cpb.STREAM_CIPHER_UNSPECIFIED),
+        stream_cipher=stream_cipher_proto(config.stream_cipher),
     )
 
 

@@ -238,6 +238,62 @@ def record_entries(
     return chunks, lengths
 
 
+def envelope_fields(headers: Headers | None, body: bytes) -> bytes:
+    """A record's `SequencedRecord` headers and body fields: what an encrypted stream seals.
+
+    Opening puts them back behind the record's seq_num and timestamp fields unchanged, so the
+    entry is then exactly the one a plaintext stream stores (`record_entries`)."""
+    return (_header_fields(headers) if headers else b"") + (
+        _BODY_TAG + varint(len(body)) + body if body else b""
+    )
+
+
+def read_varint(data: bytes | memoryview, pos: int) -> tuple[int, int]:
+    """The varint at `pos` and the position after it; ValueError if it runs past the end."""
+    value = 0
+    shift = 0
+    while True:
+        if pos >= len(data) or shift > 63:
+            raise ValueError("truncated or overlong varint")
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
+def split_entry(data: bytes | memoryview, pos: int) -> tuple[int, int, int, int]:
+    """Where one stored `ReadBatch.records` entry at `pos` splits: (start of its fields,
+    start of its envelope fields, start of its body bytes or -1 if it has headers or no body,
+    end of the entry); ValueError if it does not decode.
+
+    The envelope starts after the seq_num and timestamp fields; stored entries put fields in
+    number order (`record_entries`), so a headers field, if any, comes next, then the body."""
+    if data[pos] != _READ_BATCH_RECORDS_TAG[0]:
+        raise ValueError("not a ReadBatch.records entry")
+    length, fields = read_varint(data, pos + 1)
+    end = fields + length
+    if end > len(data):
+        raise ValueError("the entry runs past the end")
+    envelope = fields
+    while envelope < end and data[envelope] in (_SEQ_NUM_TAG[0], _TIMESTAMP_TAG[0]):
+        _, envelope = read_varint(data, envelope + 1)
+    if envelope == end or data[envelope] != _BODY_TAG[0]:
+        return fields, envelope, -1, end
+    body_length, body = read_varint(data, envelope + 1)
+    if body + body_length != end:
+        raise ValueError("the body field does not end the entry")
+    return fields, envelope, body, end
+
+
+def entry_bytes(fields: bytes | memoryview, envelope: bytes | bytearray) -> bytes:
+    """A `ReadBatch.records` entry of a record's seq_num/timestamp `fields` and envelope."""
+    return b"".join(
+        (_READ_BATCH_RECORDS_TAG, varint(len(fields) + len(envelope)), fields, envelope)
+    )
+
+
 def _head(seq_field: bytes, timestamp_field: bytes, headers: Headers, body_head: bytes) -> bytes:
     """A record's fields before its body bytes, in field order: the headers go between the
     timestamp and the body."""

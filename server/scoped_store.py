@@ -14,6 +14,9 @@ against what it will do:
 With `auto_prefix_streams`, the token's stream names are relative to its stream prefix: it is
 added to every name that comes in and taken off every name that goes out.
 
+The caller's encryption key (`s2-encryption-key`), like its token, belongs to the call: appends
+and reads pass it on, and it is checked (its length) only by them, as S2 does.
+
 A refused call raises `permission_denied` before it changes anything.
 """
 
@@ -25,6 +28,7 @@ from collections.abc import AsyncGenerator, Callable
 from typing import TypeVar
 
 from s2s.config import BasinConfig, BasinConfigPatch, StreamConfig, StreamConfigPatch
+from s2s.encryption_key import EncryptionKey
 from s2s.errors import S2Error, server_draining
 from s2s.records import Fence, ValidatedBatch
 from server.access.scope import ResourceSet
@@ -39,10 +43,17 @@ from server.streamstore import StreamStore
 class ScopedStore:
     """`StreamStore`'s operations for one principal; stream names as the principal sees them."""
 
-    def __init__(self, store: StreamStore, principal: Principal) -> None:
+    def __init__(
+        self, store: StreamStore, principal: Principal, encryption_key: str | None = None
+    ) -> None:
         self._store = store
         self.principal = principal
         self._prefix = principal.stream_prefix
+        self._encryption_key = encryption_key
+        """The header's value as sent; `_key` checks it when an append or read needs it."""
+
+    def _key(self) -> EncryptionKey | None:
+        return EncryptionKey.from_header(self._encryption_key)
 
     def end_error(self) -> S2Error | None:
         """Why the caller's calls that wait must end now, if they must: the server is
@@ -205,7 +216,12 @@ class ScopedStore:
             else:
                 limiter.admit(batch.metered_bytes)
         return await self._store.submit(
-            basin, full, batch, create_config, may_create=self._may_create(basin, full)
+            basin,
+            full,
+            batch,
+            create_config,
+            may_create=self._may_create(basin, full),
+            key=self._key(),
         )
 
     async def require_stream(
@@ -216,9 +232,10 @@ class ScopedStore:
         create_config: StreamConfig | None = None,
     ) -> None:
         full = self._stream(auto_create or "check-tail", basin, stream)
+        key = self._key() if auto_create is not None else None  # appends and reads need it
         if not self._may_create(basin, full):
             auto_create = None
-        await self._store.require_stream(basin, full, auto_create, create_config)
+        await self._store.require_stream(basin, full, auto_create, create_config, key=key)
 
     async def check_tail(self, basin: str, stream: str) -> StreamPosition:
         full = self._stream("check-tail", basin, stream)
@@ -234,7 +251,13 @@ class ScopedStore:
     ) -> ReadOutput:
         full = self._stream("read", basin, stream)
         return await self._store.read(
-            basin, full, start, limits, create_config, may_create=self._may_create(basin, full)
+            basin,
+            full,
+            start,
+            limits,
+            create_config,
+            may_create=self._may_create(basin, full),
+            key=self._key(),
         )
 
     async def read_session(
@@ -247,7 +270,13 @@ class ScopedStore:
     ) -> AsyncGenerator[ReadOutput, None]:
         full = self._stream("read", basin, stream)
         return await self._store.read_session(
-            basin, full, start, limits, create_config, may_create=self._may_create(basin, full)
+            basin,
+            full,
+            start,
+            limits,
+            create_config,
+            may_create=self._may_create(basin, full),
+            key=self._key(),
         )
 
     # --- names -------------------------------------------------------------------------------

@@ -31,8 +31,9 @@ from typing import NamedTuple
 from s2s.config import ResolvedStreamConfig
 from s2s.errors import FencingTokenMismatch, S2Error, SeqNumMismatch, invalid
 from s2s.records import Fence, Trim, ValidatedBatch
-from s2s.wire import append_ack_bytes
+from s2s.wire import U64_MAX, append_ack_bytes
 from server.clock import Clock
+from server.encryption import AES_GCM_SEQ_NUM_MAX
 from server.storage.committer import GroupCommitter
 from server.storage.kv import Put, Table, Write
 from server.storage.layout import TailRow, batch_key, encode_batch, sid_key, timestamp_key
@@ -67,10 +68,15 @@ class StreamSequencer:
         durable: TailRow,
         committer: GroupCommitter,
         clock: Clock,
+        cipher: str | None = None,
     ) -> None:
         self.sid = sid
         self.name = name
         self.config = config
+        self.cipher = cipher
+        """The stream's cipher, fixed at creation (None: plaintext); the store seals and
+        opens its records."""
+        self._seq_num_max = AES_GCM_SEQ_NUM_MAX if cipher == "aes-256-gcm" else U64_MAX
         self.durable = durable
         self.pending = durable
         self.deleting = False
@@ -166,6 +172,14 @@ class StreamSequencer:
             raise FencingTokenMismatch(state.fencing_token)
         if batch.match_seq_num is not None and batch.match_seq_num != state.next_seq:
             raise SeqNumMismatch(state.next_seq)
+        last_seq = state.next_seq + batch.count - 1
+        if last_seq > self._seq_num_max and len(batch.commands) < batch.count:
+            # Commands are stored plaintext: only sealed records use up the key's nonces.
+            raise invalid(
+                f"stream {self.name!r} is encrypted with {self.cipher} and takes sequence "
+                f"numbers up to {self._seq_num_max} for its records; this batch would reach "
+                f"{last_seq}"
+            )
         now = self._clock.now_ms()
         timestamps = self._timestamps(batch, now, state.last_timestamp)
         first_seq = state.next_seq

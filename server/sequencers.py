@@ -76,6 +76,7 @@ class SequencerRegistry:
             self._catalog.load_tail(record.sid),
             self._committer,
             self._clock,
+            record.cipher,
         )
         self._evict_idle()
         self._sequencers[key] = sequencer

@@ -11,6 +11,8 @@ woken to remove the data).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import os
 from collections.abc import AsyncGenerator
 
@@ -20,10 +22,18 @@ from s2s.config import (
     StreamConfig,
     StreamConfigPatch,
 )
+from s2s.encryption_key import EncryptionKey
 from s2s.records import ValidatedBatch
 from server.access.tokens import AccessTokens
 from server.catalog import BasinRecord, Catalog, Provisioned, RequestedConfig, StreamRecord
 from server.clock import Clock, SystemClock
+from server.encryption import (
+    RecordCipher,
+    open_entries,
+    record_cipher,
+    seal_batch,
+    stream_identity,
+)
 from server.jobs import BackgroundJobs, JobSettings
 from server.reader import Reader, ReadLimits, ReadOutput, ReadStart, validate_read
 from server.sequencer import AppendAck, StreamPosition
@@ -190,9 +200,12 @@ class StreamStore:
         create_config: StreamConfig | None = None,
         *,
         may_create: bool = True,
+        key: EncryptionKey | None = None,
     ) -> AppendAck:
         """Append one batch atomically; returns once it is durable."""
-        return await (await self.submit(basin, stream, batch, create_config, may_create=may_create))
+        return await (
+            await self.submit(basin, stream, batch, create_config, may_create=may_create, key=key)
+        )
 
     async def submit(
         self,
@@ -202,17 +215,22 @@ class StreamStore:
         create_config: StreamConfig | None = None,
         *,
         may_create: bool = True,
+        key: EncryptionKey | None = None,
     ) -> asyncio.Future[AppendAck]:
         """Sequence a batch now and return a future of its ack (for pipelined sessions).
 
         `may_create` false: a missing stream is not created, whatever the basin's config
-        (the caller may not create it); so for the reads below."""
+        (the caller may not create it); so for the reads below. `key`: the request's
+        encryption key, needed by (and only used for) streams with a cipher."""
         large = batch.count >= YIELD_AROUND_BATCH_RECORDS
         if large:
             await asyncio.sleep(0)
         sequencer = await self.sequencers.get(
             basin, stream, "append" if may_create else None, create_config
         )
+        cipher = record_cipher(sequencer.cipher, key)
+        if cipher is not None:
+            batch = seal_batch(batch, cipher, stream_identity(basin, stream))
         ack = await sequencer.submit(batch)
         if large:
             await asyncio.sleep(0)
@@ -224,14 +242,18 @@ class StreamStore:
         stream: str,
         auto_create: AutoCreate | None = None,
         create_config: StreamConfig | None = None,
+        *,
+        key: EncryptionKey | None = None,
     ) -> None:
         """Fail now as `auto_create`'s operation would if the stream cannot take it (absent,
-        being deleted), creating it where the basin auto-creates streams for that operation.
+        being deleted, encrypted and `key` missing or malformed), creating it where the basin
+        auto-creates streams for that operation.
 
         A session checks this before it answers, so a missing stream is an error response
         rather than a session that ends at once.
         """
-        await self.sequencers.get(basin, stream, auto_create, create_config)
+        sequencer = await self.sequencers.get(basin, stream, auto_create, create_config)
+        record_cipher(sequencer.cipher, key)
 
     async def check_tail(
         self, basin: str, stream: str, *, may_create: bool = True
@@ -248,13 +270,18 @@ class StreamStore:
         create_config: StreamConfig | None = None,
         *,
         may_create: bool = True,
+        key: EncryptionKey | None = None,
     ) -> ReadOutput:
         """A unary read: one batch of at most 1000 records and 1 MiB."""
         validate_read(start, limits)
         sequencer = await self.sequencers.get(
             basin, stream, "read" if may_create else None, create_config
         )
-        return await self.reader.read_unary(sequencer, start, limits)
+        cipher = record_cipher(sequencer.cipher, key)
+        output = await self.reader.read_unary(sequencer, start, limits)
+        if cipher is None:
+            return output
+        return _opened(output, cipher, stream_identity(basin, stream))
 
     async def read_session(
         self,
@@ -265,15 +292,37 @@ class StreamStore:
         create_config: StreamConfig | None = None,
         *,
         may_create: bool = True,
+        key: EncryptionKey | None = None,
     ) -> AsyncGenerator[ReadOutput, None]:
         """A read that catches up and then follows the tail (see `Reader.session`)."""
         validate_read(start, limits)
         sequencer = await self.sequencers.get(
             basin, stream, "read" if may_create else None, create_config
         )
-        return self.reader.session(sequencer, start, limits)
+        cipher = record_cipher(sequencer.cipher, key)
+        session = self.reader.session(sequencer, start, limits)
+        if cipher is None:
+            return session
+        return _opened_session(session, cipher, stream_identity(basin, stream))
 
     def _resync_after_failure(self) -> None:
         # Not the registry's method itself: the committer needs its callback before the
         # registry, which is built on the committer, exists.
         self.sequencers.resync()
+
+
+def _opened(output: ReadOutput, cipher: RecordCipher, aad: bytes) -> ReadOutput:
+    """A read's output with its records opened (sizes and positions are the plaintext's)."""
+    records = output.records
+    if records is None:
+        return output
+    payload = open_entries(records.payload, cipher, aad)
+    return dataclasses.replace(output, records=dataclasses.replace(records, payload=payload))
+
+
+async def _opened_session(
+    outputs: AsyncGenerator[ReadOutput, None], cipher: RecordCipher, aad: bytes
+) -> AsyncGenerator[ReadOutput, None]:
+    async with contextlib.aclosing(outputs):
+        async for output in outputs:
+            yield _opened(output, cipher, aad)

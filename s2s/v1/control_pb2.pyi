@@ -110,14 +110,16 @@ class BasinInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., location: _Optional[str] = ..., created_at_ms: _Optional[int] = ..., deleted_at_ms: _Optional[int] = ...) -> None: ...
 
 class StreamInfo(_message.Message):
-    __slots__ = ("name", "created_at_ms", "deleted_at_ms")
+    __slots__ = ("name", "created_at_ms", "deleted_at_ms", "cipher")
     NAME_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     DELETED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    CIPHER_FIELD_NUMBER: _ClassVar[int]
     name: str
     created_at_ms: int
     deleted_at_ms: int
-    def __init__(self, name: _Optional[str] = ..., created_at_ms: _Optional[int] = ..., deleted_at_ms: _Optional[int] = ...) -> None: ...
+    cipher: StreamCipher
+    def __init__(self, name: _Optional[str] = ..., created_at_ms: _Optional[int] = ..., deleted_at_ms: _Optional[int] = ..., cipher: _Optional[_Union[StreamCipher, str]] = ...) -> None: ...
 
 class ListBasinsRequest(_message.Message):
     __slots__ = ("prefix", "start_after", "limit")

@@ -7,6 +7,7 @@ from s2s.convert import (
     basin_config_from_proto,
     basin_config_to_proto,
     basin_patch_from_proto,
+    stream_cipher_proto,
     stream_config_from_proto,
     stream_config_to_proto,
     stream_patch_from_proto,
@@ -38,7 +39,11 @@ def basin_info(record: BasinRecord) -> cpb.BasinInfo:
 
 
 def stream_info(record: StreamRecord) -> cpb.StreamInfo:
-    info = cpb.StreamInfo(name=record.name, created_at_ms=record.created_at_ms)
+    info = cpb.StreamInfo(
+        name=record.name,
+        created_at_ms=record.created_at_ms,
+        cipher=stream_cipher_proto(record.cipher),
+    )
     if record.deleted_at_ms is not None:
         info.deleted_at_ms = record.deleted_at_ms
     return info

@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from s2s import names
+from s2s.encryption_key import ENCRYPTION_KEY_HEADER
 from s2s.errors import S2Error
 from server.http_frontend.access_tokens import AccessTokensApi
 from server.http_frontend.control import LOCATION_INFO, BasinsApi, StreamsApi, path_basin
@@ -120,7 +121,7 @@ class HttpApp:
             principal = self._store.access_tokens.anyone
         else:
             principal = self._store.access_tokens.authenticate(exchange.header("authorization"))
-        store = ScopedStore(self._store, principal)
+        store = ScopedStore(self._store, principal, exchange.header(ENCRYPTION_KEY_HEADER))
         if path == ["metrics"] or path[:1] == ["v2"] or path[:2] == ["v1", "lake"]:
             await self._route_lake(store, exchange, method, path)
             return

@@ -127,6 +127,7 @@ class Materializations:
         definition = build_materialization(spec, owner=self._server_id)
         if authorize is not None:
             authorize(definition.basin, definition.stream)
+        self._refuse_encrypted(definition)
         async with self._lock:
             if definition.name in self._runners:
                 raise _already_exists(definition.name)
@@ -145,6 +146,19 @@ class Materializations:
                 raise _already_exists(definition.name)
             self._add_runner(definition, registry.Checkpoint(-1, 0, 0))
         return await self.status(definition.name)
+
+    def _refuse_encrypted(self, definition: Materialization) -> None:
+        """The lake cannot read a stream encrypted with a client's key: the server never has
+        the key. (A source created encrypted later stops its materialization with an error.)"""
+        try:
+            cipher = self._store.get_stream(definition.basin, definition.stream).cipher
+        except S2Error:
+            return  # absent for now: the materialization waits for it
+        if cipher is not None:
+            raise invalid(
+                f"stream {definition.stream!r} is encrypted ({cipher}) with a key only its "
+                "clients hold: the lake cannot read it"
+            )
 
     async def _ensure_ingest_stream(self, stream: str) -> None:
         """Create the ingest basin and stream if absent; never touch an existing config."""
