@@ -24,6 +24,8 @@ import dataclasses
 from collections.abc import AsyncGenerator, Callable
 from typing import TypeVar
 
+from prometheus_client.registry import Collector
+
 from s2s.config import BasinConfig, BasinConfigPatch, StreamConfig, StreamConfigPatch
 from s2s.errors import S2Error, server_draining
 from s2s.records import Fence, ValidatedBatch
@@ -34,6 +36,7 @@ from server.reader import ReadLimits, ReadOutput, ReadStart
 from server.sequencer import AppendAck, StreamPosition
 from server.sequencers import AutoCreate
 from server.streamstore import StreamStore
+from server.usage.query import Metric, MetricsQuery
 
 
 class ScopedStore:
@@ -43,6 +46,10 @@ class ScopedStore:
         self._store = store
         self.principal = principal
         self._prefix = principal.stream_prefix
+
+    def now_s(self) -> int:
+        """The server's clock, in Unix seconds (what metrics queries are checked against)."""
+        return self._store.clock.now_ms() // 1000
 
     def end_error(self) -> S2Error | None:
         """Why the caller's calls that wait must end now, if they must: the server is
@@ -70,15 +77,20 @@ class ScopedStore:
     # --- access tokens -----------------------------------------------------------------------
 
     async def issue_access_token(self, request: IssueRequest) -> str:
-        return await self._store.access_tokens.issue(self.principal, request)
+        secret = await self._store.access_tokens.issue(self.principal, request)
+        self._store.count_operation("issue-access-token")
+        return secret
 
     def list_access_tokens(
         self, prefix: str, start_after: str, limit: int
     ) -> tuple[list[TokenInfo], bool]:
-        return self._store.access_tokens.list(self.principal, prefix, start_after, limit)
+        page = self._store.access_tokens.list(self.principal, prefix, start_after, limit)
+        self._store.count_operation("list-access-tokens")
+        return page
 
     async def revoke_access_token(self, token_id: str) -> None:
         await self._store.access_tokens.revoke(self.principal, token_id)
+        self._store.count_operation("revoke-access-token")
 
     # --- basins ------------------------------------------------------------------------------
 
@@ -233,9 +245,11 @@ class ScopedStore:
         create_config: StreamConfig | None = None,
     ) -> ReadOutput:
         full = self._stream("read", basin, stream)
-        return await self._store.read(
+        output = await self._store.read(
             basin, full, start, limits, create_config, may_create=self._may_create(basin, full)
         )
+        self._store.count_read(basin, output)
+        return output
 
     async def read_session(
         self,
@@ -246,9 +260,41 @@ class ScopedStore:
         create_config: StreamConfig | None = None,
     ) -> AsyncGenerator[ReadOutput, None]:
         full = self._stream("read", basin, stream)
-        return await self._store.read_session(
+        outputs = await self._store.read_session(
             basin, full, start, limits, create_config, may_create=self._may_create(basin, full)
         )
+        return self._store.counted_session(basin, outputs)
+
+    def session_opened(self, kind: str) -> None:
+        self._store.session_opened(kind)
+
+    def session_closed(self, kind: str) -> None:
+        self._store.session_closed(kind)
+
+    # --- metrics -----------------------------------------------------------------------------
+
+    async def account_metrics(self, query: MetricsQuery) -> list[Metric]:
+        self.principal.require("account-metrics")
+        metrics = await self._store.account_metrics(query)
+        self._store.count_operation("account-metrics")
+        return metrics
+
+    async def basin_metrics(self, basin: str, query: MetricsQuery) -> list[Metric]:
+        self.principal.require("basin-metrics", basin=basin)
+        metrics = await self._store.basin_metrics(basin, query)
+        self._store.count_operation("basin-metrics")
+        return metrics
+
+    async def stream_metrics(self, basin: str, stream: str, query: MetricsQuery) -> list[Metric]:
+        full = self._stream("stream-metrics", basin, stream)
+        metrics = await self._store.stream_metrics(basin, full, query)
+        self._store.count_operation("stream-metrics")
+        return metrics
+
+    def prometheus_collector(self) -> Collector:
+        """The server's Prometheus metrics: they cover every basin, so `account-metrics`."""
+        self.principal.require("account-metrics")
+        return self._store.prometheus_collector()
 
     # --- names -------------------------------------------------------------------------------
 
