@@ -177,6 +177,8 @@ class Usage:
             GROUP_BYTES_BOUNDS,
         )
         self._task: asyncio.Task[None] | None = None
+        self._flushing = asyncio.Lock()
+        """One flush at a time: the periodic one, one asked for (tests, shutdown)."""
 
     def now_s(self) -> int:
         return self._clock.now_ms() // 1000
@@ -346,6 +348,10 @@ class Usage:
 
     async def flush(self) -> None:
         """Write what was counted since the last flush, with storage samples and snapshots."""
+        async with self._flushing:
+            await self._flush()
+
+    async def _flush(self) -> None:
         now_s = self.now_s()
         hour_s = floor_to(now_s, 3600)
         dirty = list(self._dirty_streams)
