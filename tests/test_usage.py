@@ -21,7 +21,9 @@ def _now_s(clock: ManualClock) -> int:
     return clock.now_ms() // 1000
 
 
-async def _basin(store: StreamStore, clock: ManualClock, set_: str, **params: int | str) -> list:
+async def _basin(
+    store: StreamStore, clock: ManualClock, set_: str, **params: int | str
+) -> list[Metric]:
     query = {"set": set_, **{key: str(value) for key, value in params.items()}}
     return await store.basin_metrics(BASIN, parse_query("basin", query, _now_s(clock)))
 

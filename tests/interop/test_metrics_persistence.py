@@ -31,11 +31,13 @@ def _get(http: httpx.Client, path: str, set_: str) -> list[dict[str, Any]]:
 
 
 def _sum(http: httpx.Client, path: str, set_: str, name: str) -> float:
-    return sum(
-        value
-        for metric in _get(http, path, set_)
-        if metric["accumulation"]["name"] == name
-        for _, value in metric["accumulation"]["values"]
+    return float(
+        sum(
+            value
+            for metric in _get(http, path, set_)
+            if metric["accumulation"]["name"] == name
+            for _, value in metric["accumulation"]["values"]
+        )
     )
 
 

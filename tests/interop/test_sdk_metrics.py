@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -42,8 +43,8 @@ def _hour_range() -> dict[str, int]:
     return {"start": now - 3600, "end": now}
 
 
-def _only(metrics: list, kind: type, name: str):
-    found = [m for m in metrics if isinstance(m, kind) and m.name == name]
+def _only(metrics: list[Any], kind: type, name: str) -> Any:
+    found = [m for m in metrics if isinstance(m, kind) and getattr(m, "name", None) == name]
     assert len(found) == 1, metrics
     return found[0]
 
@@ -67,8 +68,9 @@ async def _traffic(sdk: S2, basin_name: str) -> tuple[int, int]:
 async def test_basin_sets_count_the_traffic_in_its_minutes(sdk: S2, basin_name: str) -> None:
     first, last = await _traffic(sdk, basin_name)
 
-    async def basin_set(set_: BasinMetricSet, **extra) -> list:
-        return await sdk.basin_metrics(basin_name, set=set_, **_hour_range(), **extra)
+    async def basin_set(set_: BasinMetricSet) -> list[Any]:
+        metrics: list[Any] = await sdk.basin_metrics(basin_name, set=set_, **_hour_range())
+        return metrics
 
     appends = _only(await basin_set(BasinMetricSet.APPEND_OPS), Accumulation, "express")
     assert (appends.unit, appends.interval) == (MetricUnit.OPERATIONS, TimeseriesInterval.MINUTE)
@@ -176,7 +178,7 @@ async def test_bad_queries_get_s2s_codes_and_count_nothing(
 
     hour = {"start": now - 3600, "end": now}
     basin = f"/v1/metrics/{basin_name}"
-    cases = [
+    cases: list[tuple[str, dict[str, str | int], int]] = [
         ("/v1/metrics", {"set": "active-basins", "start": now - 3600, "end": now + 600}, 422),
         ("/v1/metrics", {"set": "active-basins", "start": now - 40 * 86400, "end": now}, 422),
         ("/v1/metrics", {"set": "active-basins", "end": now}, 422),
