@@ -9,7 +9,12 @@ against what it will do:
   `create_stream_on_read`) is created only if the token may `create-stream` it; otherwise the
   call fails as it would without that basin setting;
 - an ensure (PUT) may create or reconfigure, so it needs both permissions;
-- lists return only what the scope covers, and narrow the query to it, so pages stay full.
+- lists return only what the scope covers, and narrow the query to it, so pages stay full;
+- metrics need `account-metrics`, `basin-metrics` on the basin or `stream-metrics` on the
+  stream; the Prometheus text, which covers every basin, `account-metrics`.
+
+Reads, sessions and the operations that bypass the store's facade (tokens, metrics) are
+reported to the usage accounting (server/usage) here, once each succeeded.
 
 With `auto_prefix_streams`, the token's stream names are relative to its stream prefix: it is
 added to every name that comes in and taken off every name that goes out.
