@@ -119,6 +119,7 @@ class _AppendSession(Generic[Message]):
         self._last_received_s = asyncio.get_running_loop().time()
         intake = asyncio.create_task(self._intake())
         tasks = [intake, asyncio.create_task(self._stop_intake_on_end(intake))]
+        self._store.session_opened("append")
         try:
             while True:
                 try:
@@ -132,6 +133,7 @@ class _AppendSession(Generic[Message]):
                     return
                 yield ack
         finally:
+            self._store.session_closed("append")
             for task in tasks:
                 task.cancel()
             for task in tasks:

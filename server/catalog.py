@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import json
 import struct
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
@@ -405,6 +406,14 @@ class Catalog:
         if record.deleting:
             raise S2Error("stream_deletion_pending", f"stream {name!r} is being deleted")
         return record
+
+    def every_stream(self) -> list[StreamRecord]:
+        """Every stream, being deleted or not, in key order. Blocking: at start-up, off the
+        loop."""
+        return [
+            StreamRecord.decode(key.split(b"\x00", 1)[0].decode(), value)
+            for key, value in self._kv.scan(Table.STREAMS, b"", None, sys.maxsize)
+        ]
 
     def load_tail(self, sid: int) -> TailRow:
         data = self._kv.get(Table.TAILS, sid_key(sid))

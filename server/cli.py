@@ -38,6 +38,7 @@ from server.startup import StartupError, claim_data_dir
 from server.storage.kv import MAP_SIZE_BYTES_DEFAULT
 from server.streamstore import StreamStore
 from server.tls import TlsSettings, server_tls
+from server.usage.accounting import UsageSettings
 
 log = logging.getLogger("s2s")
 
@@ -63,6 +64,8 @@ MAX_STORAGE_GIB_MAX = 1 << 20
 """1 PiB. LMDB maps the whole limit at once, so what a machine accepts is bounded by its
 address space (128 TiB on x86-64 Linux); a larger value fails at start, saying so."""
 LAKE_THREADS_MAX = 1024
+METRICS_BASIN_LABELS_MAX = 100_000
+METRICS_FLUSH_INTERVAL_S_MAX = 3600
 LAKE_LINGER_MS_MAX = 3_600_000
 
 SERVE_OPTIONS = (
@@ -177,6 +180,22 @@ SERVE_OPTIONS = (
         "for a local Prometheus; elsewhere it needs a token with account-metrics",
         switch=True,
     ),
+    EnvOption(
+        "--metrics-basin-labels",
+        "S2S_METRICS_BASIN_LABELS",
+        whole_number(0, METRICS_BASIN_LABELS_MAX),
+        UsageSettings.basin_labels_max,
+        "basins with their own `basin` label in /metrics, the first seen; the others are "
+        'summed under basin="_other"',
+    ),
+    EnvOption(
+        "--metrics-flush-interval-s",
+        "S2S_METRICS_FLUSH_INTERVAL_S",
+        number(0.1),
+        UsageSettings.flush_interval_s,
+        "how often the metrics API's counts are written to disk: a kill -9 loses at most "
+        "this long of them (a graceful stop none)",
+    ),
 )
 
 
@@ -212,6 +231,7 @@ class ServeSettings:
     cors_origins: frozenset[str] | None
     auth: bool
     open_metrics: bool
+    usage: UsageSettings
 
 
 def serve_settings(args: argparse.Namespace) -> ServeSettings:
@@ -226,6 +246,11 @@ def serve_settings(args: argparse.Namespace) -> ServeSettings:
         parser.error("--tls-cert and --tls-key go together: give both")
     if args.tls_self_signed and args.tls_cert is not None:
         parser.error("--tls-self-signed and --tls-cert exclude each other: give one")
+    if args.metrics_flush_interval_s > METRICS_FLUSH_INTERVAL_S_MAX:
+        parser.error(
+            f"--metrics-flush-interval-s must be at most {METRICS_FLUSH_INTERVAL_S_MAX} "
+            "(the hourly storage samples need a flush each hour)"
+        )
     return ServeSettings(
         data_dir=args.data_dir,
         host=args.host,
@@ -245,6 +270,7 @@ def serve_settings(args: argparse.Namespace) -> ServeSettings:
         cors_origins=args.cors_origins,
         auth=not args.no_auth,
         open_metrics=args.open_metrics,
+        usage=UsageSettings(args.metrics_basin_labels, args.metrics_flush_interval_s),
     )
 
 
@@ -315,7 +341,9 @@ async def _set_up_access(store: StreamStore, settings: ServeSettings) -> None:
 async def _open_store(settings: ServeSettings) -> StreamStore:
     try:
         store = await StreamStore.open(
-            settings.data_dir, max_storage_bytes=settings.max_storage_gib << 30
+            settings.data_dir,
+            max_storage_bytes=settings.max_storage_gib << 30,
+            usage_settings=settings.usage,
         )
     except lmdb.MemoryError:
         raise StartupError(

@@ -42,6 +42,7 @@ from server.storage.layout import (
     summarize_batch,
     timestamp_key,
 )
+from server.usage.accounting import Usage
 
 log = logging.getLogger(__name__)
 
@@ -70,13 +71,16 @@ class BackgroundJobs:
         sequencers: SequencerRegistry,
         clock: Clock,
         settings: JobSettings,
+        usage: Usage,
     ) -> None:
+        """`usage` is told of the stored bytes each deletion frees."""
         self._kv = kv
         self._catalog = catalog
         self._committer = committer
         self._sequencers = sequencers
         self._clock = clock
         self._settings = settings
+        self._usage = usage
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._retention_cursor = b""
@@ -200,6 +204,7 @@ class BackgroundJobs:
                 ]
             )
             self._sequencers.forget(record.basin, record.name, sid)
+            self._usage.forget(sid)
 
     async def _take_turn(
         self, sid: int, below_seq: int | None, written_before_ms: int | None
@@ -248,6 +253,7 @@ class BackgroundJobs:
         if writes:
             await self._committer.commit(writes)
             self._unsettled = True
+            self._usage.deleted(sid, [batch for _, batch in items[: len(writes) // 2]])
         return len(writes) // 2 == self._settings.batches_per_commit
 
     # --- retention, trim, delete-on-empty -------------------------------------------------

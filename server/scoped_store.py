@@ -9,7 +9,12 @@ against what it will do:
   `create_stream_on_read`) is created only if the token may `create-stream` it; otherwise the
   call fails as it would without that basin setting;
 - an ensure (PUT) may create or reconfigure, so it needs both permissions;
-- lists return only what the scope covers, and narrow the query to it, so pages stay full.
+- lists return only what the scope covers, and narrow the query to it, so pages stay full;
+- metrics need `account-metrics`, `basin-metrics` on the basin or `stream-metrics` on the
+  stream; the Prometheus text, which covers every basin, `account-metrics`.
+
+Reads, sessions and the operations that bypass the store's facade (tokens, metrics) are
+reported to the usage accounting (server/usage) here, once each succeeded.
 
 With `auto_prefix_streams`, the token's stream names are relative to its stream prefix: it is
 added to every name that comes in and taken off every name that goes out.
@@ -27,6 +32,8 @@ import dataclasses
 from collections.abc import AsyncGenerator, Callable
 from typing import TypeVar
 
+from prometheus_client.registry import Collector
+
 from s2s.config import BasinConfig, BasinConfigPatch, StreamConfig, StreamConfigPatch
 from s2s.encryption_key import EncryptionKey
 from s2s.errors import S2Error, server_draining
@@ -38,6 +45,7 @@ from server.reader import ReadLimits, ReadOutput, ReadStart
 from server.sequencer import AppendAck, StreamPosition
 from server.sequencers import AutoCreate
 from server.streamstore import StreamStore
+from server.usage.query import Metric, MetricsQuery
 
 
 class ScopedStore:
@@ -54,6 +62,10 @@ class ScopedStore:
 
     def _key(self) -> EncryptionKey | None:
         return EncryptionKey.from_header(self._encryption_key)
+
+    def now_s(self) -> int:
+        """The server's clock, in Unix seconds (what metrics queries are checked against)."""
+        return self._store.clock.now_ms() // 1000
 
     def end_error(self) -> S2Error | None:
         """Why the caller's calls that wait must end now, if they must: the server is
@@ -81,15 +93,20 @@ class ScopedStore:
     # --- access tokens -----------------------------------------------------------------------
 
     async def issue_access_token(self, request: IssueRequest) -> str:
-        return await self._store.access_tokens.issue(self.principal, request)
+        secret = await self._store.access_tokens.issue(self.principal, request)
+        self._store.count_operation("issue-access-token")
+        return secret
 
     def list_access_tokens(
         self, prefix: str, start_after: str, limit: int
     ) -> tuple[list[TokenInfo], bool]:
-        return self._store.access_tokens.list(self.principal, prefix, start_after, limit)
+        page = self._store.access_tokens.list(self.principal, prefix, start_after, limit)
+        self._store.count_operation("list-access-tokens")
+        return page
 
     async def revoke_access_token(self, token_id: str) -> None:
         await self._store.access_tokens.revoke(self.principal, token_id)
+        self._store.count_operation("revoke-access-token")
 
     # --- basins ------------------------------------------------------------------------------
 
@@ -250,7 +267,7 @@ class ScopedStore:
         create_config: StreamConfig | None = None,
     ) -> ReadOutput:
         full = self._stream("read", basin, stream)
-        return await self._store.read(
+        output = await self._store.read(
             basin,
             full,
             start,
@@ -259,6 +276,8 @@ class ScopedStore:
             may_create=self._may_create(basin, full),
             key=self._key(),
         )
+        self._store.count_read(basin, output)
+        return output
 
     async def read_session(
         self,
@@ -269,7 +288,7 @@ class ScopedStore:
         create_config: StreamConfig | None = None,
     ) -> AsyncGenerator[ReadOutput, None]:
         full = self._stream("read", basin, stream)
-        return await self._store.read_session(
+        outputs = await self._store.read_session(
             basin,
             full,
             start,
@@ -278,6 +297,38 @@ class ScopedStore:
             may_create=self._may_create(basin, full),
             key=self._key(),
         )
+        return self._store.counted_session(basin, outputs)
+
+    def session_opened(self, kind: str) -> None:
+        self._store.session_opened(kind)
+
+    def session_closed(self, kind: str) -> None:
+        self._store.session_closed(kind)
+
+    # --- metrics -----------------------------------------------------------------------------
+
+    async def account_metrics(self, query: MetricsQuery) -> list[Metric]:
+        self.principal.require("account-metrics")
+        metrics = await self._store.account_metrics(query)
+        self._store.count_operation("account-metrics")
+        return metrics
+
+    async def basin_metrics(self, basin: str, query: MetricsQuery) -> list[Metric]:
+        self.principal.require("basin-metrics", basin=basin)
+        metrics = await self._store.basin_metrics(basin, query)
+        self._store.count_operation("basin-metrics")
+        return metrics
+
+    async def stream_metrics(self, basin: str, stream: str, query: MetricsQuery) -> list[Metric]:
+        full = self._stream("stream-metrics", basin, stream)
+        metrics = await self._store.stream_metrics(basin, full, query)
+        self._store.count_operation("stream-metrics")
+        return metrics
+
+    def prometheus_collector(self) -> Collector:
+        """The server's Prometheus metrics: they cover every basin, so `account-metrics`."""
+        self.principal.require("account-metrics")
+        return self._store.prometheus_collector()
 
     # --- names -------------------------------------------------------------------------------
 

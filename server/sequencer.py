@@ -37,6 +37,7 @@ from server.encryption import AES_GCM_SEQ_NUM_MAX
 from server.storage.committer import GroupCommitter
 from server.storage.kv import Put, Table, Write
 from server.storage.layout import TailRow, batch_key, encode_batch, sid_key, timestamp_key
+from server.usage.accounting import StreamAccount
 
 
 class StreamPosition(NamedTuple):
@@ -69,7 +70,9 @@ class StreamSequencer:
         committer: GroupCommitter,
         clock: Clock,
         cipher: str | None = None,
+        account: StreamAccount | None = None,
     ) -> None:
+        """`account`: where each durable batch is reported (server/usage), if anywhere."""
         self.sid = sid
         self.name = name
         self.config = config
@@ -84,6 +87,7 @@ class StreamSequencer:
         self.followers = 0
         self._committer = committer
         self._clock = clock
+        self._account = account
         self._durable_advanced = asyncio.Event()
 
     @property
@@ -103,6 +107,8 @@ class StreamSequencer:
         """
         # Counted from the first line: a sequencer with appends in flight is never evicted.
         self.inflight += 1
+        loop = asyncio.get_running_loop()
+        submitted_s = loop.time()
         try:
             await self._committer.reserve(batch.metered_bytes)
         except BaseException:
@@ -119,6 +125,8 @@ class StreamSequencer:
         bodies = batch.bodies
         headed = batch.headed
         metered = batch.metered_sizes
+        count = batch.count
+        metered_bytes = batch.metered_bytes
         arrival_ms = after.last_write_ms
 
         def prepare() -> Sequence[Write]:
@@ -130,7 +138,7 @@ class StreamSequencer:
                 Put(Table.TAILS, sid_key(sid), after.encode()),
             )
 
-        ack: asyncio.Future[AppendAck] = asyncio.get_running_loop().create_future()
+        ack: asyncio.Future[AppendAck] = loop.create_future()
         start = StreamPosition(first_seq, timestamps[0])
         end = StreamPosition(after.next_seq, after.last_timestamp)
 
@@ -153,6 +161,14 @@ class StreamSequencer:
                 self.durable = after
                 self._durable_advanced.set()
                 self._durable_advanced = asyncio.Event()
+                if self._account is not None:
+                    self._account.appended(
+                        self.config.storage_class,
+                        count,
+                        metered_bytes,
+                        after.next_seq,
+                        loop.time() - submitted_s,
+                    )
             if ack.cancelled():  # the caller gave up waiting; the outcome stands regardless
                 return
             if error is None:

@@ -19,6 +19,7 @@ from server.catalog import Catalog, StreamRecord
 from server.clock import Clock
 from server.sequencer import StreamSequencer
 from server.storage.committer import GroupCommitter
+from server.usage.accounting import Usage
 
 AutoCreate = Literal["append", "read"]
 """The operation a missing stream may be created for, as its basin's config allows."""
@@ -30,10 +31,13 @@ SEQUENCERS_CACHED_MAX = 10_000
 class SequencerRegistry:
     """Loads, creates, caches and evicts sequencers, keyed by (basin, stream)."""
 
-    def __init__(self, catalog: Catalog, committer: GroupCommitter, clock: Clock) -> None:
+    def __init__(
+        self, catalog: Catalog, committer: GroupCommitter, clock: Clock, usage: Usage
+    ) -> None:
         self._catalog = catalog
         self._committer = committer
         self._clock = clock
+        self._usage = usage
         self._sequencers: dict[tuple[str, str], StreamSequencer] = {}
 
     async def get(
@@ -77,6 +81,7 @@ class SequencerRegistry:
             self._committer,
             self._clock,
             record.cipher,
+            self._usage.stream(basin, stream, record.sid),
         )
         self._evict_idle()
         self._sequencers[key] = sequencer

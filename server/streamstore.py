@@ -16,6 +16,8 @@ import dataclasses
 import os
 from collections.abc import AsyncGenerator
 
+from prometheus_client.registry import Collector
+
 from s2s.config import (
     BasinConfig,
     BasinConfigPatch,
@@ -40,6 +42,11 @@ from server.sequencer import AppendAck, StreamPosition
 from server.sequencers import AutoCreate, SequencerRegistry
 from server.storage.committer import GroupCommitter
 from server.storage.kv import MAP_SIZE_BYTES_DEFAULT, KeyValueStore, LmdbStore
+from server.usage import metric_sets
+from server.usage.accounting import ACCOUNT, Output, Usage, UsageSettings
+from server.usage.prometheus import server_registry
+from server.usage.query import Metric, MetricsQuery
+from server.usage.storage import StreamTail
 
 YIELD_AROUND_BATCH_RECORDS = 64
 """A batch this large holds the event loop for ~0.1-7 ms while it is validated (by the caller)
@@ -59,16 +66,21 @@ class StreamStore:
         kv: KeyValueStore,
         clock: Clock | None = None,
         job_settings: JobSettings | None = None,
+        usage_settings: UsageSettings | None = None,
     ) -> None:
         self.kv = kv
         self.clock = clock or SystemClock()
-        self.committer = GroupCommitter(kv, on_failure=self._resync_after_failure)
+        self.committer = GroupCommitter(
+            kv, on_failure=self._resync_after_failure, on_committed=self._committed
+        )
+        self.usage = Usage(kv, self.committer, self.clock, usage_settings)
+        self._prometheus = server_registry(self.usage)
         self.catalog = Catalog(kv, self.committer, self.clock)
         self.draining = asyncio.Event()
         """Set once shutdown has begun (`drain`): calls that only wait end with
         `server_draining`, and sessions end at their next wait."""
         self.reader = Reader(kv, self.draining)
-        self.sequencers = SequencerRegistry(self.catalog, self.committer, self.clock)
+        self.sequencers = SequencerRegistry(self.catalog, self.committer, self.clock, self.usage)
         self.access_tokens = AccessTokens(kv, self.committer, self.clock)
         self.jobs = BackgroundJobs(
             kv,
@@ -77,6 +89,7 @@ class StreamStore:
             self.sequencers,
             self.clock,
             job_settings or JobSettings(),
+            self.usage,
         )
 
     @classmethod
@@ -86,16 +99,26 @@ class StreamStore:
         clock: Clock | None = None,
         job_settings: JobSettings | None = None,
         max_storage_bytes: int = MAP_SIZE_BYTES_DEFAULT,
+        usage_settings: UsageSettings | None = None,
     ) -> StreamStore:
         kv = LmdbStore(os.path.join(data_dir, "log"), max_storage_bytes)
-        store = cls(kv, clock, job_settings)
+        store = cls(kv, clock, job_settings, usage_settings)
         await store.start()
         return store
 
     async def start(self) -> None:
         self.access_tokens.load()
         self.committer.start()
+        await asyncio.to_thread(self._load_usage)
+        self.usage.start()
         self.jobs.start()
+
+    def _load_usage(self) -> None:
+        tails = [
+            StreamTail(r.sid, r.basin, r.name, self.catalog.load_tail(r.sid).next_seq)
+            for r in self.catalog.every_stream()
+        ]
+        self.usage.load(tails)
 
     def drain(self) -> None:
         """Shutdown has begun: unary reads waiting at the tail end now, and open sessions
@@ -105,6 +128,7 @@ class StreamStore:
     async def close(self) -> None:
         """Stop background jobs, finish every queued commit, and close the store."""
         await self.jobs.stop()
+        await self.usage.close()
         await self.committer.close()
         self.kv.close()
 
@@ -117,28 +141,39 @@ class StreamStore:
         requested_config: RequestedConfig | None = None,
         request_token: str | None = None,
     ) -> Provisioned[BasinRecord]:
-        return await self.catalog.create_basin(
+        provisioned = await self.catalog.create_basin(
             name, config or BasinConfig(), requested_config, request_token
         )
+        self.usage.operation(ACCOUNT, "create-basin")
+        return provisioned
 
     async def ensure_basin(
         self, name: str, config: BasinConfig | None = None
     ) -> Provisioned[BasinRecord]:
-        return await self.catalog.ensure_basin(name, config or BasinConfig())
+        provisioned = await self.catalog.ensure_basin(name, config or BasinConfig())
+        self.usage.operation(ACCOUNT, "create-basin")
+        return provisioned
 
     def list_basins(
         self, prefix: str = "", start_after: str = "", limit: int | None = None
     ) -> tuple[list[BasinRecord], bool]:
-        return self.catalog.list_basins(prefix, start_after, limit)
+        page = self.catalog.list_basins(prefix, start_after, limit)
+        self.usage.operation(ACCOUNT, "list-basins")
+        return page
 
     def get_basin(self, name: str) -> BasinRecord:
-        return self.catalog.require_basin(name)
+        record = self.catalog.require_basin(name)
+        self.usage.operation(ACCOUNT, "get-basin-config")
+        return record
 
     async def reconfigure_basin(self, name: str, patch: BasinConfigPatch) -> BasinRecord:
-        return await self.catalog.reconfigure_basin(name, patch)
+        record = await self.catalog.reconfigure_basin(name, patch)
+        self.usage.operation(ACCOUNT, "reconfigure-basin")
+        return record
 
     async def delete_basin(self, name: str) -> None:
         await self.sequencers.delete_basin(name)
+        self.usage.operation(ACCOUNT, "delete-basin")
         self.jobs.kick()
 
     # --- streams -----------------------------------------------------------------------------
@@ -151,15 +186,20 @@ class StreamStore:
         requested_config: RequestedConfig | None = None,
         request_token: str | None = None,
     ) -> Provisioned[StreamRecord]:
-        return await self.catalog.create_stream(
+        provisioned = await self.catalog.create_stream(
             basin, name, config or StreamConfig(), requested_config, request_token
         )
+        self._stream_created(provisioned.record)
+        self.usage.operation(basin, "create-stream")
+        return provisioned
 
     async def ensure_stream(
         self, basin: str, name: str, config: StreamConfig | None = None
     ) -> Provisioned[StreamRecord]:
         provisioned = await self.catalog.ensure_stream(basin, name, config or StreamConfig())
         self.sequencers.adopt_config(provisioned.record)
+        self._stream_created(provisioned.record)
+        self.usage.operation(basin, "create-stream")
         return provisioned
 
     async def create_stream_if_absent(
@@ -168,27 +208,41 @@ class StreamStore:
         """Create the stream, and its basin (default config) if that is missing too; an existing
         one is left as it is. For streams the server itself writes to (the lake's ingest)."""
         await self.catalog.create_basin_if_absent(basin)
-        return await self.catalog.create_stream_if_absent(basin, name, config)
+        record = await self.catalog.create_stream_if_absent(basin, name, config)
+        self._stream_created(record)
+        return record
 
     def list_streams(
         self, basin: str, prefix: str = "", start_after: str = "", limit: int | None = None
     ) -> tuple[list[StreamRecord], bool]:
-        return self.catalog.list_streams(basin, prefix, start_after, limit)
+        page = self.catalog.list_streams(basin, prefix, start_after, limit)
+        # Only a basin that exists gets a count: names a client makes up must not add rows.
+        if self.catalog.get_basin(basin) is not None:
+            self.usage.operation(basin, "list-streams")
+        return page
 
     def get_stream(self, basin: str, name: str) -> StreamRecord:
         self.catalog.require_basin(basin)
-        return self.catalog.require_stream(basin, name)
+        record = self.catalog.require_stream(basin, name)
+        self.usage.operation(basin, "get-stream-config")
+        return record
 
     async def reconfigure_stream(
         self, basin: str, name: str, patch: StreamConfigPatch
     ) -> StreamRecord:
         record = await self.catalog.reconfigure_stream(basin, name, patch)
         self.sequencers.adopt_config(record)
+        self.usage.operation(basin, "reconfigure-stream")
         return record
 
     async def delete_stream(self, basin: str, name: str) -> None:
         await self.sequencers.delete_stream(basin, name)
+        self.usage.operation(basin, "delete-stream")
         self.jobs.kick()
+
+    def _stream_created(self, record: StreamRecord) -> None:
+        """Its basin has a stream from now on (`active-basins`), even before any append."""
+        self.usage.stream(record.basin, record.name, record.sid)
 
     # --- data plane --------------------------------------------------------------------------
 
@@ -304,6 +358,53 @@ class StreamStore:
         if cipher is None:
             return session
         return _opened_session(session, cipher, stream_identity(basin, stream))
+
+    # --- metrics -----------------------------------------------------------------------------
+
+    def count_operation(self, operation: str) -> None:
+        """An account operation not made through the methods above (access tokens, metrics)
+        succeeded."""
+        self.usage.operation(ACCOUNT, operation)
+
+    def count_read(self, basin: str, output: ReadOutput) -> None:
+        """A unary read answered."""
+        self.usage.read(basin, output.records, streaming=False)
+
+    def counted_session(
+        self, basin: str, outputs: AsyncGenerator[Output, None]
+    ) -> AsyncGenerator[Output, None]:
+        """A read session's outputs, each batch counted as it is sent."""
+        return self.usage.counted_session(basin, outputs)
+
+    def session_opened(self, kind: str) -> None:
+        self.usage.session_opened(kind)
+
+    def session_closed(self, kind: str) -> None:
+        self.usage.session_closed(kind)
+
+    def count_error(self, code: str) -> None:
+        """A frontend answered an error with this S2 code."""
+        self.usage.count_error(code)
+
+    async def account_metrics(self, query: MetricsQuery) -> list[Metric]:
+        return await metric_sets.account_metrics(self.usage, query)
+
+    async def basin_metrics(self, basin: str, query: MetricsQuery) -> list[Metric]:
+        self.catalog.require_basin(basin)
+        return await metric_sets.basin_metrics(self.usage, query, basin)
+
+    async def stream_metrics(self, basin: str, stream: str, query: MetricsQuery) -> list[Metric]:
+        self.catalog.require_basin(basin)
+        record = self.catalog.require_stream(basin, stream)
+        return await metric_sets.stream_metrics(self.usage, query, record.sid)
+
+    def prometheus_collector(self) -> Collector:
+        """The server's Prometheus families and the process's (one registry per store)."""
+        return self._prometheus
+
+    def _committed(self, jobs: int, metered_bytes: int, seconds: float) -> None:
+        # The committer is built before `usage`, which is built on it.
+        self.usage.committed(jobs, metered_bytes, seconds)
 
     def _resync_after_failure(self) -> None:
         # Not the registry's method itself: the committer needs its callback before the

@@ -42,6 +42,7 @@ def test_a_batch_decodes_to_what_was_encoded() -> None:
     assert [(h.name, h.value) for h in got[1].headers] == [(b"h", b"v")]
     summary = summarize_batch(memoryview(encoded()))
     assert (summary.last_seq, summary.last_timestamp, summary.arrival_ms) == (42, 9, 1234)
+    assert (summary.first_seq, summary.metered_bytes) == (40, sum(METERED))
 
 
 @pytest.mark.parametrize("index", [0, 3, 30, 200, -5, -1])

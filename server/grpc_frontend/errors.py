@@ -15,7 +15,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeAlias, TypeVar
+from typing import Any, Protocol, TypeAlias, TypeVar
 
 import grpc
 from grpc import aio
@@ -31,6 +31,7 @@ from s2s.errors import (
     S2Error,
     SeqNumMismatch,
 )
+from server.streamstore import StreamStore
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,13 @@ class Undecodable:
         return S2Error("bad_proto", f"request message is not a valid {self.message_type}")
 
 
-Servicer = TypeVar("Servicer")
+class _OverStore(Protocol):
+    """A servicer of the store: the errors its handlers answer are counted there."""
+
+    _store: StreamStore
+
+
+Servicer = TypeVar("Servicer", bound=_OverStore)
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 
@@ -91,10 +98,12 @@ def unary(
                 raise request.error()
             return await handler(self, request, context)
         except S2Error as error:
+            self._store.count_error(error.code)
             await abort_with(context, error)
         except (aio.AbortError, grpc.RpcError, asyncio.CancelledError):
             raise
         except Exception as exc:
+            self._store.count_error("other")
             await abort_with(context, internal_error(exc))
         raise AssertionError("abort returned")
 
@@ -116,10 +125,12 @@ def streaming(
             async for response in handler(self, request, context):
                 yield response
         except S2Error as error:
+            self._store.count_error(error.code)
             await abort_with(context, error)
         except (aio.AbortError, grpc.RpcError, asyncio.CancelledError):
             raise
         except Exception as exc:
+            self._store.count_error("other")
             await abort_with(context, internal_error(exc))
 
     return wrapped

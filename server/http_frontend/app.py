@@ -27,6 +27,7 @@ from server.http_frontend.exchange import (
     media_type,
 )
 from server.http_frontend.lake import LakeApi
+from server.http_frontend.metrics import MetricsApi
 from server.http_frontend.records import RecordsApi
 from server.http_frontend.sessions import S2S_CONTENT_TYPE, SessionsApi
 from server.http_frontend.sse import SSE_CONTENT_TYPE, SseApi
@@ -105,10 +106,12 @@ class HttpApp:
                 # Sessions report their own failures in-band; reaching here is a bug.
                 log.error("error after the response started: %s", error)
             else:
+                self._store.count_error(error.code)
                 await respond_error(exchange, error)
         except Exception as error:
             if exchange.response_started:
                 raise
+            self._store.count_error("other")
             await respond_error(exchange, internal_error(error))
 
     async def _route(self, exchange: Exchange, path: list[str]) -> None:
@@ -122,7 +125,12 @@ class HttpApp:
         else:
             principal = self._store.access_tokens.authenticate(exchange.header("authorization"))
         store = ScopedStore(self._store, principal, exchange.header(ENCRYPTION_KEY_HEADER))
-        if path == ["metrics"] or path[:1] == ["v2"] or path[:2] == ["v1", "lake"]:
+        if path == ["metrics"]:
+            _allow(method, "GET")
+            lake = None if self._lake is None else ScopedLake(self._lake, principal)
+            await MetricsApi(store, lake).prometheus(exchange)
+            return
+        if path[:1] == ["v2"] or path[:2] == ["v1", "lake"]:
             await self._route_lake(store, exchange, method, path)
             return
         if len(path) < 2 or path[0] != "v1":
@@ -137,21 +145,18 @@ class HttpApp:
         elif resource == "access-tokens":
             await _route_access_tokens(AccessTokensApi(store), exchange, method, rest)
         elif resource == "metrics":
-            raise S2Error("not_implemented", "metrics are not supported by this server")
+            await _route_metrics(MetricsApi(store, None), exchange, method, rest)
         else:
             raise NotFound()
 
     async def _route_lake(
         self, store: ScopedStore, exchange: Exchange, method: str, path: list[str]
     ) -> None:
-        """`/metrics`, `/v2/stream[/errors]` and `/v1/lake/...`; all 404 without a lake."""
+        """`/v2/stream[/errors]` and `/v1/lake/...`; all 404 without a lake."""
         if self._lake is None:
             raise NotFound()
         lake = LakeApi(ScopedLake(self._lake, store.principal))
-        if path == ["metrics"]:
-            _allow(method, "GET")
-            await lake.metrics(exchange)
-        elif path == ["v2", "stream"]:
+        if path == ["v2", "stream"]:
             _allow(method, "POST")
             await lake.ingest(exchange)
         elif path == ["v2", "stream", "errors"]:
@@ -185,6 +190,18 @@ async def _route_basins(api: BasinsApi, exchange: Exchange, method: str, rest: l
         "DELETE": api.delete,
     }
     await handlers[method](exchange, name)
+
+
+async def _route_metrics(api: MetricsApi, exchange: Exchange, method: str, rest: list[str]) -> None:
+    if len(rest) > 2:
+        raise NotFound()
+    _allow(method, "GET")
+    if not rest:
+        await api.account(exchange)
+    elif len(rest) == 1:
+        await api.basin(exchange, path_basin(rest[0]))
+    else:
+        await api.stream(exchange, path_basin(rest[0]), _stream_segment(rest[1]))
 
 
 async def _route_access_tokens(

@@ -1,6 +1,6 @@
 """HTTP handlers for the lake: row ingest (`/v2/stream`), dead letters, read-only SQL,
-materialization control and Prometheus metrics. Routing lives in `app.py`, the JSON shapes in
-`lake_json.py`.
+and materialization control (its Prometheus metrics are served by `metrics.py`). Routing
+lives in `app.py`, the JSON shapes in `lake_json.py`.
 
 Each call runs through a `ScopedLake` of its caller, which checks it against the caller's
 access token (server/lake/scoped.py has the rules).
@@ -28,7 +28,6 @@ from server.lake.scoped import ScopedLake
 
 ARROW_STREAM_CONTENT_TYPE = "application/vnd.apache.arrow.stream"
 TRUNCATED_HEADER = "s2s-truncated"
-PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 DEAD_LETTERS_LIMIT_DEFAULT = 100
 
 
@@ -126,13 +125,6 @@ class LakeApi:
     async def delete_materialization(self, exchange: Exchange, name: str) -> None:
         await self._lake.delete(name)
         await exchange.respond(204)
-
-    # --- metrics -------------------------------------------------------------------------
-
-    async def metrics(self, exchange: Exchange) -> None:
-        """`GET /metrics`: ingest counters per table, lag and progress per materialization."""
-        text = await self._lake.metrics_text()
-        await exchange.respond(200, text.encode(), PROMETHEUS_CONTENT_TYPE)
 
 
 async def _read_capped(exchange: Exchange) -> bytes | None:

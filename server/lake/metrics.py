@@ -1,5 +1,5 @@
-"""The lake's metrics: ingest counters per table, and the Prometheus text (`GET /metrics`) of
-those and of each materialization's progress.
+"""The lake's metrics: ingest counters per table, and the Prometheus families (`GET /metrics`,
+through `prometheus_client`) of those and of each materialization's progress.
 
 A table gets counters only once a request for it reached the lake and found it (`track`):
 names a client made up must not grow the metrics without bound.
@@ -10,6 +10,9 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from server.lake.materializations import MaterializationStatus
 
@@ -50,41 +53,60 @@ class IngestMetrics:
             counters.errors += 1
         self._error_codes[(key, code)] += 1
 
-    def render(self, materializations: list[MaterializationStatus]) -> str:
-        """Every family in Prometheus text format."""
-        return "".join(self._families(materializations))
+    def collector(self, materializations: list[MaterializationStatus]) -> Collector:
+        """Every family, with the materializations' progress as it is now."""
+        return _Families(list(self._families(materializations)))
 
-    def _families(self, materializations: list[MaterializationStatus]) -> Iterable[str]:
+    def _families(self, materializations: list[MaterializationStatus]) -> Iterable[Metric]:
         tables = sorted(self._tables.items())
-        for metric, counter, help_text in _TABLE_COUNTERS:
-            samples = [({"table": table}, counter(counters)) for table, counters in tables]
-            yield from _family(metric, "counter", help_text, samples)
-        codes = sorted(self._error_codes.items())
-        yield from _family(
-            "s2s_lake_ingest_error_codes_total",
-            "counter",
+        for name, counter, help_text in _TABLE_COUNTERS:
+            family = CounterMetricFamily(name, help_text, labels=["table"])
+            for table, counters in tables:
+                family.add_metric([table], counter(counters))
+            yield family
+        codes = CounterMetricFamily(
+            "s2s_lake_ingest_error_codes",
             "Ingest requests refused as a whole, per table (empty if unknown) and error code.",
-            [({"table": table, "code": code}, count) for (table, code), count in codes],
+            labels=["table", "code"],
         )
-        for metric, kind, value, help_text in _MATERIALIZATION_METRICS:
-            samples = [({"name": s.definition.name}, value(s)) for s in materializations]
-            yield from _family(metric, kind, help_text, samples)
+        for (table, code), count in sorted(self._error_codes.items()):
+            codes.add_metric([table, code], count)
+        yield codes
+        for name, kind, value, help_text in _MATERIALIZATION_METRICS:
+            progress: CounterMetricFamily | GaugeMetricFamily = (
+                CounterMetricFamily(name, help_text, labels=["name"])
+                if kind == "counter"
+                else GaugeMetricFamily(name, help_text, labels=["name"])
+            )
+            for status in materializations:
+                progress.add_metric([status.definition.name], value(status))
+            yield progress
+
+
+class _Families:
+    """Families computed once, for one scrape."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families
 
 
 _TABLE_COUNTERS: tuple[tuple[str, Callable[[TableCounters], float], str], ...] = (
-    ("s2s_lake_ingest_requests_total", lambda c: c.requests, "Ingest requests per table."),
+    ("s2s_lake_ingest_requests", lambda c: c.requests, "Ingest requests per table."),
     (
-        "s2s_lake_ingest_rows_accepted_total",
+        "s2s_lake_ingest_rows_accepted",
         lambda c: c.rows_accepted,
         "Rows accepted into a table's ingest stream.",
     ),
     (
-        "s2s_lake_ingest_rows_rejected_total",
+        "s2s_lake_ingest_rows_rejected",
         lambda c: c.rows_rejected,
         "Rows rejected by validation or by the table's column types.",
     ),
     (
-        "s2s_lake_ingest_errors_total",
+        "s2s_lake_ingest_errors",
         lambda c: c.errors,
         "Ingest requests refused as a whole, per table.",
     ),
@@ -106,35 +128,21 @@ _MATERIALIZATION_METRICS: tuple[
         "Age of the oldest record not yet applied.",
     ),
     (
-        "s2s_lake_materialization_rows_applied_total",
+        "s2s_lake_materialization_rows_applied",
         "counter",
         lambda s: s.progress.rows_applied,
         "Rows written to the table.",
     ),
     (
-        "s2s_lake_materialization_rows_rejected_total",
+        "s2s_lake_materialization_rows_rejected",
         "counter",
         lambda s: s.progress.rows_rejected,
         "Records sent to the dead-letter table.",
     ),
     (
-        "s2s_lake_materialization_records_skipped_total",
+        "s2s_lake_materialization_records_skipped",
         "counter",
         lambda s: s.progress.records_skipped,
         "Records trimmed or expired from the source before they were applied (lost).",
     ),
 )
-
-
-def _family(
-    name: str, kind: str, help_text: str, samples: list[tuple[dict[str, str], float]]
-) -> Iterable[str]:
-    yield f"# HELP {name} {help_text}\n"
-    yield f"# TYPE {name} {kind}\n"
-    for labels, value in samples:
-        rendered = ",".join(f'{key}="{_label_value(text)}"' for key, text in labels.items())
-        yield f"{name}{{{rendered}}} {value}\n"
-
-
-def _label_value(text: str) -> str:
-    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

@@ -19,6 +19,7 @@ A refused call raises `permission_denied` before it changes anything.
 from __future__ import annotations
 
 import pyarrow as pa
+from prometheus_client.registry import Collector
 
 from server.access.tokens import Principal
 from server.lake.dead_letters import DeadLetter
@@ -74,9 +75,9 @@ class ScopedLake:
         self._principal.require_group("account", True, "deleting a materialization")
         await self._lake.delete(name)
 
-    async def metrics_text(self) -> str:
+    async def metrics_collector(self) -> Collector:
         self._principal.require("account-metrics")
-        return await self._lake.metrics_text()
+        return await self._lake.metrics_collector()
 
     def _may_append(self, basin: str, stream: str) -> None:
         self._principal.require("append", basin=basin, stream=stream)

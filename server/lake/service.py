@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 
 import pyarrow as pa
+from prometheus_client.registry import Collector
 
 from server.lake.connection import LakeSettings
 from server.lake.dead_letters import DeadLetter, DeadLetters
@@ -123,6 +124,6 @@ class Lake:
         """User SQL: refused unless it only reads the lake's tables (sql_guard.py)."""
         return await self._queries.query(sql, rows_max)
 
-    async def metrics_text(self) -> str:
+    async def metrics_collector(self) -> Collector:
         """Ingest counters per table, lag and progress per materialization (Prometheus)."""
-        return self._metrics.render(await self._materializations.statuses())
+        return self._metrics.collector(await self._materializations.statuses())

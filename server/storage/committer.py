@@ -37,6 +37,7 @@ import collections
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -95,9 +96,13 @@ class GroupCommitter:
         group_jobs_max: int = GROUP_JOBS_MAX,
         group_bytes_max: int = GROUP_BYTES_MAX,
         inflight_bytes_max: int = INFLIGHT_BYTES_MAX,
+        on_committed: Callable[[int, int, float], None] | None = None,
     ) -> None:
+        """`on_committed(jobs, bytes, seconds)` is told of each group commit, on the loop:
+        its jobs, their reserved (metered) bytes, and how long the write and fsyncs took."""
         self._kv = kv
         self._on_failure = on_failure
+        self._on_committed = on_committed
         self._group_jobs_max = group_jobs_max
         self._group_bytes_max = group_bytes_max
         self._inflight_bytes_max = inflight_bytes_max
@@ -252,7 +257,9 @@ class GroupCommitter:
             try:
                 if group[0].error is not None:
                     raise group[0].error
+                started_s = time.perf_counter()
                 self._kv.commit(_last_write_per_key(group))
+                commit_s = time.perf_counter() - started_s
             except Exception as exc:
                 self._handle_failure(group, exc)
                 continue
@@ -260,7 +267,7 @@ class GroupCommitter:
             if self._failing:
                 self._failing = False
                 log.warning("commits succeed again")
-            loop.call_soon_threadsafe(self._succeed, group)
+            loop.call_soon_threadsafe(self._succeed, group, commit_s)
 
     def _handle_failure(self, group: list[_Job], exc: Exception) -> None:
         """Nothing in `group` landed; everything behind it was built on it, so fail it too."""
@@ -282,7 +289,9 @@ class GroupCommitter:
 
     # --- event loop callbacks ----------------------------------------------------------------
 
-    def _succeed(self, group: list[_Job]) -> None:
+    def _succeed(self, group: list[_Job], commit_s: float) -> None:
+        if self._on_committed is not None:
+            self._on_committed(len(group), sum(job.size_bytes for job in group), commit_s)
         for job in group:
             self.release(job.size_bytes)
             job.on_done(None)

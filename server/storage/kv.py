@@ -28,6 +28,7 @@ class Table(enum.Enum):
     TIMESTAMPS = b"timestamps"
     SYSTEM = b"system"
     ACCESS_TOKENS = b"access_tokens"
+    USAGE = b"usage"
 
 
 class Put(NamedTuple):

@@ -32,6 +32,7 @@ little-endian.
 | SYSTEM     | b"deleting/stream/" ‖ stream key| u64 BE sid: awaits deletion | deletable       |
 | SYSTEM     | b"reclaimed_at_ms"              | u64 LE: last deletion's end | updatable       |
 | ACCESS_TOKENS | token id (UTF-8)          | JSON: secret digest, scope  | issued, revoked |
+| USAGE      | metrics: server/usage/layout.py | counts, storage samples     | flushed, expire |
 """
 
 from __future__ import annotations
@@ -195,18 +196,27 @@ def encode_batch(
 
 @dataclass(frozen=True)
 class BatchSummary:
-    """What background jobs need of a batch, read without copying its records."""
+    """What background jobs and the storage metrics need of a batch, read without copying its
+    records."""
 
+    first_seq: int
     last_seq: int
     last_timestamp: int
     arrival_ms: int
+    metered_bytes: int
+    """The metered size of all its records."""
 
 
 def summarize_batch(data: memoryview) -> BatchSummary:
     _, _, _, count, first_seq, arrival_ms, _ = _BATCH_HEADER.unpack_from(data)
     last_ts_at = _BATCH_HEADER.size + 4 * (count + 1) + 8 * (count - 1)
     (last_timestamp,) = struct.unpack_from("<Q", data, last_ts_at)
-    return BatchSummary(first_seq + count - 1, last_timestamp, arrival_ms)
+    metered_at = last_ts_at + 8
+    metered = array("I")
+    metered.frombytes(data[metered_at : metered_at + 4 * count])
+    if sys.byteorder != "little":
+        metered.byteswap()
+    return BatchSummary(first_seq, first_seq + count - 1, last_timestamp, arrival_ms, sum(metered))
 
 
 class Batch:

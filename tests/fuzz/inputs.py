@@ -39,6 +39,8 @@ ROUTES: tuple[tuple[tuple[str, ...], str], ...] = (
     (("GET", "POST"), "/v1/access-tokens"),
     (("DELETE",), "/v1/access-tokens/{name}"),
     (("GET",), "/v1/metrics"),
+    (("GET",), "/v1/metrics/{basin}"),
+    (("GET",), "/v1/metrics/{basin}/{stream}"),
     (("POST",), "/v2/stream"),
     (("GET",), "/v2/stream/errors"),
     (("POST",), "/v1/lake/query"),
@@ -64,6 +66,10 @@ QUERY_NAMES = (
     "mode",
     "primary_key",
     "format",
+    "set",
+    "start",
+    "end",
+    "interval",
 )
 
 CONTENT_TYPES = (

@@ -144,8 +144,8 @@ def test_unknown_route_and_wrong_method(http: httpx.Client) -> None:
     assert http.delete("/v1/basins").status_code == 405
 
 
-def test_not_implemented_endpoints(http: httpx.Client) -> None:
-    _error(http.get("/v1/metrics", params={"set": "active-basins"}), 501, "not_implemented")
+def test_metrics_without_a_time_range(http: httpx.Client) -> None:
+    _error(http.get("/v1/metrics", params={"set": "active-basins"}), 422, "invalid")
 
 
 def test_json_append_and_read_raw(http: httpx.Client, basin_name: str) -> None:

@@ -51,6 +51,9 @@ def _op(name: str, group: str, method: str, path: str, *resources: str, **extra:
 
 
 BASIN_HEADER = {"s2-basin": BASIN}
+_NOW_S = int(time.time())
+HOUR = f"start={_NOW_S - 3600}&end={_NOW_S}"
+"""A metrics query's range: the hour before the module was loaded."""
 JSON_RECORDS = {"records": [{"body": "x"}]}
 
 OPERATIONS = (
@@ -222,6 +225,16 @@ OPERATIONS = (
     _op("lake-pause-materialization", "account", "POST", "/v1/lake/materializations/orders/pause"),
     _op("lake-delete-materialization", "account", "DELETE", "/v1/lake/materializations/orders"),
     _op("metrics", "account", "GET", "/metrics"),
+    _op("account-metrics", "account", "GET", f"/v1/metrics?set=account-ops&{HOUR}"),
+    _op("basin-metrics", "basin", "GET", f"/v1/metrics/{BASIN}?set=append-ops&{HOUR}", "basin"),
+    _op(
+        "stream-metrics",
+        "stream",
+        "GET",
+        f"/v1/metrics/{BASIN}/{STREAM}?set=storage&{HOUR}",
+        "basin",
+        "stream",
+    ),
 )
 
 
