@@ -22,8 +22,8 @@ _LOCATION_NAME = re.compile(r"[A-Za-z0-9:.-]+")
 """S2's location name alphabet (ASCII letters and digits, `:`, `-`, `.`)."""
 
 
-def validate_location(value: Any) -> str:
-    """The location a request names, which must be `local`.
+def validate_location(value: Any) -> None:
+    """Refuses a location a request names unless it is `local`.
 
     A value that is not a location name at all is a JSON error (`bad_json`, as S2 answers when
     its request type does not deserialize); a well-formed name of another location is
@@ -39,4 +39,3 @@ def validate_location(value: Any) -> str:
         )
     if value != LOCAL:
         raise invalid(f"unknown location {value!r}: this server has one location, {LOCAL!r}")
-    return value
