@@ -11,6 +11,10 @@ BUF_VERSION := 1.75.0
 BUF := $(VENV)/buf/node_modules/.bin/buf
 PROTOC := $(BIN)/python -m grpc_tools.protoc -I proto
 
+TS_SUITE := tests/typescript
+TS_MODULES := $(VENV)/typescript
+TS_STAMP := $(TS_MODULES)/.installed
+
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
@@ -20,7 +24,7 @@ $(STAMP): requirements.lock pyproject.toml
 serve: $(STAMP)
 	$(BIN)/s2s serve
 
-test: $(STAMP) postgres proto-check lint typecheck imports
+test: $(STAMP) $(TS_STAMP) postgres proto-check lint typecheck imports
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
 lint: $(STAMP) $(BUF)
@@ -31,6 +35,16 @@ lint: $(STAMP) $(BUF)
 # buf ships on npm as a prebuilt binary package; pinned, installed beside the virtualenv.
 $(BUF):
 	npm install --silent --no-audit --no-fund --prefix $(VENV)/buf @bufbuild/buf@$(BUF_VERSION)
+
+# The official TypeScript SDK and vitest, exactly as tests/typescript/package-lock.json pins
+# them, installed beside the virtualenv (again only when the lock changes); the suite reaches
+# them through the tests/typescript/node_modules link.
+$(TS_STAMP): $(TS_SUITE)/package.json $(TS_SUITE)/package-lock.json
+	rm -rf $(TS_MODULES) && mkdir -p $(TS_MODULES)
+	cp $(TS_SUITE)/package.json $(TS_SUITE)/package-lock.json $(TS_MODULES)/
+	npm ci --silent --no-audit --no-fund --prefix $(TS_MODULES)
+	ln -sfn ../../$(TS_MODULES)/node_modules $(TS_SUITE)/node_modules
+	touch $@
 
 # DuckLake's PostgreSQL catalog is tested against a real server that tests/postgres.py starts
 # from Debian's binaries; install them only if no version is there. The package's own cluster
@@ -64,4 +78,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/engine.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(TS_SUITE)/node_modules .mypy_cache .ruff_cache .pytest_cache

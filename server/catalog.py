@@ -34,6 +34,7 @@ from s2s.config import (
     stream_config_to_json,
 )
 from s2s.errors import S2Error
+from s2s.locations import LOCAL
 from server.clock import Clock
 from server.storage.committer import GroupCommitter
 from server.storage.kv import KeyValueStore, Put, Table, Write
@@ -50,7 +51,6 @@ from server.storage.layout import (
 )
 
 REQUEST_TOKEN_BYTES_MAX = 36
-LOCATION_DEFAULT = "local"
 
 RequestedConfig: TypeAlias = str
 """A create request's config exactly as the request carried it, in its frontend's canonical form
@@ -68,7 +68,7 @@ class BasinRecord:
     created_at_ms: int
     deleted_at_ms: int | None = None
     creation_digest: str | None = None
-    location: str = LOCATION_DEFAULT
+    location: str = LOCAL
 
     @property
     def deleting(self) -> bool:

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import reprlib
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from s2s import names
 from s2s.encryption_key import ENCRYPTION_KEY_HEADER
 from s2s.errors import S2Error
+from s2s.locations import validate_location
 from server.http_frontend.access_tokens import AccessTokensApi
 from server.http_frontend.control import LOCATION_INFO, BasinsApi, StreamsApi, path_basin
 from server.http_frontend.errors import internal_error, respond_error
@@ -279,10 +279,7 @@ async def _route_locations(
         _allow(method, "GET", "PUT")
         if method == "PUT":
             store.principal.require("set-default-location")
-            requested = await exchange.json_body()
-            if requested != LOCATION_INFO["name"]:
-                # reprlib: a short preview, whatever the client sent.
-                raise S2Error("invalid", f"unknown location {reprlib.repr(requested)}")
+            validate_location(await exchange.json_body())
         else:
             store.principal.require("get-default-location")
         await exchange.respond_json(200, LOCATION_INFO)

@@ -10,22 +10,31 @@ from typing import Any
 
 from s2s import names
 from s2s.config import (
+    STORAGE_CLASSES,
+    ResolvedStreamConfig,
     basin_config_from_json,
-    basin_config_to_json,
+    basin_config_response_json,
     basin_patch_from_json,
     stream_config_from_json,
     stream_config_to_json,
     stream_patch_from_json,
 )
 from s2s.errors import S2Error
+from s2s.locations import LOCAL, validate_location
 from s2s.rfc3339 import format_ms
-from server.catalog import LOCATION_DEFAULT, BasinRecord, Provisioned, StreamRecord
+from server.catalog import BasinRecord, Provisioned, StreamRecord
 from server.http_frontend.exchange import Exchange, parse_uint
 from server.scoped_store import ScopedStore
 
 REQUEST_TOKEN_HEADER = "s2-request-token"
 PROVISION_RESULT_HEADER = "s2-provision-result"
-LOCATION_INFO = {"name": LOCATION_DEFAULT, "is_private": False}
+LOCATION_INFO = {
+    "name": LOCAL,
+    "is_private": False,
+    "storage_classes": list(STORAGE_CLASSES),
+    "default_storage_class": ResolvedStreamConfig().storage_class,
+}
+"""The one location (s2s/locations.py), with the storage classes SDK 0.13 reads."""
 
 
 def rfc3339(ms: int | None) -> str | None:
@@ -89,6 +98,13 @@ def _provision_headers(
     return [(PROVISION_RESULT_HEADER, provisioned.outcome)]
 
 
+def _check_location(body: dict[str, Any]) -> None:
+    """A basin create or ensure may name its location (absent or null: the default), which can
+    only be the one this server has; the legacy `scope` is ignored, as LITE does."""
+    if body.get("location") is not None:
+        validate_location(body["location"])
+
+
 def path_basin(name: str) -> str:
     try:
         names.validate_basin_name(name)
@@ -115,6 +131,7 @@ class BasinsApi:
         name = body.get("basin")
         if not isinstance(name, str):
             raise S2Error("bad_json", "`basin` must be a string")
+        _check_location(body)
         config_json = body.get("config")
         config = basin_config_from_json(config_json) if config_json is not None else None
         provisioned = await self._store.create_basin(
@@ -126,7 +143,9 @@ class BasinsApi:
 
     async def ensure(self, exchange: Exchange, name: str) -> None:
         body = await exchange.json_body(allow_empty=True)
-        config_json = None if body is None else _object(body, "request body").get("config")
+        body = {} if body is None else _object(body, "request body")
+        _check_location(body)
+        config_json = body.get("config")
         config = basin_config_from_json(config_json) if config_json is not None else None
         provisioned = await self._store.ensure_basin(name, config)
         status = 201 if provisioned.outcome == "created" else 200
@@ -136,12 +155,12 @@ class BasinsApi:
 
     async def get(self, exchange: Exchange, name: str) -> None:
         record = self._store.get_basin(name)
-        await exchange.respond_json(200, basin_config_to_json(record.config))
+        await exchange.respond_json(200, basin_config_response_json(record.config))
 
     async def reconfigure(self, exchange: Exchange, name: str) -> None:
         patch = basin_patch_from_json(await exchange.json_body())
         record = await self._store.reconfigure_basin(name, patch)
-        await exchange.respond_json(200, basin_config_to_json(record.config))
+        await exchange.respond_json(200, basin_config_response_json(record.config))
 
     async def delete(self, exchange: Exchange, name: str) -> None:
         await self._store.delete_basin(name)

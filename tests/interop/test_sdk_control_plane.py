@@ -101,8 +101,29 @@ async def test_unknown_stream_is_404(sdk: S2, basin_name: str) -> None:
     assert missing.value.status_code == 404 and missing.value.code == "stream_not_found"
 
 
-async def test_locations(sdk: S2, basin_name: str) -> None:
-    locations = await sdk.list_locations()
-    default = await sdk.get_default_location()
-    assert default.name in [location.name for location in locations]
-    assert (await sdk.set_default_location(default.name)).name == default.name
+async def test_basin_default_storage_class_reads_back_as_s2_shows_it(
+    sdk: S2, basin_name: str
+) -> None:
+    """A basin's stream defaults show the storage class they give streams: express unless set
+    (S2 shows it so; null was LITE's "not set here"). With no defaults at all, null is right."""
+    retention_only = BasinConfig(default_stream_config=StreamConfig(retention_policy=3600))
+    await sdk.create_basin(basin_name, config=retention_only)
+    config = await sdk.get_basin_config(basin_name)
+    assert config.default_stream_config is not None
+    assert config.default_stream_config.storage_class == "express"
+    assert config.default_stream_config.retention_policy == 3600
+    # Shown, not stored: an ensure with the same request is still a no-op.
+    ensured = await sdk.ensure_basin(basin_name, config=retention_only)
+    assert ensured.status == EnsureStatus.CONFIG_UNCHANGED
+
+    standard = BasinConfig(default_stream_config=StreamConfig(storage_class="standard"))
+    reconfigured = await sdk.reconfigure_basin(basin_name, config=standard)
+    assert reconfigured.default_stream_config is not None
+    assert reconfigured.default_stream_config.storage_class == "standard"
+    assert reconfigured.default_stream_config.retention_policy == 3600
+    stream = await sdk.basin(basin_name).create_stream("s")
+    assert (await sdk.basin(basin_name).get_stream_config(stream.name)).storage_class == "standard"
+
+    bare = basin_name + "-bare"
+    await sdk.create_basin(bare)
+    assert (await sdk.get_basin_config(bare)).default_stream_config is None

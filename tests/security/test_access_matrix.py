@@ -80,6 +80,8 @@ OPERATIONS = (
     ),
     _op("revoke-access-token", "account", "DELETE", "/v1/access-tokens/in-scope"),
     _op("list-locations", "account", "GET", "/v1/locations"),
+    _op("get-default-location", "account", "GET", "/v1/locations/default"),
+    _op("set-default-location", "account", "PUT", "/v1/locations/default", body="local"),
     _op(
         "list-streams",
         "basin",
@@ -331,7 +333,10 @@ def tokens(root: httpx.Client) -> Tokens:
 
 def _state(root: httpx.Client) -> str:
     """Everything a refused call must leave as it was, as one comparable text."""
-    state: dict[str, Any] = {"tokens": _ok(root.get("/v1/access-tokens"))}
+    state: dict[str, Any] = {
+        "tokens": _ok(root.get("/v1/access-tokens")),
+        "default location": _ok(root.get("/v1/locations/default")),
+    }
     basins = _ok(root.get("/v1/basins"))["basins"]
     state["basins"] = basins
     for basin in basins:
