@@ -96,7 +96,7 @@ class _Aes256Gcm:
 
     def open(self, nonce: bytes | memoryview, sealed: bytes | memoryview, aad: bytes) -> bytes:
         try:
-            return self._aead.decrypt(bytes(nonce), bytes(sealed), aad)
+            return self._aead.decrypt(nonce, sealed, aad)
         except InvalidTag:
             raise DecryptionFailed from None
 
