@@ -1,8 +1,10 @@
 """The `s2s` console script's entry point.
 
 Loading the command line (gRPC, DuckDB, Arrow) takes ~0.3 s; Ctrl-C in that time would end
-with a KeyboardInterrupt traceback from whatever module was loading. So the loading happens
-here, where an interrupt exits 130 quietly like one at any later point.
+with a KeyboardInterrupt traceback from whatever module was loading, and so would one between
+the loading and the point where the command handles Ctrl-C itself (the server's settings, the
+allocator's). So both happen here, where an interrupt exits 130 quietly like one at any later
+point.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ def main() -> int:
     # GRPC_VERBOSITY=debug still shows them.
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     try:
-        # Imported here, not at the top: the point is to catch an interrupt while it loads.
+        # Imported here, not at the top: the point is to catch an interrupt while it loads,
+        # and before the command's own handling of Ctrl-C starts (the server's, once it runs).
         from server.cli import main as run_command
+
+        return run_command()
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
-    return run_command()

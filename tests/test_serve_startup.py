@@ -161,10 +161,24 @@ CONSOLE_SCRIPT = (
 """What the installed `s2s` script runs (`python -m server.cli` skips the console module)."""
 
 
-@pytest.mark.parametrize("delay_s", [0.05, 0.2, 0.6, 1.5])
+def _wait_until_loading_extensions(pid: int) -> None:
+    """Until the process maps a compiled module from site-packages: the interpreter has
+    started and our code is importing its dependencies (an interrupt before that is the
+    interpreter's own start-up, which no program can catch)."""
+    deadline = time.monotonic() + 30
+    maps = Path(f"/proc/{pid}/maps")
+    while time.monotonic() < deadline:
+        if any("site-packages" in line and ".so" in line for line in maps.read_text().splitlines()):
+            return
+        time.sleep(0.005)
+    raise TimeoutError("the server never started loading its modules")
+
+
+@pytest.mark.parametrize("delay_s", [0.0, 0.15, 0.6, 1.5])
 def test_ctrl_c_while_starting_exits_quietly(delay_s: float, tmp_path: Path) -> None:
     """Interrupted while loading modules, opening the store or the lake: 130; once serving,
-    SIGINT is a graceful stop: 0. Never a traceback."""
+    SIGINT is a graceful stop: 0. Never a traceback. (`delay_s` counts from the moment the
+    process began loading compiled modules.)"""
     ports = ["--grpc-port", "0", "--http-port", "0"]
     process = subprocess.Popen(
         [*CONSOLE_SCRIPT, "serve", "--data-dir", str(tmp_path), *ports],
@@ -174,6 +188,7 @@ def test_ctrl_c_while_starting_exits_quietly(delay_s: float, tmp_path: Path) -> 
         stderr=subprocess.PIPE,
         text=True,
     )
+    _wait_until_loading_extensions(process.pid)
     time.sleep(delay_s)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
