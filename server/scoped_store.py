@@ -305,6 +305,10 @@ class ScopedStore:
     def session_closed(self, kind: str) -> None:
         self._store.session_closed(kind)
 
+    def count_account_operation(self, operation: str) -> None:
+        """An account operation the frontend answers itself (the locations) succeeded."""
+        self._store.count_operation(operation)
+
     # --- metrics -----------------------------------------------------------------------------
 
     async def account_metrics(self, query: MetricsQuery) -> list[Metric]:

@@ -274,14 +274,17 @@ async def _route_locations(
     if not rest:
         _allow(method, "GET")
         store.principal.require("list-locations")
+        store.count_account_operation("list-locations")
         await exchange.respond_json(200, [LOCATION_INFO])
     elif rest == ["default"]:
         _allow(method, "GET", "PUT")
         if method == "PUT":
             store.principal.require("set-default-location")
             validate_location(await exchange.json_body())
+            store.count_account_operation("set-default-location")
         else:
             store.principal.require("get-default-location")
+            store.count_account_operation("get-default-location")
         await exchange.respond_json(200, LOCATION_INFO)
     else:
         raise NotFound()

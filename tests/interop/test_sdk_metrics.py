@@ -138,6 +138,12 @@ async def test_account_sets(sdk: S2, basin_name: str) -> None:
     again = await sdk.account_metrics(set=AccountMetricSet.ACCOUNT_OPS, **_hour_range())
     seen = sum(v for _, v in _only(again, Accumulation, "account-metrics").values)
     assert seen >= 2
+    # The locations calls are account operations too.
+    await sdk.list_locations()
+    await sdk.get_default_location()
+    located = await sdk.account_metrics(set=AccountMetricSet.ACCOUNT_OPS, **_hour_range())
+    for name in ("list-locations", "get-default-location"):
+        assert sum(v for _, v in _only(located, Accumulation, name).values) >= 1, name
     # A range long ago: nothing, and no basin.
     old = await sdk.account_metrics(set=AccountMetricSet.ACTIVE_BASINS, start=0, end=3600)
     assert _only(old, Label, "active-basins").values == []
