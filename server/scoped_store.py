@@ -299,6 +299,10 @@ class ScopedStore:
         )
         return self._store.counted_session(basin, outputs)
 
+    def count_error(self, code: str) -> None:
+        """A failure was reported in-band (a session's terminal frame, an SSE `error` event)."""
+        self._store.count_error(code)
+
     def session_opened(self, kind: str) -> None:
         self._store.session_opened(kind)
 

@@ -59,7 +59,7 @@ class SessionsApi:
             acks,
             lambda ack: encode_frame(ack.encode(), compression),
             b"",
-            terminal_for,
+            self._terminal,
         )
 
     async def read_session(self, exchange: Exchange, basin: str, stream: str) -> None:
@@ -80,8 +80,12 @@ class SessionsApi:
             _SESSION_HEADERS,
             lambda output: encode_frame(read_batch_proto(output), compression),
             b"",
-            terminal_for,
+            self._terminal,
         )
+
+    def _terminal(self, error: S2Error) -> bytes:
+        self._store.count_error(error.code)
+        return terminal_for(error)
 
 
 def _frame_decoder(basin: str, stream: str) -> Callable[[bytes], StreamBatch]:

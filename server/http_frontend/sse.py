@@ -92,8 +92,12 @@ class SseApi:
             _HEADERS,
             _Events(fmt, count, size).encode,
             event(None, "[DONE]"),
-            _error_event,
+            self._error_event,
         )
+
+    def _error_event(self, error: S2Error) -> bytes:
+        self._store.count_error(error.code)
+        return event("error", _json(error.body()))
 
 
 class _Events:
@@ -113,7 +117,3 @@ class _Events:
         self._size += output.records.metered_bytes
         event_id = f"{output.records.last_seq},{self._count},{self._size}"
         return event("batch", _json(read_batch_json(output, self._fmt)), event_id)
-
-
-def _error_event(error: S2Error) -> bytes:
-    return event("error", _json(error.body()))

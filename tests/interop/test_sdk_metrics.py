@@ -3,6 +3,7 @@ known traffic: values are checked, not only shapes. Bad queries get S2's statuse
 
 from __future__ import annotations
 
+import base64
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -15,7 +16,9 @@ from s2_sdk import (
     AccountMetricSet,
     Accumulation,
     AppendInput,
+    BasinConfig,
     BasinMetricSet,
+    Encryption,
     Gauge,
     Label,
     MetricUnit,
@@ -23,6 +26,7 @@ from s2_sdk import (
     Record,
     S2ServerError,
     SeqNum,
+    SeqNumMismatchError,
     StreamMetricSet,
     TimeseriesInterval,
 )
@@ -301,3 +305,46 @@ def test_basin_labels_are_bounded(tmp_path) -> None:
             }
     finally:
         server.stop()
+
+
+async def test_failures_inside_sessions_are_counted(
+    sdk: S2, server: ServerProcess, basin_name: str, http: httpx.Client
+) -> None:
+    """A session's terminal frame and an SSE `error` event count like error responses."""
+    await sdk.create_basin(basin_name, config=BasinConfig(stream_cipher=Encryption.AEGIS_256))
+    await sdk.basin(basin_name).create_stream("s")
+    stream = sdk.basin(basin_name).stream("s", encryption_key=bytes(32))
+    mismatch = (("code", "seq_num_mismatch"),)
+    before = _families(http).get("s2s_errors_total", {}).get(mismatch, 0)
+    with pytest.raises(SeqNumMismatchError):
+        async with stream.append_session() as session:
+            await (await session.submit(AppendInput(records=[Record(body=b"x")], match_seq_num=5)))
+    assert _families(http)["s2s_errors_total"][mismatch] == before + 1
+
+    # An SSE reader following with the key of the first record meets one appended with
+    # another key: its `error` event comes after the response started.
+    await stream.append(AppendInput(records=[Record(body=b"first")]))
+    failed = (("code", "decryption_failed"),)
+    before = _families(http).get("s2s_errors_total", {}).get(failed, 0)
+    headers = {
+        "s2-basin": basin_name,
+        "accept": "text/event-stream",
+        "s2-encryption-key": base64.b64encode(bytes(32)).decode(),
+    }
+    async with (
+        httpx.AsyncClient(base_url=server.http_url, timeout=30) as client,
+        client.stream(
+            "GET", "/v1/streams/s/records", params={"seq_num": 0}, headers=headers
+        ) as response,
+    ):
+        assert response.status_code == 200
+        lines = response.aiter_lines()
+        async for line in lines:
+            if line.startswith("event: batch"):
+                break
+        other = sdk.basin(basin_name).stream("s", encryption_key=bytes(range(32)))
+        await other.append(AppendInput(records=[Record(body=b"second")]))
+        async for line in lines:
+            if line.startswith("event: error"):
+                break
+    assert _families(http)["s2s_errors_total"][failed] == before + 1
