@@ -50,7 +50,7 @@ class ValidatedBatch:
     client timestamps)."""
     # Read once here and reused by the encoder: each access to a protobuf field builds a new
     # Python object, and per-record work is most of an append's CPU cost.
-    bodies: list[bytes]
+    bodies: Sequence[bytes | memoryview]
     headed: dict[int, Headers]
     """The headers of the records that carry any, by index (usually none)."""
     metered_sizes: list[int]

@@ -190,11 +190,11 @@ def _header_fields(headers: Headers) -> bytes:
 
 
 def record_entries(
-    bodies: Sequence[bytes],
+    bodies: Sequence[bytes | memoryview],
     headed: Mapping[int, Headers],
     first_seq: int,
     timestamps: Sequence[int],
-) -> tuple[list[bytes], list[int]]:
+) -> tuple[list[bytes | memoryview], list[int]]:
     """`ReadBatch.records` entries for records numbered from `first_seq`.
 
     `bodies` holds every record's body and `headed` the (name, value) header pairs of the records
@@ -238,13 +238,13 @@ def record_entries(
     return chunks, lengths
 
 
-def envelope_fields(headers: Headers | None, body: bytes) -> bytes:
-    """A record's `SequencedRecord` headers and body fields: what an encrypted stream seals.
-
-    Opening puts them back behind the record's seq_num and timestamp fields unchanged, so the
-    entry is then exactly the one a plaintext stream stores (`record_entries`)."""
+def envelope_head(headers: Headers | None, body_length: int) -> bytes:
+    """The fields of a record's `SequencedRecord` envelope before its body bytes: its headers
+    and the body's tag and length. With the body, what an encrypted stream seals; opening puts
+    it back behind the record's seq_num and timestamp fields unchanged, so the entry is then
+    exactly the one a plaintext stream stores (`record_entries`)."""
     return (_header_fields(headers) if headers else b"") + (
-        _BODY_TAG + varint(len(body)) + body if body else b""
+        _BODY_TAG + varint(body_length) if body_length else b""
     )
 
 
@@ -301,8 +301,8 @@ def _head(seq_field: bytes, timestamp_field: bytes, headers: Headers, body_head:
 
 
 def _single_entry(
-    body: bytes, headers: Headers | None, seq_num: int, timestamp: int
-) -> tuple[list[bytes], list[int]]:
+    body: bytes | memoryview, headers: Headers | None, seq_num: int, timestamp: int
+) -> tuple[list[bytes | memoryview], list[int]]:
     head = _head(
         _SEQ_NUM_TAG + varint(seq_num) if seq_num else b"",
         _TIMESTAMP_TAG + varint(timestamp) if timestamp else b"",

@@ -11,8 +11,9 @@ At rest an encrypted record is a record without headers whose body is S2's frami
     0x02 AES-256-GCM  (12-byte nonce)
 
 The plaintext is the record's headers and body fields as its stored entry has them
-(`wire.envelope_fields`), so opening splices it back behind the seq_num and timestamp fields
-and the reader's result is byte for byte what a plaintext stream would have stored. Nonces are
+(`wire.envelope_head` and the body), so opening splices it back behind the seq_num and
+timestamp fields and the reader's result is byte for byte what a plaintext stream would have
+stored. Nonces are
 random per record (one `os.urandom` call per batch). The associated data is the stream's
 identity, so a record moved into another stream does not open. Command records (fence, trim)
 stay plaintext: the server itself acts on them. Metered sizes stay the plaintext's, so limits
@@ -26,16 +27,20 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
+from itertools import accumulate
 from typing import Protocol
 
 from aeg import aegis256
+from aeg._aegis import ffi as _aegis_ffi
+from aeg._aegis import lib as _aegis_lib
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from s2s.encryption_key import EncryptionKey, missing_key
 from s2s.errors import S2Error
 from s2s.records import ValidatedBatch
-from s2s.wire import entry_bytes, envelope_fields, split_entry
+from s2s.wire import entry_bytes, envelope_head, split_entry
 
 AES_GCM_SEQ_NUM_MAX = 2**32 - 1
 """The last sequence number an AES-256-GCM stream takes (NIST SP 800-38D, random nonces)."""
@@ -43,17 +48,20 @@ TAG_BYTES = 16
 
 
 class RecordCipher(Protocol):
-    """One stream cipher with one key: seals and opens single records."""
+    """One stream cipher with one key: seals a batch's records, opens single records."""
 
     name: str
     format_id: int
     nonce_bytes: int
 
-    def seal(self, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:
-        """The stored body: format id, nonce, ciphertext and tag."""
+    def seal_all(
+        self, plaintext: bytes, lengths: list[int], aad: bytes
+    ) -> Sequence[bytes | memoryview]:
+        """The stored bodies (format id, nonce, ciphertext, tag) of the records whose
+        plaintexts lie back to back in `plaintext`, `lengths` bytes each."""
         ...
 
-    def open(self, nonce: bytes | memoryview, sealed: bytes | memoryview, aad: bytes) -> bytes:
+    def open(self, nonce: memoryview, sealed: memoryview, aad: bytes) -> bytes:
         """The plaintext of `sealed` (ciphertext and tag); `DecryptionFailed` if it does
         not authenticate."""
         ...
@@ -64,18 +72,63 @@ class DecryptionFailed(Exception):
 
 
 class _Aegis256:
+    """AEGIS-256 through libaegis's own function, as `aeg` binds it (`aeg._aegis`): the
+    batch is sealed into one buffer, one C call per record on offsets into it.
+    `aeg.aegis256.encrypt` checks, converts and allocates its arguments in Python on every
+    call, ~3 us per record, most of a 1000-record batch's sealing (docs/adr/0007); the test
+    vector in tests/test_encryption.py guards this path."""
+
     name = "aegis-256"
     format_id = 0x01
-    nonce_bytes = aegis256.NONCEBYTES
+    nonce_bytes = 32
 
     def __init__(self, key: bytes) -> None:
         self._key = key
-        self._prefix = bytes([self.format_id])
+        self._key_pointer = _aegis_ffi.from_buffer(key)
 
-    def seal(self, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:
-        return b"".join((self._prefix, nonce, aegis256.encrypt(self._key, nonce, plaintext, aad)))
+    def seal_all(
+        self, plaintext: bytes, lengths: list[int], aad: bytes
+    ) -> Sequence[bytes | memoryview]:
+        nonce_bytes = self.nonce_bytes
+        ciphertext_at = 1 + nonce_bytes
+        overhead = ciphertext_at + TAG_BYTES
+        count = len(lengths)
+        # Format id and nonce of every record, 33 bytes each, from one urandom call.
+        prefixes = bytearray(os.urandom(ciphertext_at * count))
+        prefixes[::ciphertext_at] = bytes([self.format_id]) * count
+        ends = list(accumulate(length + overhead for length in lengths))
+        sealed = bytearray(ends[-1])
+        view = memoryview(sealed)
+        sealed_pointer = _aegis_ffi.from_buffer(sealed)
+        plaintext_pointer = _aegis_ffi.from_buffer(plaintext)
+        prefix_pointer = _aegis_ffi.from_buffer(prefixes)
+        aad_pointer = _aegis_ffi.from_buffer(aad)
+        aad_length = len(aad)
+        key_pointer = self._key_pointer
+        encrypt = _aegis_lib.aegis256_encrypt
+        at = 0
+        prefix_at = 0
+        bodies = []
+        for end, length in zip(ends, lengths, strict=True):
+            start = end - length - overhead
+            view[start : start + ciphertext_at] = prefixes[prefix_at : prefix_at + ciphertext_at]
+            failed = encrypt(
+                sealed_pointer + (start + ciphertext_at),
+                TAG_BYTES,
+                plaintext_pointer + at,
+                length,
+                aad_pointer,
+                aad_length,
+                prefix_pointer + (prefix_at + 1),
+                key_pointer,
+            )
+            assert not failed, "AEGIS-256 encryption takes any length"
+            bodies.append(view[start:end])
+            at += length
+            prefix_at += ciphertext_at
+        return bodies
 
-    def open(self, nonce: bytes | memoryview, sealed: bytes | memoryview, aad: bytes) -> bytes:
+    def open(self, nonce: memoryview, sealed: memoryview, aad: bytes) -> bytes:
         try:
             return bytes(aegis256.decrypt(self._key, nonce, sealed, aad))
         except ValueError:
@@ -91,10 +144,26 @@ class _Aes256Gcm:
         self._aead = AESGCM(key)
         self._prefix = bytes([self.format_id])
 
-    def seal(self, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:
-        return b"".join((self._prefix, nonce, self._aead.encrypt(nonce, plaintext, aad)))
+    def seal_all(
+        self, plaintext: bytes, lengths: list[int], aad: bytes
+    ) -> Sequence[bytes | memoryview]:
+        nonce_bytes = self.nonce_bytes
+        nonces = os.urandom(nonce_bytes * len(lengths))
+        encrypt = self._aead.encrypt
+        prefix = self._prefix
+        view = memoryview(plaintext)
+        bodies = []
+        at = 0
+        nonce_at = 0
+        for length in lengths:
+            nonce = nonces[nonce_at : nonce_at + nonce_bytes]
+            ciphertext = encrypt(nonce, view[at : at + length], aad)
+            bodies.append(b"".join((prefix, nonce, ciphertext)))
+            at += length
+            nonce_at += nonce_bytes
+        return bodies
 
-    def open(self, nonce: bytes | memoryview, sealed: bytes | memoryview, aad: bytes) -> bytes:
+    def open(self, nonce: memoryview, sealed: memoryview, aad: bytes) -> bytes:
         try:
             return self._aead.decrypt(nonce, sealed, aad)
         except InvalidTag:
@@ -124,20 +193,28 @@ def stream_identity(basin: str, stream: str) -> bytes:
 
 def seal_batch(batch: ValidatedBatch, cipher: RecordCipher, aad: bytes) -> ValidatedBatch:
     """The batch with every record but its commands sealed; sizes and commands unchanged."""
-    nonce_bytes = cipher.nonce_bytes
-    nonces = os.urandom(nonce_bytes * batch.count)
     headed = batch.headed
+    bodies = batch.bodies
     commands = {command.index for command in batch.commands}
-    sealed = [
-        body
-        if index in commands
-        else cipher.seal(
-            nonces[index * nonce_bytes : (index + 1) * nonce_bytes],
-            envelope_fields(headed.get(index), body),
-            aad,
-        )
-        for index, body in enumerate(batch.bodies)
+    sealing = [index for index in range(batch.count) if index not in commands]
+    if not sealing:
+        return batch
+    body_lengths = [len(bodies[index]) for index in sealing]
+    # Records without headers (most) share their head per body length, as in record_entries.
+    plain_heads = {length: envelope_head(None, length) for length in set(body_lengths)}
+    heads = [
+        envelope_head(headers, length) if (headers := headed.get(index)) else plain_heads[length]
+        for index, length in zip(sealing, body_lengths, strict=True)
     ]
+    # Every record's plaintext (its headers and body fields) back to back in one buffer, built
+    # by one join: the ciphers read it in place.
+    plaintext = b"".join(
+        [part for index, head in zip(sealing, heads, strict=True) for part in (head, bodies[index])]
+    )
+    lengths = [len(head) + length for head, length in zip(heads, body_lengths, strict=True)]
+    sealed = list(bodies)
+    for index, body in zip(sealing, cipher.seal_all(plaintext, lengths, aad), strict=True):
+        sealed[index] = body
     return dataclasses.replace(
         batch, bodies=sealed, headed={index: headed[index] for index in commands}
     )

@@ -43,7 +43,7 @@ import sys
 import zlib
 from array import array
 from bisect import bisect_left, bisect_right
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import accumulate
 
@@ -166,7 +166,7 @@ def _u32_array(values: list[int]) -> array[int]:
 
 
 def encode_batch(
-    bodies: list[bytes],
+    bodies: Sequence[bytes | memoryview],
     headed: Mapping[int, Headers],
     first_seq: int,
     timestamps: list[int],
