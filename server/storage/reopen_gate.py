@@ -4,8 +4,8 @@
 writer thread commits. When a commit leaves the LMDB environment unusable (`MDB_PANIC`), the
 writer closes and reopens it; closing unmaps the file, so no read may be inside the old
 environment at that moment. Readers pass the gate in shared mode (a counter under a lock: about
-half a microsecond per read, once per call, never per record); the reopen waits for them to
-leave and holds new ones back until it is done.
+a microsecond per read call, never per record: a 100-byte `get` took 1.3-2.2 us without it and
+2.4 us with it); the reopen waits for them to leave and holds new ones back until it is done.
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ from collections.abc import Callable
 
 class ReopenGate:
     def __init__(self) -> None:
-        self._changed = threading.Condition(threading.Lock())
+        # Readers take the bare lock (a C-level call); only waits go through the condition.
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
         self._readers = 0
         self._replacing = False
         self.epoch = 0
@@ -24,16 +26,16 @@ class ReopenGate:
 
     def enter(self) -> int:
         """Start a read; returns the epoch it reads in."""
-        with self._changed:
+        with self._lock:
             while self._replacing:
                 self._changed.wait()
             self._readers += 1
             return self.epoch
 
     def leave(self) -> None:
-        with self._changed:
+        with self._lock:
             self._readers -= 1
-            if self._readers == 0:
+            if self._readers == 0 and self._replacing:
                 self._changed.notify_all()
 
     def replace(self, action: Callable[[], None]) -> None:
