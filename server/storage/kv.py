@@ -213,7 +213,7 @@ class LmdbStore:
         finally:
             self._gate.leave()
         self._gate.wait_past(epoch, REOPEN_WAIT_S)
-        epoch = self._gate.enter()
+        self._gate.enter()
         try:
             return read()
         finally:
