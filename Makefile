@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROTO_FILES := $(wildcard proto/s2s/v1/*.proto)
 
-.PHONY: serve test lint typecheck imports proto proto-check unit bench clean postgres
+.PHONY: serve test lint typecheck imports proto proto-check unit bench clean postgres fuse
 
 BUF_VERSION := 1.75.0
 BUF := $(VENV)/buf/node_modules/.bin/buf
@@ -24,7 +24,7 @@ $(STAMP): requirements.lock pyproject.toml
 serve: $(STAMP)
 	$(BIN)/s2s serve
 
-test: $(STAMP) $(TS_STAMP) postgres proto-check lint typecheck imports
+test: $(STAMP) $(TS_STAMP) postgres fuse proto-check lint typecheck imports
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
 lint: $(STAMP) $(BUF)
@@ -54,6 +54,14 @@ postgres:
 		SUDO=; [ "$$(id -u)" = 0 ] || ! command -v sudo >/dev/null || SUDO=sudo; \
 		$$SUDO apt-get update -qq && \
 		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
+
+# The power-loss test mounts a FUSE filesystem through libfuse 2, which mfusepy loads with
+# ctypes; install Debian's library only if it is absent.
+fuse:
+	@ldconfig -p | grep -q 'libfuse\.so\.2' || { \
+		SUDO=; [ "$$(id -u)" = 0 ] || ! command -v sudo >/dev/null || SUDO=sudo; \
+		$$SUDO apt-get update -qq && \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libfuse2 >/dev/null; }
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

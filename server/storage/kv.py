@@ -4,16 +4,26 @@
 are durable (fsync'd); nothing else writes. Reads see only committed data. Tests wrap this
 interface to fail the Nth commit or stop the process between any two calls; see
 docs/adr/0001-storage.md for why LMDB sits behind it.
+
+A commit whose meta-page write fails leaves LMDB's environment unusable (`MDB_PANIC`: every
+later transaction, reads included, fails). `LmdbStore` then closes and reopens it on the same
+path before reporting the failure, so the committer's recovery resyncs from the durable state
+and the next commit can succeed without a restart.
 """
 
 from __future__ import annotations
 
 import enum
+import logging
 import os
 from collections.abc import Callable, Sequence
 from typing import NamedTuple, Protocol, TypeVar
 
 import lmdb
+
+from server.storage.reopen_gate import ReopenGate
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -86,6 +96,10 @@ pages (a few per table it touches). A failed commit with less than its values pl
 free on the filesystem is taken to have failed for want of space."""
 
 
+REOPEN_WAIT_S = 5.0
+"""How long a read that met a panicked environment waits for the writer to reopen it."""
+
+
 class StorageFull(Exception):
     """A commit needed more space than the store may use, or than the disk had; nothing of it
     was applied, and the same commit can succeed once space is freed."""
@@ -106,20 +120,38 @@ class LmdbStore:
     def __init__(self, path: str, map_size_bytes: int = MAP_SIZE_BYTES_DEFAULT) -> None:
         os.makedirs(path, exist_ok=True)
         self._path = path
-        self._env = lmdb.open(
-            path,
-            map_size=map_size_bytes,
+        self._map_size_bytes = map_size_bytes
+        self._gate = ReopenGate()
+        self._open()
+        # Set while a panicked environment still has to be reopened (a reopen that failed is
+        # tried again by the next commit).
+        self._must_reopen = False
+
+    def _open(self) -> None:
+        # These flags are the durability guarantee of docs/adr/0001-storage.md ("What LMDB
+        # guarantees"); tests/test_lmdb_flags.py reads them back.
+        env = lmdb.open(
+            self._path,
+            map_size=self._map_size_bytes,
             max_dbs=len(Table),
             sync=True,
             metasync=True,
+            map_async=False,
             writemap=False,
             max_readers=256,
         )
         # A killed process leaves its reader slots behind; clear them so they pin no pages.
-        self._env.reader_check()
-        self._dbs = {table: self._env.open_db(table.value) for table in Table}
+        env.reader_check()
+        self._env = env
+        self._dbs = {table: env.open_db(table.value) for table in Table}
+
+    def env_flags(self) -> dict[str, bool]:
+        """The open environment's flags, as LMDB reports them."""
+        return self._read(lambda: dict(self._env.flags()))
 
     def commit(self, writes: Sequence[Write]) -> None:
+        if self._must_reopen:
+            self._reopen()
         dbs = self._dbs
         try:
             with self._env.begin(write=True) as txn:
@@ -135,6 +167,9 @@ class LmdbStore:
                 "delete streams, or restart the server with a larger --max-storage-gib"
             ) from None
         except lmdb.Error as error:
+            if self._panicked():
+                log.error("storage environment failed (%s); reopening it", error)
+                self._reopen()
             # LMDB reports a write cut short by a full disk as EIO (its page flush turns a
             # short write into EIO), so the filesystem's free space tells the two apart.
             free_bytes = self._free_disk_bytes()
@@ -146,16 +181,62 @@ class LmdbStore:
                 ) from error
             raise
 
+    def _panicked(self) -> bool:
+        """Whether the environment refuses every transaction since a failed commit."""
+        try:
+            self._env.begin().abort()
+        except lmdb.PanicError:
+            return True
+        return False
+
+    def _reopen(self) -> None:
+        """Close the environment and open it again on the same path (as a restart would), with
+        no read inside it meanwhile. Runs on the writer thread, the only one that commits."""
+        self._must_reopen = True
+
+        def replace() -> None:
+            self._env.close()
+            self._open()
+
+        self._gate.replace(replace)
+        self._must_reopen = False
+        log.warning("storage environment reopened")
+
+    def _read(self, read: Callable[[], T]) -> T:
+        """Run `read` inside the gate; if it met a panicked environment, run it once more
+        after the writer has reopened it."""
+        epoch = self._gate.enter()
+        try:
+            return read()
+        except lmdb.PanicError:
+            pass
+        finally:
+            self._gate.leave()
+        self._gate.wait_past(epoch, REOPEN_WAIT_S)
+        self._gate.enter()
+        try:
+            return read()
+        finally:
+            self._gate.leave()
+
     def _free_disk_bytes(self) -> int:
         stat = os.statvfs(self._path)
         return stat.f_bavail * stat.f_frsize
 
     def get(self, table: Table, key: bytes) -> bytes | None:
+        return self._read(lambda: self._get(table, key))
+
+    def _get(self, table: Table, key: bytes) -> bytes | None:
         with self._env.begin(db=self._dbs[table]) as txn:
             value = txn.get(key)
             return None if value is None else bytes(value)
 
     def scan(
+        self, table: Table, start: bytes, end: bytes | None, limit: int
+    ) -> list[tuple[bytes, bytes]]:
+        return self._read(lambda: self._scan(table, start, end, limit))
+
+    def _scan(
         self, table: Table, start: bytes, end: bytes | None, limit: int
     ) -> list[tuple[bytes, bytes]]:
         items: list[tuple[bytes, bytes]] = []
@@ -177,6 +258,16 @@ class LmdbStore:
         limit: int,
         project: Callable[[memoryview], T],
     ) -> list[tuple[bytes, T]]:
+        return self._read(lambda: self._scan_map(table, start, end, limit, project))
+
+    def _scan_map(
+        self,
+        table: Table,
+        start: bytes,
+        end: bytes | None,
+        limit: int,
+        project: Callable[[memoryview], T],
+    ) -> list[tuple[bytes, T]]:
         items: list[tuple[bytes, T]] = []
         with self._env.begin(db=self._dbs[table], buffers=True) as txn:
             cursor = txn.cursor()
@@ -190,6 +281,9 @@ class LmdbStore:
         return items
 
     def size_bytes(self) -> int:
+        return self._read(self._size_bytes)
+
+    def _size_bytes(self) -> int:
         info = self._env.info()
         stat = self._env.stat()
         return int((info["last_pgno"] + 1) * stat["psize"])

@@ -68,10 +68,16 @@ class Ack:
     count: int
 
 
-def run_child(data_dir: Path, seed: int, kill_after_s: float, after_first_ack: bool) -> list[Ack]:
+def run_child(
+    data_dir: Path,
+    seed: int,
+    kill_after_s: float,
+    after_first_ack: bool,
+    module: str = "tests.crash.appender",
+) -> list[Ack]:
     """Run the appender, SIGKILL it `kill_after_s` after its first ack (or after spawning)."""
     killed = run_and_kill(
-        "tests.crash.appender",
+        module,
         [str(data_dir), str(seed)],
         data_dir.parent / f"{data_dir.name}-{seed}.stderr",
         kill_after_s,
