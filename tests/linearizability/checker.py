@@ -20,8 +20,9 @@ is the number of operations concurrent with one another at any moment, and each 
 operation stays concurrent with everything until its deadline. Histories of a few thousand
 operations per stream with c up to about 10 check in seconds; `step_budget` caps the work and
 makes the verdict "unknown" rather than hanging. Memory is the memo: one entry per explored
-(set, state), where the state holds the stream's record keys (shared between states by
-tuples' structure only when equal, so about one tuple per explored state).
+(set, state), each state holding a tuple of the stream's record keys, so memory grows with
+the states explored times the stream's length (a 20 s run: about 5,000 operations and 15,000
+steps per stream, checked in about 0.5 s each).
 """
 
 from __future__ import annotations

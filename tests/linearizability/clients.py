@@ -83,8 +83,8 @@ class Workload:
         return f"c{client}-{self.counter}".encode()
 
 
-def model_key(record: pb.SequencedRecord) -> bytes:
-    """A read record as the model names it (history.py)."""
+def model_key(record: pb.SequencedRecord | pb.AppendRecord) -> bytes:
+    """A record, appended or read, as the model names it (history.py)."""
     if len(record.headers) == 1 and record.headers[0].name == b"":
         return command_key(record.headers[0].value, record.body)
     return record.body
@@ -169,14 +169,14 @@ async def unary_appender(work: Workload, client: int, stream_name: str, seed: in
             if roll < 0.05:
                 new_token = f"t{work.body(client).decode()}"
                 records = [fence_record(new_token)]
-                call = Append((model_key_of(records[0]),), fencing_token=view.fencing_token)
+                call = Append((model_key(records[0]),), fencing_token=view.fencing_token)
             else:
                 count = rng.randint(1, 4)
                 records = [pb.AppendRecord(body=work.body(client)) for _ in range(count)]
                 if roll < 0.12:
                     records.append(trim_record(max(0, view.next_seq - rng.randint(0, 20))))
                 match = view.next_seq if roll > 0.7 else None
-                call = Append(tuple(model_key_of(r) for r in records), match_seq_num=match)
+                call = Append(tuple(model_key(r) for r in records), match_seq_num=match)
             outcome = await _operate(
                 work, client, stream_name, call, partial(_grpc_append, stream, records, call)
             )
@@ -186,13 +186,6 @@ async def unary_appender(work: Workload, client: int, stream_name: str, seed: in
                 await _reconnect(work, stream)
             elif isinstance(outcome, FencingTokenMismatch):
                 view.fencing_token = outcome.current
-
-
-def model_key_of(record: pb.AppendRecord) -> bytes:
-    """An appended record as the model names it (history.py)."""
-    if len(record.headers) == 1 and record.headers[0].name == b"":
-        return command_key(record.headers[0].value, record.body)
-    return record.body
 
 
 async def session_appender(work: Workload, client: int, stream_name: str, seed: int) -> None:

@@ -49,9 +49,8 @@ async def run_workload(
     rng = random.Random(seed)
     recorder = Recorder()
     recorder.spawned()
+    # `start` keeps the ports it learned, so every restart listens where the clients connect.
     server = await asyncio.to_thread(ServerProcess(str(data_dir), command=command).start)
-    # The same ports after every restart: clients keep their channels and base URLs.
-    server.grpc_port, server.http_port = server.grpc_port, server.http_port
     names = [f"stream-{index}" for index in range(streams)]
     async with S2SClient(server.target) as setup:
         await setup.create_basin(BASIN)
