@@ -24,12 +24,33 @@ from tests.linearizability.checker import check  # noqa: E402
 from tests.linearizability.workload import run_workload  # noqa: E402
 
 
+def positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, not {text}")
+    return value
+
+
+def count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    value = count(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be 1 or more, not 0")
+    return value
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seed", type=int, required=True)
-    parser.add_argument("--seconds", type=float, required=True)
-    parser.add_argument("--kills", type=int, help="default: one per 10 seconds")
-    parser.add_argument("--streams", type=int, default=2)
+    parser.add_argument("--seconds", type=positive, required=True)
+    parser.add_argument("--kills", type=count, help="default: one per 10 seconds")
+    parser.add_argument("--streams", type=positive_int, default=2)
     args = parser.parse_args()
     kills = args.kills if args.kills is not None else max(1, int(args.seconds // 10))
     with tempfile.TemporaryDirectory(prefix="s2s-linearizability-") as data_dir:
