@@ -1,0 +1,107 @@
+"""`s2s serve` with one deliberately planted bug, to prove the checker catches it.
+
+Run as `python -m tests.linearizability.broken_server BUG serve ARGS...`: the bug is patched
+into this process only, then `server.cli.main` runs with the rest of the arguments. The bugs:
+
+- `early-ack`: an append is acknowledged as soon as it is numbered, and its commit is held back
+  for a second, so readers miss acked records and a kill -9 in that second loses them;
+- `stale-tail`: check-tail answers a stream's tail as it was up to two seconds earlier;
+- `mismatch-appended`: a conditional append that matched is appended, then answered with
+  `412 seq_num_mismatch` as if it had not been.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Callable, Sequence
+
+from s2s.errors import S2Error, SeqNumMismatch
+from s2s.records import ValidatedBatch
+from server import cli
+from server.sequencer import AppendAck, StreamPosition, StreamSequencer
+from server.storage.committer import GroupCommitter
+from server.storage.kv import Write
+from server.streamstore import StreamStore
+
+COMMIT_DELAY_S = 1.0
+STALE_TAIL_S = 2.0
+
+_submit = StreamSequencer.submit
+
+
+def plant_early_ack() -> None:
+    commit = GroupCommitter.submit
+
+    def delayed_commit(
+        self: GroupCommitter,
+        prepare: Callable[[], Sequence[Write]],
+        on_done: Callable[[S2Error | None], None],
+        reserved_bytes: int = 0,
+    ) -> None:
+        asyncio.get_running_loop().call_later(
+            COMMIT_DELAY_S, commit, self, prepare, on_done, reserved_bytes
+        )
+
+    async def early_ack(self: StreamSequencer, batch: ValidatedBatch) -> asyncio.Future[AppendAck]:
+        await _submit(self, batch)
+        end = StreamPosition(self.pending.next_seq, self.pending.last_timestamp)
+        start = StreamPosition(end.seq_num - batch.count, end.timestamp)
+        ack: asyncio.Future[AppendAck] = asyncio.get_running_loop().create_future()
+        ack.set_result(AppendAck(start, end, end))
+        return ack
+
+    GroupCommitter.submit = delayed_commit  # type: ignore[method-assign]
+    StreamSequencer.submit = early_ack  # type: ignore[method-assign]
+
+
+def plant_stale_tail() -> None:
+    check_tail = StreamStore.check_tail
+    seen: dict[tuple[str, str], tuple[float, StreamPosition]] = {}
+
+    async def stale_check_tail(
+        self: StreamStore, basin: str, stream: str, *, may_create: bool = True
+    ) -> StreamPosition:
+        now = asyncio.get_running_loop().time()
+        cached = seen.get((basin, stream))
+        if cached is None or now - cached[0] > STALE_TAIL_S:
+            cached = (now, await check_tail(self, basin, stream, may_create=may_create))
+            seen[(basin, stream)] = cached
+        return cached[1]
+
+    StreamStore.check_tail = stale_check_tail  # type: ignore[method-assign]
+
+
+def plant_mismatch_appended() -> None:
+    async def lying_submit(
+        self: StreamSequencer, batch: ValidatedBatch
+    ) -> asyncio.Future[AppendAck]:
+        ack = await _submit(self, batch)
+        if batch.match_seq_num is None:
+            return ack
+        lie: asyncio.Future[AppendAck] = asyncio.get_running_loop().create_future()
+
+        def on_ack(done: asyncio.Future[AppendAck]) -> None:
+            error = done.exception()
+            lie.set_exception(error or SeqNumMismatch(self.durable.next_seq))
+
+        ack.add_done_callback(on_ack)
+        return lie
+
+    StreamSequencer.submit = lying_submit  # type: ignore[method-assign]
+
+
+BUGS: dict[str, Callable[[], None]] = {
+    "early-ack": plant_early_ack,
+    "stale-tail": plant_stale_tail,
+    "mismatch-appended": plant_mismatch_appended,
+}
+
+
+def main(argv: list[str]) -> int:
+    BUGS[argv[0]]()
+    return cli.main(argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

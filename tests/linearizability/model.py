@@ -1,0 +1,110 @@
+"""The sequential specification of one stream (docs/s2-compat.md §7), as a pure step function.
+
+The state is small and hashable, so the checker can memoise on it: the records' keys in order,
+the fencing token, and the trim point. `step` says whether a call could have returned the given
+outcome in the given state and, if so, the state after it.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from tests.linearizability.history import (
+    COMMAND_PREFIX,
+    Acked,
+    Append,
+    BeyondTail,
+    Call,
+    CheckTail,
+    FencingTokenMismatch,
+    Outcome,
+    Read,
+    Records,
+    SeqNumMismatch,
+    Tail,
+)
+
+_FENCE = COMMAND_PREFIX + b"fence:"
+_TRIM = COMMAND_PREFIX + b"trim:"
+
+
+class StreamState(NamedTuple):
+    records: tuple[bytes, ...] = ()
+    fencing_token: str = ""
+    trim_point: int = 0
+
+
+INITIAL = StreamState()
+
+
+def step(state: StreamState, call: Call, outcome: Outcome | None) -> StreamState | None:
+    """The state after `call` returned `outcome` (None: unknown, any outcome) in `state`, or
+    None if it could not have."""
+    if isinstance(call, Append):
+        return _append(state, call, outcome)
+    if isinstance(call, CheckTail):
+        return state if outcome is None or outcome == Tail(len(state.records)) else None
+    return state if outcome is None or _read_matches(state, call, outcome) else None
+
+
+def _append(state: StreamState, call: Append, outcome: Outcome | None) -> StreamState | None:
+    """Checks in the contract's order: fencing token, then match_seq_num; a failed check
+    changes nothing; otherwise the whole batch is appended and its commands take effect."""
+    if isinstance(outcome, (SeqNumMismatch, FencingTokenMismatch)):
+        return state if _refusal_possible(state, call, outcome) else None
+    tail = len(state.records)
+    fenced = call.fencing_token is not None and call.fencing_token != state.fencing_token
+    if fenced or (call.match_seq_num is not None and call.match_seq_num != tail):
+        return state if outcome is None else None
+    if outcome is not None and outcome != Acked(tail, tail + len(call.records)):
+        return None
+    return _appended(state, call.records)
+
+
+def _refusal_possible(
+    state: StreamState, call: Append, outcome: SeqNumMismatch | FencingTokenMismatch
+) -> bool:
+    """Whether s2s could refuse the append so in this state. The server checks conditions
+    against its pending state (the durable one plus appends in flight, which readers do not
+    see yet), so a refusal may name a tail beyond the one readers see, or the token of a fence
+    still in flight (ADR 0010). A refusal is still wrong if the value it names would have
+    matched, or names a tail below the stream's."""
+    if isinstance(outcome, SeqNumMismatch):
+        return (
+            call.match_seq_num is not None
+            and call.match_seq_num != outcome.expected
+            and outcome.expected >= len(state.records)
+        )
+    return call.fencing_token is not None and call.fencing_token != outcome.current
+
+
+def _appended(state: StreamState, records: tuple[bytes, ...]) -> StreamState:
+    token = state.fencing_token
+    trim_point = state.trim_point
+    first = len(state.records)
+    for index, key in enumerate(records):
+        if key.startswith(_FENCE):
+            token = key[len(_FENCE) :].decode()
+        elif key.startswith(_TRIM):
+            requested = int.from_bytes(key[len(_TRIM) :], "big")
+            # A trim never reaches past its own record, and trim points only move forward.
+            trim_point = max(trim_point, min(requested, first + index + 1))
+    return StreamState(state.records + records, token, trim_point)
+
+
+def _read_matches(state: StreamState, call: Read, outcome: Outcome) -> bool:
+    """A read returns every record from its start up to `count` or the tail; a start below
+    the trim point may begin anywhere up to the trim point (deletion is asynchronous). A read
+    that starts at or beyond the tail is refused with the tail (a unary read cannot wait)."""
+    tail = len(state.records)
+    if isinstance(outcome, BeyondTail):
+        return call.start_seq >= tail and outcome.tail == tail
+    if not isinstance(outcome, Records) or call.start_seq >= tail:
+        return False
+    got = outcome.records
+    first = got[0][0] if got else min(max(call.start_seq, state.trim_point), tail)
+    if not call.start_seq <= first <= max(call.start_seq, state.trim_point):
+        return False
+    end = min(first + call.count, tail)
+    expected = tuple((seq, state.records[seq]) for seq in range(first, end))
+    return got == expected
