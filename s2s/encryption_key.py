@@ -11,7 +11,6 @@ Both the server and the client (which sends raw bytes as base64) use this module
 from __future__ import annotations
 
 import base64
-import binascii
 
 from s2s.errors import S2Error
 
@@ -63,7 +62,7 @@ class EncryptionKey:
         if self._decoded is None:
             try:
                 decoded = base64.b64decode(self._encoded, validate=True)
-            except binascii.Error:
+            except ValueError:  # binascii.Error, or characters that are not ASCII
                 raise S2Error(
                     "bad_header",
                     f"invalid encryption key for stream cipher '{cipher}': invalid base64",

@@ -171,20 +171,21 @@ async def test_missing_or_malformed_key_is_bad_header_and_appends_nothing(
             async for _ in keyless.read_session(start=SeqNum(0)):
                 pass
 
-    base = {"s2-basin": basin_name, "content-type": "application/json"}
+    base = {b"s2-basin": basin_name.encode(), b"content-type": b"application/json"}
     malformed = {
-        "not base64": "!!!!",
-        "16 bytes": base64.b64encode(bytes(16)).decode(),
-        "33 bytes": base64.b64encode(bytes(33)).decode(),
-        "too long": "A" * 45,
-        "empty": "",
+        "not base64": b"!!!!",
+        "not ASCII": b"\xff\xfe\xfd\xfc",
+        "16 bytes": base64.b64encode(bytes(16)),
+        "33 bytes": base64.b64encode(bytes(33)),
+        "too long": b"A" * 45,
+        "empty": b"",
     }
     async with httpx.AsyncClient(base_url=server.http_url) as http:
         for what, key in malformed.items():
             response = await http.post(
                 "/v1/streams/vault/records",
                 json={"records": [{"body": "x"}]},
-                headers={**base, "s2-encryption-key": key},
+                headers={**base, b"s2-encryption-key": key},
             )
             assert response.status_code == 400, what
             assert response.json()["code"] == "bad_header", what
