@@ -37,6 +37,7 @@ from prometheus_client.registry import Collector
 from s2s.config import BasinConfig, BasinConfigPatch, StreamConfig, StreamConfigPatch
 from s2s.encryption_key import EncryptionKey
 from s2s.errors import S2Error, server_draining
+from s2s.locations import LOCAL, validate_location
 from s2s.records import Fence, ValidatedBatch
 from server.access.scope import ResourceSet
 from server.access.tokens import IssueRequest, Principal, TokenInfo
@@ -309,9 +310,24 @@ class ScopedStore:
     def session_closed(self, kind: str) -> None:
         self._store.session_closed(kind)
 
-    def count_account_operation(self, operation: str) -> None:
-        """An account operation the frontend answers itself (the locations) succeeded."""
-        self._store.count_operation(operation)
+    # --- locations (one: s2s/locations.py) -------------------------------------------------
+
+    def list_locations(self) -> list[str]:
+        self.principal.require("list-locations")
+        self._store.count_operation("list-locations")
+        return [LOCAL]
+
+    def default_location(self) -> str:
+        self.principal.require("get-default-location")
+        self._store.count_operation("get-default-location")
+        return LOCAL
+
+    def set_default_location(self, requested: object) -> str:
+        """`requested` as the client sent it: only `local` is accepted (nothing to store)."""
+        self.principal.require("set-default-location")
+        validate_location(requested)
+        self._store.count_operation("set-default-location")
+        return LOCAL
 
     # --- metrics -----------------------------------------------------------------------------
 

@@ -14,9 +14,8 @@ from urllib.parse import unquote_to_bytes
 from s2s import names
 from s2s.encryption_key import ENCRYPTION_KEY_HEADER
 from s2s.errors import S2Error
-from s2s.locations import validate_location
 from server.http_frontend.access_tokens import AccessTokensApi
-from server.http_frontend.control import LOCATION_INFO, BasinsApi, StreamsApi, path_basin
+from server.http_frontend.control import BasinsApi, StreamsApi, location_info, path_basin
 from server.http_frontend.errors import internal_error, respond_error
 from server.http_frontend.exchange import (
     Exchange,
@@ -273,19 +272,14 @@ async def _route_locations(
 ) -> None:
     if not rest:
         _allow(method, "GET")
-        store.principal.require("list-locations")
-        store.count_account_operation("list-locations")
-        await exchange.respond_json(200, [LOCATION_INFO])
+        await exchange.respond_json(200, [location_info(n) for n in store.list_locations()])
     elif rest == ["default"]:
         _allow(method, "GET", "PUT")
         if method == "PUT":
-            store.principal.require("set-default-location")
-            validate_location(await exchange.json_body())
-            store.count_account_operation("set-default-location")
+            name = store.set_default_location(await exchange.json_body())
         else:
-            store.principal.require("get-default-location")
-            store.count_account_operation("get-default-location")
-        await exchange.respond_json(200, LOCATION_INFO)
+            name = store.default_location()
+        await exchange.respond_json(200, location_info(name))
     else:
         raise NotFound()
 

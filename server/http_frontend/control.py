@@ -20,7 +20,7 @@ from s2s.config import (
     stream_patch_from_json,
 )
 from s2s.errors import S2Error
-from s2s.locations import LOCAL, validate_location
+from s2s.locations import validate_location
 from s2s.rfc3339 import format_ms
 from server.catalog import BasinRecord, Provisioned, StreamRecord
 from server.http_frontend.exchange import Exchange, parse_uint
@@ -28,13 +28,16 @@ from server.scoped_store import ScopedStore
 
 REQUEST_TOKEN_HEADER = "s2-request-token"
 PROVISION_RESULT_HEADER = "s2-provision-result"
-LOCATION_INFO = {
-    "name": LOCAL,
-    "is_private": False,
-    "storage_classes": list(STORAGE_CLASSES),
-    "default_storage_class": ResolvedStreamConfig().storage_class,
-}
-"""The one location (s2s/locations.py), with the storage classes SDK 0.13 reads."""
+
+
+def location_info(name: str) -> dict[str, Any]:
+    """S2's `LocationInfo`, with the storage classes SDK 0.13 reads."""
+    return {
+        "name": name,
+        "is_private": False,
+        "storage_classes": list(STORAGE_CLASSES),
+        "default_storage_class": ResolvedStreamConfig().storage_class,
+    }
 
 
 def rfc3339(ms: int | None) -> str | None:
