@@ -2,10 +2,12 @@
 
 Run as `python -m tests.crash.faulted_server serve ...` (what `ServerProcess` runs with
 `command=FAULTED_SERVER`). It is the real server, except that its `LmdbStore` runs the first
-commit after a SIGUSR1 under `SyscallFault.META_WRITE_EIO` (LMDB panics), and the first after a
-SIGUSR2 under `SyscallFault.FSYNC_EIO` (tests/crash/syscall_faults.py). It writes
-`fault armed: NAME` to stderr when a signal arms a fault, and `fault injected: NAME` once the
-faulted commit has run, so a test knows when to look.
+commit after a signal under the `SyscallFault` (tests/crash/syscall_faults.py) that the signal
+names in `SIGNAL_FAULTS`: SIGUSR1 its meta-page write (LMDB panics), SIGUSR2 its fdatasync, and
+two real-time signals its data-page writes (EIO, ENOSPC). It writes `fault armed: NAME` to stderr
+when a signal arms a fault, and `fault injected: NAME (OUTCOME)` once the faulted commit has run,
+OUTCOME `commit failed` or `commit succeeded`, so a test knows when to look and that the fault
+really failed a commit.
 """
 
 from __future__ import annotations
@@ -23,10 +25,15 @@ from tests.crash.syscall_faults import SyscallFault, run_with_fault
 
 FAULTED_SERVER = (sys.executable, "-m", "tests.crash.faulted_server")
 
-_SIGNAL_FAULTS = {
+SIGNAL_FAULTS: dict[int, SyscallFault] = {
     signal.SIGUSR1: SyscallFault.META_WRITE_EIO,
     signal.SIGUSR2: SyscallFault.FSYNC_EIO,
+    # Real-time signals have numbers, not names, in Python's `signal.Signals`.
+    signal.SIGRTMIN: SyscallFault.DATA_WRITE_EIO,
+    signal.SIGRTMIN + 1: SyscallFault.DATA_WRITE_ENOSPC,
 }
+FAULT_SIGNALS = {fault: signum for signum, fault in SIGNAL_FAULTS.items()}
+COMMIT_FAILED = "commit failed"
 _armed: list[SyscallFault] = []
 
 
@@ -36,14 +43,16 @@ class _SignalFaultedStore(LmdbStore):
             super().commit(writes)
             return
         fault = _armed.pop()
+        outcome = COMMIT_FAILED
         try:
             run_with_fault(fault, lambda: super(_SignalFaultedStore, self).commit(writes))
+            outcome = "commit succeeded"
         finally:
-            _say(f"fault injected: {fault.name}")
+            _say(f"fault injected: {fault.name} ({outcome})")
 
 
 def _arm(signum: int, frame: FrameType | None) -> None:
-    fault = _SIGNAL_FAULTS[signal.Signals(signum)]
+    fault = SIGNAL_FAULTS[signum]
     _armed.append(fault)
     _say(f"fault armed: {fault.name}")
 
@@ -53,11 +62,16 @@ def _say(line: str) -> None:
     os.write(sys.stderr.fileno(), f"{line}\n".encode())
 
 
-def main() -> int:
-    for signum in _SIGNAL_FAULTS:
+def install() -> None:
+    """Arm faults on signals and make the server's stores faultable, in this process."""
+    for signum in SIGNAL_FAULTS:
         signal.signal(signum, _arm)
     # `StreamStore.open` builds its store by this name; the subclass only adds the fault.
     server.streamstore.LmdbStore = _SignalFaultedStore  # type: ignore[attr-defined]
+
+
+def main() -> int:
+    install()
     return cli.main(sys.argv[1:])
 
 

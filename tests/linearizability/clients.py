@@ -4,7 +4,8 @@ in), gRPC AppendSession pipelines, HTTP JSON appends (conditional ones mixed in)
 and check-tails.
 
 Errors that the contract defines (412 seq_num_mismatch / fencing_token_mismatch, a read beyond
-the tail) are outcomes; any other error or a timeout is an unknown outcome. Clients invoke
+the tail) are outcomes, and so is `storage` (a failed commit: no effect, ADR 0010); any other
+error or a timeout is an unknown outcome. Clients invoke
 only while the server is up (`up`), so an operation a kill interrupts was received, if at all,
 by the process that was killed.
 """
@@ -15,9 +16,10 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 import httpx
 
@@ -26,18 +28,22 @@ from client import (
     FencingTokenMismatchError,
     ReadUnwrittenError,
     S2SClient,
+    S2SError,
     SeqNumMismatchError,
     Stream,
 )
 from s2s.records import fence_record, trim_record
 from s2s.v1 import records_pb2 as pb
 from tests.linearizability.history import (
+    BEHIND_REFUSED,
+    STORAGE,
     Acked,
     Append,
     BeyondTail,
     Call,
     CheckTail,
     FencingTokenMismatch,
+    NoEffect,
     Outcome,
     Read,
     Records,
@@ -90,7 +96,7 @@ def model_key(record: pb.SequencedRecord | pb.AppendRecord) -> bytes:
     return record.body
 
 
-async def _operate(
+async def operate(
     work: Workload,
     client: int,
     stream: str,
@@ -130,6 +136,10 @@ async def _grpc_append(stream: Stream, records: list[pb.AppendRecord], call: App
         return SeqNumMismatch(error.expected_seq_num)
     except FencingTokenMismatchError as error:
         return FencingTokenMismatch(error.current_token)
+    except S2SError as error:
+        if error.code == STORAGE:
+            return NoEffect(STORAGE)
+        raise Unknown from error
     except Exception as error:
         raise Unknown from error
     return Acked(ack.start.seq_num, ack.end.seq_num)
@@ -151,7 +161,7 @@ async def _reconnect(work: Workload, stream: Stream) -> None:
             await asyncio.sleep(0.05)
 
 
-async def _paced(work: Workload, rng: random.Random) -> bool:
+async def paced(work: Workload, rng: random.Random) -> bool:
     """Pause, wait for the server; False once the workload is over."""
     await asyncio.sleep(rng.uniform(0, PAUSE_MAX_S))
     await work.up.wait()
@@ -163,7 +173,7 @@ async def unary_appender(work: Workload, client: int, stream_name: str, seed: in
     view = work.views[stream_name]
     async with S2SClient(work.grpc_target, retries=0) as grpc_client:
         stream = grpc_client.stream(BASIN, stream_name)
-        while await _paced(work, rng):
+        while await paced(work, rng):
             roll = rng.random()
             new_token: str | None = None
             if roll < 0.05:
@@ -177,7 +187,7 @@ async def unary_appender(work: Workload, client: int, stream_name: str, seed: in
                     records.append(trim_record(max(0, view.next_seq - rng.randint(0, 20))))
                 match = view.next_seq if roll > 0.7 else None
                 call = Append(tuple(model_key(r) for r in records), match_seq_num=match)
-            outcome = await _operate(
+            outcome = await operate(
                 work, client, stream_name, call, partial(_grpc_append, stream, records, call)
             )
             if isinstance(outcome, Acked) and new_token is not None:
@@ -193,7 +203,7 @@ async def session_appender(work: Workload, client: int, stream_name: str, seed: 
     rng = random.Random(seed)
     async with S2SClient(work.grpc_target, retries=0) as grpc_client:
         stream = grpc_client.stream(BASIN, stream_name)
-        while await _paced(work, rng):
+        while await paced(work, rng):
             session = stream.append_session(inflight_batches_max=4)
             invoked: list[tuple[Append, int, asyncio.Future[pb.AppendAck]]] = []
 
@@ -209,34 +219,63 @@ async def session_appender(work: Workload, client: int, stream_name: str, seed: 
 
             with contextlib.suppress(Exception):  # each batch's future says what became of it
                 await asyncio.wait_for(pipeline(), OPERATION_TIMEOUT_S)
-            known = [
-                _record_session_ack(work, client, stream_name, call, started, future)
-                for call, started, future in invoked
-            ]
-            if not all(known):
+            for _, _, future in invoked:  # the session's error: seen here, judged below
+                if future.done() and not future.cancelled():
+                    future.exception()
+            if not record_session(work, client, stream_name, invoked, _grpc_session_failure):
                 await _reconnect(work, stream)
 
 
-def _record_session_ack(
+def _grpc_session_failure(error: BaseException) -> Outcome | None:
+    if isinstance(error, S2SError) and error.code == STORAGE:
+        return NoEffect(STORAGE)
+    return None
+
+
+def record_session(
     work: Workload,
     client: int,
     stream: str,
-    call: Append,
-    invoked: int,
-    future: asyncio.Future[pb.AppendAck],
+    batches: Sequence[tuple[Append, int, asyncio.Future[Any]]],
+    failure: Callable[[BaseException], Outcome | None],
 ) -> bool:
-    """Record one batch of a session; False if its outcome is unknown."""
+    """Record the batches of one append session, in submission order; False if any outcome
+    is unknown. A batch's future holds its ack (anything with `start.seq_num` and
+    `end.seq_num`) or the session's error.
+
+    Acks come in order and a session ends at its first failure, so the error belongs to the
+    first batch without an ack; `failure` says what outcome that error defines (None: unknown).
+    Behind a refusal (a 412) the session sequenced nothing, so those batches had no effect.
+    Behind a failed commit they are unknown (a failed commit fails what was submitted before
+    the committer recovered, and the session may have sequenced one more batch after), but
+    settled by the next ack (`Recorder.failed`): the server sent the error after its last
+    submit.
+    """
     # Completion times are when the session ended, not each ack's: later than the truth,
     # which only widens the window the checker allows, never narrows it.
-    if future.done() and not future.cancelled() and future.exception() is None:
-        ack = future.result()
-        outcome = Acked(ack.start.seq_num, ack.end.seq_num)
+    ended = refused = answered = False
+    known = True
+    for call, invoked, future in batches:
+        outcome: Outcome | None = None
+        if not ended and future.done() and not future.cancelled() and future.exception() is None:
+            ack = future.result()
+            outcome = Acked(ack.start.seq_num, ack.end.seq_num)
+        elif not ended:
+            ended = True
+            error = future.exception() if future.done() and not future.cancelled() else None
+            outcome = None if error is None else failure(error)
+            refused = isinstance(outcome, (SeqNumMismatch, FencingTokenMismatch))
+            answered = outcome is not None
+        elif refused:
+            outcome = NoEffect(BEHIND_REFUSED)
+        if outcome is None:
+            work.recorder.failed(client, stream, call, invoked, settled_by_next_ack=answered)
+            known = False
+            continue
         work.recorder.completed(client, stream, call, invoked, outcome)
         view = work.views[stream]
-        view.next_seq = max(view.next_seq, outcome.end)
-        return True
-    work.recorder.failed(client, stream, call, invoked)
-    return False
+        view.next_seq = max(view.next_seq, _tail_seen(outcome))
+    return known
 
 
 async def http_appender(work: Workload, client: int, stream_name: str, seed: int) -> None:
@@ -261,13 +300,15 @@ async def http_appender(work: Workload, client: int, stream_name: str, seed: int
                 return Acked(ack["start"]["seq_num"], ack["end"]["seq_num"])
             if response.status_code == 412 and "seq_num_mismatch" in response.json():
                 return SeqNumMismatch(response.json()["seq_num_mismatch"])
+            if response.status_code == 500 and response.json().get("code") == STORAGE:
+                return NoEffect(STORAGE)
             raise Unknown(f"{response.status_code}: {response.text}")
 
-        while await _paced(work, rng):
+        while await paced(work, rng):
             bodies = tuple(work.body(client) for _ in range(rng.randint(1, 3)))
             match = view.next_seq if rng.random() < 0.35 else None
             append = Append(bodies, match_seq_num=match)
-            await _operate(work, client, stream_name, append, partial(send, append))
+            await operate(work, client, stream_name, append, partial(send, append))
 
 
 async def reader(work: Workload, client: int, stream_name: str, seed: int) -> None:
@@ -292,10 +333,10 @@ async def reader(work: Workload, client: int, stream_name: str, seed: int) -> No
             except Exception as error:
                 raise Unknown from error
 
-        while await _paced(work, rng):
+        while await paced(work, rng):
             if rng.random() < 0.5:
-                await _operate(work, client, stream_name, CheckTail(), check_tail)
+                await operate(work, client, stream_name, CheckTail(), check_tail)
                 continue
             start = max(0, view.next_seq - rng.randint(-1, 12))
             ranged = Read(start, rng.randint(1, 16))
-            await _operate(work, client, stream_name, ranged, partial(read, ranged))
+            await operate(work, client, stream_name, ranged, partial(read, ranged))

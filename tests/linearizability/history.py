@@ -71,6 +71,20 @@ class FencingTokenMismatch:
 
 
 @dataclass(frozen=True)
+class NoEffect:
+    """An append that failed where the server promises it took no effect (ADR 0010), so the
+    checker holds the server to that: `STORAGE`, its commit failed (it is neither acknowledged
+    nor ever visible); `BEHIND_REFUSED`, it followed a refused batch in its append session,
+    which sequences nothing after a refusal."""
+
+    reason: str
+
+
+STORAGE = "storage"
+BEHIND_REFUSED = "behind a refused batch"
+
+
+@dataclass(frozen=True)
 class Records:
     """What a read returned: (seq_num, key) pairs, in order."""
 
@@ -91,7 +105,7 @@ class Tail:
     next_seq: int
 
 
-Outcome = Acked | SeqNumMismatch | FencingTokenMismatch | Records | BeyondTail | Tail
+Outcome = Acked | SeqNumMismatch | FencingTokenMismatch | NoEffect | Records | BeyondTail | Tail
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from tests.linearizability.history import (
     Call,
     CheckTail,
     FencingTokenMismatch,
+    NoEffect,
     Outcome,
     Read,
     Records,
@@ -49,7 +50,10 @@ def step(state: StreamState, call: Call, outcome: Outcome | None) -> StreamState
 
 def _append(state: StreamState, call: Append, outcome: Outcome | None) -> StreamState | None:
     """Checks in the contract's order: fencing token, then match_seq_num; a failed check
-    changes nothing; otherwise the whole batch is appended and its commands take effect."""
+    changes nothing; otherwise the whole batch is appended and its commands take effect. A
+    failure the server promises had no effect (a failed commit) changes nothing."""
+    if isinstance(outcome, NoEffect):
+        return state
     if isinstance(outcome, (SeqNumMismatch, FencingTokenMismatch)):
         return state if _refusal_possible(state, call, outcome) else None
     tail = len(state.records)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from tests.linearizability.history import Call, Operation, Outcome
+from tests.linearizability.history import Acked, Append, Call, Operation, Outcome
 
 
 @dataclass
@@ -17,6 +17,7 @@ class _Pending:
     call: Call
     invoked_ns: int
     failed_ns: int
+    settled_by_next_ack: bool
 
 
 @dataclass
@@ -41,15 +42,31 @@ class Recorder:
         operation = Operation(client, stream, call, invoked_ns, time.monotonic_ns(), outcome)
         self.operations.append(operation)
 
-    def failed(self, client: int, stream: str, call: Call, invoked_ns: int) -> None:
-        """The outcome is unknown (an error that does not say, a timeout, a broken call)."""
-        self.unknown.append(_Pending(client, stream, call, invoked_ns, time.monotonic_ns()))
+    def failed(
+        self,
+        client: int,
+        stream: str,
+        call: Call,
+        invoked_ns: int,
+        settled_by_next_ack: bool = False,
+    ) -> None:
+        """The outcome is unknown (an error that does not say, a timeout, a broken call).
+
+        `settled_by_next_ack`: the server had submitted the call to its committer, if at all,
+        before the client saw the failure (a batch behind a failed commit in an append session,
+        which the server sequences nothing after once it has sent the session's error). One
+        committer commits every stream's jobs in submission order, so such a call took effect,
+        if ever, before any append invoked after the failure was acknowledged.
+        """
+        failed_ns = time.monotonic_ns()
+        pending = _Pending(client, stream, call, invoked_ns, failed_ns, settled_by_next_ack)
+        self.unknown.append(pending)
 
     def history(self) -> list[Operation]:
         """Every operation; an unknown one's deadline is the death of the last server process
         that could have received it (spawned before the failure was seen), None if that one
-        still runs. One that no process could have received gets its invocation as deadline:
-        it had no effect."""
+        still runs, or the first ack after its failure if that settles it (`failed`). One that
+        no process could have received gets its invocation as deadline: it had no effect."""
         resolved = [
             Operation(p.client, p.stream, p.call, p.invoked_ns, self._deadline(p), None)
             for p in self.unknown
@@ -61,4 +78,14 @@ class Recorder:
         if not receivers:
             return pending.invoked_ns
         died = receivers[-1][1]
-        return None if died is None else max(died, pending.invoked_ns)
+        deadlines = [] if died is None else [max(died, pending.invoked_ns)]
+        if pending.settled_by_next_ack:
+            deadlines += [
+                operation.completed_ns
+                for operation in self.operations
+                if isinstance(operation.call, Append)
+                and isinstance(operation.outcome, Acked)
+                and operation.invoked_ns > pending.failed_ns
+                and operation.completed_ns is not None
+            ]
+        return min(deadlines, default=None)

@@ -1,16 +1,28 @@
 """A workload against a real `s2s serve`: clients of every kind on a few streams while a
-nemesis kill -9s the server and restarts it on the same data directory; the result is the
-recorded history, ready for the checker."""
+nemesis kill -9s the server (and restarts it on the same data directory) and injects I/O
+faults into its storage commits; the result is the recorded history, ready for the checker.
+
+The server runs as `tests/crash/faulted_server.py` (the real server; a signal makes its next
+LMDB commit fail inside LMDB: a data-page write with EIO or ENOSPC, the fdatasync, or the
+meta-page write, which panics LMDB). The nemesis arms a fault of a random kind at random
+moments and waits for the server to say it was injected before its next move, so faults and
+kills never overlap and each armed fault is accounted for. The server is never restarted for a
+fault: the appends after it succeed in the same process, which the history shows.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from client import S2SClient
+from tests.crash.faulted_server import COMMIT_FAILED, FAULT_SIGNALS, FAULTED_SERVER
+from tests.crash.syscall_faults import SyscallFault
 from tests.linearizability.clients import (
     BASIN,
     StreamView,
@@ -22,18 +34,45 @@ from tests.linearizability.clients import (
 )
 from tests.linearizability.history import Operation
 from tests.linearizability.recorder import Recorder
-from tests.server_process import SOURCE_TREE_S2S, ServerProcess
+from tests.linearizability.sdk_clients import sdk_reader, sdk_session_appender
+from tests.server_process import ServerProcess
 
-CLIENT_KINDS = (unary_appender, session_appender, http_appender, reader, reader)
-"""Per stream: one client of each appending kind and two readers."""
+CLIENT_KINDS = (
+    unary_appender,
+    session_appender,
+    http_appender,
+    sdk_session_appender,
+    reader,
+    sdk_reader,
+)
+"""Per stream: one client of each appending kind, a gRPC reader and an SDK reader."""
 DOWN_S = 0.3
 """How long the server stays dead after a kill."""
+FAULT_INJECTED_WAIT_S = 10.0
+"""How long the nemesis waits for an armed fault's commit (clients append every few ms)."""
+_INJECTED = "fault injected: "
+
+
+@dataclass(frozen=True)
+class Fault:
+    """A fault the nemesis armed, and what the server said became of it."""
+
+    kind: SyscallFault
+    armed_ns: int
+    injected_ns: int | None
+    """When the server said the faulted commit ran; None: it never said so in time."""
+    commit_failed: bool
 
 
 @dataclass(frozen=True)
 class Run:
     history: list[Operation]
     kills: int
+    faults: list[Fault]
+    faults_injected_logged: int
+    """`fault injected` lines in the server's log over the whole run (every process)."""
+    lives: list[tuple[int, int | None]]
+    """(spawned, died) of each server process, in monotonic ns (`Recorder.lives`)."""
 
 
 async def run_workload(
@@ -42,10 +81,12 @@ async def run_workload(
     seconds: float,
     kills: int,
     streams: int = 2,
-    command: Sequence[str] = SOURCE_TREE_S2S,
+    command: Sequence[str] = FAULTED_SERVER,
+    faults: int = 0,
 ) -> Run:
-    """Drive `streams` streams for `seconds`, killing the server `kills` times at random
-    moments; the server is stopped at the end, so every unknown outcome has a deadline."""
+    """Drive `streams` streams for `seconds`, killing the server `kills` times and injecting
+    `faults` I/O faults at random moments (faults need `command` to be `FAULTED_SERVER` or one
+    built on it); the server is stopped at the end, so every unknown outcome has a deadline."""
     rng = random.Random(seed)
     recorder = Recorder()
     recorder.spawned()
@@ -64,11 +105,19 @@ async def run_workload(
         for name in names
         for client, kind in enumerate(CLIENT_KINDS, start=len(CLIENT_KINDS) * names.index(name))
     ]
+    injected: list[Fault] = []
     try:
-        kill_times = sorted(rng.uniform(0.15, 0.85) * seconds for _ in range(kills))
-        elapsed = 0.0
-        for at in kill_times:
-            await asyncio.sleep(at - elapsed)
+        moves = sorted(
+            [(rng.uniform(0.15, 0.85) * seconds, "kill") for _ in range(kills)]
+            + [(rng.uniform(0.05, 0.95) * seconds, "fault") for _ in range(faults)]
+        )
+        started = time.monotonic()
+        for at, move in moves:
+            await asyncio.sleep(max(0.0, at - (time.monotonic() - started)))
+            if move == "fault":
+                kind = rng.choice(list(SyscallFault))
+                injected.append(await _inject(server, kind))
+                continue
             work.up.clear()
             await asyncio.to_thread(server.kill)
             recorder.died()
@@ -76,8 +125,7 @@ async def run_workload(
             recorder.spawned()
             await asyncio.to_thread(server.start)
             work.up.set()
-            elapsed = at + DOWN_S
-        await asyncio.sleep(max(0.0, seconds - elapsed))
+        await asyncio.sleep(max(0.0, seconds - (time.monotonic() - started)))
     finally:
         work.stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -86,4 +134,20 @@ async def run_workload(
         recorder.died()
     for task in tasks:
         task.result()  # a client's own bug fails the run instead of thinning the history
-    return Run(recorder.history(), kills)
+    logged = sum(line.startswith(_INJECTED) for line in server.log)
+    return Run(recorder.history(), kills, injected, logged, list(recorder.lives))
+
+
+async def _inject(server: ServerProcess, kind: SyscallFault) -> Fault:
+    """Arm `kind` in the running server and wait until its next commit ran under it."""
+    seen = len(server.log)
+    armed_ns = time.monotonic_ns()
+    os.kill(server.pid, FAULT_SIGNALS[kind])
+    expected = f"{_INJECTED}{kind.name} "
+    deadline = time.monotonic() + FAULT_INJECTED_WAIT_S
+    while time.monotonic() < deadline:
+        for line in server.log[seen:]:
+            if line.startswith(expected):
+                return Fault(kind, armed_ns, time.monotonic_ns(), COMMIT_FAILED in line)
+        await asyncio.sleep(0.01)
+    return Fault(kind, armed_ns, None, False)

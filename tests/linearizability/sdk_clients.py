@@ -1,0 +1,183 @@
+"""Clients of the workload that use the official Python SDK (`s2-sdk`) over HTTP/2, as S2's
+own users do: an appender on its append session (S2S framing), some of whose pipelines chain
+`match_seq_num` from batch to batch, and a reader of unary reads and check-tails.
+
+The SDK runs without retries, so each outcome is the answer to one attempt: acks and 412s
+and reads as the contract defines them, `storage` as no effect (ADR 0010), anything else
+unknown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from datetime import timedelta
+from functools import partial
+from typing import Any
+
+from s2_sdk import (
+    S2,
+    AppendInput,
+    AppendSession,
+    Endpoints,
+    FencingTokenMismatchError,
+    ReadLimit,
+    ReadUnwrittenError,
+    Record,
+    Retry,
+    S2ServerError,
+    S2Stream,
+    SeqNum,
+    SeqNumMismatchError,
+    SequencedRecord,
+    Timeout,
+)
+
+from tests.linearizability.clients import (
+    BASIN,
+    OPERATION_TIMEOUT_S,
+    Unknown,
+    Workload,
+    operate,
+    paced,
+    record_session,
+)
+from tests.linearizability.history import (
+    STORAGE,
+    Append,
+    BeyondTail,
+    CheckTail,
+    FencingTokenMismatch,
+    NoEffect,
+    Outcome,
+    Read,
+    Records,
+    SeqNumMismatch,
+    Tail,
+    command_key,
+)
+
+SESSION_BATCHES_MAX = 4
+"""Batches in flight on one session: more makes histories more concurrent, hence slower to
+check (the brief's bound)."""
+
+
+def _sdk(work: Workload) -> S2:
+    """The SDK in direct mode against our server, one attempt per call."""
+    endpoints = Endpoints(account=work.http_url, basin=work.http_url)
+    timeout = Timeout(request=timedelta(seconds=OPERATION_TIMEOUT_S))
+    sdk: S2 = S2("unused-token", endpoints=endpoints, timeout=timeout, retry=Retry(max_attempts=1))
+    return sdk
+
+
+def _failure(error: BaseException) -> Outcome | None:
+    """The outcome an SDK error defines; None: unknown."""
+    if isinstance(error, SeqNumMismatchError):
+        return SeqNumMismatch(error.expected_seq_num)
+    if isinstance(error, FencingTokenMismatchError):
+        return FencingTokenMismatch(error.expected_fencing_token)
+    if isinstance(error, S2ServerError) and error.code == STORAGE:
+        return NoEffect(STORAGE)
+    return None
+
+
+def _model_key(record: SequencedRecord) -> bytes:
+    """A record read through the SDK as the model names it (clients.model_key)."""
+    if len(record.headers) == 1 and record.headers[0][0] == b"":
+        return command_key(record.headers[0][1], record.body)
+    return record.body
+
+
+async def _reconnect(work: Workload, stream: S2Stream) -> None:
+    """As `clients._reconnect`: once an outcome was unknown, wait for a call to succeed."""
+    while not work.stop.is_set():
+        await work.up.wait()
+        try:
+            await stream.check_tail()
+            return
+        except Exception:
+            await asyncio.sleep(0.05)
+
+
+async def sdk_session_appender(work: Workload, client: int, stream_name: str, seed: int) -> None:
+    """Pipelines of one to four batches on an S2S append session; in a third of them every
+    batch carries `match_seq_num`, chained from the stream's last seen tail through the
+    batches before it (what pipelined conditional appends are for)."""
+    rng = random.Random(seed)
+    view = work.views[stream_name]
+    async with _sdk(work) as sdk:
+        stream = sdk.basin(BASIN).stream(stream_name)
+        while await paced(work, rng):
+            session = stream.append_session(max_unacked_batches=SESSION_BATCHES_MAX)
+            batches: list[tuple[Append, int, asyncio.Future[Any]]] = []
+            match = view.next_seq if rng.random() < 0.35 else None
+
+            async def pipeline(
+                session: AppendSession = session,
+                batches: list[tuple[Append, int, asyncio.Future[Any]]] = batches,
+                match: int | None = match,
+            ) -> None:
+                for _ in range(rng.randint(1, SESSION_BATCHES_MAX)):
+                    bodies = tuple(work.body(client) for _ in range(rng.randint(1, 3)))
+                    records = [Record(body=body) for body in bodies]
+                    started = time.monotonic_ns()
+                    ticket = await session.submit(AppendInput(records, match_seq_num=match))
+                    # The ticket only wraps the future; the future is what says whether it
+                    # is done, without awaiting it.
+                    future = asyncio.ensure_future(_awaited(ticket))
+                    batches.append((Append(bodies, match_seq_num=match), started, future))
+                    if match is not None:
+                        match += len(bodies)
+                await session.close()
+
+            with contextlib.suppress(Exception):  # each batch's future says what became of it
+                await asyncio.wait_for(pipeline(), OPERATION_TIMEOUT_S)
+            futures = [future for _, _, future in batches]
+            if futures:  # a dead server fails them all; a hung one leaves them unknown
+                _, hung = await asyncio.wait(futures, timeout=OPERATION_TIMEOUT_S)
+                for future in hung:
+                    future.cancel()
+                for future in futures:  # the session's error: seen here, judged below
+                    if not future.cancelled():
+                        future.exception()
+            if not record_session(work, client, stream_name, batches, _failure):
+                await _reconnect(work, stream)
+
+
+async def _awaited(ticket: Any) -> Any:
+    return await ticket
+
+
+async def sdk_reader(work: Workload, client: int, stream_name: str, seed: int) -> None:
+    """Unary reads near the tail (sometimes just beyond it) and check-tails, alternately."""
+    rng = random.Random(seed)
+    view = work.views[stream_name]
+    async with _sdk(work) as sdk:
+        stream = sdk.basin(BASIN).stream(stream_name)
+
+        async def read(call: Read) -> Outcome:
+            try:
+                batch = await stream.read(
+                    start=SeqNum(call.start_seq), limit=ReadLimit(count=call.count)
+                )
+            except ReadUnwrittenError as error:
+                return BeyondTail(error.tail.seq_num)
+            except Exception as error:
+                raise Unknown from error
+            return Records(tuple((r.seq_num, _model_key(r)) for r in batch.records))
+
+        async def check_tail() -> Outcome:
+            try:
+                return Tail((await stream.check_tail()).seq_num)
+            except Exception as error:
+                raise Unknown from error
+
+        while await paced(work, rng):
+            if rng.random() < 0.5:
+                await operate(work, client, stream_name, CheckTail(), check_tail)
+                continue
+            start = max(0, view.next_seq - rng.randint(-1, 12))
+            ranged = Read(start, rng.randint(1, 16))
+            await operate(work, client, stream_name, ranged, partial(read, ranged))
