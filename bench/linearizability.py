@@ -1,11 +1,15 @@
 """The linearizability workload for as long as you like: clients of every kind on a few streams
-of a real `s2s serve`, kill -9 and restarts by a nemesis, then the checker on the history.
+of a real `s2s serve`, kill -9 and restarts and I/O faults inside LMDB's commits by a nemesis,
+then the checker on the history.
 
-    .venv/bin/python bench/linearizability.py --seed 7 --seconds 300 [--kills 20] [--streams 4]
+    .venv/bin/python bench/linearizability.py --seed 7 --seconds 300 [--kills 20] [--faults 30]
+        [--streams 4]
 
-Prints the operations recorded (and how many had unknown outcomes), the kills, the checker's
-steps and time per stream, and the verdict; exits 1 unless the history is linearizable. The
-same code as `make test`'s bounded run (tests/linearizability/).
+Prints the operations recorded (how many had unknown outcomes, how many were answered
+`storage`), the kills, the faults armed and injected (by kind), the checker's steps and time
+per stream, and the verdict; exits 1 unless the history is linearizable and every armed fault
+was injected. The same code as `make test`'s bounded run (tests/linearizability/). Faults need
+Linux x86_64 with seccomp.
 """
 
 from __future__ import annotations
@@ -15,12 +19,15 @@ import asyncio
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from tests.crash.syscall_faults import seccomp_unavailable  # noqa: E402
 from tests.linearizability.checker import check  # noqa: E402
+from tests.linearizability.history import STORAGE, NoEffect  # noqa: E402
 from tests.linearizability.workload import run_workload  # noqa: E402
 
 
@@ -50,20 +57,40 @@ def main() -> int:
     parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--seconds", type=positive, required=True)
     parser.add_argument("--kills", type=count, help="default: one per 10 seconds")
+    parser.add_argument("--faults", type=count, help="default: one per 10 seconds")
     parser.add_argument("--streams", type=positive_int, default=2)
     args = parser.parse_args()
     kills = args.kills if args.kills is not None else max(1, int(args.seconds // 10))
+    faults = args.faults if args.faults is not None else max(1, int(args.seconds // 10))
+    unavailable = seccomp_unavailable()
+    if faults and unavailable is not None:
+        parser.error(f"--faults needs seccomp: {unavailable} (run with --faults 0)")
     with tempfile.TemporaryDirectory(prefix="s2s-linearizability-") as data_dir:
         run = asyncio.run(
-            run_workload(Path(data_dir), args.seed, args.seconds, kills, streams=args.streams)
+            run_workload(
+                Path(data_dir), args.seed, args.seconds, kills, streams=args.streams, faults=faults
+            )
         )
     unknown = sum(operation.outcome is None for operation in run.history)
-    print(f"operations: {len(run.history)} ({unknown} of unknown outcome), kills: {run.kills}")
+    failed = sum(operation.outcome == NoEffect(STORAGE) for operation in run.history)
+    print(
+        f"operations: {len(run.history)} ({unknown} of unknown outcome, {failed} answered "
+        f"{STORAGE}), kills: {run.kills}"
+    )
+    injected = [fault for fault in run.faults if fault.injected_ns is not None]
+    kinds = Counter(fault.kind.name for fault in injected)
+    print(
+        f"faults armed: {len(run.faults)}, injected: {len(injected)} "
+        f"({', '.join(f'{kind} {n}' for kind, n in sorted(kinds.items())) or 'none'}), "
+        f"failed a commit: {sum(fault.commit_failed for fault in injected)}, "
+        f"'fault injected' lines logged: {run.faults_injected_logged}"
+    )
     started = time.monotonic()
     verdict = check(run.history)
     print(f"checked in {time.monotonic() - started:.1f} s: {verdict.describe()}")
     print(f"linearizable: {verdict.linearizable}")
-    return 0 if verdict.linearizable else 1
+    all_injected = len(injected) == len(run.faults) == run.faults_injected_logged
+    return 0 if verdict.linearizable and all_injected else 1
 
 
 if __name__ == "__main__":
