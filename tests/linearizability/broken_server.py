@@ -7,7 +7,10 @@ into this process only, then `server.cli.main` runs with the rest of the argumen
   for a second, so readers miss acked records and a kill -9 in that second loses them;
 - `stale-tail`: check-tail answers a stream's tail as it was up to two seconds earlier;
 - `mismatch-appended`: a conditional append that matched is appended, then answered with
-  `412 seq_num_mismatch` as if it had not been.
+  `412 seq_num_mismatch` as if it had not been;
+- `ack-failed-commit`: runs as `tests/crash/faulted_server.py` (signals inject I/O faults into
+  LMDB's commits), and the appends of a commit that failed are acknowledged as if it had
+  succeeded.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from s2s.errors import S2Error, SeqNumMismatch
 from s2s.records import ValidatedBatch
@@ -23,6 +27,7 @@ from server.sequencer import AppendAck, StreamPosition, StreamSequencer
 from server.storage.committer import GroupCommitter
 from server.storage.kv import Write
 from server.streamstore import StreamStore
+from tests.crash import faulted_server
 
 COMMIT_DELAY_S = 1.0
 STALE_TAIL_S = 2.0
@@ -91,10 +96,25 @@ def plant_mismatch_appended() -> None:
     StreamSequencer.submit = lying_submit  # type: ignore[method-assign]
 
 
+def plant_ack_failed_commit() -> None:
+    faulted_server.install()
+
+    def ack_anyway(self: GroupCommitter, group: list[Any], error: S2Error) -> None:
+        try:
+            self._succeed(group, 0.0)
+            self._on_failure()
+        finally:
+            with self._lock:
+                self._recovering = False
+
+    GroupCommitter._fail_and_recover = ack_anyway  # type: ignore[method-assign]
+
+
 BUGS: dict[str, Callable[[], None]] = {
     "early-ack": plant_early_ack,
     "stale-tail": plant_stale_tail,
     "mismatch-appended": plant_mismatch_appended,
+    "ack-failed-commit": plant_ack_failed_commit,
 }
 
 

@@ -1,5 +1,6 @@
 """The checker catches each bug planted in a server (tests/linearizability/broken_server.py),
-on histories the workload records from it, and passes the same workload on the real server."""
+on histories the workload records from it (one of them under the I/O fault nemesis), and passes
+the same workload on the real server."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from client import S2SClient
+from tests.crash.syscall_faults import seccomp_unavailable
 from tests.linearizability.checker import check
 from tests.linearizability.clients import BASIN
 from tests.linearizability.history import Acked, Append, CheckTail, Tail
@@ -18,6 +20,7 @@ from tests.linearizability.workload import run_workload
 from tests.server_process import SOURCE_TREE_S2S, ServerProcess
 
 SECONDS = 3.0
+_UNAVAILABLE = seccomp_unavailable()
 
 
 def broken(bug: str) -> tuple[str, ...]:
@@ -35,6 +38,18 @@ def broken(bug: str) -> tuple[str, ...]:
 )
 async def test_a_planted_bug_is_caught(tmp_path: Path, bug: str, kills: int) -> None:
     run = await run_workload(tmp_path, seed=16, seconds=SECONDS, kills=kills, command=broken(bug))
+    verdict = check(run.history)
+    assert verdict.linearizable is False, verdict.describe()
+
+
+@pytest.mark.skipif(_UNAVAILABLE is not None, reason=_UNAVAILABLE or "")
+async def test_an_ack_of_a_failed_commit_is_caught_under_the_fault_nemesis(tmp_path: Path) -> None:
+    """The server acknowledges the appends of a commit that failed (an I/O fault inside LMDB):
+    those records are not stored, which readers see once the kill has emptied its memory."""
+    run = await run_workload(
+        tmp_path, seed=17, seconds=4.0, kills=1, faults=3, command=broken("ack-failed-commit")
+    )
+    assert [fault.commit_failed for fault in run.faults] == [True] * 3
     verdict = check(run.history)
     assert verdict.linearizable is False, verdict.describe()
 
