@@ -1,6 +1,7 @@
 """Clients of the workload that use the official Python SDK (`s2-sdk`) over HTTP/2, as S2's
 own users do: an appender on its append session (S2S framing), some of whose pipelines chain
-`match_seq_num` from batch to batch, and a reader of unary reads and check-tails.
+`match_seq_num` from batch to batch, and a reader of unary reads, read sessions (S2S framing)
+and check-tails.
 
 The SDK runs without retries, so each outcome is the answer to one attempt: acks and 412s
 and reads as the contract defines them, `storage` as no effect (ADR 0010), anything else
@@ -150,8 +151,33 @@ async def _awaited(ticket: Any) -> Any:
     return await ticket
 
 
+async def _read_session(work: Workload, client: int, stream: S2Stream, call: Read) -> None:
+    """A read session of `call.count` records that ends once caught up (`wait=0`), each of its
+    batches recorded as a read of its own: the server reads each from storage at one moment,
+    from where the one before ended, with the count still left. That moment is after the
+    session was opened and before the batch arrived, which are the times recorded (the
+    server may read a batch before the client received the one before it)."""
+    invoked = time.monotonic_ns()
+    start, count = call.start_seq, call.count
+    try:
+        async with asyncio.timeout(OPERATION_TIMEOUT_S):
+            session = stream.read_session(start=SeqNum(start), limit=ReadLimit(count=count), wait=0)
+            async for batch in session:
+                if not batch.records:
+                    continue
+                got = Records(tuple((r.seq_num, _model_key(r)) for r in batch.records))
+                work.recorder.completed(client, stream.name, Read(start, count), invoked, got)
+                start, count = got.records[-1][0] + 1, count - len(got.records)
+    except ReadUnwrittenError as error:
+        outcome = BeyondTail(error.tail.seq_num)
+        work.recorder.completed(client, stream.name, Read(start, count), invoked, outcome)
+    except Exception:
+        pass  # an unknown read observed nothing: nothing to record
+
+
 async def sdk_reader(work: Workload, client: int, stream_name: str, seed: int) -> None:
-    """Unary reads near the tail (sometimes just beyond it) and check-tails, alternately."""
+    """Unary reads and read sessions near the tail (sometimes just beyond it), and
+    check-tails."""
     rng = random.Random(seed)
     view = work.views[stream_name]
     async with _sdk(work) as sdk:
@@ -175,9 +201,13 @@ async def sdk_reader(work: Workload, client: int, stream_name: str, seed: int) -
                 raise Unknown from error
 
         while await paced(work, rng):
-            if rng.random() < 0.5:
+            roll = rng.random()
+            if roll < 0.4:
                 await operate(work, client, stream_name, CheckTail(), check_tail)
                 continue
             start = max(0, view.next_seq - rng.randint(-1, 12))
             ranged = Read(start, rng.randint(1, 16))
-            await operate(work, client, stream_name, ranged, partial(read, ranged))
+            if roll < 0.7:
+                await operate(work, client, stream_name, ranged, partial(read, ranged))
+            else:
+                await _read_session(work, client, stream, ranged)
