@@ -5,9 +5,9 @@ and check-tails.
 
 Errors that the contract defines (412 seq_num_mismatch / fencing_token_mismatch, a read beyond
 the tail) are outcomes, and so is `storage` (a failed commit: no effect, ADR 0010); any other
-error or a timeout is an unknown outcome. Clients invoke
-only while the server is up (`up`), so an operation a kill interrupts was received, if at all,
-by the process that was killed.
+error or a timeout is an unknown outcome. Clients invoke only while the server is up (`up`), so
+an operation a kill interrupts was received, if at all, by the process that was killed. The
+official SDK's clients are in `sdk_clients.py`.
 """
 
 from __future__ import annotations
@@ -145,7 +145,7 @@ async def _grpc_append(stream: Stream, records: list[pb.AppendRecord], call: App
     return Acked(ack.start.seq_num, ack.end.seq_num)
 
 
-async def _reconnect(work: Workload, stream: Stream) -> None:
+async def reconnect(work: Workload, check_tail: Callable[[], Awaitable[object]]) -> None:
     """After an unknown outcome, wait until a call on the client's channel succeeds again.
 
     A gRPC channel stays broken for a while after a restart, and an append it failed then is
@@ -155,7 +155,7 @@ async def _reconnect(work: Workload, stream: Stream) -> None:
     while not work.stop.is_set():
         await work.up.wait()
         try:
-            await stream.check_tail()
+            await check_tail()
             return
         except Exception:
             await asyncio.sleep(0.05)
@@ -193,7 +193,7 @@ async def unary_appender(work: Workload, client: int, stream_name: str, seed: in
             if isinstance(outcome, Acked) and new_token is not None:
                 view.fencing_token = new_token
             elif outcome is None:
-                await _reconnect(work, stream)
+                await reconnect(work, stream.check_tail)
             elif isinstance(outcome, FencingTokenMismatch):
                 view.fencing_token = outcome.current
 
@@ -223,7 +223,7 @@ async def session_appender(work: Workload, client: int, stream_name: str, seed: 
                 if future.done() and not future.cancelled():
                     future.exception()
             if not record_session(work, client, stream_name, invoked, _grpc_session_failure):
-                await _reconnect(work, stream)
+                await reconnect(work, stream.check_tail)
 
 
 def _grpc_session_failure(error: BaseException) -> Outcome | None:

@@ -43,6 +43,7 @@ from tests.linearizability.clients import (
     Workload,
     operate,
     paced,
+    reconnect,
     record_session,
 )
 from tests.linearizability.history import (
@@ -91,17 +92,6 @@ def _model_key(record: SequencedRecord) -> bytes:
     return record.body
 
 
-async def _reconnect(work: Workload, stream: S2Stream) -> None:
-    """As `clients._reconnect`: once an outcome was unknown, wait for a call to succeed."""
-    while not work.stop.is_set():
-        await work.up.wait()
-        try:
-            await stream.check_tail()
-            return
-        except Exception:
-            await asyncio.sleep(0.05)
-
-
 async def sdk_session_appender(work: Workload, client: int, stream_name: str, seed: int) -> None:
     """Pipelines of one to four batches on an S2S append session; in a third of them every
     batch carries `match_seq_num`, chained from the stream's last seen tail through the
@@ -144,7 +134,7 @@ async def sdk_session_appender(work: Workload, client: int, stream_name: str, se
                     if not future.cancelled():
                         future.exception()
             if not record_session(work, client, stream_name, batches, _failure):
-                await _reconnect(work, stream)
+                await reconnect(work, stream.check_tail)
 
 
 async def _awaited(ticket: Any) -> Any:
