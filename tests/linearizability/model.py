@@ -1,8 +1,8 @@
 """The sequential specification of one stream (docs/s2-compat.md §7), as a pure step function.
 
-The state is small and hashable, so the checker can memoise on it: the records' keys in order,
-the fencing token, and the trim point. `step` says whether a call could have returned the given
-outcome in the given state and, if so, the state after it.
+The state is small and hashable, so the checker can memoise on it: the records' keys in order
+(a `Log`), the fencing token, and the trim point. `step` says whether a call could have returned
+the given outcome in the given state and, if so, the state after it.
 """
 
 from __future__ import annotations
@@ -29,13 +29,59 @@ _FENCE = COMMAND_PREFIX + b"fence:"
 _TRIM = COMMAND_PREFIX + b"trim:"
 
 
+class Log:
+    """A stream's record keys as a chain of appended batches, each log sharing its parent.
+
+    The checker memoises every state it explores; with the keys in one tuple per state, each
+    held a copy of the whole stream (a 300 s run with 28,000 records per stream grew past
+    10 GB). Here a state costs one batch. A log is interned by its parent: appending the same
+    batch to the same log returns the same object, so identity is equality (the default
+    `__eq__` and `__hash__`) and the memo still recognises a state reached twice. Each check
+    starts from its own `Log()`, so nothing outlives it.
+    """
+
+    __slots__ = ("_children", "keys", "length", "parent")
+    length: int
+
+    def __init__(self, parent: Log | None = None, keys: tuple[bytes, ...] = ()) -> None:
+        self.parent = parent
+        self.keys = keys
+        self.length = (0 if parent is None else parent.length) + len(keys)
+        self._children: dict[tuple[bytes, ...], Log] | None = None
+
+    def __len__(self) -> int:
+        return self.length
+
+    def appended(self, keys: tuple[bytes, ...]) -> Log:
+        if self._children is None:
+            self._children = {}
+        child = self._children.get(keys)
+        if child is None:
+            child = self._children[keys] = Log(self, keys)
+        return child
+
+    def between(self, first: int, end: int) -> tuple[bytes, ...]:
+        """The keys of records [first, end), end <= len(self): a walk back from the tail, as
+        long as the batches after `first` (reads are near the tail)."""
+        batches: list[tuple[bytes, ...]] = []
+        node: Log | None = self
+        while node is not None and node.length > first:
+            batches.append(node.keys)
+            node = node.parent
+        base = first if node is None else first - node.length
+        keys = tuple(key for batch in reversed(batches) for key in batch)
+        return keys[base : base + end - first]
+
+
 class StreamState(NamedTuple):
-    records: tuple[bytes, ...] = ()
+    records: Log
     fencing_token: str = ""
     trim_point: int = 0
 
 
-INITIAL = StreamState()
+def initial() -> StreamState:
+    """An empty, never-fenced stream, with a log of its own."""
+    return StreamState(Log())
 
 
 def step(state: StreamState, call: Call, outcome: Outcome | None) -> StreamState | None:
@@ -93,7 +139,7 @@ def _appended(state: StreamState, records: tuple[bytes, ...]) -> StreamState:
             requested = int.from_bytes(key[len(_TRIM) :], "big")
             # A trim never reaches past its own record, and trim points only move forward.
             trim_point = max(trim_point, min(requested, first + index + 1))
-    return StreamState(state.records + records, token, trim_point)
+    return StreamState(state.records.appended(records), token, trim_point)
 
 
 def _read_matches(state: StreamState, call: Read, outcome: Outcome) -> bool:
@@ -110,5 +156,7 @@ def _read_matches(state: StreamState, call: Read, outcome: Outcome) -> bool:
     if not call.start_seq <= first <= max(call.start_seq, state.trim_point):
         return False
     end = min(first + call.count, tail)
-    expected = tuple((seq, state.records[seq]) for seq in range(first, end))
-    return got == expected
+    if len(got) != max(0, end - first):
+        return False
+    expected = zip(range(first, end), state.records.between(first, end), strict=True)
+    return got == tuple(expected)
