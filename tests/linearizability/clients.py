@@ -36,6 +36,7 @@ from s2s.records import fence_record, trim_record
 from s2s.v1 import records_pb2 as pb
 from tests.linearizability.history import (
     BEHIND_REFUSED,
+    NEVER_SENT,
     STORAGE,
     Acked,
     Append,
@@ -57,6 +58,10 @@ BASIN = "linearizability"
 OPERATION_TIMEOUT_S = 10.0
 PAUSE_MAX_S = 0.03
 """Each client pauses up to this long between operations, to keep histories checkable."""
+SESSION_BATCHES_MAX = 3
+"""Batches of one append session: a kill leaves them all unknown together, and each unknown
+append open at once multiplies the checker's search (two session clients per stream with four
+each put a 20 s run past 5 M steps)."""
 
 
 class Unknown(Exception):
@@ -199,19 +204,20 @@ async def unary_appender(work: Workload, client: int, stream_name: str, seed: in
 
 
 async def session_appender(work: Workload, client: int, stream_name: str, seed: int) -> None:
-    """Pipelines of one to four batches on an AppendSession; a new session after a failure."""
+    """Pipelines of one to `SESSION_BATCHES_MAX` batches on an AppendSession; a new session
+    after a failure."""
     rng = random.Random(seed)
     async with S2SClient(work.grpc_target, retries=0) as grpc_client:
         stream = grpc_client.stream(BASIN, stream_name)
         while await paced(work, rng):
-            session = stream.append_session(inflight_batches_max=4)
+            session = stream.append_session(inflight_batches_max=SESSION_BATCHES_MAX)
             invoked: list[tuple[Append, int, asyncio.Future[pb.AppendAck]]] = []
 
             async def pipeline(
                 session: AppendSession = session,
                 invoked: list[tuple[Append, int, asyncio.Future[pb.AppendAck]]] = invoked,
             ) -> None:
-                for _ in range(rng.randint(1, 4)):
+                for _ in range(rng.randint(1, SESSION_BATCHES_MAX)):
                     bodies = [work.body(client) for _ in range(rng.randint(1, 3))]
                     started = time.monotonic_ns()
                     invoked.append((Append(tuple(bodies)), started, await session.submit(bodies)))
@@ -245,7 +251,8 @@ def record_session(
 
     Acks come in order and a session ends at its first failure, so the error belongs to the
     first batch without an ack; `failure` says what outcome that error defines (None: unknown).
-    Behind a refusal (a 412) the session sequenced nothing, so those batches had no effect.
+    Behind a refusal (a 412) the session sequenced nothing, so those batches had no effect, as
+    none had if the session was never sent.
     Behind a failed commit they are unknown (a failed commit fails what was submitted before
     the committer recovered, and the session may have sequenced one more batch after), but
     settled by the next ack (`Recorder.failed`): the server sent the error after its last
@@ -253,7 +260,9 @@ def record_session(
     """
     # Completion times are when the session ended, not each ack's: later than the truth,
     # which only widens the window the checker allows, never narrows it.
-    ended = refused = answered = False
+    ended = answered = False
+    behind: Outcome | None = None
+    """What the batches behind the failed one had: no effect, or None: unknown."""
     known = True
     for call, invoked, future in batches:
         outcome: Outcome | None = None
@@ -264,10 +273,13 @@ def record_session(
             ended = True
             error = future.exception() if future.done() and not future.cancelled() else None
             outcome = None if error is None else failure(error)
-            refused = isinstance(outcome, (SeqNumMismatch, FencingTokenMismatch))
             answered = outcome is not None
-        elif refused:
-            outcome = NoEffect(BEHIND_REFUSED)
+            if isinstance(outcome, (SeqNumMismatch, FencingTokenMismatch)):
+                behind = NoEffect(BEHIND_REFUSED)
+            elif outcome == NoEffect(NEVER_SENT):
+                behind = outcome
+        else:
+            outcome = behind
         if outcome is None:
             work.recorder.failed(client, stream, call, invoked, settled_by_next_ack=answered)
             known = False

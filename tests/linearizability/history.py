@@ -75,13 +75,15 @@ class NoEffect:
     """An append that failed where the server promises it took no effect (ADR 0010), so the
     checker holds the server to that: `STORAGE`, its commit failed (it is neither acknowledged
     nor ever visible); `BEHIND_REFUSED`, it followed a refused batch in its append session,
-    which sequences nothing after a refusal."""
+    which sequences nothing after a refusal; `NEVER_SENT`, the client library failed before
+    the request existed on the wire (it could not connect)."""
 
     reason: str
 
 
 STORAGE = "storage"
 BEHIND_REFUSED = "behind a refused batch"
+NEVER_SENT = "never sent"
 
 
 @dataclass(frozen=True)

@@ -16,12 +16,12 @@ import random
 import time
 from datetime import timedelta
 from functools import partial
-from typing import Any
 
 from s2_sdk import (
     S2,
+    AppendAck,
     AppendInput,
-    AppendSession,
+    BatchSubmitTicket,
     Endpoints,
     FencingTokenMismatchError,
     ReadLimit,
@@ -35,10 +35,12 @@ from s2_sdk import (
     SequencedRecord,
     Timeout,
 )
+from s2_sdk._exceptions import ConnectError
 
 from tests.linearizability.clients import (
     BASIN,
     OPERATION_TIMEOUT_S,
+    SESSION_BATCHES_MAX,
     Unknown,
     Workload,
     operate,
@@ -47,6 +49,7 @@ from tests.linearizability.clients import (
     record_session,
 )
 from tests.linearizability.history import (
+    NEVER_SENT,
     STORAGE,
     Append,
     BeyondTail,
@@ -61,10 +64,6 @@ from tests.linearizability.history import (
     command_key,
 )
 
-SESSION_BATCHES_MAX = 4
-"""Batches in flight on one session: more makes histories more concurrent, hence slower to
-check (the brief's bound)."""
-
 
 def _sdk(work: Workload) -> S2:
     """The SDK in direct mode against our server, one attempt per call."""
@@ -76,6 +75,8 @@ def _sdk(work: Workload) -> S2:
 
 def _failure(error: BaseException) -> Outcome | None:
     """The outcome an SDK error defines; None: unknown."""
+    if _never_sent(error):
+        return NoEffect(NEVER_SENT)
     if isinstance(error, SeqNumMismatchError):
         return SeqNumMismatch(error.expected_seq_num)
     if isinstance(error, FencingTokenMismatchError):
@@ -83,6 +84,24 @@ def _failure(error: BaseException) -> Outcome | None:
     if isinstance(error, S2ServerError) and error.code == STORAGE:
         return NoEffect(STORAGE)
     return None
+
+
+def _never_sent(error: BaseException) -> bool:
+    """Whether the SDK failed while getting a connection, before any request stream existed.
+
+    The pinned SDK (0.13.0) raises its (unexported) `ConnectError` only there: the TCP
+    connect failing or timing out, or the new connection dying before its first SETTINGS
+    frame (as one does when it reaches a process being killed). A session that failed so
+    never reached a server, whichever process was up when the failure was seen.
+    """
+    seen: set[int] = set()  # a chain may loop back on itself
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, ConnectError):
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 def _model_key(record: SequencedRecord) -> bytes:
@@ -93,52 +112,61 @@ def _model_key(record: SequencedRecord) -> bytes:
 
 
 async def sdk_session_appender(work: Workload, client: int, stream_name: str, seed: int) -> None:
-    """Pipelines of one to four batches on an S2S append session; in a third of them every
-    batch carries `match_seq_num`, chained from the stream's last seen tail through the
-    batches before it (what pipelined conditional appends are for)."""
+    """Pipelines of one to `SESSION_BATCHES_MAX` batches on an S2S append session; in a third
+    of them every batch carries `match_seq_num`, chained from the stream's last seen tail
+    through the batches before it (what pipelined conditional appends are for)."""
     rng = random.Random(seed)
     view = work.views[stream_name]
-    async with _sdk(work) as sdk:
-        stream = sdk.basin(BASIN).stream(stream_name)
-        while await paced(work, rng):
-            session = stream.append_session(max_unacked_batches=SESSION_BATCHES_MAX)
-            batches: list[tuple[Append, int, asyncio.Future[Any]]] = []
-            match = view.next_seq if rng.random() < 0.35 else None
-
-            async def pipeline(
-                session: AppendSession = session,
-                batches: list[tuple[Append, int, asyncio.Future[Any]]] = batches,
-                match: int | None = match,
-            ) -> None:
-                for _ in range(rng.randint(1, SESSION_BATCHES_MAX)):
-                    bodies = tuple(work.body(client) for _ in range(rng.randint(1, 3)))
-                    records = [Record(body=body) for body in bodies]
-                    started = time.monotonic_ns()
-                    ticket = await session.submit(AppendInput(records, match_seq_num=match))
-                    # The ticket only wraps the future; the future is what says whether it
-                    # is done, without awaiting it.
-                    future = asyncio.ensure_future(_awaited(ticket))
-                    batches.append((Append(bodies, match_seq_num=match), started, future))
-                    if match is not None:
-                        match += len(bodies)
-                await session.close()
-
-            with contextlib.suppress(Exception):  # each batch's future says what became of it
-                await asyncio.wait_for(pipeline(), OPERATION_TIMEOUT_S)
-            futures = [future for _, _, future in batches]
-            if futures:  # a dead server fails them all; a hung one leaves them unknown
-                _, hung = await asyncio.wait(futures, timeout=OPERATION_TIMEOUT_S)
-                for future in hung:
-                    future.cancel()
-                for future in futures:  # the session's error: seen here, judged below
-                    if not future.cancelled():
-                        future.exception()
-            if not record_session(work, client, stream_name, batches, _failure):
-                await reconnect(work, stream.check_tail)
+    while not work.stop.is_set():
+        # A fresh client after each unknown outcome: the old one's pooled HTTP/2 connection
+        # may lead to a killed process, and a session started on it after the restart fails
+        # with every batch it queued unknown until the next kill (ADR 0010, decision 2).
+        async with _sdk(work) as sdk:
+            stream = sdk.basin(BASIN).stream(stream_name)
+            await reconnect(work, stream.check_tail)
+            while await paced(work, rng):
+                if not await _session(work, client, stream, rng, view.next_seq):
+                    break
 
 
-async def _awaited(ticket: Any) -> Any:
-    return await ticket
+async def _session(
+    work: Workload, client: int, stream: S2Stream, rng: random.Random, tail_seen: int
+) -> bool:
+    """One session of one to `SESSION_BATCHES_MAX` batches; False if an outcome was unknown."""
+    session = stream.append_session(max_unacked_batches=SESSION_BATCHES_MAX)
+    batches: list[tuple[Append, int, asyncio.Future[AppendAck]]] = []
+    match = tail_seen if rng.random() < 0.35 else None
+
+    async def pipeline(match: int | None) -> None:
+        for _ in range(rng.randint(1, SESSION_BATCHES_MAX)):
+            bodies = tuple(work.body(client) for _ in range(rng.randint(1, 3)))
+            records = [Record(body=body) for body in bodies]
+            started = time.monotonic_ns()
+            ticket = await session.submit(AppendInput(records, match_seq_num=match))
+            # The ticket only wraps the future; the future is what says whether it is done,
+            # without awaiting it.
+            future = asyncio.ensure_future(_awaited(ticket))
+            batches.append((Append(bodies, match_seq_num=match), started, future))
+            if match is not None:
+                match += len(bodies)
+        await session.close()
+
+    with contextlib.suppress(Exception):  # each batch's future says what became of it
+        await asyncio.wait_for(pipeline(match), OPERATION_TIMEOUT_S)
+    futures = [future for _, _, future in batches]
+    if futures:  # a dead server fails them all; a hung one leaves them unknown
+        _, hung = await asyncio.wait(futures, timeout=OPERATION_TIMEOUT_S)
+        for future in hung:
+            future.cancel()
+        for future in futures:  # the session's error: seen here, judged below
+            if not future.cancelled():
+                future.exception()
+    return record_session(work, client, stream.name, batches, _failure)
+
+
+async def _awaited(ticket: BatchSubmitTicket) -> AppendAck:
+    ack: AppendAck = await ticket
+    return ack
 
 
 async def _read_session(work: Workload, client: int, stream: S2Stream, call: Read) -> None:
@@ -151,13 +179,14 @@ async def _read_session(work: Workload, client: int, stream: S2Stream, call: Rea
     start, count = call.start_seq, call.count
     try:
         async with asyncio.timeout(OPERATION_TIMEOUT_S):
-            session = stream.read_session(start=SeqNum(start), limit=ReadLimit(count=count), wait=0)
-            async for batch in session:
-                if not batch.records:
-                    continue
-                got = Records(tuple((r.seq_num, _model_key(r)) for r in batch.records))
-                work.recorder.completed(client, stream.name, Read(start, count), invoked, got)
-                start, count = got.records[-1][0] + 1, count - len(got.records)
+            limit = ReadLimit(count=count)
+            async with stream.read_session(start=SeqNum(start), limit=limit, wait=0) as session:
+                async for batch in session:
+                    if not batch.records:
+                        continue
+                    got = Records(tuple((r.seq_num, _model_key(r)) for r in batch.records))
+                    work.recorder.completed(client, stream.name, Read(start, count), invoked, got)
+                    start, count = got.records[-1][0] + 1, count - len(got.records)
     except ReadUnwrittenError as error:
         outcome = BeyondTail(error.tail.seq_num)
         work.recorder.completed(client, stream.name, Read(start, count), invoked, outcome)
