@@ -120,7 +120,7 @@ async def sdk_session_appender(work: Workload, client: int, stream_name: str, se
     while not work.stop.is_set():
         # A fresh client after each unknown outcome: the old one's pooled HTTP/2 connection
         # may lead to a killed process, and a session started on it after the restart fails
-        # with every batch it queued unknown until the next kill (ADR 0010, decision 2).
+        # with every batch it queued unknown until the next kill (ADR 0010, decision 6).
         async with _sdk(work) as sdk:
             stream = sdk.basin(BASIN).stream(stream_name)
             await reconnect(work, stream.check_tail)
