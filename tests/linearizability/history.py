@@ -72,11 +72,11 @@ class FencingTokenMismatch:
 
 @dataclass(frozen=True)
 class NoEffect:
-    """An append that failed where the server promises it took no effect (ADR 0010), so the
-    checker holds the server to that: `STORAGE`, its commit failed (it is neither acknowledged
-    nor ever visible); `BEHIND_REFUSED`, it followed a refused batch in its append session,
-    which sequences nothing after a refusal; `NEVER_SENT`, the client library failed before
-    the request existed on the wire (it could not connect)."""
+    """An append that failed in a way that means it took no effect (ADR 0010), so the checker
+    holds the server to that. The server promises it for `STORAGE`, a failed commit (neither
+    acknowledged nor ever visible), and `BEHIND_REFUSED`, a batch behind a refused one in its
+    append session, which sequences nothing after a refusal; the client library for
+    `NEVER_SENT`, a request that failed before it existed on the wire (no connection)."""
 
     reason: str
 
