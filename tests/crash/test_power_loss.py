@@ -22,6 +22,7 @@ import os
 import random
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -32,6 +33,8 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 
+from tests.crash.child import REPO_ROOT, run_and_kill
+from tests.crash.lake_child import BATCHES, ROWS
 from tests.crash.test_kill9 import Ack, Plans, run_child, verify
 from tests.server_process import ServerProcess
 
@@ -219,3 +222,26 @@ def test_the_lake_applies_every_acknowledged_row_exactly_once_across_power_loss(
         assert "Traceback" not in "".join(restarted.log)
     finally:
         restarted.stop()
+
+
+def test_lake_maintenance_keeps_every_row_across_power_loss(mount: Mount) -> None:
+    """Merging a table's files writes a new file and drops the old ones from the catalog: a
+    power loss after that commit must find the new file whole (the old ones are deleted)."""
+    root = mount.mount_point / "lake"
+    killed = run_and_kill(
+        "tests.crash.lake_child", ["write", str(root)], mount.root / "child.stderr", 0.0, "DONE", 60
+    )
+    assert "DONE" in killed.lines, killed.stderr
+    assert mount.fs is not None
+    mount.fs.persist_some(random.Random(6))
+    mount.power_loss()
+    mount.power_on()
+    counted = subprocess.run(
+        [sys.executable, "-m", "tests.crash.lake_child", "count", str(root)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO_ROOT,
+    )
+    total = BATCHES * ROWS
+    assert counted.stdout.split() == ["COUNT", str(total), str(total)], counted.stderr
