@@ -18,97 +18,30 @@ message elsewhere.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import shutil
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import httpx
 import pytest
 
 from tests.crash.child import REPO_ROOT, run_and_kill
 from tests.crash.lake_child import BATCHES, ROWS
+from tests.crash.powerloss_mount import Mount, power_loss_mount, unavailable
 from tests.crash.test_kill9 import Ack, Plans, run_child, verify
 from tests.server_process import ServerProcess
 
-if TYPE_CHECKING:
-    from tests.crash.powerloss_fs import PowerLossFs
-
-
-def _unavailable() -> str | None:
-    if os.geteuid() != 0:
-        return "mounting a FUSE filesystem needs root"
-    if not os.path.exists("/dev/fuse"):
-        return "no /dev/fuse"
-    try:
-        import tests.crash.powerloss_fs  # noqa: F401
-    except OSError as error:
-        return f"libfuse is not installed: {error}"
-    return None
-
-
-_UNAVAILABLE = _unavailable()
+_UNAVAILABLE = unavailable()
 pytestmark = pytest.mark.skipif(_UNAVAILABLE is not None, reason=_UNAVAILABLE or "")
-
-
-@dataclass
-class Mount:
-    root: Path
-    """Holds `volatile`, `durable` and the mount point `mnt`."""
-    fs: PowerLossFs | None = None
-    thread: threading.Thread | None = None
-
-    @property
-    def mount_point(self) -> Path:
-        return self.root / "mnt"
-
-    @property
-    def durable(self) -> Path:
-        return self.root / "durable"
-
-    def power_on(self) -> None:
-        """Mount the filesystem, the running system seeing what the disk holds."""
-        from tests.crash.powerloss_fs import PowerLossFs, serve
-
-        volatile = self.root / "volatile"
-        shutil.rmtree(volatile, ignore_errors=True)
-        shutil.copytree(self.durable, volatile, symlinks=True)
-        self.fs = PowerLossFs(volatile, self.durable)
-        self.thread = threading.Thread(target=serve, args=(self.fs, self.mount_point), daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not os.path.ismount(self.mount_point):
-            assert time.monotonic() < deadline and self.thread.is_alive(), "the mount failed"
-            time.sleep(0.02)
-
-    def power_loss(self) -> int:
-        """Unmount (whatever used the mount must be dead); returns the bytes dropped."""
-        assert self.fs is not None and self.thread is not None
-        dropped = self.fs.pending_bytes()
-        subprocess.run(["umount", str(self.mount_point)], check=True)
-        self.thread.join(10)
-        assert not self.thread.is_alive(), "the FUSE filesystem did not stop"
-        return dropped
 
 
 @pytest.fixture
 def mount(tmp_path: Path) -> Iterator[Mount]:
-    for name in ("durable", "mnt"):
-        (tmp_path / name).mkdir()
-    mounted = Mount(tmp_path)
-    mounted.power_on()
-    try:
+    with power_loss_mount(tmp_path) as mounted:
         yield mounted
-    finally:
-        if os.path.ismount(mounted.mount_point):
-            subprocess.run(["umount", "-l", str(mounted.mount_point)], check=False)
 
 
 @pytest.mark.parametrize("kill_after_s", [0.3, 1.0])
