@@ -14,8 +14,10 @@ next one's answer.
 from __future__ import annotations
 
 import collections
+import json
 import random
 from collections.abc import Iterator
+from typing import Any
 
 import grpc
 import httpx
@@ -44,11 +46,49 @@ _HEADER_UNSAFE = bytes([*range(0x20), 0x7F])
 _statuses: collections.Counter[str] = collections.Counter()
 
 
+_EDGE_VALUES: tuple[Any, ...] = (
+    None, True, 0, -1, 1.5, 2**64 - 1, 2**64, 10**400, float("nan"), float("inf"), "", "\ud800",
+    "x" * 70_000, "é" * 20, [], {}, [[]], {"": ""}, [[[[[[[[[[[[]]]]]]]]]]]], ["a", "b", "c"],
+)  # fmt: skip
+"""What replaces one value of a JSON seed: wrong types, limits and just past them, a lone
+surrogate, NaN and infinity (which Python writes and JSON does not have), deep nesting."""
+
+
+def _json_mutant(document: Any, rng: random.Random) -> Any:
+    """`document` with one value (or the whole) replaced by an edge value, or one key dropped."""
+    containers: list[Any] = []
+    pending = [document]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, dict | list) and value:
+            containers.append(value)
+            pending.extend(value.values() if isinstance(value, dict) else value)
+    if not containers:
+        return rng.choice(_EDGE_VALUES)
+    target = rng.choice(containers)
+    key = rng.choice(list(target)) if isinstance(target, dict) else rng.randrange(len(target))
+    if isinstance(target, dict) and rng.random() < 0.2:
+        del target[key]
+    else:
+        target[key] = rng.choice(_EDGE_VALUES)
+    return document
+
+
 def mutants(seeds: list[bytes], count: int, rng: random.Random) -> Iterator[bytes]:
     """`count` inputs, each a seed with one to four damages: bit flips, bytes replaced by edge
-    values, inserted, deleted or repeated, a cut, or a splice with another seed."""
+    values, inserted, deleted or repeated, a cut, or a splice with another seed; or, for half
+    of the seeds that are a JSON document, one value replaced (`_json_mutant`)."""
     for _ in range(count):
         data = bytearray(rng.choice(seeds))
+        if rng.random() < 0.5:
+            try:
+                document = json.loads(data[1:])
+            except ValueError:
+                pass
+            else:
+                text = json.dumps(_json_mutant(document, rng), ensure_ascii=rng.random() < 0.5)
+                yield bytes(data[:1]) + text.encode("utf-8", "surrogatepass")
+                continue
         for _ in range(rng.randint(1, 4)):
             at = rng.randrange(len(data) + 1)
             kind = rng.randrange(7)
@@ -141,13 +181,13 @@ class _Sender:
 
     def append_json(self, data: bytes) -> None:
         options, payload = (data[0], data[1:]) if data else (0, b"")
-        headers: dict[str, str | bytes] = {"s2-basin": BASIN, "content-type": "application/json"}
+        # Bytes: a header is sent as it is, and read by the server as latin-1 text.
+        headers = {b"s2-basin": BASIN.encode(), b"content-type": b"application/json"}
         if json_is_stream_config(options):
-            # Bytes: sent as they are, and read by the server as latin-1 text.
-            headers["s2-stream-config"] = payload.translate(None, _HEADER_UNSAFE).strip()
+            headers[b"s2-stream-config"] = payload.translate(None, _HEADER_UNSAFE).strip()
             body = b'{"records": [{"body": "x"}]}'
         else:
-            headers["s2-format"] = json_format(options)
+            headers[b"s2-format"] = json_format(options).encode()
             body = payload
         request = self.http.build_request(
             "POST", self._fresh_records_path(), content=body, headers=headers
