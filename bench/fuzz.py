@@ -94,6 +94,7 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="directory for corpora, logs and findings")
     args = parser.parse_args()
     workdir = args.keep or Path(tempfile.mkdtemp(prefix="s2s-fuzz-"))
+    workdir.mkdir(parents=True, exist_ok=True)
     targets = list(TARGETS) if args.target == "all" else [args.target]
     print(f"fuzz: {', '.join(targets)}; {args.runs} inputs each, seed {args.seed}; in {workdir}")
     clean = [fuzz(target, args.runs, args.seed, workdir) for target in targets]
