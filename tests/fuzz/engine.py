@@ -5,8 +5,8 @@ process; atheris ends the process when it is done, so callers start it as a subp
 
 The corpus starts from the target's seeds, written to a fresh directory (or `--corpus`, kept
 and grown across runs). The server's packages are imported under atheris' instrumentation, so
-the fuzzer is guided by which branches of our code (and of the libraries it calls in Python:
-json's pure-Python parts are not reached, the C accelerators are) an input reaches.
+the fuzzer is guided by the branches of our code an input reaches; the C parsers we call
+(json, protobuf, zlib, zstd) run but do not guide it.
 
 Exit status 0: every input ended as the target's contract allows. Otherwise libFuzzer printed
 the finding (a Python traceback, `timeout` or `out-of-memory`) and wrote the input that
