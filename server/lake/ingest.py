@@ -66,8 +66,8 @@ def _finite_float(text: str) -> float:
 # NaN and Infinity are Python extensions, not JSON; refusing them keeps stored rows portable.
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 # An NDJSON row is kept as sent, unlike one of a JSON body, which is re-encoded (refusing
-# infinity): its numbers are checked as parsed. Found by the fuzzer (`bench/fuzz.py --target
-# ingest`): NDJSON rows holding `1e400` were stored, and materialized as infinity.
+# infinity): its numbers are checked as parsed. Before, NDJSON rows holding `1e400` were
+# stored, and materialized as infinity (the ingest fuzz target's row invariant).
 _LINE_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
