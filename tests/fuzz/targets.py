@@ -387,7 +387,10 @@ def _batch_seeds() -> list[bytes]:
 
 
 def _ingest_seeds() -> list[bytes]:
-    rows = [{"id": 1, "name": "a", "tags": ["x"]}, {"id": "2", "nested": {"deep": [1, 2.5]}}]
+    rows = [
+        {"id": 1, "name": "a", "tags": ["x"]},
+        {"id": "2", "nested": {"deep": [1, 2.5e300, -0.0]}, "none": None, "yes": True},
+    ]
     document = json.dumps({"data": rows, "config": {"table": TABLE, "tags": {"k": 1}}}).encode()
     merge = json.dumps(
         {"data": rows[0], "config": {"table": TABLE, "mode": "merge", "primary_key": "id"}}

@@ -427,7 +427,7 @@ def test_out_of_range_number_is_rejected_per_row_in_json() -> None:
     "number", ["1e400", "-1E+999", "2.5e0309", "9" * 309 + ".0", "17976931348623159e292"]
 )
 def test_out_of_range_number_is_rejected_per_row_in_ndjson(number: str) -> None:
-    """Found writing the ingest fuzz target's row invariant: NDJSON rows were kept as sent,
+    """Found by the ingest fuzz target's row invariant: NDJSON rows were kept as sent,
     without re-encoding, so `1e400` was stored and materialized as infinity."""
     request = parse_ndjson(f'{{"x":{number}}}\n{{"x":1e300,"y":-2.5E-400}}'.encode())
     assert codes(request) == [(0, "invalid_json")]
