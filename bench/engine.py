@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import functools
 import os
 import shutil
@@ -28,20 +29,25 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 from benchlib import percentile, probe
 
-from s2s.config import StreamConfig
-from s2s.records import ValidatedBatch, trim_record, validate_append_input
-from s2s.v1 import records_pb2 as pb
-from server.cli import GIL_SWITCH_INTERVAL_S
-from server.jobs import JobSettings
-from server.reader import ReadLimits, ReadStart
-from server.sequencer import AppendAck
-from server.storage.kv import Table
-from server.storage.layout import batch_key
-from server.streamstore import StreamStore
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from s2s.config import StreamConfig  # noqa: E402
+from s2s.records import ValidatedBatch, trim_record, validate_append_input  # noqa: E402
+from s2s.v1 import records_pb2 as pb  # noqa: E402
+from server.cli import GIL_SWITCH_INTERVAL_S  # noqa: E402
+from server.jobs import JobSettings  # noqa: E402
+from server.reader import ReadLimits, ReadStart  # noqa: E402
+from server.sequencer import AppendAck  # noqa: E402
+from server.storage.kv import Table  # noqa: E402
+from server.storage.layout import batch_key  # noqa: E402
+from server.streamstore import StreamStore  # noqa: E402
+from tests.postgres import running_postgres  # noqa: E402
 
 BASIN = "bench-basin"
 RECORD_BYTES = 1024
@@ -55,8 +61,12 @@ def batch_of(count: int) -> ValidatedBatch:
     )
 
 
+STORAGE = ["lmdb"]
+"""The engine the scenarios run on (`--engines`): `lmdb`, or a `postgres:` connection string."""
+
+
 async def open_store(path: str, job_settings: JobSettings | None = None) -> StreamStore:
-    store = await StreamStore.open(path, job_settings=job_settings)
+    store = await StreamStore.open(path, job_settings=job_settings, storage=STORAGE[0])
     await store.create_basin(BASIN)
     return store
 
@@ -207,6 +217,12 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--only", default="a,b,read,reclaim")
     parser.add_argument("--read-gib", type=float, default=1.0)
+    parser.add_argument(
+        "--engines",
+        default="lmdb",
+        help="lmdb,postgres: each scenario on each engine, in one run (postgres: a durable "
+        "PostgreSQL server started here, a fresh database per repetition)",
+    )
     args = parser.parse_args()
     scenarios: dict[str, tuple[str, Callable[[str], Coroutine[Any, Any, dict[str, float]]]]] = {
         "a": ("(a) 1000 x 1 KiB batches, one stream, 16 in flight", scenario_a),
@@ -219,19 +235,34 @@ def main() -> None:
     }
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)  # as `s2s serve` does
     scratch = tempfile.mkdtemp(prefix="s2s-bench-")
-    try:
-        print(probe(scratch), flush=True)
-        for key in args.only.split(","):
-            title, run = scenarios[key]
-            results: list[dict[str, float]] = []
-            for rep in range(args.reps):
-                path = os.path.join(scratch, f"{key}-{rep}")
-                os.sync()
-                results.append(asyncio.run(run(path)))
-                shutil.rmtree(path, ignore_errors=True)
-            summarize(title, results)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    engines = args.engines.split(",")
+    with contextlib.ExitStack() as stack:
+        postgres = (
+            stack.enter_context(running_postgres(durable=True)) if "postgres" in engines else None
+        )
+        try:
+            print(probe(scratch), flush=True)
+            for key in args.only.split(","):
+                title, run = scenarios[key]
+                for engine in engines:
+                    results: list[dict[str, float]] = []
+                    for rep in range(args.reps):
+                        path = os.path.join(scratch, f"{key}-{rep}")
+                        STORAGE[0] = "lmdb"
+                        if engine == "postgres":
+                            assert postgres is not None
+                            dbname = f"bench_{key}_{rep}"
+                            postgres.psql(f'CREATE DATABASE "{dbname}"', dbname="postgres")
+                            conninfo = postgres.libpq().replace(
+                                f"dbname={postgres.dbname}", f"dbname={dbname}"
+                            )
+                            STORAGE[0] = f"postgres:{conninfo}"
+                        os.sync()
+                        results.append(asyncio.run(run(path)))
+                        shutil.rmtree(path, ignore_errors=True)
+                    summarize(f"{title} [{engine}]", results)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -279,6 +279,8 @@ def split_entry(data: bytes | memoryview, pos: int) -> tuple[int, int, int, int]
     envelope = fields
     while envelope < end and data[envelope] in (_SEQ_NUM_TAG[0], _TIMESTAMP_TAG[0]):
         _, envelope = read_varint(data, envelope + 1)
+    if envelope > end:  # a varint ran on into the next entry (IndexError at the last, before)
+        raise ValueError("a field runs past the end of the entry")
     if envelope == end or data[envelope] != _BODY_TAG[0]:
         return fields, envelope, -1, end
     body_length, body = read_varint(data, envelope + 1)

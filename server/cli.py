@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import gc
 import logging
-import os
 import signal
 import sys
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from server.http_frontend.cors import parse_origins
 from server.lake.connection import LakeSettings, default_threads
 from server.lake.service import Lake
 from server.startup import StartupError, claim_data_dir
+from server.storage.choice import LMDB, describe_storage, storage_option
 from server.storage.kv import MAP_SIZE_BYTES_DEFAULT
 from server.streamstore import StreamStore
 from server.tls import TlsSettings, server_tls
@@ -85,6 +85,14 @@ SERVE_OPTIONS = (
         port,
         8080,
         "HTTP port (S2 v1 REST API), 0 for any free port",
+    ),
+    EnvOption(
+        "--storage",
+        "S2S_STORAGE",
+        storage_option,
+        LMDB,
+        "where the stream log lives: 'lmdb' (in --data-dir) or 'postgres:' and a libpq "
+        "connection string, e.g. 'postgres:host=db1 dbname=s2s' (one server per database)",
     ),
     EnvOption(
         "--max-storage-gib",
@@ -226,6 +234,7 @@ class ServeSettings:
     grpc_port: int
     http_port: int
     max_storage_gib: int
+    storage: str
     lake: LakeSettings
     tls: TlsSettings
     cors_origins: frozenset[str] | None
@@ -257,6 +266,7 @@ def serve_settings(args: argparse.Namespace) -> ServeSettings:
         grpc_port=args.grpc_port,
         http_port=args.http_port,
         max_storage_gib=args.max_storage_gib,
+        storage=args.storage,
         lake=LakeSettings(
             root=Path(args.data_dir) / "lake",
             catalog=args.lake_catalog,
@@ -344,6 +354,7 @@ async def _open_store(settings: ServeSettings) -> StreamStore:
             settings.data_dir,
             max_storage_bytes=settings.max_storage_gib << 30,
             usage_settings=settings.usage,
+            storage=settings.storage,
         )
     except lmdb.MemoryError:
         raise StartupError(
@@ -354,7 +365,7 @@ async def _open_store(settings: ServeSettings) -> StreamStore:
         raise StartupError(
             f"the stream log in --data-dir {settings.data_dir!r} did not open: {error}"
         ) from None
-    log.info("storage open at %s", os.path.abspath(settings.data_dir))
+    log.info("storage open: %s", describe_storage(settings.storage, settings.data_dir))
     return store
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import os
 from collections.abc import AsyncGenerator
 
 from prometheus_client.registry import Collector
@@ -40,8 +39,9 @@ from server.jobs import BackgroundJobs, JobSettings
 from server.reader import Reader, ReadLimits, ReadOutput, ReadStart, validate_read
 from server.sequencer import AppendAck, StreamPosition
 from server.sequencers import AutoCreate, SequencerRegistry
+from server.storage.choice import LMDB, open_key_value_store
 from server.storage.committer import GroupCommitter
-from server.storage.kv import MAP_SIZE_BYTES_DEFAULT, KeyValueStore, LmdbStore
+from server.storage.kv import MAP_SIZE_BYTES_DEFAULT, KeyValueStore
 from server.usage import metric_sets
 from server.usage.accounting import ACCOUNT, Output, Usage, UsageSettings
 from server.usage.prometheus import server_registry
@@ -100,8 +100,10 @@ class StreamStore:
         job_settings: JobSettings | None = None,
         max_storage_bytes: int = MAP_SIZE_BYTES_DEFAULT,
         usage_settings: UsageSettings | None = None,
+        storage: str = LMDB,
     ) -> StreamStore:
-        kv = LmdbStore(os.path.join(data_dir, "log"), max_storage_bytes)
+        """`storage`: `lmdb` (in `data_dir`) or `postgres:<connection string>`."""
+        kv = await asyncio.to_thread(open_key_value_store, storage, data_dir, max_storage_bytes)
         store = cls(kv, clock, job_settings, usage_settings)
         await store.start()
         return store

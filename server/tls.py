@@ -18,9 +18,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import logging
-import os
 import ssl
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from server.durable_file import replace_durably
 from server.startup import StartupError
 
 log = logging.getLogger("s2s.tls")
@@ -156,8 +155,8 @@ def self_signed_tls(directory: Path, host: IPAddress) -> ServerTls:
         cert_pem, key_pem = _generate(addresses)
         # The key first: a start that dies between the two files finds a pair that does not
         # match, and generates a new one.
-        _write_atomically(key_file, key_pem, mode=0o600)
-        _write_atomically(cert_file, cert_pem, mode=0o644)
+        replace_durably(key_file, key_pem, mode=0o600)
+        replace_durably(cert_file, cert_pem, mode=0o644)
     except OSError as error:
         raise StartupError(
             f"cannot write the self-signed certificate in {str(directory)!r}: {error.strerror}: "
@@ -259,19 +258,3 @@ def _generate(addresses: tuple[IPAddress, ...]) -> tuple[bytes, bytes]:
         serialization.NoEncryption(),
     )
     return cert.public_bytes(serialization.Encoding.PEM), key_pem
-
-
-def _write_atomically(path: Path, data: bytes, mode: int) -> None:
-    """Replace `path` with `data` whole: a crash leaves the old file or the new one. The
-    temporary file is created with mode 0600, so the key is never readable by others."""
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(temporary, mode)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

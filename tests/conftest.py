@@ -1,16 +1,23 @@
-"""Shared fixtures: a real `StreamStore` on a temporary directory, with a controllable clock."""
+"""Shared fixtures: a real `StreamStore` with a controllable clock, on each storage engine:
+LMDB in a temporary directory, and a PostgreSQL database (one durable server per test worker,
+its tables emptied before each test)."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
+import psycopg
 import pytest
 
 from s2s.records import ValidatedBatch, validate_append_input
 from s2s.v1 import records_pb2 as pb
 from server.jobs import JobSettings
+from server.storage.choice import LMDB, POSTGRES_PREFIX
+from server.storage.kv import Table
+from server.storage.postgres import table_name
 from server.streamstore import StreamStore
+from tests.postgres import running_postgres
 
 BASIN = "test-basin"
 
@@ -64,10 +71,15 @@ def clock() -> ManualClock:
 
 @contextlib.asynccontextmanager
 async def open_store(
-    path: object, clock: ManualClock, job_settings: JobSettings = MANUAL_JOBS
+    path: object,
+    clock: ManualClock,
+    job_settings: JobSettings = MANUAL_JOBS,
+    storage: str = LMDB,
 ) -> AsyncIterator[StreamStore]:
-    """A `StreamStore` in `path` with `BASIN` created, closed on exit."""
-    opened = await StreamStore.open(str(path), clock=clock, job_settings=job_settings)
+    """A `StreamStore` in `path` (or `storage`) with `BASIN` created, closed on exit."""
+    opened = await StreamStore.open(
+        str(path), clock=clock, job_settings=job_settings, storage=storage
+    )
     await opened.create_basin(BASIN)
     try:
         yield opened
@@ -75,7 +87,34 @@ async def open_store(
         await opened.close()
 
 
+@pytest.fixture(scope="session")
+def postgres_storage() -> Iterator[str]:
+    """`--storage` for a durable PostgreSQL server of this test worker's own."""
+    with running_postgres(dbname="s2s_store", durable=True) as server:
+        yield POSTGRES_PREFIX + server.libpq()
+
+
+def _empty_tables(storage: str) -> None:
+    with psycopg.connect(storage[len(POSTGRES_PREFIX) :], autocommit=True) as connection:
+        names = [table_name(table) for table in Table]
+        existing = connection.execute(
+            "SELECT tablename FROM pg_tables WHERE tablename = ANY(%s)", (names,)
+        ).fetchall()
+        if existing:
+            connection.execute(f"TRUNCATE {', '.join(row[0] for row in existing)}")
+
+
+@pytest.fixture(params=[LMDB, "postgres"])
+def storage(request: pytest.FixtureRequest) -> str:
+    """Each engine in turn: `lmdb`, or a PostgreSQL database emptied for this test."""
+    if request.param == LMDB:
+        return LMDB
+    storage: str = request.getfixturevalue("postgres_storage")
+    _empty_tables(storage)
+    return storage
+
+
 @pytest.fixture
-async def store(tmp_path: object, clock: ManualClock) -> AsyncIterator[StreamStore]:
-    async with open_store(tmp_path, clock) as opened:
+async def store(tmp_path: object, clock: ManualClock, storage: str) -> AsyncIterator[StreamStore]:
+    async with open_store(tmp_path, clock, storage=storage) as opened:
         yield opened

@@ -97,8 +97,12 @@ def find_bin_dir() -> Path:
 
 
 @contextmanager
-def running_postgres(dbname: str = "s2s_test", timeout_s: float = 60.0) -> Iterator[PostgresServer]:
-    """A fresh PostgreSQL server with an empty database `dbname`, removed on exit."""
+def running_postgres(
+    dbname: str = "s2s_test", timeout_s: float = 60.0, durable: bool = False
+) -> Iterator[PostgresServer]:
+    """A fresh PostgreSQL server with an empty database `dbname`, removed on exit. `durable`:
+    with fsync and synchronous commits, as the stream log needs; otherwise without (a
+    throwaway catalog, faster)."""
     bin_dir = find_bin_dir()
     as_root = os.geteuid() == 0
     if as_root:
@@ -133,7 +137,7 @@ def running_postgres(dbname: str = "s2s_test", timeout_s: float = 60.0) -> Itera
             ],
             timeout_s,
         )
-        port = _start(as_root, bin_dir, base, data_dir, log_file, timeout_s)
+        port = _start(as_root, bin_dir, base, data_dir, log_file, timeout_s, durable)
         started = True
         server = PostgresServer("127.0.0.1", port, SUPERUSER, dbname, bin_dir)
         _wait_ready(server, timeout_s)
@@ -153,7 +157,13 @@ def running_postgres(dbname: str = "s2s_test", timeout_s: float = 60.0) -> Itera
 
 
 def _start(
-    as_root: bool, bin_dir: Path, base: Path, data_dir: Path, log_file: Path, timeout_s: float
+    as_root: bool,
+    bin_dir: Path,
+    base: Path,
+    data_dir: Path,
+    log_file: Path,
+    timeout_s: float,
+    durable: bool,
 ) -> int:
     """Starts the server on a free port (retrying if another process grabs it first)."""
     last_error: RuntimeError | None = None
@@ -165,9 +175,8 @@ def _start(
                 f"-c port={port}",
                 f"-c unix_socket_directories={base}",
                 # A throwaway cluster: durability only costs time.
-                "-c fsync=off",
-                "-c synchronous_commit=off",
-                "-c full_page_writes=off",
+                *([] if durable else ["-c fsync=off", "-c synchronous_commit=off"]),
+                *([] if durable else ["-c full_page_writes=off"]),
             ]
         )
         try:

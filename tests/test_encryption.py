@@ -177,3 +177,13 @@ async def test_aes_gcm_streams_stop_at_two_to_the_32(store: StreamStore) -> None
     )
     assert read.records is not None
     assert [r.body for r in decode(read.records.payload)] == [b"a", b"a", b"t"]
+
+
+def test_a_stored_record_whose_field_runs_past_its_entry_is_a_storage_error() -> None:
+    """Found by the fuzzer (`bench/fuzz.py --target batch`): a seq_num or timestamp varint
+    running on past the entry's end raised IndexError from `wire.split_entry`."""
+    entry = b"\x0a\x02\x08\xff"  # an entry of 2 bytes: a seq_num field whose varint goes on
+    with pytest.raises(S2Error) as truncated:
+        open_entries(entry + b"\x01", _cipher("aegis-256"), AAD)
+    assert truncated.value.code == "storage"
+    assert "runs past the end" in truncated.value.message

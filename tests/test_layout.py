@@ -5,6 +5,7 @@ from __future__ import annotations
 import struct
 import zlib
 
+import google_crc32c
 import pytest
 
 from s2s.v1 import records_pb2 as pb
@@ -78,3 +79,37 @@ def test_an_unknown_version_is_refused() -> None:
     struct.pack_into("<B", value, 1, 3)
     with pytest.raises(CorruptBatch, match="version"):
         Batch(bytes(value))
+
+
+def _resealed(fields: list[int], rest: bytes) -> bytes:
+    """A version 2 batch of this header and these bytes after it, with a valid checksum: what
+    only a bug of ours (or someone else writing the file) could store."""
+    fields[6] = 0
+    value = _BATCH_HEADER.pack(*fields) + rest
+    return value + struct.pack("<I", google_crc32c.value(value))
+
+
+@pytest.mark.parametrize("count", [0, 4, 1000, 2**32 - 1])
+def test_a_count_that_does_not_fit_the_arrays_is_corrupt_even_with_a_valid_checksum(
+    count: int,
+) -> None:
+    """Found by the fuzzer (`bench/fuzz.py --target batch`): a count larger than the arrays
+    raised ValueError from `array.frombytes`, and a count of 0 IndexError."""
+    value = encoded()
+    fields = list(_BATCH_HEADER.unpack_from(value))
+    fields[3] = count
+    with pytest.raises(CorruptBatch, match=f"too short for {count} records|do not span"):
+        Batch(_resealed(fields, value[_BATCH_HEADER.size : -4]))
+    v1_fields = list(_BATCH_HEADER.unpack_from(version_1(value)))
+    v1_fields[3] = count
+    with pytest.raises(CorruptBatch):
+        Batch(_BATCH_HEADER.pack(*v1_fields) + version_1(value)[_BATCH_HEADER.size :])
+
+
+def test_offsets_that_do_not_start_at_0_are_corrupt_even_with_a_valid_checksum() -> None:
+    value = encoded()
+    fields = list(_BATCH_HEADER.unpack_from(value))
+    rest = bytearray(value[_BATCH_HEADER.size : -4])
+    struct.pack_into("<I", rest, 0, 1)
+    with pytest.raises(CorruptBatch, match="do not span"):
+        Batch(_resealed(fields, bytes(rest)))

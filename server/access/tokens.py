@@ -20,7 +20,6 @@ import asyncio
 import hashlib
 import hmac
 import json
-import os
 import secrets
 import sys
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ from server.access.scope import (
     validate_access_token_prefix,
 )
 from server.clock import Clock
+from server.durable_file import replace_durably
 from server.storage.committer import GroupCommitter
 from server.storage.kv import Delete, KeyValueStore, Put, Table
 
@@ -352,7 +352,7 @@ class AccessTokens:
         root = _Stored(Principal(info), _digest(secret))
         # The file first: a crash between the two leaves a file that does not match, which
         # the next start replaces.
-        _write_private(path, secret + "\n")
+        replace_durably(path, f"{secret}\n".encode(), mode=0o600)
         await self._committer.commit(
             [Put(Table.ACCESS_TOKENS, ROOT_TOKEN_ID.encode(), root.encode())]
         )
@@ -379,15 +379,3 @@ class AccessTokens:
         if stored.expiry_timer is not None:
             stored.expiry_timer.cancel()
         stored.principal.ended.set()
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Write `text` to `path` readable and writable by its owner only, atomically."""
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.unlink(missing_ok=True)  # O_CREAT keeps an existing file's mode
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "w") as file:
-        file.write(text)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temporary, path)

@@ -33,6 +33,7 @@ import pyarrow as pa
 
 from server.lake import coercion
 from server.lake.connection import CATALOG_ALIAS, DEAD_LETTER_COLUMNS, META_SCHEMA
+from server.lake.data_files import DataFiles, transaction
 from server.lake.definition import Materialization
 from server.lake.sqltext import first_line, quote_identifier, quote_literal
 
@@ -175,8 +176,11 @@ class Applier:
     time: `apply`, or `prepare` then `commit` (which a runner may run on different threads, so
     two appliers on two cursors overlap one batch's steps 1-3 with the previous commit)."""
 
-    def __init__(self, cursor: duckdb.DuckDBPyConnection, definition: Materialization) -> None:
+    def __init__(
+        self, cursor: duckdb.DuckDBPyConnection, files: DataFiles, definition: Materialization
+    ) -> None:
         self._cursor = cursor
+        self._files = files
         self._definition = definition
         self._temporaries: dict[str, str] = {}
         """Temp objects this batch created (name → TABLE or VIEW), in creation order."""
@@ -562,17 +566,12 @@ class Applier:
                 f"SELECT seq_num, reason FROM {_REJECTS} ORDER BY seq_num"
             ).fetchall()
         )
-        cursor.execute("BEGIN")
-        try:
+        with transaction(cursor, self._files):
             if rows:
                 self._evolve(columns, prepared.new_columns)
                 self._write(all_columns)
             self._dead_letters()
             self._checkpoint(batch.last_seq_num, rows, len(rejections))
-            cursor.execute("COMMIT")
-        except BaseException:
-            cursor.execute("ROLLBACK")
-            raise
         snapshot = cursor.execute(f"SELECT id FROM {CATALOG_ALIAS}.current_snapshot()").fetchone()
         return ApplyResult(
             batch.last_seq_num, rows, rejections, int(snapshot[0]) if snapshot else None

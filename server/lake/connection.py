@@ -26,6 +26,7 @@ from pathlib import Path
 import duckdb
 from duckdb_extensions import import_extension
 
+from server.durable_file import replace_durably, sync_tree
 from server.lake.sqltext import quote_literal
 
 CATALOG_ALIAS = "lake"
@@ -132,10 +133,10 @@ def open_lake(settings: LakeSettings) -> duckdb.DuckDBPyConnection:
             "threads": settings.threads,
         }
     )
-    import_extension("ducklake", con=conn)
+    _install_extension("ducklake", conn, extensions)
     conn.execute("LOAD ducklake")
     if settings.catalog and settings.catalog.startswith("postgres:"):
-        import_extension("postgres_scanner", con=conn)
+        _install_extension("postgres_scanner", conn, extensions)
         conn.execute("LOAD postgres_scanner")
     conn.execute(
         f"ATTACH {quote_literal(settings.catalog_uri)} AS {CATALOG_ALIAS} "
@@ -152,6 +153,22 @@ def open_lake(settings: LakeSettings) -> duckdb.DuckDBPyConnection:
     conn.execute(f"SET allowed_directories = [{', '.join(map(quote_literal, allowed))}]")
     conn.execute("SET enable_external_access = false")
     return conn
+
+
+def _install_extension(name: str, conn: duckdb.DuckDBPyConnection, directory: Path) -> None:
+    """Install extension `name` from its pip package into `directory`, durably.
+
+    DuckDB copies the file with a rename but never syncs it, so a power loss soon after can
+    leave a damaged copy that the next start refuses to load (or worse, loads). A marker
+    written once the copy is synced says it can be trusted; without one the copy is made
+    again.
+    """
+    marker = directory / f".{name}-{duckdb.__version__}.synced"
+    fresh = not marker.exists()
+    import_extension(name, force_install=fresh, con=conn)
+    if fresh:
+        sync_tree(directory)
+        replace_durably(marker, b"", mode=0o644)
 
 
 def lake_cursor(conn: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import duckdb
 
 from server.lake.connection import CATALOG_ALIAS
+from server.lake.data_files import DataFiles, transaction
 from server.lake.sqltext import quote_literal
 from server.lake.writer import LakeWriter
 
@@ -30,18 +31,25 @@ class MaintenanceResult:
 
 
 def maintain(
-    cursor: duckdb.DuckDBPyConnection, snapshot_retention_s: int, file_grace_s: int
+    cursor: duckdb.DuckDBPyConnection,
+    files: DataFiles,
+    snapshot_retention_s: int,
+    file_grace_s: int,
 ) -> MaintenanceResult:
     """One maintenance pass. Snapshots younger than `snapshot_retention_s` stay readable (time
     travel); files are deleted `file_grace_s` after they were dropped, so a query that
     started before still finds them."""
     lake = quote_literal(CATALOG_ALIAS)
-    cursor.execute(f"CALL ducklake_flush_inlined_data({lake})")
+    # Each step that writes files commits them durably first (server/lake/data_files.py).
+    with transaction(cursor, files):
+        cursor.execute(f"CALL ducklake_flush_inlined_data({lake})")
     # Files with deletions are not merged: rewrite them first.
-    rewritten = cursor.execute(
-        f"CALL ducklake_rewrite_data_files({lake}, delete_threshold => {REWRITE_DELETED_SHARE})"
-    ).fetchall()
-    merged = cursor.execute(f"CALL ducklake_merge_adjacent_files({lake})").fetchall()
+    with transaction(cursor, files):
+        rewritten = cursor.execute(
+            f"CALL ducklake_rewrite_data_files({lake}, delete_threshold => {REWRITE_DELETED_SHARE})"
+        ).fetchall()
+    with transaction(cursor, files):
+        merged = cursor.execute(f"CALL ducklake_merge_adjacent_files({lake})").fetchall()
     expired = cursor.execute(
         f"CALL ducklake_expire_snapshots({lake}, "
         f"older_than => now() - INTERVAL {int(snapshot_retention_s)} SECOND)"
@@ -65,7 +73,11 @@ async def maintain_forever(writer: LakeWriter) -> None:
         await asyncio.sleep(settings.maintenance_interval_s)
         try:
             result = await writer.run(
-                maintain, writer.cursor, settings.snapshot_retention_s, settings.file_grace_s
+                maintain,
+                writer.cursor,
+                writer.files,
+                settings.snapshot_retention_s,
+                settings.file_grace_s,
             )
             if result != MaintenanceResult(0, 0, 0):
                 log.info("lake maintenance: %s", result)

@@ -141,7 +141,9 @@ class Materializations:
             await self._writer.run(self._check_projection, definition)
             if definition.basin == INGEST_BASIN:
                 await self._ensure_ingest_stream(definition.stream)
-            created = await self._writer.run(registry.insert, self._writer.cursor, definition)
+            created = await self._writer.run(
+                registry.insert, self._writer.cursor, self._writer.files, definition
+            )
             if not created:  # another server sharing the catalog has one of this name
                 raise _already_exists(definition.name)
             self._add_runner(definition, registry.Checkpoint(-1, 0, 0))
@@ -173,7 +175,7 @@ class Materializations:
         if definition.select is None and definition.where is None:
             return
         try:
-            Applier(self._writer.cursor, definition).check_projection()
+            Applier(self._writer.cursor, self._writer.files, definition).check_projection()
         except Exception as error:
             raise invalid(f"select/where do not compile: {first_line(error)}") from None
 
@@ -182,14 +184,18 @@ class Materializations:
             runner = self.runner(name)
             await runner.stop("paused")
             runner.definition = runner.definition.with_paused(True)
-            await self._writer.run(registry.update, self._writer.cursor, runner.definition)
+            await self._writer.run(
+                registry.update, self._writer.cursor, self._writer.files, runner.definition
+            )
         return await self.status(name)
 
     async def resume(self, name: str) -> MaterializationStatus:
         async with self._lock:
             runner = self.runner(name)
             runner.definition = runner.definition.with_paused(False)
-            await self._writer.run(registry.update, self._writer.cursor, runner.definition)
+            await self._writer.run(
+                registry.update, self._writer.cursor, self._writer.files, runner.definition
+            )
             runner.start()
         return await self.status(name)
 
@@ -199,14 +205,16 @@ class Materializations:
         does not apply those rows a second time."""
         async with self._lock:
             if name in self._damaged:
-                await self._writer.run(registry.delete, self._writer.cursor, name)
+                await self._writer.run(
+                    registry.delete, self._writer.cursor, self._writer.files, name
+                )
                 del self._damaged[name]
                 return
             runner = self.runner(name)
             await runner.stop("deleted")
             # Read after stop: a commit finishing after the cancel is in the stored checkpoint.
             stored = await self._writer.run(registry.checkpoint, self._writer.cursor, name)
-            await self._writer.run(registry.delete, self._writer.cursor, name)
+            await self._writer.run(registry.delete, self._writer.cursor, self._writer.files, name)
             del self._runners[name]
             definition = runner.definition
             if definition.basin == INGEST_BASIN and stored is not None:

@@ -18,6 +18,7 @@ from typing import Any
 import duckdb
 
 from server.lake.connection import CHECKPOINT_COLUMNS, MATERIALIZATION_COLUMNS, META_SCHEMA
+from server.lake.data_files import DataFiles, transaction
 from server.lake.definition import Materialization
 
 
@@ -95,16 +96,16 @@ def checkpoint(cursor: duckdb.DuckDBPyConnection, name: str) -> Checkpoint | Non
     return None if row is None else Checkpoint(int(row[0]), int(row[1]), int(row[2]))
 
 
-def insert(cursor: duckdb.DuckDBPyConnection, definition: Materialization) -> bool:
+def insert(
+    cursor: duckdb.DuckDBPyConnection, files: DataFiles, definition: Materialization
+) -> bool:
     """Store a new definition with an empty checkpoint; False if the name is taken."""
-    cursor.execute("BEGIN")
-    try:
+    with transaction(cursor, files):
         taken = cursor.execute(
             f"SELECT count(*) FROM {META_SCHEMA}.materializations WHERE name = $name",
             {"name": definition.name},
         ).fetchone()
         if taken and taken[0]:
-            cursor.execute("ROLLBACK")
             return False
         cursor.execute(
             f"INSERT INTO {META_SCHEMA}.materializations ({MATERIALIZATION_COLUMNS}) "
@@ -119,27 +120,22 @@ def insert(cursor: duckdb.DuckDBPyConnection, definition: Materialization) -> bo
             "VALUES ($name, -1, 0, 0, now())",
             {"name": definition.name},
         )
-        cursor.execute("COMMIT")
-    except BaseException:
-        cursor.execute("ROLLBACK")
-        raise
     return True
 
 
-def update(cursor: duckdb.DuckDBPyConnection, definition: Materialization) -> None:
-    cursor.execute(
-        f"UPDATE {META_SCHEMA}.materializations SET definition = $definition WHERE name = $name",
-        {"name": definition.name, "definition": definition.to_json()},
-    )
+def update(
+    cursor: duckdb.DuckDBPyConnection, files: DataFiles, definition: Materialization
+) -> None:
+    with transaction(cursor, files):
+        cursor.execute(
+            f"UPDATE {META_SCHEMA}.materializations SET definition = $definition "
+            "WHERE name = $name",
+            {"name": definition.name, "definition": definition.to_json()},
+        )
 
 
-def delete(cursor: duckdb.DuckDBPyConnection, name: str) -> None:
+def delete(cursor: duckdb.DuckDBPyConnection, files: DataFiles, name: str) -> None:
     """Forget the definition and its checkpoint; the table and its dead letters stay."""
-    cursor.execute("BEGIN")
-    try:
+    with transaction(cursor, files):
         for table in ("materializations", "checkpoints"):
             cursor.execute(f"DELETE FROM {META_SCHEMA}.{table} WHERE name = $name", {"name": name})
-        cursor.execute("COMMIT")
-    except BaseException:
-        cursor.execute("ROLLBACK")
-        raise

@@ -104,8 +104,8 @@ class MaterializationRunner:
         # Two appliers, each on its own cursor: batch N+1 is prepared on one while batch N
         # commits on the other (`_batch_and_apply`).
         self._lanes = (
-            Applier(writer.new_cursor(), definition),
-            Applier(writer.new_cursor(), definition),
+            Applier(writer.new_cursor(), writer.files, definition),
+            Applier(writer.new_cursor(), writer.files, definition),
         )
         self._next_seq = checkpoint.last_seq_num + 1
         self._rows_applied = checkpoint.rows_applied

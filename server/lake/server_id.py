@@ -4,9 +4,10 @@ only the materializations it declared, because their source streams live on it
 
 from __future__ import annotations
 
-import os
 import uuid
 from pathlib import Path
+
+from server.durable_file import replace_durably
 
 
 def load_server_id(root: Path) -> str:
@@ -14,7 +15,5 @@ def load_server_id(root: Path) -> str:
     path = root / "server-id"
     if not path.exists():
         root.mkdir(parents=True, exist_ok=True)
-        staging = path.with_suffix(".tmp")
-        staging.write_text(uuid.uuid4().hex)
-        os.replace(staging, path)
+        replace_durably(path, uuid.uuid4().hex.encode(), mode=0o644)
     return path.read_text().strip()

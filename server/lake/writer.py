@@ -20,6 +20,7 @@ from typing import ParamSpec, TypeVar
 import duckdb
 
 from server.lake.connection import LakeSettings, lake_cursor, open_lake
+from server.lake.data_files import DataFiles
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -32,6 +33,7 @@ class LakeWriter:
         self._preparer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lake-prepare")
         self._conn: duckdb.DuckDBPyConnection | None = None
         self._cursor: duckdb.DuckDBPyConnection | None = None
+        self._files: DataFiles | None = None
 
     async def open(self) -> None:
         await self.run(self._open)
@@ -39,6 +41,7 @@ class LakeWriter:
     def _open(self) -> None:
         self._conn = open_lake(self.settings)
         self._cursor = lake_cursor(self._conn)
+        self._files = DataFiles(self.settings.data_dir)
 
     @property
     def connection(self) -> duckdb.DuckDBPyConnection:
@@ -50,6 +53,12 @@ class LakeWriter:
         """The writer's cursor: use only from functions passed to `run`."""
         assert self._cursor is not None, "open() first"
         return self._cursor
+
+    @property
+    def files(self) -> DataFiles:
+        """The data files every transaction of this writer syncs before its commit."""
+        assert self._files is not None, "open() first"
+        return self._files
 
     def new_cursor(self) -> duckdb.DuckDBPyConnection:
         """A cursor of the caller's own (its temp tables are its own), used by one thread at a

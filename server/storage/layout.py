@@ -232,6 +232,14 @@ class Batch:
             raise CorruptBatch(f"bad batch magic/version {magic:#x}/{version}")
         if version == 2 and google_crc32c.value(data) != CRC32C_RESIDUE:
             raise CorruptBatch(f"batch at seq {first_seq} failed its checksum")
+        # The checksum says these are the bytes written; these checks say they are a batch,
+        # so that a damaged one is CorruptBatch and never an exception of the code below (the
+        # fuzzer found a count larger than the arrays: ValueError from `frombytes`). Offsets
+        # are not checked record by record: `encode_batch` builds them by accumulation, and a
+        # pass over 1,000 of them costs four times this whole decode.
+        trailer = _CRC_TRAILER.size if version == 2 else 0
+        if count == 0 or _BATCH_HEADER.size + 16 * count + 4 + trailer > len(data):
+            raise CorruptBatch(f"batch at seq {first_seq} is too short for {count} records")
         pos = _BATCH_HEADER.size
         offsets = array("I")
         offsets.frombytes(data[pos : pos + 4 * (count + 1)])
@@ -246,8 +254,10 @@ class Batch:
             offsets.byteswap()
             timestamps.byteswap()
             metered.byteswap()
-        payload = memoryview(data)[pos : len(data) - (_CRC_TRAILER.size if version == 2 else 0)]
-        if len(payload) != offsets[-1] or (version == 1 and zlib.crc32(payload) != crc):
+        payload = memoryview(data)[pos : len(data) - trailer]
+        if offsets[0] != 0 or len(payload) != offsets[-1]:
+            raise CorruptBatch(f"batch at seq {first_seq}: its offsets do not span its payload")
+        if version == 1 and zlib.crc32(payload) != crc:
             raise CorruptBatch(f"batch at seq {first_seq} failed its checksum")
         self.count: int = count
         self.first_seq: int = first_seq

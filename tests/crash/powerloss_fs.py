@@ -1,29 +1,60 @@
-"""A FUSE filesystem that loses, at a simulated power loss, every write not yet fsync'd.
+"""A FUSE filesystem that loses, at a simulated power loss, everything not yet made durable.
 
 It passes everything through to a *volatile* directory (what the running processes see) and
-keeps a *durable* directory holding only what was synced: a write is recorded as pending until
-`fsync`/`fdatasync` of its file copies the pending ranges (and the file's size) across, and a
-write through a descriptor opened with `O_DSYNC` is durable at once (the kernel also sends an
-fsync after it). Power loss is: kill the processes using the mount, then unmount it (the
-kernel's page cache of the mount goes with it); the durable directory is then the disk as it
-would be after the power came back. Directory operations (create, mkdir, unlink, rename) are
-taken as durable at once: LMDB creates its two files when the environment opens and never
-renames or removes them. Needs /dev/fuse, root (to mount) and libfuse 2 (`mfusepy`'s ctypes
-binding loads it).
+keeps a *durable* directory holding only what was synced, the disk as it would be after the
+power came back:
+
+- **Data.** A write is pending until `fsync`/`fdatasync` of its file copies the pending ranges
+  (and the file's size) across; a write through a descriptor opened with `O_DSYNC` is durable
+  at once (the kernel also sends an fsync after it).
+- **Names.** Creating, renaming and removing files and directories are entries in one ordered
+  journal, as a journaling filesystem (ext4) keeps them. Syncing a directory makes durable
+  every entry up to the last one that touched a name in it; syncing a file, every entry up to
+  its own creation or the rename that gave it its name (ext4 commits its journal in order,
+  and POSIX promises no more than that). So a file replaced by a rename keeps its old content
+  at a power loss unless its directory was synced, which is why `server/durable_file.py`
+  syncs it.
+
+Power loss is: kill the processes using the mount, then unmount it (the kernel's page cache
+of the mount goes with it). `persist_some` first lets a random part of the pending state reach
+the disk, as the kernel's writeback may have done before the power went: any subset of the
+pending 512-byte sectors of data (a sector is the unit a disk writes whole) and any prefix of
+the journal. Needs /dev/fuse, root (to mount) and libfuse 2 (`mfusepy`'s ctypes binding loads
+it).
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import random
 import threading
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mfusepy import FUSE, FuseOSError, Operations
 
 _STAT_FIELDS = ("st_mode", "st_nlink", "st_uid", "st_gid", "st_size", "st_blocks")
+SECTOR = 512
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """One change of names: `kind` is create, mkdir, rename, unlink or rmdir; `new` is the
+    target of a rename."""
+
+    kind: str
+    path: str
+    new: str = ""
+    mode: int = 0o644
+
+    def touches(self, path: str) -> bool:
+        return path in (self.path, self.new)
+
+    def names_in(self, directory: str) -> bool:
+        return any(name and os.path.dirname(name) == directory for name in (self.path, self.new))
 
 
 class PowerLossFs(Operations):  # type: ignore[misc]
@@ -32,8 +63,9 @@ class PowerLossFs(Operations):  # type: ignore[misc]
     def __init__(self, volatile: Path, durable: Path) -> None:
         self.volatile = volatile
         self.durable = durable
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._pending: defaultdict[str, list[tuple[int, int]]] = defaultdict(list)
+        self._journal: list[_Entry] = []
         self._dsync: set[int] = set()
         self.synced_bytes = 0
 
@@ -42,11 +74,70 @@ class PowerLossFs(Operations):  # type: ignore[misc]
         with self._lock:
             return sum(length for ranges in self._pending.values() for _, length in ranges)
 
+    def pending_names(self) -> int:
+        """Journal entries not yet durable."""
+        with self._lock:
+            return len(self._journal)
+
+    def persist_some(self, rng: random.Random) -> tuple[int, int]:
+        """Make a random part of the pending state durable, as writeback might have before
+        the power went: each pending sector with probability 1/2, and a random prefix of the
+        journal. Returns the sectors and the journal entries persisted."""
+        with self._lock:
+            entries = rng.randint(0, len(self._journal))
+            self._apply_journal(entries)
+            sectors = 0
+            for path, ranges in self._pending.items():
+                if not os.path.exists(self._d(path)):
+                    continue  # its name never reached the disk
+                chosen = [
+                    (start, min(SECTOR, offset + length - start))
+                    for offset, length in ranges
+                    for start in range(offset, offset + length, SECTOR)
+                    if rng.random() < 0.5
+                ]
+                self._copy(path, chosen, 0)
+                sectors += len(chosen)
+            return sectors, entries
+
     def _v(self, path: str) -> str:
         return str(self.volatile) + path
 
     def _d(self, path: str) -> str:
         return str(self.durable) + path
+
+    # --- the journal of names ----------------------------------------------------------------
+
+    def _log(self, entry: _Entry) -> None:
+        with self._lock:
+            self._journal.append(entry)
+
+    def _apply_journal(self, count: int) -> None:
+        """Apply the first `count` entries to the durable directory, in order."""
+        for entry in self._journal[:count]:
+            durable = self._d(entry.path)
+            if entry.kind == "create" and not os.path.exists(durable):
+                os.close(os.open(durable, os.O_WRONLY | os.O_CREAT, entry.mode))
+            elif entry.kind == "mkdir" and not os.path.exists(durable):
+                os.mkdir(durable, entry.mode)
+            elif entry.kind == "rename" and os.path.lexists(durable):
+                os.rename(durable, self._d(entry.new))
+            elif entry.kind == "unlink" and os.path.lexists(durable):
+                os.unlink(durable)
+            elif entry.kind == "rmdir" and os.path.isdir(durable):
+                os.rmdir(durable)
+        del self._journal[:count]
+
+    def _sync_names(self, matches: Any) -> None:
+        """Apply the journal up to its last entry for which `matches(entry)` holds."""
+        with self._lock:
+            last = max(
+                (index + 1 for index, entry in enumerate(self._journal) if matches(entry)),
+                default=0,
+            )
+            self._apply_journal(last)
+
+    # --- operations --------------------------------------------------------------------------
 
     def getattr(self, path: str, fh: int | None = None) -> dict[str, Any]:
         try:
@@ -64,24 +155,43 @@ class PowerLossFs(Operations):  # type: ignore[misc]
         names = ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files", "f_ffree")
         return {name: getattr(st, name) for name in (*names, "f_namemax")}
 
+    def chmod(self, path: str, mode: int) -> int:
+        # Modes are taken as durable at once: nothing here depends on losing one.
+        os.chmod(self._v(path), mode)
+        if os.path.exists(self._d(path)):
+            os.chmod(self._d(path), mode)
+        return 0
+
     def mkdir(self, path: str, mode: int) -> int:
         os.mkdir(self._v(path), mode)
-        os.mkdir(self._d(path), mode)
+        self._log(_Entry("mkdir", path, mode=mode))
+        return 0
+
+    def rmdir(self, path: str) -> int:
+        os.rmdir(self._v(path))
+        self._log(_Entry("rmdir", path))
         return 0
 
     def unlink(self, path: str) -> int:
         os.unlink(self._v(path))
-        os.unlink(self._d(path))
+        with self._lock:
+            self._pending.pop(path, None)
+            self._journal.append(_Entry("unlink", path))
         return 0
 
     def rename(self, old: str, new: str) -> int:
         os.rename(self._v(old), self._v(new))
-        os.rename(self._d(old), self._d(new))
+        with self._lock:
+            self._pending.pop(new, None)
+            if old in self._pending:
+                self._pending[new] = self._pending.pop(old)
+            self._journal.append(_Entry("rename", old, new))
         return 0
 
     def create(self, path: str, mode: int, fi: Any = None) -> int:
-        os.close(os.open(self._d(path), os.O_WRONLY | os.O_CREAT, mode))
-        return os.open(self._v(path), os.O_RDWR | os.O_CREAT, mode)
+        fd = os.open(self._v(path), os.O_RDWR | os.O_CREAT, mode)
+        self._log(_Entry("create", path, mode=mode))
+        return fd
 
     def open(self, path: str, flags: int) -> int:
         fd = os.open(self._v(path), os.O_RDWR)
@@ -101,6 +211,7 @@ class PowerLossFs(Operations):  # type: ignore[misc]
                 self._pending[path].append((offset, written))
         if durable_now:
             # O_DSYNC makes this write durable, not the file's other pending ones.
+            self._sync_names(lambda entry: entry.touches(path))
             self._copy(path, [(offset, written)], offset + written)
         return written
 
@@ -111,7 +222,14 @@ class PowerLossFs(Operations):  # type: ignore[misc]
         return 0
 
     def fsync(self, path: str, datasync: int, fh: int) -> int:
-        self._sync(path)
+        self._sync_names(lambda entry: entry.touches(path))
+        with self._lock:
+            ranges = self._pending.pop(path, [])
+        self._copy(path, ranges, None)
+        return 0
+
+    def fsyncdir(self, path: str, datasync: int, fh: int) -> int:
+        self._sync_names(lambda entry: entry.names_in(path))
         return 0
 
     def flush(self, path: str, fh: int) -> int:
@@ -122,12 +240,6 @@ class PowerLossFs(Operations):  # type: ignore[misc]
             self._dsync.discard(fh)
         os.close(fh)
         return 0
-
-    def _sync(self, path: str) -> None:
-        """Make the file's pending writes and its size durable."""
-        with self._lock:
-            ranges = self._pending.pop(path, [])
-        self._copy(path, ranges, None)
 
     def _copy(self, path: str, ranges: list[tuple[int, int]], size_min: int | None) -> None:
         """Copy the ranges from the volatile to the durable file, and its size (None), or grow

@@ -14,23 +14,34 @@ import pytest
 
 from server.lake.apply import Applier, RecordBatch, TableMissing
 from server.lake.connection import LakeSettings, lake_cursor, open_lake
+from server.lake.data_files import DataFiles
 from server.lake.definition import MaterializationSpec, build_materialization
 from server.lake.maintenance import maintain
 from server.lake.registry import Checkpoint, insert, load_all
 
+_FILES: dict[int, DataFiles] = {}
+"""Each open lake's data files, by the id of its connection."""
+
 
 @pytest.fixture
 def lake(tmp_path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
-    conn = open_lake(LakeSettings(root=tmp_path / "lake"))
+    settings = LakeSettings(root=tmp_path / "lake")
+    conn = open_lake(settings)
+    _FILES[id(conn)] = DataFiles(settings.data_dir)
     yield conn
+    del _FILES[id(conn)]
     conn.close()
+
+
+def _files(conn: duckdb.DuckDBPyConnection) -> DataFiles:
+    return _FILES[id(conn)]
 
 
 def _applier(conn: duckdb.DuckDBPyConnection, **spec: Any) -> Applier:
     definition = build_materialization(MaterializationSpec(name="m", create_table=True, **spec))
     cursor = lake_cursor(conn)
-    assert insert(cursor, definition)
-    return Applier(cursor, definition)
+    assert insert(cursor, _files(conn), definition)
+    return Applier(cursor, _files(conn), definition)
 
 
 def _batch(first_seq: int, *bodies: Any) -> RecordBatch:
@@ -191,9 +202,9 @@ def test_projection_that_does_not_compile_is_refused(lake) -> None:
 def test_missing_table_without_create_table_applies_nothing(lake) -> None:
     definition = build_materialization(MaterializationSpec(name="m", table="s.absent"))
     cursor = lake_cursor(lake)
-    insert(cursor, definition)
+    insert(cursor, _files(lake), definition)
     with pytest.raises(TableMissing):
-        Applier(cursor, definition).apply(_batch(0, {"a": 1}))
+        Applier(cursor, _files(lake), definition).apply(_batch(0, {"a": 1}))
     assert _checkpoint(lake) == Checkpoint(-1, 0, 0)
 
 
@@ -219,9 +230,9 @@ def test_a_failed_commit_leaves_rows_and_checkpoint_together(lake, fail_on: str)
         MaterializationSpec(name="m", table="s.once", create_table=True)
     )
     cursor = lake_cursor(lake)
-    insert(cursor, definition)
+    insert(cursor, _files(lake), definition)
     failing = FailingCursor(cursor, fail_on)
-    applier = Applier(failing, definition)  # type: ignore[arg-type]
+    applier = Applier(failing, _files(lake), definition)  # type: ignore[arg-type]
     batch = _batch(0, {"id": 1}, {"id": 2}, b"bad")
     with pytest.raises(duckdb.IOException):
         applier.apply(batch)
@@ -248,10 +259,10 @@ def test_maintenance_compacts_files_and_keeps_rows(lake, tmp_path: Path) -> None
         return len(list((tmp_path / "lake" / "data").rglob("*.parquet")))
 
     assert files() == 40  # 20 data files and 20 deletion files
-    first = maintain(cursor, snapshot_retention_s=0, file_grace_s=0)
+    first = maintain(cursor, _files(lake), snapshot_retention_s=0, file_grace_s=0)
     assert first.files_merged >= 20 and first.snapshots_expired > 0
     time.sleep(1.1)  # a file is deletable once its grace period has passed
-    second = maintain(cursor, snapshot_retention_s=0, file_grace_s=0)
+    second = maintain(cursor, _files(lake), snapshot_retention_s=0, file_grace_s=0)
     assert first.files_deleted + second.files_deleted >= 40
     assert files() <= 2
     assert _rows(lake, "SELECT count(*), sum(a) FROM s.t") == [(10_000, 100_000_000)]
@@ -287,8 +298,8 @@ def test_a_field_or_projected_column_may_be_called_seq_num(lake) -> None:
         MaterializationSpec(name="p", table="s.projected_seq", create_table=True, select="seq_num")
     )
     cursor = lake_cursor(lake)
-    insert(cursor, definition)
-    Applier(cursor, definition).apply(_batch(7, {"x": 1}, {"x": 2}))
+    insert(cursor, _files(lake), definition)
+    Applier(cursor, _files(lake), definition).apply(_batch(7, {"x": 1}, {"x": 2}))
     assert _rows(lake, "SELECT seq_num FROM s.projected_seq ORDER BY 1") == [(7,), (8,)]
 
 
@@ -323,7 +334,7 @@ def test_a_batch_prepared_before_the_table_changed_is_prepared_again(lake) -> No
     definition = build_materialization(
         MaterializationSpec(name="m", create_table=True, table="bronze.piped")
     )
-    second = Applier(lake_cursor(lake), definition)
+    second = Applier(lake_cursor(lake), _files(lake), definition)
     early = first.prepare(_batch(0, {"id": 1, "extra": "a"}))
     late = second.prepare(_batch(1, {"id": 2, "extra": "b"}, {"id": 3, "more": 1.5}))
     assert late.columns == {}  # shaped when no table existed yet
@@ -357,7 +368,7 @@ def test_a_batch_shaped_for_the_columns_before_it_is_prepared_once(lake, monkeyp
     definition = build_materialization(
         MaterializationSpec(name="m", create_table=True, table="bronze.guessed")
     )
-    second = Applier(lake_cursor(lake), definition)
+    second = Applier(lake_cursor(lake), _files(lake), definition)
     prepares = _count_prepares(second, monkeypatch)
     early = first.prepare(_batch(0, {"id": 1, "seen": "2026-11-22T12:00:00Z"}))
     late = second.prepare(_batch(1, {"id": 2, "seen": "2026-11-22T13:00:00Z"}), early.all_columns)
@@ -376,7 +387,7 @@ def test_a_wrong_guess_of_the_columns_is_prepared_again(lake, monkeypatch) -> No
     definition = build_materialization(
         MaterializationSpec(name="m", create_table=True, table="bronze.unguessed")
     )
-    second = Applier(lake_cursor(lake), definition)
+    second = Applier(lake_cursor(lake), _files(lake), definition)
     prepares = _count_prepares(second, monkeypatch)
     early = first.prepare(_batch(0, {"id": 1}))
     late = second.prepare(_batch(1, {"id": 2, "name": "b"}), {"other": "BIGINT"})

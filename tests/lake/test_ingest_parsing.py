@@ -423,6 +423,18 @@ def test_out_of_range_number_is_rejected_per_row_in_json() -> None:
     assert codes(request) == [(0, "invalid_json")]
 
 
+@pytest.mark.parametrize(
+    "number", ["1e400", "-1E+999", "2.5e0309", "9" * 309 + ".0", "17976931348623159e292"]
+)
+def test_out_of_range_number_is_rejected_per_row_in_ndjson(number: str) -> None:
+    """Found by the ingest fuzz target's row invariant: NDJSON rows were kept as sent,
+    without re-encoding, so `1e400` was stored and materialized as infinity."""
+    request = parse_ndjson(f'{{"x":{number}}}\n{{"x":1e300,"y":-2.5E-400}}'.encode())
+    assert codes(request) == [(0, "invalid_json")]
+    assert "too large for a double" in request.rejected[0].message
+    assert request.rows == [b'{"x":1e300,"y":-2.5E-400}']
+
+
 def test_all_rows_rejected_is_not_a_request_error() -> None:
     request = parse(json_body([1, 2]))
     assert request.rows == []

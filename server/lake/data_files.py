@@ -1,0 +1,135 @@
+"""Every lake transaction commits only after the data files it wrote are durable.
+
+DuckDB writes a DuckLake table's Parquet files (and delete files) during the transaction but
+never syncs them, while the catalog's commit is synced. A power loss between the two leaves a
+catalog that names files which are missing or torn: the table can no longer be read, and the
+materialization checkpoint committed with them has moved past the records whose rows are gone,
+so "exactly once" becomes "never". `transaction` therefore syncs whatever the transaction
+added under the lake's data path (the files, and the directories that gained entries) before
+its COMMIT. A directory is listed again only when its mtime moved or is recent (mtimes are
+coarse: a directory changed within the same tick as the last listing would look unchanged),
+and only its new names are looked at. Measured here (`os.listdir` of a directory of 10,000
+files, the machine loaded): 6 to 13 ms, against the tens to hundreds of milliseconds of a
+DuckLake commit; maintenance keeps table directories far smaller.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+
+from server.durable_file import sync_directory
+
+RECENT_NS = 2_000_000_000
+"""A directory whose mtime is this recent is listed again whether or not it moved."""
+
+
+@dataclass
+class _Listing:
+    mtime_ns: int
+    files: set[str] = field(default_factory=set)
+    subdirectories: list[str] = field(default_factory=list)
+
+
+class DataFiles:
+    """The files under a local data path, as last seen durable. For an object-store path
+    (`s3://...`) there is nothing to do: an object is durable once its upload returns."""
+
+    def __init__(self, data_path: str) -> None:
+        self._root = None if "://" in data_path else os.path.abspath(data_path)
+        self._listings: dict[str, _Listing] = {}
+        self._lock = threading.Lock()
+        # What is there at start-up was written by an earlier process: each of its
+        # transactions synced its own files before committing, so they are only recorded.
+        self._scan(sync=False)
+
+    def sync_new(self) -> int:
+        """Sync every file and directory entry added since the last call; returns how many
+        files were synced."""
+        return self._scan(sync=True)
+
+    def _scan(self, sync: bool) -> int:
+        if self._root is None:
+            return 0
+        with self._lock:
+            synced = 0
+            now = time.time_ns()
+            pending = [self._root]
+            while pending:
+                directory = pending.pop()
+                try:
+                    mtime_ns = os.stat(directory).st_mtime_ns
+                except FileNotFoundError:
+                    self._listings.pop(directory, None)
+                    continue
+                known = self._listings.get(directory)
+                if known is None or known.mtime_ns != mtime_ns or now - mtime_ns < RECENT_NS:
+                    known, added = self._list(directory, mtime_ns, known)
+                    if sync and added:
+                        synced += self._sync(directory, added)
+                pending.extend(known.subdirectories)
+            return synced
+
+    def _list(
+        self, directory: str, mtime_ns: int, before: _Listing | None
+    ) -> tuple[_Listing, list[str]]:
+        """List `directory` again; returns the listing and the names new in it. Only new
+        names are looked at one by one (a table directory holds thousands of files)."""
+        names = set(os.listdir(directory))
+        known_files = before.files & names if before is not None else set()
+        known_directories = (
+            {path for path in before.subdirectories if os.path.basename(path) in names}
+            if before is not None
+            else set()
+        )
+        known_names = known_files | {os.path.basename(path) for path in known_directories}
+        added = sorted(names - known_names)
+        listing = _Listing(mtime_ns, known_files, sorted(known_directories))
+        for name in added:
+            path = os.path.join(directory, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                listing.subdirectories.append(path)
+            else:
+                listing.files.add(name)
+        self._listings[directory] = listing
+        return listing, added
+
+    @staticmethod
+    def _sync(directory: str, added: list[str]) -> int:
+        files = 0
+        for name in added:
+            path = os.path.join(directory, name)
+            if os.path.isdir(path):
+                continue  # synced when its own listing finds it new
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue  # written and removed again within the transaction
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            files += 1
+        sync_directory(Path(directory))
+        return files
+
+
+@contextmanager
+def transaction(cursor: duckdb.DuckDBPyConnection, files: DataFiles) -> Iterator[None]:
+    """BEGIN; the caller's statements; the new data files synced; COMMIT (ROLLBACK on any
+    error, the caller's included)."""
+    cursor.execute("BEGIN")
+    try:
+        yield
+        files.sync_new()
+        cursor.execute("COMMIT")
+    except BaseException:
+        cursor.execute("ROLLBACK")
+        raise
