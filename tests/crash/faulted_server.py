@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 from types import FrameType
 
-import server.streamstore
+import server.storage.choice
 from server import cli
 from server.storage.kv import LmdbStore, Write
 from tests.crash.syscall_faults import SyscallFault, run_with_fault
@@ -66,8 +66,13 @@ def install() -> None:
     """Arm faults on signals and make the server's stores faultable, in this process."""
     for signum in SIGNAL_FAULTS:
         signal.signal(signum, _arm)
-    # `StreamStore.open` builds its store by this name; the subclass only adds the fault.
-    server.streamstore.LmdbStore = _SignalFaultedStore  # type: ignore[attr-defined]
+    # `open_key_value_store` builds the LMDB store by this name; the subclass only adds the
+    # fault. (It was `server.streamstore`'s until the storage choice moved: replacing a name
+    # that a module no longer uses does nothing, silently, so this checks the name is there,
+    # and every user of this server asserts that its faults were injected.)
+    if not isinstance(getattr(server.storage.choice, "LmdbStore", None), type):
+        raise RuntimeError("server.storage.choice no longer builds the store by LmdbStore")
+    server.storage.choice.LmdbStore = _SignalFaultedStore  # type: ignore[attr-defined]
 
 
 def main() -> int:
