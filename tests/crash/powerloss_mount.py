@@ -80,7 +80,7 @@ class Mount:
 def power_loss_mount(root: Path) -> Iterator[Mount]:
     """A fresh empty disk under `root`, mounted; unmounted at the end whatever happened."""
     for name in ("durable", "mnt"):
-        (root / name).mkdir()
+        (root / name).mkdir(parents=True)
     mount = Mount(root)
     mount.power_on()
     try:

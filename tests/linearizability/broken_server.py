@@ -10,7 +10,11 @@ into this process only, then `server.cli.main` runs with the rest of the argumen
   `412 seq_num_mismatch` as if it had not been;
 - `ack-failed-commit`: runs as `tests/crash/faulted_server.py` (signals inject I/O faults into
   LMDB's commits), and the appends of a commit that failed are acknowledged as if it had
-  succeeded.
+  succeeded;
+- `lazy-sync`: LMDB commits without syncing (`MDB_NOSYNC`), and only commits that hold no
+  appended records (basins, streams, metrics) sync the environment, and with it everything
+  before them: a kill -9 loses nothing, since the kernel still has the pages, but a power loss
+  loses what was acknowledged since the last sync.
 """
 
 from __future__ import annotations
@@ -20,12 +24,14 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import lmdb
+
 from s2s.errors import S2Error, SeqNumMismatch
 from s2s.records import ValidatedBatch
 from server import cli
 from server.sequencer import AppendAck, StreamPosition, StreamSequencer
 from server.storage.committer import GroupCommitter
-from server.storage.kv import Write
+from server.storage.kv import LmdbStore, Table, Write
 from server.streamstore import StreamStore
 from tests.crash import faulted_server
 
@@ -110,11 +116,29 @@ def plant_ack_failed_commit() -> None:
     GroupCommitter._fail_and_recover = ack_anyway  # type: ignore[method-assign]
 
 
+def plant_lazy_sync() -> None:
+    commit_synced = LmdbStore.commit
+
+    def open_unsynced(self: LmdbStore) -> None:
+        env = lmdb.open(self._path, map_size=self._map_size_bytes, max_dbs=len(Table), sync=False)
+        self._env = env
+        self._dbs = {table: env.open_db(table.value) for table in Table}
+
+    def commit_appends_unsynced(self: LmdbStore, writes: Sequence[Write]) -> None:
+        commit_synced(self, writes)
+        if not any(write.table is Table.BATCHES for write in writes):
+            self._env.sync(True)  # what came before is durable from here on
+
+    LmdbStore._open = open_unsynced  # type: ignore[method-assign]
+    LmdbStore.commit = commit_appends_unsynced  # type: ignore[method-assign]
+
+
 BUGS: dict[str, Callable[[], None]] = {
     "early-ack": plant_early_ack,
     "stale-tail": plant_stale_tail,
     "mismatch-appended": plant_mismatch_appended,
     "ack-failed-commit": plant_ack_failed_commit,
+    "lazy-sync": plant_lazy_sync,
 }
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.crash.powerloss_mount import power_loss_mount, unavailable
 from tests.crash.syscall_faults import seccomp_unavailable
 from tests.linearizability.checker import check
 from tests.linearizability.history import STORAGE, Acked, Append, NoEffect, Operation
@@ -19,6 +20,7 @@ from tests.linearizability.workload import CLIENT_KINDS, Fault, Run, run_workloa
 
 _UNAVAILABLE = seccomp_unavailable()
 pytestmark = pytest.mark.skipif(_UNAVAILABLE is not None, reason=_UNAVAILABLE or "")
+_NO_POWER_LOSS = unavailable()
 
 SECONDS = 20.0
 KILLS = 3
@@ -62,3 +64,29 @@ async def test_histories_with_kills_and_io_faults_are_linearizable(tmp_path: Pat
     sdk_acks = [op for op in run.history if _kind(op) is sdk_session_appender]
     assert sum(isinstance(op.outcome, Acked) for op in sdk_acks) > 100
     assert sum(op.outcome is not None for op in run.history if _kind(op) is sdk_reader) > 100
+
+
+POWER_SECONDS = 12.0
+POWER_LOSSES = 2
+
+
+@pytest.mark.skipif(_NO_POWER_LOSS is not None, reason=_NO_POWER_LOSS or "")
+async def test_histories_with_power_losses_are_linearizable(tmp_path: Path) -> None:
+    """The server's data directory on the power-loss filesystem (tests/crash/powerloss_fs.py):
+    twice the server is killed and the disk keeps only what was synced, plus a random part of
+    what writeback may have written, then the server starts on it; a kill and I/O faults
+    besides. Acknowledged appends must have survived every cut."""
+    with power_loss_mount(tmp_path / "disk") as disk:
+        run = await run_workload(
+            disk.mount_point / "data",
+            seed=3,
+            seconds=POWER_SECONDS,
+            kills=1,
+            faults=2,
+            power_losses=POWER_LOSSES,
+            disk=disk,
+        )
+    verdict = check(run.history)
+    assert verdict.linearizable is True, verdict.describe()
+    assert len(run.power_losses) == POWER_LOSSES
+    assert sum(isinstance(op.outcome, Acked) for op in run.history) > 300

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from client import S2SClient
 from tests.crash.faulted_server import COMMIT_FAILED, FAULT_SIGNALS, FAULTED_SERVER
+from tests.crash.powerloss_mount import Mount
 from tests.crash.syscall_faults import SyscallFault
 from tests.linearizability.clients import (
     BASIN,
@@ -65,10 +66,22 @@ class Fault:
 
 
 @dataclass(frozen=True)
+class PowerLoss:
+    """A power loss the nemesis caused: the server killed, then the disk left with only what
+    was synced, plus what writeback reached it first (`PowerLossFs.persist_some`)."""
+
+    pending_bytes: int
+    """Written but not synced when the power went."""
+    sectors_kept: int
+    names_kept: int
+
+
+@dataclass(frozen=True)
 class Run:
     history: list[Operation]
     kills: int
     faults: list[Fault]
+    power_losses: list[PowerLoss]
     faults_injected_logged: int
     """`fault injected` lines in the server's log over the whole run (every process)."""
     lives: list[tuple[int, int | None]]
@@ -83,10 +96,17 @@ async def run_workload(
     streams: int = 2,
     command: Sequence[str] = FAULTED_SERVER,
     faults: int = 0,
+    power_losses: int = 0,
+    disk: Mount | None = None,
+    writeback: bool = True,
 ) -> Run:
-    """Drive `streams` streams for `seconds`, killing the server `kills` times and injecting
-    `faults` I/O faults at random moments (faults need `command` to be `FAULTED_SERVER` or one
-    built on it); the server is stopped at the end, so every unknown outcome has a deadline."""
+    """Drive `streams` streams for `seconds`, killing the server `kills` times, injecting
+    `faults` I/O faults (they need `command` to be `FAULTED_SERVER` or one built on it) and
+    cutting the power `power_losses` times (they need `data_dir` on `disk`, a power-loss
+    mount; with `writeback`, a random part of what was pending reaches the disk first), at
+    random moments; the server is stopped at the end, so every unknown outcome has a
+    deadline."""
+    assert not power_losses or (disk is not None and disk.mount_point in data_dir.parents)
     rng = random.Random(seed)
     recorder = Recorder()
     recorder.spawned()
@@ -106,10 +126,12 @@ async def run_workload(
         for client, kind in enumerate(CLIENT_KINDS, start=len(CLIENT_KINDS) * names.index(name))
     ]
     injected: list[Fault] = []
+    cuts: list[PowerLoss] = []
     try:
         moves = sorted(
             [(rng.uniform(0.15, 0.85) * seconds, "kill") for _ in range(kills)]
             + [(rng.uniform(0.05, 0.95) * seconds, "fault") for _ in range(faults)]
+            + [(rng.uniform(0.15, 0.85) * seconds, "power") for _ in range(power_losses)]
         )
         started = time.monotonic()
         for at, move in moves:
@@ -121,6 +143,11 @@ async def run_workload(
             work.up.clear()
             await asyncio.to_thread(server.kill)
             recorder.died()
+            if move == "power":
+                assert disk is not None
+                written = random.Random(rng.random()) if writeback else None
+                cut = await asyncio.to_thread(_cut_power, disk, written)
+                cuts.append(cut)
             await asyncio.sleep(DOWN_S)
             recorder.spawned()
             await asyncio.to_thread(server.start)
@@ -135,7 +162,18 @@ async def run_workload(
     for task in tasks:
         task.result()  # a client's own bug fails the run instead of thinning the history
     logged = sum(line.startswith(_INJECTED) for line in server.log)
-    return Run(recorder.history(), kills, injected, logged, list(recorder.lives))
+    return Run(recorder.history(), kills, injected, cuts, logged, list(recorder.lives))
+
+
+def _cut_power(disk: Mount, writeback: random.Random | None) -> PowerLoss:
+    """The server is dead: let writeback reach the disk in part (`writeback`), cut the power,
+    and bring it back with what the disk holds."""
+    assert disk.fs is not None
+    pending = disk.fs.pending_bytes()
+    sectors, names = disk.fs.persist_some(writeback) if writeback is not None else (0, 0)
+    disk.power_loss()
+    disk.power_on()
+    return PowerLoss(pending, sectors, names)
 
 
 async def _inject(server: ServerProcess, kind: SyscallFault) -> Fault:
