@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import duckdb
 from duckdb_extensions import import_extension
@@ -159,3 +160,19 @@ def lake_cursor(conn: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
     cursor = conn.cursor()
     cursor.execute(f"USE {CATALOG_ALIAS}")
     return cursor
+
+
+def fetch_one(
+    cursor: duckdb.DuckDBPyConnection, sql: str, parameters: dict[str, Any] | None = None
+) -> tuple[Any, ...] | None:
+    """The first row of `sql`'s result (None if empty), with the result read to its end.
+
+    `cursor.execute(...).fetchone()` leaves the result open, and with it the statement's
+    transaction, until the cursor runs its next statement. The lake's cursors live long and
+    may then sit idle (the writer's after a checkpoint read, a materialization's once its
+    stream goes quiet), and while one transaction stays open DuckDB keeps the undo data of
+    every later commit: under bench/soak.py the server grew by ~45 MB a minute, all of it
+    DuckDB's `TRANSACTION` memory. Read every result to its end on the lake's cursors.
+    """
+    rows = cursor.execute(sql, parameters).fetchall()
+    return rows[0] if rows else None
