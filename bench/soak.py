@@ -1,6 +1,7 @@
 """Soak: steady mixed load on one server for minutes, its memory and latency every interval.
 
-    .venv/bin/python bench/soak.py --minutes 30 [--seed 1] [--interval-s 60]
+    .venv/bin/python bench/soak.py --minutes 30 [--seed 1] [--interval-s 60] [--kinds a,b]
+        [--serve-arg=--lake-maintenance-interval-s=60] [--server-command "python wrapper.py"]
 
 One `s2s serve` process (temporary data directory, 127.0.0.1, `--open-metrics`) takes, until
 the end, a modest rate-limited load of every kind at once (the run is about memory, not
@@ -13,19 +14,24 @@ a backlog):
   follow          3 read sessions at the tail (2 gRPC, 1 SDK) of the session streams and the
                   unary stream, each reopened every 30 s
   http-json       HTTP JSON unary appends (httpx), 20/s
-  ingest-append   `POST /v2/stream` into an append table, 50 rows, 1/s
-  ingest-merge    `POST /v2/stream?wait` into a merge table (keys reused), 50 rows, 0.5/s
+  ingest          `POST /v2/stream` of 50 rows into an append table, 1/s (ingest-append),
+                  and with wait into a merge table of 1,000 keys, 0.5/s (ingest-merge)
   json-append     gRPC appends of 10 JSON records, 5/s, into a stream a materialization reads
   sql             a count over each lake table, every 10 s
-  trim            trims the unary and the gRPC session streams to their last 500 records, every 5 s
+  trim            trims the unary and gRPC session streams to their last 500 records, every 5 s
   retention       appends 10/s into a stream with a 10 s retention age (the jobs delete them)
   churn           creates a stream, appends, reads it back and deletes it, every 2 s
 
 Each interval it prints one line: the server's RSS, anonymous memory (RssAnon), Python's
-allocated blocks and glibc's bytes in use and kept free (scraped from `/metrics`), open file
-descriptors, threads, operations, p50/p99 latency per kind and errors by kind. At the end:
-the memory curve's slope over the second half of the run (MB/min) and a verdict. Exit 1 on any
-failed operation or a traceback in the server's log.
+allocated blocks, glibc's bytes in use and kept free, DuckDB's memory and its TRANSACTION
+part (scraped from `/metrics`), open file descriptors, threads, operations, p50/p99 latency
+per kind and errors by kind. At the end: the memory curve, its slopes over the second half
+of the run (MB/min) and a verdict. Exit 1 on any failed operation or a traceback in the
+server's log.
+
+To find which load grows memory, run some kinds only (`--kinds ingest,json-append,sql`); to
+look inside the server, `--server-command` runs a wrapper (given `serve ...`) instead of the
+tree's `s2s`, e.g. one that starts tracemalloc in the server's process.
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -438,7 +444,29 @@ async def setup(grpc: S2SClient, http: httpx.AsyncClient, rng: random.Random) ->
         await asyncio.sleep(0.1)
 
 
-async def run(server: ServerProcess, minutes: float, interval_s: float, seed: int) -> int:
+async def follow(load: Load) -> None:
+    await asyncio.gather(grpc_follow(load, "unary"), grpc_follow(load, "session"), sdk_follow(load))
+
+
+JOBS: dict[str, Callable[[Load], Coroutine[Any, Any, None]]] = {
+    "grpc-unary": grpc_unary,
+    "grpc-session": grpc_sessions,
+    "s2s-session": sdk_sessions,
+    "follow": follow,
+    "http-json": http_json,
+    "ingest": ingest,
+    "json-append": json_append,
+    "sql": sql,
+    "trim": trims,
+    "retention": retention,
+    "churn": churn,
+}
+"""Every load, by the name `--kinds` takes."""
+
+
+async def run(
+    server: ServerProcess, minutes: float, interval_s: float, seed: int, kinds: list[str]
+) -> int:
     stats = Stats()
     endpoints = Endpoints(account=server.http_url, basin=server.http_url)
     limits = httpx.Limits(max_connections=8)
@@ -451,24 +479,7 @@ async def run(server: ServerProcess, minutes: float, interval_s: float, seed: in
         await setup(grpc, http, rng)
         began = time.perf_counter()
         load = Load(grpc, sdk, http, stats, rng, began + minutes * 60)
-        tasks = [
-            asyncio.create_task(job)
-            for job in (
-                grpc_unary(load),
-                grpc_sessions(load),
-                sdk_sessions(load),
-                grpc_follow(load, "unary"),
-                grpc_follow(load, "session"),
-                sdk_follow(load),
-                http_json(load),
-                ingest(load),
-                json_append(load),
-                sql(load),
-                trims(load),
-                retention(load),
-                churn(load),
-            )
-        ]
+        tasks = [asyncio.create_task(JOBS[kind](load)) for kind in kinds]
         curve = [await sample(http, server.pid, 0.0)]
         print(interval_line(curve[0], {}, collections.Counter()), flush=True)
         next_at = began + interval_s
@@ -488,18 +499,19 @@ async def run(server: ServerProcess, minutes: float, interval_s: float, seed: in
     for line in verdict(curve):
         print(line)
     print(f"records delivered to followers: {stats.followed}; json_src applied up to {status}")
-    return report_failures(stats, server)
+    return report_failures(stats, server, followers="follow" in kinds)
 
 
-def report_failures(stats: Stats, server: ServerProcess) -> int:
+def report_failures(stats: Stats, server: ServerProcess, followers: bool) -> int:
     tracebacks = [line for line in server.log if "Traceback" in line]
     total = sum(stats.errors_total.values())
     print(f"errors: {total} ({dict(stats.errors_total)}); server log tracebacks: {len(tracebacks)}")
     for line in stats.first_errors:
         print("  " + line)
-    if stats.followed == 0:
+    starved = followers and stats.followed == 0
+    if starved:
         print("  followers received no records")
-    return 1 if total or tracebacks or stats.followed == 0 else 0
+    return 1 if total or tracebacks or starved else 0
 
 
 def main() -> None:
@@ -510,21 +522,37 @@ def main() -> None:
     parser.add_argument("--interval-s", type=float, default=60.0)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument(
+        "--kinds",
+        default=",".join(JOBS),
+        help="the loads to run, comma-separated (default: all); to tell which one grows memory",
+    )
+    parser.add_argument(
+        "--serve-arg",
+        action="append",
+        default=[],
+        help="one more `s2s serve` argument (repeat it), e.g. --serve-arg=--lake-linger-ms=100",
+    )
+    parser.add_argument(
         "--server-command",
         help="run this instead of the tree's `s2s` (it gets `serve ...`), e.g. a wrapper "
         "that profiles the server in its own process",
     )
     args = parser.parse_args()
+    kinds = args.kinds.split(",")
+    if unknown := set(kinds) - set(JOBS):
+        parser.error(f"unknown kinds {sorted(unknown)}; the kinds are {', '.join(JOBS)}")
     allocator.tune()
     scratch = tempfile.mkdtemp(prefix="s2s-bench-soak-")
     try:
         print(probe(scratch), flush=True)
         command = args.server_command.split() if args.server_command else SOURCE_TREE_S2S
         data = os.path.join(scratch, "data")
-        server = ServerProcess(data, extra_args=["--open-metrics"], command=command)
+        server = ServerProcess(
+            data, extra_args=["--open-metrics", *args.serve_arg], command=command
+        )
         server.start()
         try:
-            failed = asyncio.run(run(server, args.minutes, args.interval_s, args.seed))
+            failed = asyncio.run(run(server, args.minutes, args.interval_s, args.seed, kinds))
         finally:
             code = server.stop()
         if code != 0:

@@ -76,6 +76,14 @@ def default_threads() -> int:
     return max(1, (cores or 1) // 2)
 
 
+LAKE_MEMORY_LIMIT_MIB_DEFAULT = 1024
+"""DuckDB's own default is 80% of the machine's memory, and its caches (Parquet metadata,
+file data, catalog blocks) grow towards whatever limit it has: under bench/soak.py they
+grew by 1-4 MB a minute. Eight times a batch's `batch_bytes_max`: room for a batch's working
+set and a merge, past which DuckDB drops caches and spills to `root/tmp` (docs/adr, memory)."""
+LAKE_MEMORY_LIMIT_MIB_MIN = 64
+
+
 @dataclass(frozen=True)
 class LakeSettings:
     """Where the lake lives and how materializations batch."""
@@ -88,6 +96,8 @@ class LakeSettings:
     """Where Parquet files go; None: `root/data`. Required with a shared catalog."""
     threads: int = field(default_factory=default_threads)
     """DuckDB's threads: how many cores one statement may use (see `default_threads`)."""
+    memory_limit_mib: int = LAKE_MEMORY_LIMIT_MIB_DEFAULT
+    """DuckDB's `memory_limit` (see `LAKE_MEMORY_LIMIT_MIB_DEFAULT`)."""
     batch_rows_max: int = 100_000
     """Records per commit at most."""
     batch_bytes_max: int = 128 * 1024 * 1024
@@ -131,6 +141,7 @@ def open_lake(settings: LakeSettings) -> duckdb.DuckDBPyConnection:
             "extension_directory": str(extensions),
             "temp_directory": str(temp),
             "threads": settings.threads,
+            "memory_limit": f"{settings.memory_limit_mib}MiB",
         }
     )
     import_extension("ducklake", con=conn)
