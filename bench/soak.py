@@ -72,6 +72,7 @@ SESSION_LIFE_S = 15.0
 FOLLOW_LIFE_S = 30.0
 RETENTION_S = 10
 TRIM_KEEP = 500
+END_GRACE_S = 30.0
 GROWTH_MB_PER_MIN_LIMIT = 0.5
 """Above this slope over the second half, the verdict is "still growing"."""
 
@@ -479,7 +480,7 @@ async def run(
         await setup(grpc, http, rng)
         began = time.perf_counter()
         load = Load(grpc, sdk, http, stats, rng, began + minutes * 60)
-        tasks = [asyncio.create_task(JOBS[kind](load)) for kind in kinds]
+        tasks = [asyncio.create_task(JOBS[kind](load), name=kind) for kind in kinds]
         curve = [await sample(http, server.pid, 0.0)]
         print(interval_line(curve[0], {}, collections.Counter()), flush=True)
         next_at = began + interval_s
@@ -490,7 +491,7 @@ async def run(
             curve.append(point)
             print(interval_line(point, latencies, errors), flush=True)
             next_at += interval_s
-        await asyncio.gather(*tasks)
+        await finish(tasks, stats)
         status = (await grpc.get_materialization("json_src")).applied_seq_num
     print(
         "memory curve (minute: anon MB):",
@@ -500,6 +501,22 @@ async def run(
         print(line)
     print(f"records delivered to followers: {stats.followed}; json_src applied up to {status}")
     return report_failures(stats, server, followers="follow" in kinds)
+
+
+async def finish(tasks: list[asyncio.Task[None]], stats: Stats) -> None:
+    """Wait for every load to end after the deadline; one that does not end within
+    END_GRACE_S (a session whose close never returns) is an error, reported with its stack,
+    and cancelled."""
+    _, stuck = await asyncio.wait(tasks, timeout=END_GRACE_S)
+    for task in stuck:
+        print(f"{task.get_name()} did not end within {END_GRACE_S:g} s of the deadline:")
+        task.print_stack(file=sys.stdout)
+        stats.failed(task.get_name(), TimeoutError("did not end"))
+        task.cancel()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    for task, result in zip(tasks, results, strict=True):
+        if isinstance(result, Exception) and task not in stuck:
+            stats.failed(task.get_name(), result)
 
 
 def report_failures(stats: Stats, server: ServerProcess, followers: bool) -> int:
