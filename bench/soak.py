@@ -70,6 +70,7 @@ BASIN = "soak-basin"
 MIB = 1024 * 1024
 SESSION_LIFE_S = 15.0
 FOLLOW_LIFE_S = 30.0
+SDK_FOLLOW_IDLE_S = 2
 RETENTION_S = 10
 TRIM_KEEP = 500
 END_GRACE_S = 30.0
@@ -209,21 +210,21 @@ async def grpc_follow(load: Load, stream_name: str) -> None:
 
 
 async def sdk_follow(load: Load) -> None:
+    """Each session ends by itself: at a timestamp FOLLOW_LIFE_S ahead, or once idle for
+    SDK_FOLLOW_IDLE_S (after the deadline). Cancelled instead, the SDK's session sometimes
+    never finished closing (bench/RESULTS.md, "Soak")."""
     stream = load.sdk.basin(BASIN).stream("sdk-session")
     while time.perf_counter() < load.deadline:
-        life = min(FOLLOW_LIFE_S, load.deadline - time.perf_counter())
-        session = stream.read_session(start=TailOffset(0))
+        until_ms = int(time.time() * 1000 + FOLLOW_LIFE_S * 1000)
+        session = stream.read_session(
+            start=TailOffset(0), until_timestamp=until_ms, wait=SDK_FOLLOW_IDLE_S
+        )
         try:
-            async with asyncio.timeout(life):
-                async for batch in session:
-                    load.stats.followed += len(batch.records)
-        except TimeoutError:
-            pass
+            async for batch in session:
+                load.stats.followed += len(batch.records)
         except Exception as error:
             load.stats.failed("follow", error)
             await asyncio.sleep(1)
-        finally:
-            await session.close()
 
 
 async def http_json(load: Load) -> None:
