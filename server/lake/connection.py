@@ -77,10 +77,11 @@ def default_threads() -> int:
 
 
 LAKE_MEMORY_LIMIT_MIB_DEFAULT = 1024
-"""DuckDB's own default is 80% of the machine's memory, and its caches (Parquet metadata,
-file data, catalog blocks) grow towards whatever limit it has: under bench/soak.py they
-grew by 1-4 MB a minute. Eight times a batch's `batch_bytes_max`: room for a batch's working
-set and a merge, past which DuckDB drops caches and spills to `root/tmp` (docs/adr, memory)."""
+"""DuckDB's own default is 80% of the machine's memory, and its caches (Parquet data and
+metadata, catalog blocks) grow towards whatever limit it has: under bench/soak.py, by 40-55
+MB at each maintenance pass and 2 MB a minute between. Eight times a batch's
+`batch_bytes_max`: room for a batch's working set and a merge, past which DuckDB drops caches
+and spills to `root/tmp` (ADR 0011)."""
 LAKE_MEMORY_LIMIT_MIB_MIN = 64
 
 
