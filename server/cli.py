@@ -31,7 +31,12 @@ from server.binding import IPAddress, host_port, listening_socket, parse_host
 from server.grpc_frontend.server import listening_grpc_server, start_grpc_server
 from server.http_frontend import start_http_server
 from server.http_frontend.cors import parse_origins
-from server.lake.connection import LakeSettings, default_threads
+from server.lake.connection import (
+    LAKE_MEMORY_LIMIT_MIB_DEFAULT,
+    LAKE_MEMORY_LIMIT_MIB_MIN,
+    LakeSettings,
+    default_threads,
+)
 from server.lake.service import Lake
 from server.startup import StartupError, claim_data_dir
 from server.storage.choice import LMDB, describe_storage, storage_option
@@ -137,6 +142,14 @@ SERVE_OPTIONS = (
         whole_number(1, LAKE_THREADS_MAX),
         default_threads(),
         "how many cores one lake statement may use; the default is half this machine's",
+    ),
+    EnvOption(
+        "--lake-memory-limit-mib",
+        "S2S_LAKE_MEMORY_LIMIT_MIB",
+        whole_number(LAKE_MEMORY_LIMIT_MIB_MIN, 2**30),
+        LAKE_MEMORY_LIMIT_MIB_DEFAULT,
+        "memory DuckDB may hold for the lake (caches, sorts, joins) before it drops caches "
+        "and spills to DATA_DIR/lake/tmp",
     ),
     EnvOption(
         "--lake-maintenance-interval-s",
@@ -274,6 +287,7 @@ def serve_settings(args: argparse.Namespace) -> ServeSettings:
             linger_s=args.lake_linger_ms / 1000,
             batch_rows_max=args.lake_batch_rows,
             threads=args.lake_threads,
+            memory_limit_mib=args.lake_memory_limit_mib,
             maintenance_interval_s=args.lake_maintenance_interval_s,
         ),
         tls=TlsSettings(args.tls_cert, args.tls_key, args.tls_self_signed),

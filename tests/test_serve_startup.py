@@ -119,6 +119,7 @@ BAD_ENVIRONMENT = [
     ("S2S_LAKE_BATCH_ROWS", "0"),
     ("S2S_LAKE_THREADS", "0"),
     ("S2S_LAKE_THREADS", "1e9"),
+    ("S2S_LAKE_MEMORY_LIMIT_MIB", "63"),
     ("S2S_LAKE_MAINTENANCE_INTERVAL_S", "nan"),
     ("S2S_LAKE_MAINTENANCE_INTERVAL_S", "-1"),
     ("S2S_SERVER", "no-port-here"),

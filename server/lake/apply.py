@@ -32,7 +32,7 @@ import duckdb
 import pyarrow as pa
 
 from server.lake import coercion
-from server.lake.connection import CATALOG_ALIAS, DEAD_LETTER_COLUMNS, META_SCHEMA
+from server.lake.connection import CATALOG_ALIAS, DEAD_LETTER_COLUMNS, META_SCHEMA, fetch_one
 from server.lake.data_files import DataFiles, transaction
 from server.lake.definition import Materialization
 from server.lake.sqltext import first_line, quote_identifier, quote_literal
@@ -420,9 +420,9 @@ class Applier:
             for index, column in enumerate(names.values())
         )
         aggregates = ", ".join(coercion.inference_aggregates(index) for index in range(len(names)))
-        row = self._cursor.execute(
-            f"SELECT {aggregates} FROM (SELECT {inputs} FROM ({extraction}))"
-        ).fetchone()
+        row = fetch_one(
+            self._cursor, f"SELECT {aggregates} FROM (SELECT {inputs} FROM ({extraction}))"
+        )
         assert row is not None
         inferred: dict[str, str] = {}
         for index, lowered in enumerate(unseen):
@@ -543,7 +543,7 @@ class Applier:
         batch, columns, all_columns = prepared.batch, prepared.columns, prepared.all_columns
         cursor = self._cursor
         definition = self._definition
-        good = cursor.execute(f"SELECT count(*) FROM {_TYPED} WHERE reason IS NULL").fetchone()
+        good = fetch_one(cursor, f"SELECT count(*) FROM {_TYPED} WHERE reason IS NULL")
         rows = int(good[0]) if good else 0
         if rows and not columns and not definition.create_table:
             raise TableMissing(
@@ -572,7 +572,7 @@ class Applier:
                 self._write(all_columns)
             self._dead_letters()
             self._checkpoint(batch.last_seq_num, rows, len(rejections))
-        snapshot = cursor.execute(f"SELECT id FROM {CATALOG_ALIAS}.current_snapshot()").fetchone()
+        snapshot = fetch_one(cursor, f"SELECT id FROM {CATALOG_ALIAS}.current_snapshot()")
         return ApplyResult(
             batch.last_seq_num, rows, rejections, int(snapshot[0]) if snapshot else None
         )

@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import duckdb
 from duckdb_extensions import import_extension
@@ -76,6 +77,15 @@ def default_threads() -> int:
     return max(1, (cores or 1) // 2)
 
 
+LAKE_MEMORY_LIMIT_MIB_DEFAULT = 1024
+"""DuckDB's own default is 80% of the machine's memory, and its caches (Parquet data and
+metadata, catalog blocks) grow towards whatever limit it has: under bench/soak.py, by 40-55
+MB at each maintenance pass and 2 MB a minute between. Eight times a batch's
+`batch_bytes_max`: room for a batch's working set and a merge, past which DuckDB drops caches
+and spills to `root/tmp` (ADR 0012)."""
+LAKE_MEMORY_LIMIT_MIB_MIN = 64
+
+
 @dataclass(frozen=True)
 class LakeSettings:
     """Where the lake lives and how materializations batch."""
@@ -88,6 +98,8 @@ class LakeSettings:
     """Where Parquet files go; None: `root/data`. Required with a shared catalog."""
     threads: int = field(default_factory=default_threads)
     """DuckDB's threads: how many cores one statement may use (see `default_threads`)."""
+    memory_limit_mib: int = LAKE_MEMORY_LIMIT_MIB_DEFAULT
+    """DuckDB's `memory_limit` (see `LAKE_MEMORY_LIMIT_MIB_DEFAULT`)."""
     batch_rows_max: int = 100_000
     """Records per commit at most."""
     batch_bytes_max: int = 128 * 1024 * 1024
@@ -131,6 +143,7 @@ def open_lake(settings: LakeSettings) -> duckdb.DuckDBPyConnection:
             "extension_directory": str(extensions),
             "temp_directory": str(temp),
             "threads": settings.threads,
+            "memory_limit": f"{settings.memory_limit_mib}MiB",
         }
     )
     _install_extension("ducklake", conn, extensions)
@@ -176,3 +189,19 @@ def lake_cursor(conn: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
     cursor = conn.cursor()
     cursor.execute(f"USE {CATALOG_ALIAS}")
     return cursor
+
+
+def fetch_one(
+    cursor: duckdb.DuckDBPyConnection, sql: str, parameters: dict[str, Any] | None = None
+) -> tuple[Any, ...] | None:
+    """The first row of `sql`'s result (None if empty), with the result read to its end.
+
+    `cursor.execute(...).fetchone()` leaves the result open, and with it the statement's
+    transaction, until the cursor runs its next statement. The lake's cursors live long and
+    may then sit idle (the writer's after a checkpoint read, a materialization's once its
+    stream goes quiet), and while one transaction stays open DuckDB keeps the undo data of
+    every later commit: under bench/soak.py the server grew by ~45 MB a minute, all of it
+    DuckDB's `TRANSACTION` memory. Read every result to its end on the lake's cursors.
+    """
+    rows = cursor.execute(sql, parameters).fetchall()
+    return rows[0] if rows else None

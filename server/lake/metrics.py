@@ -53,11 +53,16 @@ class IngestMetrics:
             counters.errors += 1
         self._error_codes[(key, code)] += 1
 
-    def collector(self, materializations: list[MaterializationStatus]) -> Collector:
-        """Every family, with the materializations' progress as it is now."""
-        return _Families(list(self._families(materializations)))
+    def collector(
+        self, materializations: list[MaterializationStatus], duckdb_memory: dict[str, int]
+    ) -> Collector:
+        """Every family, with the materializations' progress and DuckDB's memory by tag
+        (`duckdb_memory()`) as they are now."""
+        return _Families(list(self._families(materializations, duckdb_memory)))
 
-    def _families(self, materializations: list[MaterializationStatus]) -> Iterable[Metric]:
+    def _families(
+        self, materializations: list[MaterializationStatus], duckdb_memory: dict[str, int]
+    ) -> Iterable[Metric]:
         tables = sorted(self._tables.items())
         for name, counter, help_text in _TABLE_COUNTERS:
             family = CounterMetricFamily(name, help_text, labels=["table"])
@@ -81,6 +86,15 @@ class IngestMetrics:
             for status in materializations:
                 progress.add_metric([status.definition.name], value(status))
             yield progress
+        memory = GaugeMetricFamily(
+            "s2s_lake_duckdb_memory_bytes",
+            "Memory DuckDB accounts to each tag (duckdb_memory()). TRANSACTION holds the undo "
+            "data of recent commits: it grows without end while a transaction stays open.",
+            labels=["tag"],
+        )
+        for tag, used in sorted(duckdb_memory.items()):
+            memory.add_metric([tag], used)
+        yield memory
 
 
 class _Families:

@@ -17,7 +17,12 @@ from typing import Any
 
 import duckdb
 
-from server.lake.connection import CHECKPOINT_COLUMNS, MATERIALIZATION_COLUMNS, META_SCHEMA
+from server.lake.connection import (
+    CHECKPOINT_COLUMNS,
+    MATERIALIZATION_COLUMNS,
+    META_SCHEMA,
+    fetch_one,
+)
 from server.lake.data_files import DataFiles, transaction
 from server.lake.definition import Materialization
 
@@ -88,11 +93,12 @@ def load_all(cursor: duckdb.DuckDBPyConnection) -> Loaded:
 
 
 def checkpoint(cursor: duckdb.DuckDBPyConnection, name: str) -> Checkpoint | None:
-    row = cursor.execute(
+    row = fetch_one(
+        cursor,
         f"SELECT last_seq_num, rows_applied, rows_rejected FROM {META_SCHEMA}.checkpoints "
         "WHERE name = $name",
         {"name": name},
-    ).fetchone()
+    )
     return None if row is None else Checkpoint(int(row[0]), int(row[1]), int(row[2]))
 
 
@@ -101,10 +107,11 @@ def insert(
 ) -> bool:
     """Store a new definition with an empty checkpoint; False if the name is taken."""
     with transaction(cursor, files):
-        taken = cursor.execute(
+        taken = fetch_one(
+            cursor,
             f"SELECT count(*) FROM {META_SCHEMA}.materializations WHERE name = $name",
             {"name": definition.name},
-        ).fetchone()
+        )
         if taken and taken[0]:
             return False
         cursor.execute(

@@ -16,6 +16,7 @@ import contextlib
 import pyarrow as pa
 from prometheus_client.registry import Collector
 
+from s2s.errors import S2Error
 from server.lake.connection import LakeSettings
 from server.lake.dead_letters import DeadLetter, DeadLetters
 from server.lake.definition import MaterializationSpec, StreamCheck
@@ -125,5 +126,16 @@ class Lake:
         return await self._queries.query(sql, rows_max)
 
     async def metrics_collector(self) -> Collector:
-        """Ingest counters per table, lag and progress per materialization (Prometheus)."""
-        return self._metrics.collector(await self._materializations.statuses())
+        """Ingest counters per table, lag and progress per materialization, DuckDB's memory
+        (Prometheus)."""
+        statuses = await self._materializations.statuses()
+        return self._metrics.collector(statuses, await self._duckdb_memory())
+
+    async def _duckdb_memory(self) -> dict[str, int]:
+        """Bytes per tag; none while draining, when the query threads take no new work (the
+        scrape still answers)."""
+        try:
+            table = await self._queries.read("SELECT tag, memory_usage_bytes FROM duckdb_memory()")
+        except S2Error:
+            return {}
+        return dict(zip(table.column("tag").to_pylist(), table.column(1).to_pylist(), strict=True))

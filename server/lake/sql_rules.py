@@ -34,6 +34,8 @@ from typing import Any
 
 import duckdb
 
+from server.lake.connection import fetch_one
+
 Tree = dict[str, Any]
 
 _DENIED_BY_NAME = {
@@ -64,7 +66,7 @@ class NotSerializable(SqlSyntaxError):
 def parse(cursor: duckdb.DuckDBPyConnection, sql: str) -> list[Tree]:
     """The parse trees of the statements in `sql` (SELECT statements only: DuckDB serializes
     no other kind)."""
-    row = cursor.execute("SELECT json_serialize_sql($sql)", {"sql": sql}).fetchone()
+    row = fetch_one(cursor, "SELECT json_serialize_sql($sql)", {"sql": sql})
     assert row is not None
     try:
         tree = json.loads(str(row[0]))

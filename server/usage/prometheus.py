@@ -3,7 +3,8 @@
 The server's counts live in `Usage` as plain integers, updated per batch; this collector turns
 them into the library's metric families only when scraped, so the hot paths never touch the
 library. Each server has its own `CollectorRegistry` (never the process-global one), with the
-library's process, platform and garbage-collector collectors beside this one.
+library's process, platform and garbage-collector collectors and the allocators' totals
+(`memory.py`) beside this one.
 
 Basin labels are bounded: the first `UsageSettings.basin_labels_max` basins seen get their own
 `basin` label, the rest are summed under `basin="_other"`. No metric has a stream label.
@@ -25,6 +26,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.registry import Collector
 
 from server.usage.accounting import BasinTotals, Usage
+from server.usage.memory import MemoryCollector
 
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 
@@ -83,6 +85,7 @@ def server_registry(usage: Usage) -> CollectorRegistry:
     """A registry of this server's collectors and the library's process metrics."""
     registry = CollectorRegistry(auto_describe=True)
     registry.register(ServerCollector(usage))
+    registry.register(MemoryCollector())
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     GCCollector(registry=registry)
