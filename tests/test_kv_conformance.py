@@ -10,6 +10,8 @@ from __future__ import annotations
 import itertools
 import os
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -208,3 +210,46 @@ def test_a_server_whose_database_was_taken_over_never_writes_again(
     assert second.get(Table.TAILS, b"s") == b"2"
     first.close()
     second.close()
+
+
+def test_reads_racing_close_end_cleanly_and_leave_nothing_open(
+    opener: Opener, request: pytest.FixtureRequest
+) -> None:
+    """A background task cancelled at shutdown may still be reading on its thread while the
+    store closes: its reads must end with an error, never crash the process (LMDB unmaps the
+    file on close) or open a connection again (PostgreSQL)."""
+    store = opener()
+    store.commit([Put(Table.USAGE, i.to_bytes(2, "big"), b"v" * 100) for i in range(2000)])
+    stop = threading.Event()
+    outcomes: list[str] = []
+
+    def read_until_refused() -> None:
+        reads = 0
+        while not stop.is_set():
+            try:
+                store.scan(Table.USAGE, b"", None, 500)
+            except Exception as error:  # the point: which error, and that it is one
+                outcomes.append(type(error).__name__)
+                return
+            reads += 1
+        outcomes.append(f"still reading after {reads}")
+
+    readers = [threading.Thread(target=read_until_refused) for _ in range(4)]
+    for reader in readers:
+        reader.start()
+    time.sleep(0.2)
+    store.close()
+    time.sleep(0.2)
+    stop.set()
+    for reader in readers:
+        reader.join(10)
+    assert len(outcomes) == 4 and not any(o.startswith("still") for o in outcomes), outcomes
+    if isinstance(store, PostgresStore):
+        server: PostgresServer = request.getfixturevalue("postgres")
+        dbname = store._conninfo.split("dbname=")[1].split()[0]
+        left = server.psql(
+            "SELECT count(*) FROM pg_stat_activity "
+            f"WHERE datname = '{dbname}' AND application_name = 's2s'",
+            dbname="postgres",
+        )
+        assert left.strip() == "0", f"{left} connections left open"

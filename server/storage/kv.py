@@ -289,4 +289,6 @@ class LmdbStore:
         return int((info["last_pgno"] + 1) * stat["psize"])
 
     def close(self) -> None:
-        self._env.close()
+        # Through the gate: a read still running on a worker thread (a background task that
+        # was cancelled while its thread read) finishes first; closing under it could crash.
+        self._gate.replace(self._env.close)

@@ -66,6 +66,7 @@ class PostgresStore:
                 "on one database are not supported yet; stop it or give another database"
             )
         self._lost_writer_lock = False
+        self._closed = False
         self._create_tables()
         self._readers: list[Connection] = []
         self._readers_lock = threading.Lock()
@@ -184,11 +185,16 @@ class PostgresStore:
     # --- reads -------------------------------------------------------------------------------
 
     def _reader(self) -> Connection:
+        if self._closed:
+            raise StorageClosed("the stream log is closed")
         connection: Connection | None = getattr(self._local, "connection", None)
         if connection is None or connection.closed or connection.broken:
             connection = self._connect(autocommit=True)
             self._local.connection = connection
             with self._readers_lock:
+                if self._closed:  # closed while this one was connecting
+                    connection.close()
+                    raise StorageClosed("the stream log is closed")
                 self._readers = [c for c in self._readers if not c.closed]
                 self._readers.append(connection)
         return connection
@@ -202,7 +208,7 @@ class PostgresStore:
             return self._reader().execute(query, params).fetchall()
         except psycopg.OperationalError:
             connection = self._local.connection
-            if not (connection.closed or connection.broken):
+            if self._closed or not (connection.closed or connection.broken):
                 raise
             log.warning("a read connection to PostgreSQL was lost; reconnecting")
             self._local.connection = None
@@ -260,11 +266,18 @@ class PostgresStore:
         return int(rows[0][0] or 0)
 
     def close(self) -> None:
-        self._writer.close()
+        """Close every connection; reads still running end with `StorageClosed` or their
+        connection's error, and none opens a new one."""
         with self._readers_lock:
-            for connection in self._readers:
-                connection.close()
-            self._readers.clear()
+            self._closed = True
+            readers, self._readers = self._readers, []
+        self._writer.close()
+        for connection in readers:
+            connection.close()
+
+
+class StorageClosed(Exception):
+    """A read after the store was closed (a background task still finishing)."""
 
 
 class StorageFenced(Exception):
