@@ -35,7 +35,7 @@ RECENT_NS = 2_000_000_000
 class _Listing:
     mtime_ns: int
     files: set[str] = field(default_factory=set)
-    subdirectories: list[str] = field(default_factory=list)
+    subdirectories: set[str] = field(default_factory=set)
 
 
 class DataFiles:
@@ -71,54 +71,47 @@ class DataFiles:
                     continue
                 known = self._listings.get(directory)
                 if known is None or known.mtime_ns != mtime_ns or now - mtime_ns < RECENT_NS:
-                    known, added = self._list(directory, mtime_ns, known)
-                    if sync and added:
-                        synced += self._sync(directory, added)
-                pending.extend(known.subdirectories)
+                    known, new_files, changed = self._list(directory, mtime_ns, known)
+                    if sync and changed:
+                        synced += self._sync(directory, new_files)
+                pending.extend(os.path.join(directory, name) for name in known.subdirectories)
             return synced
 
     def _list(
         self, directory: str, mtime_ns: int, before: _Listing | None
-    ) -> tuple[_Listing, list[str]]:
-        """List `directory` again; returns the listing and the names new in it. Only new
-        names are looked at one by one (a table directory holds thousands of files)."""
+    ) -> tuple[_Listing, list[str], bool]:
+        """List `directory` again; returns the listing, the files new in it, and whether any
+        name is new (a new subdirectory's entry is this directory's to sync). Only new names
+        are looked at one by one (a table directory holds thousands of files)."""
         names = set(os.listdir(directory))
-        known_files = before.files & names if before is not None else set()
-        known_directories = (
-            {path for path in before.subdirectories if os.path.basename(path) in names}
-            if before is not None
-            else set()
-        )
-        known_names = known_files | {os.path.basename(path) for path in known_directories}
-        added = sorted(names - known_names)
-        listing = _Listing(mtime_ns, known_files, sorted(known_directories))
+        before = before or _Listing(0)
+        listing = _Listing(mtime_ns, before.files & names, before.subdirectories & names)
+        added = names - listing.files - listing.subdirectories
         for name in added:
             path = os.path.join(directory, name)
             if os.path.isdir(path) and not os.path.islink(path):
-                listing.subdirectories.append(path)
+                listing.subdirectories.add(name)
             else:
                 listing.files.add(name)
         self._listings[directory] = listing
-        return listing, added
+        return listing, sorted(added - listing.subdirectories), bool(added)
 
     @staticmethod
-    def _sync(directory: str, added: list[str]) -> int:
-        files = 0
-        for name in added:
-            path = os.path.join(directory, name)
-            if os.path.isdir(path):
-                continue  # synced when its own listing finds it new
+    def _sync(directory: str, files: list[str]) -> int:
+        """fsync the new files, then the directory that names them; returns the files synced."""
+        synced = 0
+        for name in files:
             try:
-                fd = os.open(path, os.O_RDONLY)
+                fd = os.open(os.path.join(directory, name), os.O_RDONLY)
             except FileNotFoundError:
                 continue  # written and removed again within the transaction
             try:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            files += 1
+            synced += 1
         sync_directory(Path(directory))
-        return files
+        return synced
 
 
 @contextmanager

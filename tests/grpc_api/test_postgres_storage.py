@@ -16,7 +16,11 @@ import pytest
 
 from client import S2SClient
 from tests.grpc_api.conftest import BASIN
-from tests.grpc_api.test_sessions import flood_body, flood_until_server_stops, read_bodies
+from tests.grpc_api.test_sessions import (
+    assert_acked_batches_whole,
+    flood_until_server_stops,
+    read_bodies,
+)
 from tests.postgres import PostgresServer, running_postgres
 from tests.server_process import SOURCE_TREE_S2S, ServerProcess
 
@@ -46,8 +50,7 @@ async def test_kill9_during_a_flood_loses_no_acknowledged_batch(
     try:
         async with S2SClient(restarted.target) as client:
             bodies = await read_bodies(client, "flood")
-            for batch_id, start, end in acked:
-                assert bodies[start:end] == [flood_body(batch_id, j) for j in range(end - start)]
+            assert_acked_batches_whole(bodies, acked)
             ack = await client.stream(BASIN, "flood").append([b"after-restart"])
             assert ack.start.seq_num == len(bodies)
         with httpx.Client(base_url=restarted.http_url, timeout=30) as http:

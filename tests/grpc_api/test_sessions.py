@@ -175,6 +175,12 @@ async def flood_until_server_stops(
     return acked
 
 
+def assert_acked_batches_whole(bodies: list[bytes], acked: list[tuple[int, int, int]]) -> None:
+    """Every acknowledged batch is in the stream, whole, where its ack put it."""
+    for batch_id, start, end in acked:
+        assert bodies[start:end] == [flood_body(batch_id, j) for j in range(end - start)]
+
+
 async def test_kill9_during_session_flood_loses_no_ack(tmp_path: Path) -> None:
     data_dir = str(tmp_path / "data")
     server = ServerProcess(data_dir).start()
@@ -185,8 +191,7 @@ async def test_kill9_during_session_flood_loses_no_ack(tmp_path: Path) -> None:
     try:
         async with S2SClient(restarted.target) as client:
             bodies = await read_bodies(client, "flood")
-            for batch_id, start, end in acked:
-                assert bodies[start:end] == [flood_body(batch_id, j) for j in range(end - start)]
+            assert_acked_batches_whole(bodies, acked)
             # Whatever survived beyond the acks is whole batches, and numbering continues.
             ack = await client.stream(BASIN, "flood").append([b"after-restart"])
             assert ack.start.seq_num == len(bodies)

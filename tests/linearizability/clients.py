@@ -323,6 +323,21 @@ async def http_appender(work: Workload, client: int, stream_name: str, seed: int
             await operate(work, client, stream_name, append, partial(send, append))
 
 
+async def tail_outcome(check_tail: Callable[[], Awaitable[Any]]) -> Outcome:
+    """A check-tail's outcome, through either client library (both answer a position with
+    its `seq_num`)."""
+    try:
+        return Tail((await check_tail()).seq_num)
+    except Exception as error:
+        raise Unknown from error
+
+
+def read_near_tail(view: StreamView, rng: random.Random) -> Read:
+    """A read starting up to 12 records before the tail the client last saw, or just past it."""
+    start = max(0, view.next_seq - rng.randint(-1, 12))
+    return Read(start, rng.randint(1, 16))
+
+
 async def reader(work: Workload, client: int, stream_name: str, seed: int) -> None:
     """Reads near the tail (sometimes just beyond it) and check-tails, alternately."""
     rng = random.Random(seed)
@@ -339,16 +354,10 @@ async def reader(work: Workload, client: int, stream_name: str, seed: int) -> No
                 raise Unknown from error
             return Records(tuple((r.seq_num, model_key(r)) for r in batch.records))
 
-        async def check_tail() -> Outcome:
-            try:
-                return Tail((await stream.check_tail()).seq_num)
-            except Exception as error:
-                raise Unknown from error
-
         while await paced(work, rng):
             if rng.random() < 0.5:
-                await operate(work, client, stream_name, CheckTail(), check_tail)
+                check = partial(tail_outcome, stream.check_tail)
+                await operate(work, client, stream_name, CheckTail(), check)
                 continue
-            start = max(0, view.next_seq - rng.randint(-1, 12))
-            ranged = Read(start, rng.randint(1, 16))
+            ranged = read_near_tail(view, rng)
             await operate(work, client, stream_name, ranged, partial(read, ranged))

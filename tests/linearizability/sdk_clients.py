@@ -45,8 +45,10 @@ from tests.linearizability.clients import (
     Workload,
     operate,
     paced,
+    read_near_tail,
     reconnect,
     record_session,
+    tail_outcome,
 )
 from tests.linearizability.history import (
     NEVER_SENT,
@@ -60,7 +62,6 @@ from tests.linearizability.history import (
     Read,
     Records,
     SeqNumMismatch,
-    Tail,
     command_key,
 )
 
@@ -213,19 +214,13 @@ async def sdk_reader(work: Workload, client: int, stream_name: str, seed: int) -
                 raise Unknown from error
             return Records(tuple((r.seq_num, _model_key(r)) for r in batch.records))
 
-        async def check_tail() -> Outcome:
-            try:
-                return Tail((await stream.check_tail()).seq_num)
-            except Exception as error:
-                raise Unknown from error
-
         while await paced(work, rng):
             roll = rng.random()
             if roll < 0.4:
-                await operate(work, client, stream_name, CheckTail(), check_tail)
+                check = partial(tail_outcome, stream.check_tail)
+                await operate(work, client, stream_name, CheckTail(), check)
                 continue
-            start = max(0, view.next_seq - rng.randint(-1, 12))
-            ranged = Read(start, rng.randint(1, 16))
+            ranged = read_near_tail(view, rng)
             if roll < 0.7:
                 await operate(work, client, stream_name, ranged, partial(read, ranged))
             else:
