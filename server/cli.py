@@ -34,6 +34,7 @@ from server.http_frontend.cors import parse_origins
 from server.lake.connection import (
     LAKE_MEMORY_LIMIT_MIB_DEFAULT,
     LAKE_MEMORY_LIMIT_MIB_MIN,
+    LAKE_REOPEN_COMMITS_DEFAULT,
     LakeSettings,
     default_threads,
 )
@@ -157,6 +158,14 @@ SERVE_OPTIONS = (
         number(0),
         600.0,
         "how often the lake merges small files and expires snapshots older than a day, 0 never",
+    ),
+    EnvOption(
+        "--lake-reopen-commits",
+        "S2S_LAKE_REOPEN_COMMITS",
+        whole_number(0, 10**9),
+        LAKE_REOPEN_COMMITS_DEFAULT,
+        "reopen the lake's DuckDB after this many commits, returning the memory DuckLake keeps "
+        "per commit (the lake pauses for a fraction of a second); 0 never",
     ),
     EnvOption(
         "--tls-cert",
@@ -289,6 +298,7 @@ def serve_settings(args: argparse.Namespace) -> ServeSettings:
             threads=args.lake_threads,
             memory_limit_mib=args.lake_memory_limit_mib,
             maintenance_interval_s=args.lake_maintenance_interval_s,
+            reopen_after_commits=args.lake_reopen_commits,
         ),
         tls=TlsSettings(args.tls_cert, args.tls_key, args.tls_self_signed),
         cors_origins=args.cors_origins,

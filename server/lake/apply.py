@@ -193,6 +193,11 @@ class Applier:
             f"{quote_identifier(definition.target_table)}"
         )
 
+    def close(self) -> None:
+        """Close this applier's cursor once a prepare or commit still running on it ends."""
+        with self._lock:
+            self._cursor.close()
+
     def uses_headers(self) -> bool:
         text = f"{self._definition.select or ''} {self._definition.where or ''}".lower()
         return "headers" in text

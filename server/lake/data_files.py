@@ -46,6 +46,9 @@ class DataFiles:
         self._root = None if "://" in data_path else os.path.abspath(data_path)
         self._listings: dict[str, _Listing] = {}
         self._lock = threading.Lock()
+        self.transactions_committed = 0
+        """Lake transactions committed through `transaction` (the writer reopens DuckDB after
+        so many: reopen.py)."""
         # What is there at start-up was written by an earlier process: each of its
         # transactions synced its own files before committing, so they are only recorded.
         self._scan(sync=False)
@@ -123,6 +126,7 @@ def transaction(cursor: duckdb.DuckDBPyConnection, files: DataFiles) -> Iterator
         yield
         files.sync_new()
         cursor.execute("COMMIT")
+        files.transactions_committed += 1
     except BaseException:
         cursor.execute("ROLLBACK")
         raise

@@ -72,12 +72,15 @@ async def maintain_forever(writer: LakeWriter) -> None:
     while True:
         await asyncio.sleep(settings.maintenance_interval_s)
         try:
+            # The cursor is taken on the writer thread: the instance may be reopened before
+            # this pass's turn comes (reopen.py), closing the cursor the loop sees now.
             result = await writer.run(
-                maintain,
-                writer.cursor,
-                writer.files,
-                settings.snapshot_retention_s,
-                settings.file_grace_s,
+                lambda: maintain(
+                    writer.cursor,
+                    writer.files,
+                    settings.snapshot_retention_s,
+                    settings.file_grace_s,
+                )
             )
             if result != MaintenanceResult(0, 0, 0):
                 log.info("lake maintenance: %s", result)

@@ -10,9 +10,10 @@ runner is never started and stopped concurrently.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from s2s.config import StreamConfig
@@ -116,6 +117,27 @@ class Materializations:
     async def close(self) -> None:
         for runner in self._runners.values():
             await runner.stop("stopped")
+
+    @contextlib.asynccontextmanager
+    async def suspended(self) -> AsyncIterator[None]:
+        """Every runner stopped, with no lifecycle change meanwhile, while the lake's DuckDB
+        instance is reopened inside the block (reopen.py); requests waiting for commits keep
+        waiting. The runners start again after it, unless the writer was left closed (the
+        server is shutting down)."""
+        async with self._lock:
+            runners = list(self._runners.values())
+            running = [await runner.suspend() for runner in runners]
+            try:
+                yield
+            finally:
+                if self._writer.is_open:
+                    for runner, was_running in zip(runners, running, strict=True):
+                        runner.resume(was_running)
+
+    def close_lanes(self) -> None:
+        """On the writer thread, inside `suspended`: close every runner's cursors."""
+        for runner in self._runners.values():
+            runner.close_lanes()
 
     # --- lifecycle -----------------------------------------------------------------------
 

@@ -54,14 +54,20 @@ class IngestMetrics:
         self._error_codes[(key, code)] += 1
 
     def collector(
-        self, materializations: list[MaterializationStatus], duckdb_memory: dict[str, int]
+        self,
+        materializations: list[MaterializationStatus],
+        duckdb_memory: dict[str, int],
+        reopens: int,
     ) -> Collector:
-        """Every family, with the materializations' progress and DuckDB's memory by tag
-        (`duckdb_memory()`) as they are now."""
-        return _Families(list(self._families(materializations, duckdb_memory)))
+        """Every family, with the materializations' progress, DuckDB's memory by tag
+        (`duckdb_memory()`) and how often its instance was reopened, as they are now."""
+        return _Families(list(self._families(materializations, duckdb_memory, reopens)))
 
     def _families(
-        self, materializations: list[MaterializationStatus], duckdb_memory: dict[str, int]
+        self,
+        materializations: list[MaterializationStatus],
+        duckdb_memory: dict[str, int],
+        reopens: int,
     ) -> Iterable[Metric]:
         tables = sorted(self._tables.items())
         for name, counter, help_text in _TABLE_COUNTERS:
@@ -95,6 +101,12 @@ class IngestMetrics:
         for tag, used in sorted(duckdb_memory.items()):
             memory.add_metric([tag], used)
         yield memory
+        yield CounterMetricFamily(
+            "s2s_lake_duckdb_reopens",
+            "Times the lake's DuckDB instance was closed and opened again to return the memory "
+            "DuckLake keeps per commit (--lake-reopen-commits).",
+            value=reopens,
+        )
 
 
 class _Families:

@@ -28,6 +28,9 @@ TIMEOUT_S = 60.0
 """A query running longer is interrupted: the pool has two threads, and a runaway query must
 not hold one forever."""
 _QUERY_THREADS = 2
+PAUSE_WAIT_S = 30.0
+"""How long a query waits for the lake to reopen (reopen.py, well under a second when
+healthy) before it is answered `unavailable`."""
 
 
 class QueryRunner:
@@ -39,16 +42,37 @@ class QueryRunner:
         finally:
             cursor.close()
         self._executor = ThreadPoolExecutor(_QUERY_THREADS, thread_name_prefix="lake-query")
-        self._lock = threading.Lock()
+        self._changed = threading.Condition()
         self._running: set[duckdb.DuckDBPyConnection] = set()
         self._draining = False
+        self._paused = False
 
     def drain(self) -> None:
         """Interrupt the queries running now and refuse new ones: `server_draining`."""
-        with self._lock:
+        with self._changed:
             self._draining = True
             for cursor in self._running:
                 cursor.interrupt()
+            self._changed.notify_all()
+
+    def pause(self, timeout_s: float) -> bool:
+        """Hold new queries and wait for the running ones to end, for the lake's instance to be
+        reopened (blocking: call it on a thread). False, with nothing held, if some still run
+        after `timeout_s`."""
+        with self._changed:
+            self._paused = True
+            if self._changed.wait_for(lambda: not self._running, timeout_s):
+                return True
+            self._paused = False
+            self._changed.notify_all()
+            return False
+
+    def resume(self, conn: duckdb.DuckDBPyConnection) -> None:
+        """Run the held queries, and every later one, on `conn`: the reopened instance."""
+        with self._changed:
+            self._conn = conn
+            self._paused = False
+            self._changed.notify_all()
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
@@ -80,12 +104,7 @@ class QueryRunner:
     def _run(
         self, sql: str, rows_max: int, timeout_s: float, guarded: bool
     ) -> tuple[pa.Table, bool]:
-        cursor = lake_cursor(self._conn)
-        with self._lock:
-            if self._draining:
-                cursor.close()
-                raise server_draining()
-            self._running.add(cursor)
+        cursor = self._enter()
         watchdog = threading.Timer(timeout_s, cursor.interrupt)
         watchdog.start()
         try:
@@ -117,9 +136,21 @@ class QueryRunner:
                 cursor.execute("ROLLBACK")
         finally:
             watchdog.cancel()
-            with self._lock:
-                self._running.discard(cursor)
             cursor.close()
+            with self._changed:
+                self._running.discard(cursor)
+                self._changed.notify_all()
+
+    def _enter(self) -> duckdb.DuckDBPyConnection:
+        """A cursor for one query, counted as running; waits while the lake reopens."""
+        with self._changed:
+            if not self._changed.wait_for(lambda: not self._paused or self._draining, PAUSE_WAIT_S):
+                raise S2Error("unavailable", "the lake is reopening its database: retry shortly")
+            if self._draining:
+                raise server_draining()
+            cursor = lake_cursor(self._conn)
+            self._running.add(cursor)
+            return cursor
 
 
 def arrow_ipc_stream(table: pa.Table) -> bytes:

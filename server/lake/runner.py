@@ -101,12 +101,7 @@ class MaterializationRunner:
         self._trim_floor = trim_floor
         self._store = store
         self._writer = writer
-        # Two appliers, each on its own cursor: batch N+1 is prepared on one while batch N
-        # commits on the other (`_batch_and_apply`).
-        self._lanes = (
-            Applier(writer.new_cursor(), writer.files, definition),
-            Applier(writer.new_cursor(), writer.files, definition),
-        )
+        self._lanes = self._new_lanes()
         self._next_seq = checkpoint.last_seq_num + 1
         self._rows_applied = checkpoint.rows_applied
         self._rows_rejected = checkpoint.rows_rejected
@@ -115,6 +110,10 @@ class MaterializationRunner:
         self._last_snapshot_id: int | None = None
         self._last_commit_at: float | None = None
         self._task: asyncio.Task[None] | None = None
+        self._suspended = False
+        """Stopped for the lake to reopen (`suspend`): waiters keep waiting."""
+        self._commits: set[asyncio.Future[ApplyResult]] = set()
+        """Commits running on the writer thread, which a stop does not interrupt."""
         self._watches: set[AppliedWatch] = set()
         self._retry_s = _RETRY_S_MIN
         self._trimmed_to = 0
@@ -127,14 +126,52 @@ class MaterializationRunner:
             self._state = "starting"
             self._task = asyncio.create_task(self._run(), name=f"lake:{self.definition.name}")
 
+    def _new_lanes(self) -> tuple[Applier, Applier]:
+        """Two appliers, each on its own cursor: batch N+1 is prepared on one while batch N
+        commits on the other (`_batch_and_apply`)."""
+        writer, definition = self._writer, self.definition
+        return (
+            Applier(writer.new_cursor(), writer.files, definition),
+            Applier(writer.new_cursor(), writer.files, definition),
+        )
+
     async def stop(self, state: str = "paused") -> None:
+        await self._halt()
+        self._state = state
+        self.release_waiters()
+
+    async def _halt(self) -> None:
+        """Cancel the loop and wait for the commits it started: once this returns, the stored
+        checkpoint is final until the next start."""
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self._state = state
-        self.release_waiters()
+        if self._commits:
+            await asyncio.wait(self._commits)
+
+    async def suspend(self) -> bool:
+        """Stop for the lake's DuckDB instance to be reopened (reopen.py), keeping the requests
+        waiting for commits; `close_lanes` next, then `resume`. Returns whether it ran."""
+        running = self._task is not None
+        self._suspended = True
+        await self._halt()
+        return running
+
+    def close_lanes(self) -> None:
+        """On the writer thread, before the instance closes: wait for a prepare still running
+        on a lane, and close the lanes' cursors."""
+        for lane in self._lanes:
+            lane.close()
+
+    def resume(self, running: bool) -> None:
+        """Take cursors on the new instance, and start again if `running` (from the
+        checkpoint, as after any stop)."""
+        self._lanes = self._new_lanes()
+        self._suspended = False
+        if running:
+            self.start()
 
     def release_waiters(self) -> None:
         """Answer everyone in `wait_applied` now, with None (not applied yet)."""
@@ -171,7 +208,7 @@ class MaterializationRunner:
         watch.expect(first_seq, last_seq)
         if self._next_seq > last_seq:
             return self._last_snapshot_id
-        if self._task is None:
+        if self._task is None and not self._suspended:
             return None
         return await watch.snapshot(timeout_s)
 
@@ -360,6 +397,8 @@ class MaterializationRunner:
         # watches, or a request waiting for its rows would not hear of those it rejected. The
         # watches hear first, so `wait_applied` never sees a batch applied that they missed.
         commit.add_done_callback(self._tell_watches)
+        self._commits.add(commit)
+        commit.add_done_callback(self._commits.discard)
         result = await asyncio.shield(commit)
         self._next_seq = result.last_seq_num + 1
         self._rows_applied += result.rows_applied

@@ -26,6 +26,7 @@ from server.lake.maintenance import maintain_forever
 from server.lake.materializations import Materializations, MaterializationStatus
 from server.lake.metrics import IngestMetrics
 from server.lake.query import ROWS_MAX, QueryRunner
+from server.lake.reopen import Reopener
 from server.lake.server_id import load_server_id
 from server.lake.sql_rules import FunctionRules
 from server.lake.writer import LakeWriter
@@ -41,6 +42,7 @@ class Lake:
         ingest: Ingest,
         dead_letters: DeadLetters,
         metrics: IngestMetrics,
+        reopener: Reopener | None,
     ) -> None:
         self._writer = writer
         self._queries = queries
@@ -48,7 +50,8 @@ class Lake:
         self._ingest = ingest
         self._dead_letters = dead_letters
         self._metrics = metrics
-        self._maintenance: asyncio.Task[None] | None = None
+        self._reopener = reopener
+        self._background: list[asyncio.Task[None]] = []
 
     @classmethod
     async def open(cls, store: StreamStore, settings: LakeSettings) -> Lake:
@@ -60,9 +63,18 @@ class Lake:
         materializations = await Materializations.load(store, writer, rules, server_id)
         metrics = IngestMetrics()
         ingest = Ingest(store, materializations, queries, metrics)
-        lake = cls(writer, queries, materializations, ingest, DeadLetters(queries), metrics)
+        reopener = None
+        if settings.reopen_after_commits > 0:
+            reopener = Reopener(writer, materializations, queries, settings.reopen_after_commits)
+        lake = cls(
+            writer, queries, materializations, ingest, DeadLetters(queries), metrics, reopener
+        )
         if settings.maintenance_interval_s > 0:
-            lake._maintenance = asyncio.create_task(maintain_forever(writer), name="lake-maint")
+            lake._background.append(
+                asyncio.create_task(maintain_forever(writer), name="lake-maint")
+            )
+        if reopener is not None:
+            lake._background.append(asyncio.create_task(reopener.run_forever(), name="lake-reopen"))
         return lake
 
     def drain(self) -> None:
@@ -75,10 +87,10 @@ class Lake:
         self._queries.drain()
 
     async def close(self) -> None:
-        if self._maintenance is not None:
-            self._maintenance.cancel()
+        for task in self._background:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._maintenance
+                await task
         await self._materializations.close()
         self._queries.close()
         await self._writer.close()
@@ -129,7 +141,8 @@ class Lake:
         """Ingest counters per table, lag and progress per materialization, DuckDB's memory
         (Prometheus)."""
         statuses = await self._materializations.statuses()
-        return self._metrics.collector(statuses, await self._duckdb_memory())
+        reopens = 0 if self._reopener is None else self._reopener.reopens
+        return self._metrics.collector(statuses, await self._duckdb_memory(), reopens)
 
     async def _duckdb_memory(self) -> dict[str, int]:
         """Bytes per tag; none while draining, when the query threads take no new work (the

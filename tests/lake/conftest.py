@@ -71,7 +71,8 @@ class LakeClient:
         """One sample from `/metrics`; 0 when the series does not exist yet."""
         text = self.http.get("/metrics").text
         rendered = ",".join(f'{key}="{value}"' for key, value in labels.items())
-        match = re.search(rf"^{re.escape(f'{metric}{{{rendered}}}')} (\S+)$", text, re.MULTILINE)
+        series = f"{metric}{{{rendered}}}" if labels else metric
+        match = re.search(rf"^{re.escape(series)} (\S+)$", text, re.MULTILINE)
         return float(match.group(1)) if match else 0.0
 
     def wait_for(self, sql: str, expected: list[list[Any]], timeout_s: float = 15.0) -> None:
