@@ -416,8 +416,12 @@ class Catalog:
         ]
 
     def load_tail(self, sid: int) -> TailRow:
+        return self.stored_tail(sid) or TailRow()
+
+    def stored_tail(self, sid: int) -> TailRow | None:
+        """The stream's tail row; None until its first append."""
         data = self._kv.get(Table.TAILS, sid_key(sid))
-        return TailRow() if data is None else TailRow.decode(data)
+        return None if data is None else TailRow.decode(data)
 
     # --- helpers -----------------------------------------------------------------------------
 

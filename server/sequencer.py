@@ -14,6 +14,13 @@ Invariants (each stream has exactly one `StreamSequencer` in the process):
 - If a commit fails, the pending state is reset to the durable state (see `resync`), so a
   failed batch's sequence numbers are assigned again to the next successful batch: no number
   is skipped, and none that was acknowledged is ever reused.
+- Every batch's commit expects the stream's tail row to be what the batch was numbered from
+  (`Expect`). Where several nodes share the store, another node may have appended meanwhile:
+  the commit then leaves the batch out (`CommitConflict`), and so every batch of the stream
+  after it. Once all of them are back, the sequencer reloads the tail and the stream's record
+  from the store and numbers and checks them again, in their order, before any newer append
+  (`_reload_and_retry`): a conflict is never the client's concern, and a `match_seq_num` or
+  fencing token is checked against the tail the batch actually lands on.
 
 The invariants that a bug elsewhere could break are asserted where they would break, once per
 batch, never per record: a batch's numbers are contiguous, one per record (`_sequence`, before
@@ -25,7 +32,7 @@ timestamp no older than it (`submit`'s `on_done`), which is both "acks complete 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import NamedTuple
 
 from s2s.config import ResolvedStreamConfig
@@ -34,8 +41,8 @@ from s2s.records import Fence, Trim, ValidatedBatch
 from s2s.wire import U64_MAX, append_ack_bytes
 from server.clock import Clock
 from server.encryption import AES_GCM_SEQ_NUM_MAX
-from server.storage.committer import GroupCommitter
-from server.storage.kv import Put, Table, Write
+from server.storage.committer import Chain, CommitConflict, GroupCommitter
+from server.storage.kv import Expect, Put, Table, Write
 from server.storage.layout import TailRow, batch_key, encode_batch, sid_key, timestamp_key
 from server.usage.accounting import StreamAccount
 
@@ -58,6 +65,19 @@ class AppendAck(NamedTuple):
         return append_ack_bytes(self.start, self.end, self.tail)
 
 
+class StoredStream(NamedTuple):
+    """A stream as the store holds it now: what a sequencer reloads after a conflict."""
+
+    config: ResolvedStreamConfig
+    tail: TailRow | None
+    """None: no tail row stored yet (nothing appended)."""
+
+
+Reload = Callable[[], Awaitable[StoredStream]]
+"""Reads the stream back from the store; raises the S2Error its appends should fail with if
+it was deleted meanwhile."""
+
+
 class StreamSequencer:
     """Owns one stream's tail: checks, numbers, commits and acknowledges its appends."""
 
@@ -66,13 +86,15 @@ class StreamSequencer:
         sid: int,
         name: str,
         config: ResolvedStreamConfig,
-        durable: TailRow,
+        durable: TailRow | None,
         committer: GroupCommitter,
         clock: Clock,
+        reload: Reload,
         cipher: str | None = None,
         account: StreamAccount | None = None,
     ) -> None:
-        """`account`: where each durable batch is reported (server/usage), if anywhere."""
+        """`durable`: the stored tail row, None if there is none yet. `account`: where each
+        durable batch is reported (server/usage), if anywhere."""
         self.sid = sid
         self.name = name
         self.config = config
@@ -80,15 +102,27 @@ class StreamSequencer:
         """The stream's cipher, fixed at creation (None: plaintext); the store seals and
         opens its records."""
         self._seq_num_max = AES_GCM_SEQ_NUM_MAX if cipher == "aes-256-gcm" else U64_MAX
-        self.durable = durable
-        self.pending = durable
+        self.durable = TailRow() if durable is None else durable
+        self.pending = self.durable
+        self._unstored: TailRow | None = self.durable if durable is None else None
+        """The state standing for "no tail row stored" (what a first append expects)."""
         self.deleting = False
         self.inflight = 0
         self.followers = 0
         self._committer = committer
         self._clock = clock
+        self._reload = reload
         self._account = account
         self._durable_advanced = asyncio.Event()
+        self._queued = 0
+        """Batches of this stream at the committer, not yet done."""
+        self._conflicted: list[tuple[ValidatedBatch, asyncio.Future[AppendAck], float]] = []
+        """Batches left out for a conflict, in their order, with their acks and submit times."""
+        self._retried: asyncio.Future[None] | None = None
+        """Set from the first conflict until its batches are queued again: newer appends wait."""
+        self._retry: asyncio.Future[None] | None = None
+        self._chain = Chain()
+        """This stream's batches at the committer, each built on the one before."""
 
     @property
     def tail(self) -> StreamPosition:
@@ -103,24 +137,36 @@ class StreamSequencer:
         """Sequence one batch now; the returned future resolves once it is durable.
 
         Callers that pipeline (append sessions) keep the futures in order; the sequence numbers
-        are fixed when this returns.
+        are fixed when this returns (unless another node appended first: see `_reload_and_retry`).
         """
         # Counted from the first line: a sequencer with appends in flight is never evicted.
         self.inflight += 1
         loop = asyncio.get_running_loop()
         submitted_s = loop.time()
         try:
+            while self._retried is not None:
+                await asyncio.shield(self._retried)
             await self._committer.reserve(batch.metered_bytes)
         except BaseException:
             self.inflight -= 1
             raise
+        ack: asyncio.Future[AppendAck] = loop.create_future()
         try:
-            first_seq, timestamps, after = self._sequence(batch)
+            self._queue(batch, ack, submitted_s)
         except BaseException:
             self.inflight -= 1
             self._committer.release(batch.metered_bytes)
             raise
+        return ack
+
+    def _queue(
+        self, batch: ValidatedBatch, ack: asyncio.Future[AppendAck], submitted_s: float
+    ) -> None:
+        """Check and number `batch` against the pending state and hand it to the committer,
+        with its bytes reserved; raises (changing nothing) if a check fails."""
+        first_seq, timestamps, after = self._sequence(batch)
         before, self.pending = self.pending, after
+        expected = None if before is self._unstored else before.encode()
         sid = self.sid
         bodies = batch.bodies
         headed = batch.headed
@@ -128,21 +174,31 @@ class StreamSequencer:
         count = batch.count
         metered_bytes = batch.metered_bytes
         arrival_ms = after.last_write_ms
+        loop = asyncio.get_running_loop()
 
         def prepare() -> Sequence[Write]:
             last_seq = after.next_seq - 1
             value = encode_batch(bodies, headed, first_seq, timestamps, metered, arrival_ms)
+            tail_key = sid_key(sid)
             return (
+                Expect(Table.TAILS, tail_key, expected),
                 Put(Table.BATCHES, batch_key(sid, last_seq), value),
                 Put(Table.TIMESTAMPS, timestamp_key(sid, timestamps[-1], last_seq), b""),
-                Put(Table.TAILS, sid_key(sid), after.encode()),
+                Put(Table.TAILS, tail_key, after.encode()),
             )
 
-        ack: asyncio.Future[AppendAck] = loop.create_future()
         start = StreamPosition(first_seq, timestamps[0])
         end = StreamPosition(after.next_seq, after.last_timestamp)
 
         def on_done(error: S2Error | None) -> None:
+            self._queued -= 1
+            if isinstance(error, CommitConflict):
+                self._conflicted.append((batch, ack, submitted_s))
+                if self._retried is None:
+                    self._retried = loop.create_future()
+                if self._queued == 0:
+                    self._start_retry()
+                return
             self.inflight -= 1
             if error is not None and self.pending is after:
                 # Refused before it was queued (shutting down, recovering): nothing was built
@@ -159,8 +215,7 @@ class StreamSequencer:
                     f"{durable.last_timestamp} to {after.last_timestamp}"
                 )
                 self.durable = after
-                self._durable_advanced.set()
-                self._durable_advanced = asyncio.Event()
+                self.wake_followers()
                 if self._account is not None:
                     self._account.appended(
                         self.config.storage_class,
@@ -175,9 +230,64 @@ class StreamSequencer:
                 ack.set_result(AppendAck(start, end, self.tail))
             else:
                 ack.set_exception(error)
+            if self._queued == 0 and self._conflicted:
+                # The last batch of the stream came back after a conflict (failed otherwise).
+                self._start_retry()
 
-        self._committer.submit(prepare, on_done, batch.metered_bytes)
-        return ack
+        self._queued += 1
+        self._committer.submit(prepare, on_done, metered_bytes, self._chain)
+
+    def _start_retry(self) -> None:
+        # The task is kept: the loop holds only a weak reference to it.
+        self._retry = asyncio.ensure_future(self._reload_and_retry())
+
+    async def _reload_and_retry(self) -> None:
+        """Every batch of the stream is back from the committer and some were left out for a
+        conflict: take the stream as the store holds it, then queue those batches again, in
+        order, before any append that waited meanwhile."""
+        conflicted, self._conflicted = self._conflicted, []
+        retried = self._retried
+        assert retried is not None and self._queued == 0
+        failure: S2Error | None = None
+        try:
+            stored = await self._reload()
+            self.config = stored.config
+            if stored.tail is None:
+                self.durable = TailRow()
+                self._unstored = self.durable
+            else:
+                self.durable = stored.tail
+                self._unstored = None
+            self.pending = self.durable
+            self._chain = Chain()
+            self.wake_followers()  # records other nodes appended are readable here now
+            while conflicted:
+                batch, ack, submitted_s = conflicted[0]
+                await self._committer.reserve(batch.metered_bytes)
+                del conflicted[0]
+                try:
+                    self._queue(batch, ack, submitted_s)
+                except S2Error as error:
+                    self._committer.release(batch.metered_bytes)
+                    self._fail_retry(ack, error)
+        except S2Error as error:  # the stream was deleted meanwhile
+            self.mark_deleting()
+            failure = error
+        except Exception as error:  # the store could not be read: the client may retry
+            failure = S2Error("unavailable", f"the stream could not be read back: {error}")
+        except asyncio.CancelledError:
+            failure = S2Error("unavailable", "server is shutting down")
+            raise
+        finally:
+            for _, ack, _ in conflicted:
+                self._fail_retry(ack, failure or S2Error("unavailable", "append not retried"))
+            self._retried = None
+            retried.set_result(None)
+
+    def _fail_retry(self, ack: asyncio.Future[AppendAck], error: S2Error) -> None:
+        self.inflight -= 1
+        if not ack.cancelled():
+            ack.set_exception(error)
 
     def _sequence(self, batch: ValidatedBatch) -> tuple[int, list[int], TailRow]:
         """Check the batch against the pending state and assign its numbers and timestamps."""

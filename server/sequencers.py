@@ -11,13 +11,15 @@ state is on disk (the stream's tail row).
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from typing import Literal
 
 from s2s.config import StreamConfig
 from s2s.errors import S2Error
 from server.catalog import Catalog, StreamRecord
 from server.clock import Clock
-from server.sequencer import StreamSequencer
+from server.sequencer import StoredStream, StreamSequencer
 from server.storage.committer import GroupCommitter
 from server.usage.accounting import Usage
 
@@ -77,15 +79,27 @@ class SequencerRegistry:
             record.sid,
             stream,
             record.config,
-            self._catalog.load_tail(record.sid),
+            self._catalog.stored_tail(record.sid),
             self._committer,
             self._clock,
+            functools.partial(self._reload, basin, stream, record.sid),
             record.cipher,
             self._usage.stream(basin, stream, record.sid),
         )
         self._evict_idle()
         self._sequencers[key] = sequencer
         return sequencer
+
+    async def _reload(self, basin: str, stream: str, sid: int) -> StoredStream:
+        """The stream as the store holds it now (another node appended to it, or changed it),
+        read on a worker thread: on a database each read is a round trip."""
+        record = await asyncio.to_thread(self._catalog.get_stream, basin, stream)
+        if record is None or record.sid != sid:
+            raise S2Error("stream_not_found", f"stream {stream!r} does not exist")
+        if record.deleting:
+            raise S2Error("stream_deletion_pending", f"stream {stream!r} is being deleted")
+        tail = await asyncio.to_thread(self._catalog.stored_tail, sid)
+        return StoredStream(record.config, tail)
 
     def cached(self, basin: str, stream: str) -> StreamSequencer | None:
         """The stream's sequencer if one is live; never loads one."""

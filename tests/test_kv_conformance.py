@@ -1,9 +1,9 @@
 """Every `KeyValueStore` behaves the same: LMDB (the embedded default) and PostgreSQL (a real
 server started here, with fsync on). The stream log above the seam relies on exactly this:
 bytewise key order, half-open scans with limits, the last write of a key in a commit winning,
-values of any size, everything committed still there after reopening, and a commit that
-failed changing nothing while the next one succeeds. Keys are never empty (LMDB refuses
-them)."""
+a commit's expectations deciding all or nothing of it, values of any size, everything
+committed still there after reopening, and a commit that failed changing nothing while the
+next one succeeds. Keys are never empty (LMDB refuses them)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import psycopg
 import pytest
 
 from server.startup import StartupError
-from server.storage.kv import Delete, KeyValueStore, LmdbStore, Put, Table
+from server.storage.kv import Conflict, Delete, Expect, KeyValueStore, LmdbStore, Put, Table
 from server.storage.postgres import PostgresStore, StorageFenced
 from tests.postgres import PostgresServer, running_postgres
 
@@ -135,6 +135,36 @@ def test_what_was_committed_is_there_after_reopening(opener: Opener) -> None:
     reopened = opener()
     assert reopened.get(Table.TAILS, b"s1") == b"tail-1"
     assert reopened.get(Table.STREAMS, b"s1") is None
+
+
+def test_a_commit_applies_only_if_its_expectations_hold(opener: Opener) -> None:
+    store = opener()
+    store.commit([Put(Table.TAILS, b"s1", b"v1")])
+    store.commit(
+        [
+            Expect(Table.TAILS, b"s1", b"v1"),
+            Expect(Table.TAILS, b"s2", None),
+            Put(Table.TAILS, b"s1", b"v2"),
+            Put(Table.BATCHES, b"b1", b"first"),
+        ]
+    )
+    assert store.get(Table.TAILS, b"s1") == b"v2"
+    with pytest.raises(Conflict) as info:
+        store.commit(
+            [
+                Expect(Table.TAILS, b"s1", b"v1"),  # stale: v2 is there now
+                Expect(Table.TAILS, b"s2", None),  # holds; told anyway
+                Put(Table.TAILS, b"s1", b"v3"),
+                Put(Table.BATCHES, b"b2", b"second"),
+            ]
+        )
+    assert info.value.actual == {(Table.TAILS, b"s1"): b"v2", (Table.TAILS, b"s2"): None}
+    assert store.get(Table.TAILS, b"s1") == b"v2"
+    assert store.get(Table.BATCHES, b"b2") is None
+    with pytest.raises(Conflict) as absent:
+        store.commit([Expect(Table.TAILS, b"s3", b"v1"), Put(Table.TAILS, b"s3", b"v2")])
+    assert absent.value.actual == {(Table.TAILS, b"s3"): None}
+    assert store.get(Table.TAILS, b"s3") is None
 
 
 def test_a_failed_commit_changes_nothing_and_the_next_one_succeeds(

@@ -42,7 +42,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from s2s.errors import S2Error
-from server.storage.kv import KeyValueStore, StorageFull, Write
+from server.storage.kv import (
+    Conflict,
+    Delete,
+    Expect,
+    KeyValueStore,
+    Put,
+    StorageFull,
+    Table,
+    Write,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,23 +60,102 @@ GROUP_BYTES_MAX = 8 * 1024 * 1024
 INFLIGHT_BYTES_MAX = 64 * 1024 * 1024
 
 
+class Chain:
+    """Jobs that build on each other, in submission order (one stream's appends: each expects
+    the tail the one before it leaves). Once one is left out for a conflict, every later one
+    is too, whether or not its own precondition happens to hold: a tail row another node
+    wrote may equal the one a left-out job would have written, and a later job landing on it
+    would be acknowledged ahead of the earlier one. The owner starts a new chain for the jobs
+    it submits again."""
+
+    def __init__(self) -> None:
+        self.broken = False
+        """Touched only by the writer thread."""
+
+
 @dataclass
 class _Job:
     prepare: Callable[[], Sequence[Write]]
     on_done: Callable[[S2Error | None], None]
     size_bytes: int
     generation: int
+    chain: Chain | None = None
     writes: Sequence[Write] = field(default_factory=tuple)
     # Set if `prepare` raised; the writer fails the job in its turn.
     error: Exception | None = None
 
 
-def _last_write_per_key(group: Sequence[_Job]) -> list[Write]:
-    """The group's writes, keeping only the last one to each key (the one that decides its value
-    in a single transaction). Appends to one stream in a group each rewrite its tail row; every
-    LMDB call releases the GIL, and with the event loop busy, taking it back can cost a whole
-    switch interval, so each call saved shortens the commit."""
-    return list({(write.table, write.key): write for job in group for write in job.writes}.values())
+CONFLICT_ATTEMPTS = 3
+"""Commits of one group whose preconditions another node broke meanwhile, before its jobs
+that expect anything are given up on (they are told `CommitConflict`)."""
+
+_Key = tuple[Table, bytes]
+
+
+class CommitConflict(S2Error):
+    """A job's `Expect` did not hold: another node changed what it was built on, and nothing of
+    it was written. Its owner reloads and tries again (never a client's concern: retryable)."""
+
+    def __init__(self) -> None:
+        super().__init__("unavailable", "another node changed this stream or resource first")
+
+
+@dataclass
+class _Plan:
+    """What one attempt at a group commit writes, and which of its jobs it leaves out."""
+
+    writes: list[Write]
+    rejected: set[int]
+
+
+def _plan(group: Sequence[_Job], known: dict[_Key, bytes | None], give_up: bool) -> _Plan:
+    """The group's writes, keeping only the last one to each key (the one that decides its
+    value in a single transaction), after the store preconditions of the jobs they come from.
+
+    Jobs are taken in order. A job's `Expect` on a key an earlier job of the group wrote is
+    settled here; on a key the store told about after a conflict (`known`), too; any other is
+    left to the store. A job whose expectation fails is left out whole, and the jobs after it
+    see the values it did not write. `give_up`: leave out every job that expects anything.
+
+    Appends to one stream in a group each rewrite its tail row; every LMDB call releases the
+    GIL, and with the event loop busy, taking it back can cost a whole switch interval, so
+    each call saved shortens the commit.
+    """
+    written: dict[_Key, Put | Delete] = {}
+    unsettled: dict[_Key, bytes | None] = {}
+    rejected: set[int] = set()
+    for index, job in enumerate(group):
+        needs: dict[_Key, bytes | None] = {}
+        holds = job.chain is None or not job.chain.broken
+        for write in job.writes if holds else ():
+            if not isinstance(write, Expect):
+                continue
+            key = (write.table, write.key)
+            if give_up:
+                holds = False
+            elif key in written:
+                earlier = written[key]
+                holds = isinstance(earlier, Put) and earlier.value == write.value
+            elif key in known:
+                holds = known[key] == write.value
+                needs[key] = known[key]
+            elif key in unsettled:
+                holds = unsettled[key] == write.value
+            else:
+                needs[key] = write.value
+            if not holds:
+                break
+        if not holds:
+            rejected.add(index)
+            if job.chain is not None:
+                job.chain.broken = True
+            continue
+        unsettled.update(needs)
+        for write in job.writes:
+            if not isinstance(write, Expect):
+                written[(write.table, write.key)] = write
+    expects: list[Write] = [Expect(table, key, value) for (table, key), value in unsettled.items()]
+    return _Plan(expects + list(written.values()), rejected)
 
 
 def _failure_error(exc: Exception) -> S2Error:
@@ -169,9 +257,12 @@ class GroupCommitter:
         prepare: Callable[[], Sequence[Write]],
         on_done: Callable[[S2Error | None], None],
         reserved_bytes: int = 0,
+        chain: Chain | None = None,
     ) -> None:
         """Prepare a job and queue it. `on_done(None)` runs on the loop after its writes are
-        durable, in submission order; `on_done(error)` if they never will be.
+        durable, in submission order; `on_done(error)` if they never will be, with
+        `CommitConflict` if a precondition of its own or of an earlier job of its `chain` did
+        not hold.
 
         Call from the event loop. `reserved_bytes` is what `reserve` granted for this job; it is
         released when the job completes either way.
@@ -184,7 +275,7 @@ class GroupCommitter:
                 rejected = S2Error("storage", "storage is recovering from a failed commit")
             else:
                 rejected = None
-                job = _Job(prepare, on_done, reserved_bytes, self._generation)
+                job = _Job(prepare, on_done, reserved_bytes, self._generation, chain)
         if rejected is not None:
             self.release(reserved_bytes)
             on_done(rejected)
@@ -258,7 +349,7 @@ class GroupCommitter:
                 if group[0].error is not None:
                     raise group[0].error
                 started_s = time.perf_counter()
-                self._kv.commit(_last_write_per_key(group))
+                rejected = self._commit_group(group)
                 commit_s = time.perf_counter() - started_s
             except Exception as exc:
                 self._handle_failure(group, exc)
@@ -267,7 +358,23 @@ class GroupCommitter:
             if self._failing:
                 self._failing = False
                 log.warning("commits succeed again")
-            loop.call_soon_threadsafe(self._succeed, group, commit_s)
+            loop.call_soon_threadsafe(self._succeed, group, rejected, commit_s)
+
+    def _commit_group(self, group: list[_Job]) -> set[int]:
+        """Commit what of `group` can go in; returns the indices of the jobs left out because
+        another node broke their preconditions."""
+        known: dict[_Key, bytes | None] = {}
+        for attempt in range(CONFLICT_ATTEMPTS + 1):
+            plan = _plan(group, known, give_up=attempt == CONFLICT_ATTEMPTS)
+            if not plan.writes:
+                return plan.rejected
+            try:
+                self._kv.commit(plan.writes)
+            except Conflict as conflict:
+                known.update(conflict.actual)
+                continue
+            return plan.rejected
+        raise AssertionError("the last attempt expects nothing, so it cannot conflict")
 
     def _handle_failure(self, group: list[_Job], exc: Exception) -> None:
         """Nothing in `group` landed; everything behind it was built on it, so fail it too."""
@@ -289,12 +396,12 @@ class GroupCommitter:
 
     # --- event loop callbacks ----------------------------------------------------------------
 
-    def _succeed(self, group: list[_Job], commit_s: float) -> None:
+    def _succeed(self, group: list[_Job], rejected: set[int], commit_s: float) -> None:
         if self._on_committed is not None:
             self._on_committed(len(group), sum(job.size_bytes for job in group), commit_s)
-        for job in group:
+        for index, job in enumerate(group):
             self.release(job.size_bytes)
-            job.on_done(None)
+            job.on_done(CommitConflict() if index in rejected else None)
 
     def _fail(self, group: list[_Job], error: S2Error) -> None:
         for job in group:

@@ -55,12 +55,35 @@ class Delete(NamedTuple):
     key: bytes
 
 
-Write = Put | Delete
+class Expect(NamedTuple):
+    """A precondition of the commit it is in: `key` holds `value` (None: is absent) when the
+    commit starts. Several s2s nodes sharing one store decide a stream's tail this way: each
+    append expects the tail its node numbered it from (docs/adr/0013-several-nodes.md)."""
+
+    table: Table
+    key: bytes
+    value: bytes | None
+
+
+Write = Put | Delete | Expect
+
+
+class Conflict(Exception):
+    """A commit's preconditions did not hold: nothing of it was applied. `actual` has what
+    each expected key held instead (None: absent), for the committer to tell which of the
+    commit's jobs can still go in."""
+
+    def __init__(self, actual: dict[tuple[Table, bytes], bytes | None]) -> None:
+        super().__init__(f"{len(actual)} expected keys held other values")
+        self.actual = actual
 
 
 class KeyValueStore(Protocol):
     def commit(self, writes: Sequence[Write]) -> None:
-        """Apply all writes atomically; return only after they are durable."""
+        """Apply all puts and deletes atomically; return only after they are durable.
+
+        Every `Expect` comes before the first put or delete. If one does not hold, nothing is
+        applied and `Conflict` is raised."""
 
     def get(self, table: Table, key: bytes) -> bytes | None: ...
 
@@ -155,11 +178,20 @@ class LmdbStore:
         dbs = self._dbs
         try:
             with self._env.begin(write=True) as txn:
+                # Expects come first, so each reads the value the commit started from.
+                expected: dict[tuple[Table, bytes], bytes | None] = {}
+                mismatched = False
                 for write in writes:
                     if isinstance(write, Put):
                         txn.put(write.key, write.value, db=dbs[write.table])
-                    else:
+                    elif isinstance(write, Delete):
                         txn.delete(write.key, db=dbs[write.table])
+                    else:
+                        actual = txn.get(write.key, db=dbs[write.table])
+                        expected[(write.table, write.key)] = actual
+                        mismatched = mismatched or actual != write.value
+                if mismatched:  # raised inside the transaction, which aborts it
+                    raise Conflict(expected)
         except lmdb.MapFullError:
             limit_gib = self._env.info()["map_size"] / (1 << 30)
             raise StorageFull(

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import zlib
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -28,7 +29,7 @@ import psycopg
 from psycopg import sql
 
 from server.startup import StartupError
-from server.storage.kv import Put, StorageFull, Table, Write
+from server.storage.kv import Conflict, Delete, Expect, Put, StorageFull, Table, Write
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,9 @@ T = TypeVar("T")
 Connection = psycopg.Connection[tuple[Any, ...]]
 
 CONNECT_TIMEOUT_S = 10
+KEY_LOCK_CLASS = 0x5325
+"""The first half of the two-part advisory locks `_check` takes per expected key (a key
+space apart from one-part locks such as `WRITER_LOCK`)."""
 WRITER_LOCK = 0x5325_0001
 """The advisory lock the one server writing a database holds (several nodes on one database
 are not built yet: each would number appends on its own)."""
@@ -48,8 +52,12 @@ def table_name(table: Table) -> str:
 class PostgresStore:
     """A stream log in the PostgreSQL database named by a libpq connection string."""
 
-    def __init__(self, conninfo: str) -> None:
+    def __init__(self, conninfo: str, exclusive: bool = True) -> None:
+        """`exclusive`: hold the database's writer lock, refusing a second server. Without,
+        several stores share the database and commits decide each stream's tail by their
+        preconditions (`Expect`); the server does not run that way yet (ADR 0013)."""
         self._conninfo = conninfo
+        self._exclusive = exclusive
         try:
             self._writer = self._connect(autocommit=False)
         except psycopg.OperationalError as error:
@@ -59,7 +67,7 @@ class PostgresStore:
                 "--storage and that the server is running"
             ) from None
         self._check_durability(self._writer)
-        if not self._lock_writer(self._writer):
+        if exclusive and not self._lock_writer(self._writer):
             self._writer.close()
             raise StartupError(
                 "another s2s server is writing to this PostgreSQL database: several servers "
@@ -127,13 +135,18 @@ class PostgresStore:
         if self._writer.closed or self._writer.broken:
             self._reconnect_writer()
         # The last write of a key wins, as if applied in order: collapse first, then one
-        # statement per table and kind.
-        last: dict[tuple[Table, bytes], Write] = {}
+        # statement per table and kind. Keys go in sorted order, so two nodes' commits lock
+        # the rows they share in the same order and never deadlock.
+        expected: dict[tuple[Table, bytes], bytes | None] = {}
+        last: dict[tuple[Table, bytes], Put | Delete] = {}
         for write in writes:
-            last[(write.table, write.key)] = write
+            if isinstance(write, Expect):
+                expected[(write.table, write.key)] = write.value
+            else:
+                last[(write.table, write.key)] = write
         puts: dict[Table, tuple[list[bytes], list[bytes]]] = {}
         deletes: dict[Table, list[bytes]] = {}
-        for (table, key), write in last.items():
+        for (table, key), write in sorted(last.items(), key=lambda item: item[0][1]):
             if isinstance(write, Put):
                 keys, values = puts.setdefault(table, ([], []))
                 keys.append(key)
@@ -143,6 +156,8 @@ class PostgresStore:
         connection = self._writer
         try:
             with connection.transaction():
+                if expected:
+                    self._check(connection, expected)
                 for table, keys in deletes.items():
                     connection.execute(
                         sql.SQL("DELETE FROM {} WHERE key = ANY(%s)").format(self._names[table]),
@@ -167,6 +182,35 @@ class PostgresStore:
                 self._reconnect_writer()
             raise
 
+    def _check(
+        self, connection: Connection, expected: dict[tuple[Table, bytes], bytes | None]
+    ) -> None:
+        """Raise `Conflict` unless every expected key holds its value, with those keys locked
+        until the transaction ends.
+
+        Row locks cannot hold a key that is absent, so each key is locked by a transaction
+        advisory lock on its hash instead, taken in one order by every node; under READ
+        COMMITTED the reads that follow the locks see every commit made before them.
+        """
+        locks = sorted({_key_lock(table, key) for table, key in expected})
+        connection.execute(
+            "SELECT pg_advisory_xact_lock(%s, lock) FROM unnest(%s::int[]) AS lock",
+            (KEY_LOCK_CLASS, locks),
+        )
+        actual: dict[tuple[Table, bytes], bytes | None] = dict.fromkeys(expected)
+        by_table: dict[Table, list[bytes]] = {}
+        for table, key in expected:
+            by_table.setdefault(table, []).append(key)
+        for table, keys in by_table.items():
+            rows = connection.execute(
+                sql.SQL("SELECT key, value FROM {} WHERE key = ANY(%s)").format(self._names[table]),
+                (keys,),
+            ).fetchall()
+            for key, value in rows:
+                actual[(table, bytes(key))] = bytes(value)
+        if actual != expected:
+            raise Conflict(actual)
+
     def _reconnect_writer(self) -> None:
         """Replace the writer's connection. The advisory lock went with the old one: if
         another server took it meanwhile, its view of every tail is newer than ours, so this
@@ -177,7 +221,7 @@ class PostgresStore:
             # The next commit tries again.
             log.error("cannot reconnect to PostgreSQL: %s", error)
             return
-        if not self._lock_writer(connection):
+        if self._exclusive and not self._lock_writer(connection):
             log.error("another s2s server writes to this PostgreSQL database now; stopping writes")
             self._lost_writer_lock = True
         self._writer = connection
@@ -274,6 +318,13 @@ class PostgresStore:
         self._writer.close()
         for connection in readers:
             connection.close()
+
+
+def _key_lock(table: Table, key: bytes) -> int:
+    """A key's advisory lock: a signed 32-bit hash of its table and key (a collision only
+    makes two keys' commits take turns)."""
+    value = zlib.crc32(key, zlib.crc32(table.value))
+    return value - (1 << 32) if value >= 1 << 31 else value
 
 
 class StorageClosed(Exception):

@@ -30,7 +30,7 @@ from s2s.errors import S2Error, SeqNumMismatch
 from s2s.records import ValidatedBatch
 from server import cli
 from server.sequencer import AppendAck, StreamPosition, StreamSequencer
-from server.storage.committer import GroupCommitter
+from server.storage.committer import Chain, GroupCommitter
 from server.storage.kv import LmdbStore, Table, Write
 from server.streamstore import StreamStore
 from tests.crash import faulted_server
@@ -49,9 +49,10 @@ def plant_early_ack() -> None:
         prepare: Callable[[], Sequence[Write]],
         on_done: Callable[[S2Error | None], None],
         reserved_bytes: int = 0,
+        chain: Chain | None = None,
     ) -> None:
         asyncio.get_running_loop().call_later(
-            COMMIT_DELAY_S, commit, self, prepare, on_done, reserved_bytes
+            COMMIT_DELAY_S, commit, self, prepare, on_done, reserved_bytes, chain
         )
 
     async def early_ack(self: StreamSequencer, batch: ValidatedBatch) -> asyncio.Future[AppendAck]:
@@ -107,7 +108,7 @@ def plant_ack_failed_commit() -> None:
 
     def ack_anyway(self: GroupCommitter, group: list[Any], error: S2Error) -> None:
         try:
-            self._succeed(group, 0.0)
+            self._succeed(group, set(), 0.0)
             self._on_failure()
         finally:
             with self._lock:

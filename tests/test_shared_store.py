@@ -1,0 +1,169 @@
+"""Several stores on one PostgreSQL database, as several s2s nodes will run (ADR 0013): a
+stream's tail is decided by the commit's precondition on its tail row, so appends through
+different nodes never reuse or skip a sequence number, and `match_seq_num` and fencing are
+checked against the tail a batch actually lands on, however stale a node's view was.
+
+Each "node" here is a whole `StreamStore` with its own connections, committer and sequencers,
+in one process; what they share is the database, as separate processes would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import AsyncIterator
+
+import pytest
+
+from s2s.errors import FencingTokenMismatch, SeqNumMismatch
+from s2s.records import fence_record
+from server.reader import ReadLimits, ReadStart
+from server.sequencer import AppendAck
+from server.storage.choice import POSTGRES_PREFIX
+from server.storage.kv import Conflict, Expect, Put, Table
+from server.storage.postgres import PostgresStore
+from server.streamstore import StreamStore
+from tests.conftest import BASIN, ManualClock, _empty_tables, decode, make_batch
+
+STREAM = "shared"
+
+
+@contextlib.asynccontextmanager
+async def node(storage: str, clock: ManualClock) -> AsyncIterator[StreamStore]:
+    kv = await asyncio.to_thread(PostgresStore, storage[len(POSTGRES_PREFIX) :], False)
+    store = StreamStore(kv, clock)
+    await store.start()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+@pytest.fixture
+def shared_db(postgres_storage: str) -> str:
+    _empty_tables(postgres_storage)
+    return postgres_storage
+
+
+async def _bodies_by_seq(storage: str, clock: ManualClock) -> list[bytes]:
+    """Every record of the stream, read through a node that has never seen it."""
+    async with node(storage, clock) as fresh:
+        tail = (await fresh.check_tail(BASIN, STREAM)).seq_num
+        bodies: list[bytes] = []
+        while len(bodies) < tail:
+            output = await fresh.read(
+                BASIN, STREAM, ReadStart(seq_num=len(bodies)), ReadLimits(wait_secs=0)
+            )
+            assert output.records is not None
+            for record in decode(output.records.payload):
+                assert record.seq_num == len(bodies)
+                bodies.append(record.body)
+        return bodies
+
+
+async def test_writers_on_two_nodes_share_one_sequence(shared_db: str, clock: ManualClock) -> None:
+    async with node(shared_db, clock) as a, node(shared_db, clock) as b:
+        await a.create_basin(BASIN)
+        await a.create_stream(BASIN, STREAM)
+        acked: list[tuple[AppendAck, list[bytes]]] = []
+
+        async def writer(store: StreamStore, name: str) -> None:
+            for i in range(25):
+                bodies = [f"{name}-{i}-{j}".encode() for j in range(3)]
+                ack = await store.append(BASIN, STREAM, make_batch(*bodies))
+                acked.append((ack, bodies))
+
+        await asyncio.gather(
+            *(writer(store, f"{store is a}-{w}") for store in (a, b) for w in (0, 1))
+        )
+
+    acked.sort(key=lambda item: item[0].start.seq_num)
+    assert [ack.start.seq_num for ack, _ in acked] == list(range(0, 300, 3)), "reused or skipped"
+    stored = await _bodies_by_seq(shared_db, clock)
+    assert stored == [body for _, bodies in acked for body in bodies]
+
+
+async def test_a_stale_node_checks_match_seq_num_against_the_real_tail(
+    shared_db: str, clock: ManualClock
+) -> None:
+    async with node(shared_db, clock) as a, node(shared_db, clock) as b:
+        await a.create_basin(BASIN)
+        await a.create_stream(BASIN, STREAM)
+        await a.append(BASIN, STREAM, make_batch(b"a0"))  # a's view: next is 1
+        await b.append(BASIN, STREAM, make_batch(b"b1"))  # the real tail: next is 2
+        with pytest.raises(SeqNumMismatch) as info:
+            await a.append(BASIN, STREAM, make_batch(b"stale", match_seq_num=1))
+        assert info.value.expected_seq_num == 2
+        ack = await a.append(BASIN, STREAM, make_batch(b"a2", match_seq_num=2))
+        assert (ack.start.seq_num, ack.end.seq_num) == (2, 3)
+    assert await _bodies_by_seq(shared_db, clock) == [b"a0", b"b1", b"a2"]
+
+
+async def test_a_fence_set_on_one_node_holds_on_another(shared_db: str, clock: ManualClock) -> None:
+    async with node(shared_db, clock) as a, node(shared_db, clock) as b:
+        await a.create_basin(BASIN)
+        await a.create_stream(BASIN, STREAM)
+        await b.append(BASIN, STREAM, make_batch(b"b0"))  # b's view: no fencing token
+        await a.append(BASIN, STREAM, make_batch(records=[fence_record("writer-a")]))
+        with pytest.raises(FencingTokenMismatch) as info:
+            await b.append(BASIN, STREAM, make_batch(b"fenced out", fencing_token=""))
+        assert info.value.current_token == "writer-a"
+        ack = await b.append(BASIN, STREAM, make_batch(b"a's", fencing_token="writer-a"))
+        assert ack.start.seq_num == 2
+    assert await _bodies_by_seq(shared_db, clock) == [b"b0", b"writer-a", b"a's"]
+
+
+async def test_pipelined_appends_keep_their_order_through_a_conflict(
+    shared_db: str, clock: ManualClock
+) -> None:
+    """A session's batches are in flight together when another node's append breaks the
+    first one's precondition: all of them land again, in their order, contiguous."""
+    async with node(shared_db, clock) as a, node(shared_db, clock) as b:
+        await a.create_basin(BASIN)
+        await a.create_stream(BASIN, STREAM)
+        await a.append(BASIN, STREAM, make_batch(b"a0"))
+        await b.append(BASIN, STREAM, make_batch(b"b1"))  # a's view is now stale
+        sequencer = await a.sequencers.get(BASIN, STREAM)
+        pipelined = [await sequencer.submit(make_batch(f"p{i}".encode())) for i in range(20)]
+        acks = await asyncio.gather(*pipelined)
+    assert [ack.start.seq_num for ack in acks] == list(range(2, 22))
+    assert await _bodies_by_seq(shared_db, clock) == [b"a0", b"b1"] + [
+        f"p{i}".encode() for i in range(20)
+    ]
+
+
+def test_racing_commits_expecting_a_key_absent_let_one_win(shared_db: str) -> None:
+    """Row locks cannot hold a key that is not there yet: two stores each expecting it absent
+    must still not both write it (the per-key advisory lock)."""
+    conninfo = shared_db[len(POSTGRES_PREFIX) :]
+    stores = [PostgresStore(conninfo, exclusive=False) for _ in range(2)]
+    won: list[list[bytes]] = [[], []]
+    start = threading.Barrier(2)
+
+    def race(index: int) -> None:
+        start.wait()
+        for round_ in range(200):
+            key = b"k%d" % round_
+            try:
+                stores[index].commit(
+                    [Expect(Table.STREAMS, key, None), Put(Table.STREAMS, key, b"%d" % index)]
+                )
+            except Conflict:
+                continue
+            won[index].append(key)
+
+    threads = [threading.Thread(target=race, args=(index,)) for index in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    try:
+        assert sorted(won[0] + won[1]) == sorted(b"k%d" % r for r in range(200)), (
+            "both or neither won"
+        )
+        for index, keys in enumerate(won):
+            assert all(stores[0].get(Table.STREAMS, key) == b"%d" % index for key in keys)
+    finally:
+        for store in stores:
+            store.close()
