@@ -48,7 +48,9 @@ def table_name(table: Table) -> str:
 class PostgresStore:
     """A stream log in the PostgreSQL database named by a libpq connection string."""
 
-    def __init__(self, conninfo: str) -> None:
+    def __init__(self, conninfo: str, option: str = "--storage") -> None:
+        """`option`: the command-line flag that named the database, for the messages of
+        `StartupError`."""
         self._conninfo = conninfo
         try:
             self._writer = self._connect(autocommit=False)
@@ -56,12 +58,12 @@ class PostgresStore:
             reason = str(error).strip().splitlines()[0] if str(error).strip() else "no answer"
             raise StartupError(
                 f"cannot connect to PostgreSQL ({reason}): check the connection string of "
-                "--storage and that the server is running"
+                f"{option} and that the server is running"
             ) from None
         self._check_durability(self._writer)
         if not self._lock_writer(self._writer):
             self._writer.close()
-            raise StartupError(
+            raise DatabaseRefused(
                 "another s2s server is writing to this PostgreSQL database: several servers "
                 "on one database are not supported yet; stop it or give another database"
             )
@@ -93,7 +95,7 @@ class PostgresStore:
         connection.commit()
         if row is None or row[0] != "on":
             connection.close()
-            raise StartupError(
+            raise DatabaseRefused(
                 "the PostgreSQL server runs with fsync off, so a commit it acknowledges can be "
                 "lost: turn fsync on in its configuration"
             )
@@ -274,6 +276,11 @@ class PostgresStore:
         self._writer.close()
         for connection in readers:
             connection.close()
+
+
+class DatabaseRefused(StartupError):
+    """The database answered, but this store must not use it (another server writes it, or
+    its commits are not durable); nothing was written."""
 
 
 class StorageClosed(Exception):
