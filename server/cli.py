@@ -271,6 +271,7 @@ def _add_migrate(commands: Any) -> None:
     )
     parser.add_argument(
         "--transaction-mib",
+        metavar="MIB",
         type=whole_number(1, 1024),
         default=TRANSACTION_MIB_DEFAULT,
         help="most each PostgreSQL transaction of the copy writes (a larger single value goes "

@@ -233,11 +233,19 @@ def _migrate(
         store = _open_target(conninfo)
         resources.callback(store.close)
         progress = Progress(err)
-        with log.snapshot() as txn:
-            source_digests = {
-                table: _copy(log.items(txn, table), table, store, transaction_bytes_max, progress)
-                for table in Table
-            }
+        try:
+            with log.snapshot() as txn:
+                source_digests = {
+                    table: _copy(
+                        log.items(txn, table), table, store, transaction_bytes_max, progress
+                    )
+                    for table in Table
+                }
+        except lmdb.Error as error:
+            raise Failed(
+                f"reading the stream log in --from {str(source)!r} failed ({error}): the database "
+                "holds part of it; drop its s2s_* tables (or the database) before running again"
+            ) from None
         target_digests = _read_back(conninfo, progress)
     return _report(source_digests, target_digests, out, err)
 
@@ -262,6 +270,8 @@ def _open_target(conninfo: str) -> PostgresStore:
         raise Refused(str(error)) from None
     except StartupError as error:
         raise Failed(str(error)) from None
+    except psycopg.Error as error:
+        raise Failed(f"cannot use the target database: {_first_line(error)}") from None
     try:
         holding = [_name(table) for table in Table if store.scan(table, b"", None, 1)]
     except psycopg.Error as error:
