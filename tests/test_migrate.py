@@ -1,13 +1,15 @@
 """`s2s migrate`: a real server's LMDB data directory copied into a real PostgreSQL (durable:
-fsync on), then served from it by `s2s serve --storage postgres:...` started on a fresh data
-directory holding only the copied `root.token`. Through the API: every stream's records are
-byte-identical (sequence numbers, timestamps, headers, bodies; an encrypted stream opens with
-its key), tails, configs and stream listings are equal, the fencing token is still enforced
-(gRPC and HTTP 412), the trim point still hides what it trimmed, the root token and an issued
-scoped token still work (and the scoped one is still limited). Refusals (exit 2, one line,
-nothing written): a server running on the source, a target that holds s2s data, a directory
-that is no s2s data directory; an unreachable database is one line and exit 1. A copy that
-loses a row is caught by the verification (exit 1, the key spaces named)."""
+fsync on), then served from it by `s2s serve --storage postgres:...` on the same data
+directory, as docs/deploy.md says. Through the API: every stream's records are byte-identical
+(sequence numbers, timestamps, headers, bodies; an encrypted stream opens with its key), tails,
+configs and stream listings are equal, the fencing token is still enforced (gRPC and HTTP 412),
+the trim point still hides what it trimmed, the root token and an issued scoped token still
+work (and the scoped one is still limited), a materialization resumes from its checkpoint
+(every row once). A server on another data directory holding only the copied `root.token`
+keeps the root token. Refusals (exit 2, one line, nothing written): a server running on the
+source, a target that holds s2s data, a directory that is no s2s data directory; an
+unreachable database is one line and exit 1. A copy that loses rows is caught by the
+verification (exit 1, the key spaces named)."""
 
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from client import FencingTokenMismatchError, S2SClient, S2SError
 from s2s.config import BasinConfig, StreamConfig
 from s2s.records import fence_record, trim_record
 from s2s.v1 import access_pb2 as apb
+from s2s.v1 import control_pb2 as cpb
 from s2s.v1 import records_pb2 as pb
 from server.migrate import migrate
 from server.storage.kv import LmdbStore, Put, Table, Write
@@ -37,6 +40,7 @@ PLAIN = "mig-plain"
 SEALED = "mig-sealed"
 KEY = bytes(range(32))
 FENCE = "writer-1"
+LAKE_TABLE = "bronze.events"
 STREAMS = [(PLAIN, "events"), (PLAIN, "bulk"), (PLAIN, "fenced"), (PLAIN, "trimmed")]
 SEALED_STREAM = (SEALED, "vault")
 READER = apb.AccessTokenInfo(
@@ -91,8 +95,8 @@ def _fingerprint(postgres: PostgresServer) -> str:
 class Seen:
     """What the API shows of everything the test wrote."""
 
-    basins: object
-    streams: object
+    basins: cpb.ListBasinsResponse
+    streams: list[cpb.ListStreamsResponse]
     configs: list[object]
     records: dict[tuple[str, str], list[tuple[int, int, list[tuple[bytes, bytes]], bytes]]]
     tails: dict[tuple[str, str], tuple[int, int]]
@@ -181,7 +185,24 @@ async def _write(client: S2SClient) -> str:
         [pb.AppendRecord(body=b"secret", headers=[pb.Header(name=b"h", value=b"v")])]
     )
     await sealed.append([b"secret two", b"secret three"])
+    await client.create_materialization("events", LAKE_TABLE, create_table=True)
     return await client.issue_access_token(READER)
+
+
+def _ingest(http_url: str, token: str, ids: list[int]) -> None:
+    with httpx.Client(base_url=http_url, timeout=30) as http:
+        response = http.post(
+            "/v2/stream",
+            json={"data": [{"id": i} for i in ids], "config": {"table": LAKE_TABLE, "wait": True}},
+            headers={"authorization": f"Bearer {token}"},
+        )
+        assert response.status_code == 200, response.text
+
+
+async def _lake_ids(client: S2SClient) -> list[int]:
+    result = await client.sql(f"SELECT id FROM {LAKE_TABLE} ORDER BY id")
+    ids: list[int] = result.table.column("id").to_pylist()
+    return ids
 
 
 async def test_a_migrated_database_serves_exactly_what_the_data_directory_held(
@@ -193,6 +214,7 @@ async def test_a_migrated_database_serves_exactly_what_the_data_directory_held(
         root = lmdb_server.root_token
         async with S2SClient(lmdb_server.target, access_token=root) as client:
             reader = await _write(client)
+            _ingest(lmdb_server.http_url, root, [1, 2])
             before = await _seen(client)
         # While the server runs, its data directory is refused, and the target untouched.
         untouched = _database(postgres, "untouched")
@@ -217,12 +239,9 @@ async def test_a_migrated_database_serves_exactly_what_the_data_directory_held(
     assert int(copied.split(" in ")[1].split()[0]) >= 3, copied  # 2.4 MiB at 1 MiB each
     assert "Traceback" not in migrated.stderr
 
-    # A fresh data directory with only the root token's file: the rest is in the database.
-    target = tmp_path / "target"
-    target.mkdir()
-    shutil.copy(source / "root.token", target / "root.token")
+    # On the same data directory, as docs/deploy.md says: root.token and lake/ stay in place.
     storage = ["--storage", f"postgres:{postgres.libpq()}"]
-    pg_server = ServerProcess(str(target), auth=True, extra_args=storage).start()
+    pg_server = ServerProcess(str(source), auth=True, extra_args=storage).start()
     try:
         assert pg_server.root_token == root
         async with S2SClient(pg_server.target, access_token=root) as client:
@@ -235,6 +254,10 @@ async def test_a_migrated_database_serves_exactly_what_the_data_directory_held(
             ack = await fenced.append([b"fenced three"], fencing_token=FENCE)
             assert ack.start.seq_num == before.tails[(PLAIN, "fenced")][0]
             assert (await client.stream(PLAIN, "trimmed").read(seq_num=0)).records[0].seq_num == 12
+            # The lake resumes from its checkpoint: every row once, the new one too.
+            assert await _lake_ids(client) == [1, 2]
+            _ingest(pg_server.http_url, root, [3])
+            assert await _lake_ids(client) == [1, 2, 3]
         with httpx.Client(base_url=pg_server.http_url, timeout=30) as http:
             headers = {"s2-basin": PLAIN, "authorization": f"Bearer {root}"}
             refused = http.post(
@@ -252,6 +275,19 @@ async def test_a_migrated_database_serves_exactly_what_the_data_directory_held(
     finally:
         assert pg_server.stop() == 0
     assert "Traceback" not in "".join(pg_server.log)
+
+    # On another data directory, the copied root.token keeps the root token (a server that
+    # found none would make a new secret).
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.copy(source / "root.token", elsewhere / "root.token")
+    moved_server = ServerProcess(str(elsewhere), auth=True, extra_args=storage).start()
+    try:
+        async with S2SClient(moved_server.target, access_token=root) as client:
+            assert (await client.list_basins()).basins == before.basins.basins
+        assert moved_server.root_token == root
+    finally:
+        assert moved_server.stop() == 0
 
     # Once it holds s2s data, the database is refused as a target, and left as it is.
     fingerprint = _fingerprint(postgres)
