@@ -36,6 +36,8 @@ from server.storage.postgres import PostgresStore, table_name
 from tests.postgres import PostgresServer, running_postgres
 from tests.server_process import SOURCE_TREE_S2S, ServerProcess
 
+pytestmark = pytest.mark.xdist_group("migrate")  # one PostgreSQL for the module
+
 PLAIN = "mig-plain"
 SEALED = "mig-sealed"
 KEY = bytes(range(32))
