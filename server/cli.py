@@ -1,4 +1,5 @@
-"""The `s2s` command line: `s2s serve` runs the server until SIGTERM or SIGINT; the other
+"""The `s2s` command line: `s2s serve` runs the server until SIGTERM or SIGINT; `s2s migrate`
+copies a stopped server's LMDB stream log into PostgreSQL (server/migrate.py); the other
 commands (client/cli.py) talk to a running server. This module is where the two halves meet:
 the rest of `server/` never imports `client/`.
 
@@ -39,8 +40,9 @@ from server.lake.connection import (
     default_threads,
 )
 from server.lake.service import Lake
+from server.migrate import TRANSACTION_MIB_DEFAULT, migrate
 from server.startup import StartupError, claim_data_dir
-from server.storage.choice import LMDB, describe_storage, storage_option
+from server.storage.choice import LMDB, describe_storage, postgres_option, storage_option
 from server.storage.kv import MAP_SIZE_BYTES_DEFAULT
 from server.streamstore import StreamStore
 from server.tls import TlsSettings, server_tls
@@ -236,8 +238,45 @@ def build_parser() -> Parser:
     for option in SERVE_OPTIONS:
         option.add_to(serve_parser)
     serve_parser.set_defaults(parser=serve_parser)
+    _add_migrate(commands)
     add_commands(commands)
     return parser
+
+
+def _add_migrate(commands: Any) -> None:
+    parser: Parser = commands.add_parser(
+        "migrate",
+        help="copy a stopped server's LMDB data directory into an empty PostgreSQL database",
+        description="Copy every key space of a stopped server's stream log (DATA_DIR/log) into "
+        "an empty PostgreSQL database, then compare both, key space by key space (count and "
+        "SHA-256). Exit 0 if all match; 1 on a failure or a mismatch; 2 if refused (nothing "
+        "written). See docs/deploy.md.",
+    )
+    parser.add_argument(
+        "--from",
+        dest="source",
+        metavar="DATA_DIR",
+        type=nonempty,
+        required=True,
+        help="the data directory of a stopped server that ran with --storage lmdb (the default)",
+    )
+    parser.add_argument(
+        "--to",
+        dest="target",
+        metavar="'postgres:CONNINFO'",
+        type=postgres_option,
+        required=True,
+        help="the empty database, as --storage names it: 'postgres:' and a libpq connection "
+        "string, e.g. 'postgres:host=db1 dbname=s2s'",
+    )
+    parser.add_argument(
+        "--transaction-mib",
+        metavar="MIB",
+        type=whole_number(1, 1024),
+        default=TRANSACTION_MIB_DEFAULT,
+        help="most each PostgreSQL transaction of the copy writes (a larger single value goes "
+        f"alone); default {TRANSACTION_MIB_DEFAULT}",
+    )
 
 
 GIL_SWITCH_INTERVAL_S = 0.0005
@@ -445,6 +484,8 @@ async def _stop_frontends(
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "migrate":
+        return migrate(args.source, args.target, args.transaction_mib << 20)
     if args.command != "serve":
         return run(args)
     settings = serve_settings(args)

@@ -15,6 +15,15 @@ class StartupError(Exception):
     """The server cannot start; the message says why and what to do about it."""
 
 
+class DataDirInUse(StartupError):
+    """Another process holds the data directory's lock: `holder` is the pid it wrote there
+    ("unknown" if none)."""
+
+    def __init__(self, message: str, holder: str) -> None:
+        super().__init__(message)
+        self.holder = holder
+
+
 LOCK_FILE_NAME = "lock"
 """`DATA_DIR/lock`: held (flock) by the server using the directory, for as long as it runs;
 the kernel releases it when the process ends, however it ends. It holds that server's pid."""
@@ -47,9 +56,10 @@ def claim_data_dir(path: str) -> IO[str]:
         lock.seek(0)
         holder = lock.read().strip() or "unknown"
         lock.close()
-        raise StartupError(
+        raise DataDirInUse(
             f"--data-dir {path!r} is in use by another s2s server (pid {holder}): stop it, or "
-            "give this one another --data-dir"
+            "give this one another --data-dir",
+            holder,
         ) from None
     lock.seek(0)
     lock.truncate()

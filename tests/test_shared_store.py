@@ -31,7 +31,7 @@ STREAM = "shared"
 
 @contextlib.asynccontextmanager
 async def node(storage: str, clock: ManualClock) -> AsyncIterator[StreamStore]:
-    kv = await asyncio.to_thread(PostgresStore, storage[len(POSTGRES_PREFIX) :], False)
+    kv = await asyncio.to_thread(PostgresStore, storage[len(POSTGRES_PREFIX) :], exclusive=False)
     store = StreamStore(kv, clock)
     await store.start()
     try:

@@ -35,6 +35,16 @@ def storage_option(text: str) -> str:
     )
 
 
+def postgres_option(text: str) -> str:
+    """A `postgres:<connection string>` value, checked (`s2s migrate --to`); an argparse type."""
+    if not text.startswith(POSTGRES_PREFIX):
+        raise argparse.ArgumentTypeError(
+            "must be 'postgres:' and a libpq connection string "
+            "(e.g. 'postgres:host=db1 dbname=s2s'), not " + repr(text)
+        )
+    return storage_option(text)
+
+
 def open_key_value_store(storage: str, data_dir: str, max_storage_bytes: int) -> KeyValueStore:
     if storage.startswith(POSTGRES_PREFIX):
         return PostgresStore(storage[len(POSTGRES_PREFIX) :])

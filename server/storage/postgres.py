@@ -52,10 +52,12 @@ def table_name(table: Table) -> str:
 class PostgresStore:
     """A stream log in the PostgreSQL database named by a libpq connection string."""
 
-    def __init__(self, conninfo: str, exclusive: bool = True) -> None:
-        """`exclusive`: hold the database's writer lock, refusing a second server. Without,
-        several stores share the database and commits decide each stream's tail by their
-        preconditions (`Expect`); the server does not run that way yet (ADR 0013)."""
+    def __init__(self, conninfo: str, option: str = "--storage", exclusive: bool = True) -> None:
+        """`option`: the command-line flag that named the database, for the messages of
+        `StartupError`. `exclusive`: hold the database's writer lock, refusing a second
+        server. Without, several stores share the database and commits decide each stream's
+        tail by their preconditions (`Expect`); the server does not run that way yet (ADR
+        0013)."""
         self._conninfo = conninfo
         self._exclusive = exclusive
         try:
@@ -64,12 +66,12 @@ class PostgresStore:
             reason = str(error).strip().splitlines()[0] if str(error).strip() else "no answer"
             raise StartupError(
                 f"cannot connect to PostgreSQL ({reason}): check the connection string of "
-                "--storage and that the server is running"
+                f"{option} and that the server is running"
             ) from None
         self._check_durability(self._writer)
         if exclusive and not self._lock_writer(self._writer):
             self._writer.close()
-            raise StartupError(
+            raise DatabaseRefused(
                 "another s2s server is writing to this PostgreSQL database: several servers "
                 "on one database are not supported yet; stop it or give another database"
             )
@@ -101,7 +103,7 @@ class PostgresStore:
         connection.commit()
         if row is None or row[0] != "on":
             connection.close()
-            raise StartupError(
+            raise DatabaseRefused(
                 "the PostgreSQL server runs with fsync off, so a commit it acknowledges can be "
                 "lost: turn fsync on in its configuration"
             )
@@ -325,6 +327,11 @@ def _key_lock(table: Table, key: bytes) -> int:
     makes two keys' commits take turns)."""
     value = zlib.crc32(key, zlib.crc32(table.value))
     return value - (1 << 32) if value >= 1 << 31 else value
+
+
+class DatabaseRefused(StartupError):
+    """The database answered, but this store must not use it (another server writes it, or
+    its commits are not durable); nothing was written."""
 
 
 class StorageClosed(Exception):
