@@ -3,7 +3,9 @@
 Records live in the BASINS and STREAMS tables as JSON (see server/storage/layout.py). Every
 change goes through the group committer, and changes within one basin are serialized by that
 basin's lock, so "check, then write" sequences (create if absent, delete if present) are atomic
-with respect to each other.
+with respect to each other. Across nodes sharing one store, each such change also expects the
+records it checked to be as it read them (`Expect`), and starts over from a fresh read if
+another node changed one first (`_changing`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import hashlib
 import json
 import struct
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import Generic, Literal, TypeAlias, TypeVar
@@ -36,8 +38,8 @@ from s2s.config import (
 from s2s.errors import S2Error
 from s2s.locations import LOCAL
 from server.clock import Clock
-from server.storage.committer import GroupCommitter
-from server.storage.kv import KeyValueStore, Put, Table, Write
+from server.storage.committer import CommitConflict, GroupCommitter
+from server.storage.kv import Expect, KeyValueStore, Put, Table, Write
 from server.storage.layout import (
     DELETING_BASIN_PREFIX,
     DELETING_STREAM_PREFIX,
@@ -167,6 +169,12 @@ def creation_digest(
     return hashlib.sha256(material).hexdigest()
 
 
+CHANGE_ATTEMPTS = 5
+"""Tries of a check-then-write change whose records other nodes keep changing first."""
+
+T = TypeVar("T")
+
+
 class Catalog:
     """Basins and streams: reads from the store, changes through the committer."""
 
@@ -195,17 +203,20 @@ class Catalog:
     # --- basins ------------------------------------------------------------------------------
 
     def get_basin(self, name: str) -> BasinRecord | None:
+        return self._basin_entry(name)[0]
+
+    def _basin_entry(self, name: str) -> tuple[BasinRecord | None, Expect]:
+        """The basin's record, and the expectation that it is still so when a change commits."""
         # Names become storage keys: one that could never be created (an empty one is no key
         # at all to LMDB) is `invalid` here, whichever frontend or job passed it.
         names.validate_basin_name(name)
-        data = self._kv.get(Table.BASINS, name.encode())
-        return None if data is None else BasinRecord.decode(name, data)
+        key = name.encode()
+        data = self._kv.get(Table.BASINS, key)
+        record = None if data is None else BasinRecord.decode(name, data)
+        return record, Expect(Table.BASINS, key, data)
 
     def require_basin(self, name: str) -> BasinRecord:
-        record = self.get_basin(name)
-        if record is None:
-            raise S2Error("basin_not_found", f"basin {name!r} does not exist")
-        return record
+        return _found_basin(name, self.get_basin(name))
 
     def list_basins(
         self, prefix: str = "", start_after: str = "", limit: int | None = None
@@ -225,8 +236,9 @@ class Catalog:
     ) -> Provisioned[BasinRecord]:
         names.validate_basin_name(name)
         digest = creation_digest(request_token, requested_config)
-        async with self.basin_lock(name):
-            existing = self.get_basin(name)
+
+        async def create() -> Provisioned[BasinRecord]:
+            existing, expect = self._basin_entry(name)
             if existing is not None:
                 if existing.deleting:
                     raise S2Error("basin_deletion_pending", f"basin {name!r} is being deleted")
@@ -234,25 +246,33 @@ class Catalog:
                     return Provisioned("noop", existing)
                 raise S2Error("resource_already_exists", f"basin {name!r} already exists")
             record = BasinRecord(name, config, self._clock.now_ms(), creation_digest=digest)
-            await self._committer.commit([Put(Table.BASINS, name.encode(), record.encode())])
+            await self._committer.commit([expect, Put(Table.BASINS, expect.key, record.encode())])
             return Provisioned("created", record)
+
+        async with self.basin_lock(name):
+            return await _changing(create)
 
     async def create_basin_if_absent(self, name: str) -> BasinRecord:
         """A basin the server itself writes to: race-safe, every concurrent caller succeeds."""
         names.validate_basin_name(name)
-        async with self.basin_lock(name):
-            existing = self.get_basin(name)
+
+        async def create() -> BasinRecord:
+            existing, expect = self._basin_entry(name)
             if existing is not None:
                 return existing
             record = BasinRecord(name, BasinConfig(), self._clock.now_ms())
-            await self._committer.commit([Put(Table.BASINS, name.encode(), record.encode())])
+            await self._committer.commit([expect, Put(Table.BASINS, expect.key, record.encode())])
             return record
+
+        async with self.basin_lock(name):
+            return await _changing(create)
 
     async def ensure_basin(self, name: str, config: BasinConfig) -> Provisioned[BasinRecord]:
         """Create the basin, or replace its whole config with `config`."""
         names.validate_basin_name(name)
-        async with self.basin_lock(name):
-            existing = self.get_basin(name)
+
+        async def ensure() -> Provisioned[BasinRecord]:
+            existing, expect = self._basin_entry(name)
             if existing is None:
                 record = BasinRecord(name, config, self._clock.now_ms())
                 outcome: Literal["created", "updated"] = "created"
@@ -263,41 +283,60 @@ class Catalog:
             else:
                 record = replace(existing, config=config)
                 outcome = "updated"
-            await self._committer.commit([Put(Table.BASINS, name.encode(), record.encode())])
+            await self._committer.commit([expect, Put(Table.BASINS, expect.key, record.encode())])
             return Provisioned(outcome, record)
 
-    async def reconfigure_basin(self, name: str, patch: BasinConfigPatch) -> BasinRecord:
         async with self.basin_lock(name):
-            existing = self.require_basin(name)
+            return await _changing(ensure)
+
+    async def reconfigure_basin(self, name: str, patch: BasinConfigPatch) -> BasinRecord:
+        async def reconfigure() -> BasinRecord:
+            existing, expect = self._basin_entry(name)
+            existing = _found_basin(name, existing)
             if existing.deleting:
                 raise S2Error("basin_deletion_pending", f"basin {name!r} is being deleted")
             record = replace(existing, config=patch_basin_config(existing.config, patch))
             _check_retention(record.config.default_stream_config)
-            await self._committer.commit([Put(Table.BASINS, name.encode(), record.encode())])
+            await self._committer.commit([expect, Put(Table.BASINS, expect.key, record.encode())])
             return record
+
+        async with self.basin_lock(name):
+            return await _changing(reconfigure)
 
     async def delete_basin(self, name: str) -> BasinRecord:
         """Mark the basin deleting; the deletion job removes its streams, then the basin."""
-        async with self.basin_lock(name):
-            existing = self.require_basin(name)
+
+        async def delete() -> BasinRecord:
+            existing, expect = self._basin_entry(name)
+            existing = _found_basin(name, existing)
             if existing.deleting:
                 return existing
             record = replace(existing, deleted_at_ms=self._clock.now_ms())
             await self._committer.commit(
                 [
-                    Put(Table.BASINS, name.encode(), record.encode()),
-                    Put(Table.SYSTEM, DELETING_BASIN_PREFIX + name.encode(), b""),
+                    expect,
+                    Put(Table.BASINS, expect.key, record.encode()),
+                    Put(Table.SYSTEM, DELETING_BASIN_PREFIX + expect.key, b""),
                 ]
             )
             return record
 
+        async with self.basin_lock(name):
+            return await _changing(delete)
+
     # --- streams -----------------------------------------------------------------------------
 
     def get_stream(self, basin: str, name: str) -> StreamRecord | None:
+        return self._stream_entry(basin, name)[0]
+
+    def _stream_entry(self, basin: str, name: str) -> tuple[StreamRecord | None, Expect]:
+        """The stream's record, and the expectation that it is still so when a change commits."""
         names.validate_basin_name(basin)
         names.validate_stream_name(name)
-        data = self._kv.get(Table.STREAMS, stream_key(basin, name))
-        return None if data is None else StreamRecord.decode(basin, data)
+        key = stream_key(basin, name)
+        data = self._kv.get(Table.STREAMS, key)
+        record = None if data is None else StreamRecord.decode(basin, data)
+        return record, Expect(Table.STREAMS, key, data)
 
     def list_streams(
         self, basin: str, prefix: str = "", start_after: str = "", limit: int | None = None
@@ -321,17 +360,23 @@ class Catalog:
         names.validate_stream_name(name)
         _check_retention(config)
         digest = creation_digest(request_token, requested_config)
-        async with self.basin_lock(basin):
-            basin_record = self._require_active_basin(basin)
-            existing = self.get_stream(basin, name)
+
+        async def create() -> Provisioned[StreamRecord]:
+            basin_record, basin_expect = self._active_basin_entry(basin)
+            existing, expect = self._stream_entry(basin, name)
             if existing is not None:
                 if existing.deleting:
                     raise S2Error("stream_deletion_pending", f"stream {name!r} is being deleted")
                 if digest is not None and digest == existing.creation_digest:
                     return Provisioned("noop", existing)
                 raise S2Error("resource_already_exists", f"stream {name!r} already exists")
-            record = await self._insert_stream(basin_record, name, config, digest)
+            record = await self._insert_stream(
+                basin_record, name, config, digest, [basin_expect, expect]
+            )
             return Provisioned("created", record)
+
+        async with self.basin_lock(basin):
+            return await _changing(create)
 
     async def create_stream_if_absent(
         self, basin: str, name: str, config: StreamConfig
@@ -339,23 +384,32 @@ class Catalog:
         """Auto-creation on append or read: race-safe, every concurrent caller succeeds."""
         names.validate_stream_name(name)
         _check_retention(config)
-        async with self.basin_lock(basin):
-            basin_record = self._require_active_basin(basin)
-            existing = self.get_stream(basin, name)
+
+        async def create() -> StreamRecord:
+            basin_record, basin_expect = self._active_basin_entry(basin)
+            existing, expect = self._stream_entry(basin, name)
             if existing is not None:
                 return existing
-            return await self._insert_stream(basin_record, name, config, None)
+            return await self._insert_stream(
+                basin_record, name, config, None, [basin_expect, expect]
+            )
+
+        async with self.basin_lock(basin):
+            return await _changing(create)
 
     async def ensure_stream(
         self, basin: str, name: str, config: StreamConfig
     ) -> Provisioned[StreamRecord]:
         names.validate_stream_name(name)
         _check_retention(config)
-        async with self.basin_lock(basin):
-            basin_record = self._require_active_basin(basin)
-            existing = self.get_stream(basin, name)
+
+        async def ensure() -> Provisioned[StreamRecord]:
+            basin_record, basin_expect = self._active_basin_entry(basin)
+            existing, expect = self._stream_entry(basin, name)
             if existing is None:
-                record = await self._insert_stream(basin_record, name, config, None)
+                record = await self._insert_stream(
+                    basin_record, name, config, None, [basin_expect, expect]
+                )
                 return Provisioned("created", record)
             if existing.deleting:
                 raise S2Error("stream_deletion_pending", f"stream {name!r} is being deleted")
@@ -363,49 +417,56 @@ class Catalog:
             if desired == existing.config:
                 return Provisioned("noop", existing)
             updated = replace(existing, config=desired)
-            await self._put_stream(updated)
+            await self._committer.commit([basin_expect, expect, _stream_put(updated)])
             return Provisioned("updated", updated)
+
+        async with self.basin_lock(basin):
+            return await _changing(ensure)
 
     async def reconfigure_stream(
         self, basin: str, name: str, patch: StreamConfigPatch
     ) -> StreamRecord:
-        async with self.basin_lock(basin):
-            basin_record = self.require_basin(basin)
-            existing = self.require_stream(basin, name)
+        async def reconfigure() -> StreamRecord:
+            basin_record, basin_expect = self._basin_entry(basin)
+            basin_record = _found_basin(basin, basin_record)
+            existing, expect = self._stream_entry(basin, name)
+            existing = _active_stream(name, existing)
             partial = patch_stream_config(existing.config.as_partial(), patch)
             _check_retention(partial)
             resolved = resolve_stream_config(partial, basin_record.config.default_stream_config)
             updated = replace(existing, config=resolved)
-            await self._put_stream(updated)
+            await self._committer.commit([basin_expect, expect, _stream_put(updated)])
             return updated
+
+        async with self.basin_lock(basin):
+            return await _changing(reconfigure)
 
     async def delete_stream(self, basin: str, name: str) -> StreamRecord:
         """Mark the stream deleting; the deletion job removes its data, then the record."""
-        async with self.basin_lock(basin):
+
+        async def delete() -> StreamRecord:
             self.require_basin(basin)
-            existing = self.get_stream(basin, name)
+            existing, expect = self._stream_entry(basin, name)
             if existing is None:
                 raise S2Error("stream_not_found", f"stream {name!r} does not exist")
             if existing.deleting:
                 return existing
             record = replace(existing, deleted_at_ms=self._clock.now_ms())
-            key = stream_key(basin, name)
             await self._committer.commit(
                 [
-                    Put(Table.STREAMS, key, record.encode()),
-                    Put(Table.SYSTEM, DELETING_STREAM_PREFIX + key, sid_key(record.sid)),
+                    expect,
+                    _stream_put(record),
+                    Put(Table.SYSTEM, DELETING_STREAM_PREFIX + expect.key, sid_key(record.sid)),
                 ]
             )
             return record
 
+        async with self.basin_lock(basin):
+            return await _changing(delete)
+
     def require_stream(self, basin: str, name: str) -> StreamRecord:
         """The active stream; 404 if absent, 409 if it is being deleted."""
-        record = self.get_stream(basin, name)
-        if record is None:
-            raise S2Error("stream_not_found", f"stream {name!r} does not exist")
-        if record.deleting:
-            raise S2Error("stream_deletion_pending", f"stream {name!r} is being deleted")
-        return record
+        return _active_stream(name, self.get_stream(basin, name))
 
     def every_stream(self) -> list[StreamRecord]:
         """Every stream, being deleted or not, in key order. Blocking: at start-up, off the
@@ -425,16 +486,23 @@ class Catalog:
 
     # --- helpers -----------------------------------------------------------------------------
 
-    def _require_active_basin(self, basin: str) -> BasinRecord:
-        record = self.require_basin(basin)
+    def _active_basin_entry(self, basin: str) -> tuple[BasinRecord, Expect]:
+        record, expect = self._basin_entry(basin)
+        record = _found_basin(basin, record)
         if record.deleting:
             raise S2Error("basin_deletion_pending", f"basin {basin!r} is being deleted")
-        return record
+        return record, expect
 
     async def _insert_stream(
-        self, basin: BasinRecord, name: str, config: StreamConfig, digest: str | None
+        self,
+        basin: BasinRecord,
+        name: str,
+        config: StreamConfig,
+        digest: str | None,
+        expects: list[Write],
     ) -> StreamRecord:
-        sid = await self._allocate_sid()
+        """Create the stream if `expects` (its basin active, its name free) still hold."""
+        sid = await _changing(self._allocate_sid)
         record = StreamRecord(
             basin=basin.name,
             name=name,
@@ -444,22 +512,21 @@ class Catalog:
             creation_digest=digest,
             cipher=basin.config.stream_cipher,
         )
-        await self._put_stream(record)
+        await self._committer.commit([*expects, _stream_put(record)])
         return record
 
-    async def _put_stream(self, record: StreamRecord) -> None:
-        key = stream_key(record.basin, record.name)
-        await self._committer.commit([Put(Table.STREAMS, key, record.encode())])
-
     async def _allocate_sid(self) -> int:
-        """Next stream id; ids are never reused, so a dead stream's leftovers never alias."""
+        """Next stream id; ids are never reused, so a dead stream's leftovers never alias (an
+        id allocated for a creation that then conflicts is skipped, never given twice)."""
         async with self._sid_lock:
             data = self._kv.get(Table.SYSTEM, NEXT_STREAM_ID_KEY)
             sid = 1 if data is None else struct.unpack("<Q", data)[0]
-            writes: list[Write] = [
-                Put(Table.SYSTEM, NEXT_STREAM_ID_KEY, struct.pack("<Q", sid + 1))
-            ]
-            await self._committer.commit(writes)
+            await self._committer.commit(
+                [
+                    Expect(Table.SYSTEM, NEXT_STREAM_ID_KEY, data),
+                    Put(Table.SYSTEM, NEXT_STREAM_ID_KEY, struct.pack("<Q", sid + 1)),
+                ]
+            )
             return int(sid)
 
     def _list(
@@ -476,3 +543,33 @@ class Catalog:
 def _check_retention(config: StreamConfig) -> None:
     if config.retention == 0:
         raise S2Error("invalid", "retention_policy.age must be greater than 0")
+
+
+async def _changing(change: Callable[[], Awaitable[T]]) -> T:
+    """Run a check-then-write change again from a fresh read while another node changed a
+    record it checked first (`CommitConflict`)."""
+    for _ in range(CHANGE_ATTEMPTS - 1):
+        try:
+            return await change()
+        except CommitConflict:
+            continue
+    return await change()
+
+
+def _found_basin(name: str, record: BasinRecord | None) -> BasinRecord:
+    if record is None:
+        raise S2Error("basin_not_found", f"basin {name!r} does not exist")
+    return record
+
+
+def _active_stream(name: str, record: StreamRecord | None) -> StreamRecord:
+    """The active stream; 404 if absent, 409 if it is being deleted."""
+    if record is None:
+        raise S2Error("stream_not_found", f"stream {name!r} does not exist")
+    if record.deleting:
+        raise S2Error("stream_deletion_pending", f"stream {name!r} is being deleted")
+    return record
+
+
+def _stream_put(record: StreamRecord) -> Put:
+    return Put(Table.STREAMS, stream_key(record.basin, record.name), record.encode())

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from s2s.errors import FencingTokenMismatch, SeqNumMismatch
+from s2s.errors import FencingTokenMismatch, S2Error, SeqNumMismatch
 from s2s.records import fence_record
 from server.reader import ReadLimits, ReadStart
 from server.sequencer import AppendAck
@@ -167,3 +167,31 @@ def test_racing_commits_expecting_a_key_absent_let_one_win(shared_db: str) -> No
     finally:
         for store in stores:
             store.close()
+
+
+async def test_control_plane_changes_through_two_nodes_never_collide(
+    shared_db: str, clock: ManualClock
+) -> None:
+    """Each node checks, then writes; the write expects what was checked. Stream ids come from
+    one counter, one name is created once, and a change never lands on a record another node
+    deleted meanwhile."""
+    async with node(shared_db, clock) as a, node(shared_db, clock) as b:
+        await a.create_basin(BASIN)
+        created = await asyncio.gather(
+            *(store.create_stream(BASIN, f"s{i}") for i in range(15) for store in (a, b)),
+            return_exceptions=True,
+        )
+        outcomes = [o if isinstance(o, S2Error) else o.outcome for o in created]
+        assert outcomes.count("created") == 15, outcomes
+        assert all(
+            isinstance(o, S2Error) and o.code == "resource_already_exists"
+            for o in outcomes
+            if o != "created"
+        )
+        sids = [record.sid for record in a.catalog.list_streams(BASIN)[0]]
+        assert len(sids) == len(set(sids)) == 15
+
+        await a.delete_stream(BASIN, "s0")
+        with pytest.raises(S2Error) as info:
+            await b.reconfigure_stream(BASIN, "s0", {"retention": "infinite"})
+        assert info.value.code == "stream_deletion_pending"
