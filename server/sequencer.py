@@ -32,6 +32,7 @@ timestamp no older than it (`submit`'s `on_done`), which is both "acks complete 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import NamedTuple
 
@@ -45,6 +46,8 @@ from server.storage.committer import Chain, CommitConflict, GroupCommitter
 from server.storage.kv import Expect, Put, Table, Write
 from server.storage.layout import TailRow, batch_key, encode_batch, sid_key, timestamp_key
 from server.usage.accounting import StreamAccount
+
+log = logging.getLogger(__name__)
 
 
 class StreamPosition(NamedTuple):
@@ -123,6 +126,8 @@ class StreamSequencer:
         self._retry: asyncio.Future[None] | None = None
         self._chain = Chain()
         """This stream's batches at the committer, each built on the one before."""
+        self._refreshing: asyncio.Future[None] | None = None
+        self._refresh_again = False
 
     @property
     def tail(self) -> StreamPosition:
@@ -250,17 +255,7 @@ class StreamSequencer:
         assert retried is not None and self._queued == 0
         failure: S2Error | None = None
         try:
-            stored = await self._reload()
-            self.config = stored.config
-            if stored.tail is None:
-                self.durable = TailRow()
-                self._unstored = self.durable
-            else:
-                self.durable = stored.tail
-                self._unstored = None
-            self.pending = self.durable
-            self._chain = Chain()
-            self.wake_followers()  # records other nodes appended are readable here now
+            self._take(await self._reload())
             while conflicted:
                 batch, ack, submitted_s = conflicted[0]
                 await self._committer.reserve(batch.metered_bytes)
@@ -283,6 +278,53 @@ class StreamSequencer:
                 self._fail_retry(ack, failure or S2Error("unavailable", "append not retried"))
             self._retried = None
             retried.set_result(None)
+
+    def _take(self, stored: StoredStream) -> None:
+        """Continue from the stream as the store holds it: nothing of this node's is in flight."""
+        self.config = stored.config
+        if stored.tail is None:
+            self.durable = TailRow()
+            self._unstored = self.durable
+        else:
+            self.durable = stored.tail
+            self._unstored = None
+        self.pending = self.durable
+        self._chain = Chain()
+        self.wake_followers()  # records other nodes appended are readable here now
+
+    def refresh(self) -> None:
+        """Another node appended to the stream: read its tail back, so that reads, followers
+        and check-tail here see those records. One read at a time; notices that arrive
+        meanwhile make one more."""
+        if self._refreshing is not None:
+            self._refresh_again = True
+            return
+        self._refreshing = asyncio.ensure_future(self._refresh())
+
+    async def _refresh(self) -> None:
+        try:
+            self._refresh_again = True
+            while self._refresh_again:
+                self._refresh_again = False
+                try:
+                    stored = await self._reload()
+                except S2Error:  # deleted through another node
+                    self.mark_deleting()
+                    return
+                # This node's own appends in flight will meet the new tail in their commit's
+                # precondition, and reload after it.
+                idle = self.pending is self.durable and not self._queued and self._retried is None
+                behind = stored.tail is not None and stored.tail.next_seq > self.durable.next_seq
+                if idle and behind:
+                    self._take(stored)
+                elif idle:
+                    self.config = stored.config
+        except Exception as error:  # the store could not be read: the next notice tries again
+            log.warning(
+                "could not read stream %r back after another node's append: %s", self.name, error
+            )
+        finally:
+            self._refreshing = None
 
     def _fail_retry(self, ack: asyncio.Future[AppendAck], error: S2Error) -> None:
         self.inflight -= 1

@@ -101,6 +101,17 @@ class SequencerRegistry:
         tail = await asyncio.to_thread(self._catalog.stored_tail, sid)
         return StoredStream(record.config, tail)
 
+    def refresh(self, tail_keys: list[bytes] | None) -> None:
+        """Other nodes moved these streams' tails (None: perhaps any): the live sequencers
+        among them read theirs back."""
+        if tail_keys is None:
+            moved = list(self._sequencers.values())
+        else:
+            sids = {int.from_bytes(key, "big") for key in tail_keys}
+            moved = [s for s in self._sequencers.values() if s.sid in sids]
+        for sequencer in moved:
+            sequencer.refresh()
+
     def cached(self, basin: str, stream: str) -> StreamSequencer | None:
         """The stream's sequencer if one is live; never loads one."""
         return self._sequencers.get((basin, stream))

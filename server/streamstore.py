@@ -111,6 +111,13 @@ class StreamStore:
     async def start(self) -> None:
         self.access_tokens.load()
         self.committer.start()
+        loop = asyncio.get_running_loop()
+
+        def tails_moved(keys: list[bytes] | None) -> None:  # on the store's thread
+            with contextlib.suppress(RuntimeError):  # the loop closed first, at shutdown
+                loop.call_soon_threadsafe(self.sequencers.refresh, keys)
+
+        self.kv.watch_tails(tails_moved)
         await asyncio.to_thread(self._load_usage)
         self.usage.start()
         self.jobs.start()

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import statistics
 import threading
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -181,7 +183,7 @@ async def test_control_plane_changes_through_two_nodes_never_collide(
             *(store.create_stream(BASIN, f"s{i}") for i in range(15) for store in (a, b)),
             return_exceptions=True,
         )
-        outcomes = [o if isinstance(o, S2Error) else o.outcome for o in created]
+        outcomes = [o if isinstance(o, BaseException) else o.outcome for o in created]
         assert outcomes.count("created") == 15, outcomes
         assert all(
             isinstance(o, S2Error) and o.code == "resource_already_exists"
@@ -195,3 +197,39 @@ async def test_control_plane_changes_through_two_nodes_never_collide(
         with pytest.raises(S2Error) as info:
             await b.reconfigure_stream(BASIN, "s0", {"retention": "infinite"})
         assert info.value.code == "stream_deletion_pending"
+
+
+async def test_a_follower_on_one_node_gets_what_another_node_appends(
+    shared_db: str, clock: ManualClock
+) -> None:
+    """Each commit announces the tails it moved (NOTIFY); the other node reads them back and
+    wakes its followers. Its check-tail sees them too."""
+    async with node(shared_db, clock) as a, node(shared_db, clock) as b:
+        await a.create_basin(BASIN)
+        await a.create_stream(BASIN, STREAM)
+        session = await b.read_session(BASIN, STREAM, ReadStart(seq_num=0), ReadLimits())
+        sent_at: dict[int, float] = {}
+        latencies: list[float] = []
+
+        async def follow() -> None:
+            async for output in session:
+                if output.records is None:
+                    continue
+                for record in decode(output.records.payload):
+                    latencies.append(time.monotonic() - sent_at[record.seq_num])
+                    if record.seq_num == 49:
+                        return
+
+        follower = asyncio.ensure_future(follow())
+        await asyncio.sleep(0.2)
+        for i in range(50):
+            sent_at[i] = time.monotonic()  # its sequence number: the appends are one at a time
+            await a.append(BASIN, STREAM, make_batch(b"%d" % i))
+            await asyncio.sleep(0.01)
+        await asyncio.wait_for(follower, 10)
+        await session.aclose()
+        assert (await b.check_tail(BASIN, STREAM)).seq_num == 50
+    p99 = statistics.quantiles(latencies, n=100)[98]
+    p50 = statistics.median(latencies)
+    print(f"append through one node, read on the other: p50 {p50:.4f} s, p99 {p99:.4f} s")
+    assert len(latencies) == 50 and p99 < 0.5, f"append to read on the other node p99 {p99:.3f} s"

@@ -106,6 +106,11 @@ class KeyValueStore(Protocol):
     def size_bytes(self) -> int:
         """Bytes up to the highest page in use; pages freed below it are reused first."""
 
+    def watch_tails(self, on_change: Callable[[list[bytes] | None], None]) -> None:
+        """Call `on_change` (on a thread of the store's) with the TAILS keys other processes
+        sharing the store committed, or None when some may have been missed. A store only one
+        process writes never calls it."""
+
     def close(self) -> None: ...
 
 
@@ -319,6 +324,9 @@ class LmdbStore:
         info = self._env.info()
         stat = self._env.stat()
         return int((info["last_pgno"] + 1) * stat["psize"])
+
+    def watch_tails(self, on_change: Callable[[list[bytes] | None], None]) -> None:
+        """Nothing to watch: one process owns the environment (the data directory's lock)."""
 
     def close(self) -> None:
         # Through the gate: a read still running on a worker thread (a background task that

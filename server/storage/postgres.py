@@ -20,7 +20,9 @@ latest committed state.
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
+import time
 import zlib
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -37,6 +39,11 @@ T = TypeVar("T")
 Connection = psycopg.Connection[tuple[Any, ...]]
 
 CONNECT_TIMEOUT_S = 10
+TAILS_CHANNEL = "s2s_tails"
+"""Where a shared store announces the tail rows each commit wrote (`watch_tails`)."""
+_NOTIFY_KEYS_MAX = 400
+"""Tail keys per notification: 16 hex digits each stay under PostgreSQL's 8,000-byte payload."""
+_LISTEN_RETRY_S_MAX = 5.0
 KEY_LOCK_CLASS = 0x5325
 """The first half of the two-part advisory locks `_check` takes per expected key (a key
 space apart from one-part locks such as `WRITER_LOCK`)."""
@@ -60,6 +67,8 @@ class PostgresStore:
         0013)."""
         self._conninfo = conninfo
         self._exclusive = exclusive
+        self._node = secrets.token_hex(8)
+        """Names this store's notifications, so its own are not taken for another node's."""
         try:
             self._writer = self._connect(autocommit=False)
         except psycopg.OperationalError as error:
@@ -165,6 +174,9 @@ class PostgresStore:
                         sql.SQL("DELETE FROM {} WHERE key = ANY(%s)").format(self._names[table]),
                         (keys,),
                     )
+                tails = puts.get(Table.TAILS)
+                if tails is not None and not self._exclusive:
+                    self._announce(connection, tails[0])
                 for table, (keys, values) in puts.items():
                     connection.execute(
                         sql.SQL(
@@ -212,6 +224,52 @@ class PostgresStore:
                 actual[(table, bytes(key))] = bytes(value)
         if actual != expected:
             raise Conflict(actual)
+
+    def _announce(self, connection: Connection, tail_keys: list[bytes]) -> None:
+        """Tell the nodes watching (`watch_tails`) which tails this commit moves: PostgreSQL
+        delivers a notification only if, and once, its transaction commits."""
+        for first in range(0, len(tail_keys), _NOTIFY_KEYS_MAX):
+            chunk = tail_keys[first : first + _NOTIFY_KEYS_MAX]
+            payload = " ".join([self._node, *(key.hex() for key in chunk)])
+            connection.execute("SELECT pg_notify(%s, %s)", (TAILS_CHANNEL, payload))
+
+    def watch_tails(self, on_change: Callable[[list[bytes] | None], None]) -> None:
+        """Listen for the tails other stores on the database commit, on a thread of its own
+        with a connection of its own. After the connection was lost (and on the first
+        connect), `on_change(None)`: notifications sent meanwhile are gone."""
+        if self._exclusive:
+            return  # no other store writes this database
+        thread = threading.Thread(
+            target=self._listen, args=(on_change,), name="s2s-tails", daemon=True
+        )
+        thread.start()
+
+    def _listen(self, on_change: Callable[[list[bytes] | None], None]) -> None:
+        retry_s = 0.1
+        while not self._closed:
+            try:
+                connection = self._connect(autocommit=True)
+            except psycopg.OperationalError as error:
+                log.error("cannot listen for other nodes' appends: %s", error)
+                time.sleep(retry_s)
+                retry_s = min(retry_s * 2, _LISTEN_RETRY_S_MAX)
+                continue
+            retry_s = 0.1
+            try:
+                connection.execute(sql.SQL("LISTEN {}").format(sql.Identifier(TAILS_CHANNEL)))
+                on_change(None)
+                while not self._closed:
+                    for notify in connection.notifies(timeout=0.5):
+                        node, *keys = notify.payload.split(" ")
+                        if node != self._node:
+                            on_change([bytes.fromhex(key) for key in keys])
+            except psycopg.OperationalError as error:
+                if not self._closed:
+                    log.warning(
+                        "lost the connection that listens for other nodes' appends: %s", error
+                    )
+            finally:
+                connection.close()
 
     def _reconnect_writer(self) -> None:
         """Replace the writer's connection. The advisory lock went with the old one: if

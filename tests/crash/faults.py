@@ -89,5 +89,8 @@ class FaultyStore:
     def size_bytes(self) -> int:
         return self.inner.size_bytes()
 
+    def watch_tails(self, on_change: Callable[[list[bytes] | None], None]) -> None:
+        self.inner.watch_tails(on_change)
+
     def close(self) -> None:
         self.inner.close()
