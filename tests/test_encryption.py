@@ -24,7 +24,8 @@ from server.encryption import (
     stream_identity,
 )
 from server.reader import ReadLimits, ReadStart
-from server.storage.layout import TailRow
+from server.storage.kv import Put, Table
+from server.storage.layout import TailRow, sid_key
 from server.streamstore import StreamStore
 from tests.conftest import decode
 
@@ -159,7 +160,11 @@ async def test_aes_gcm_streams_stop_at_two_to_the_32(store: StreamStore) -> None
     await store.create_stream("gcm-basin", "s")
     sequencer = await store.sequencers.get("gcm-basin", "s")
     assert sequencer.cipher == "aes-256-gcm"
-    sequencer.durable = sequencer.pending = TailRow(next_seq=AES_GCM_SEQ_NUM_MAX - 1)
+    # The stream as if 2^32 - 1 records had gone in: its stored tail, then a sequencer loaded
+    # from it (appends expect the stored tail to be the one they were numbered from).
+    near_the_end = TailRow(next_seq=AES_GCM_SEQ_NUM_MAX - 1)
+    await store.committer.commit([Put(Table.TAILS, sid_key(sequencer.sid), near_the_end.encode())])
+    store.sequencers.forget("gcm-basin", "s", sequencer.sid)
     one = validate_append_input(pb.AppendInput(records=[pb.AppendRecord(body=b"a")]))
     ack = await store.append("gcm-basin", "s", one, key=KEY)
     assert ack.start.seq_num == AES_GCM_SEQ_NUM_MAX - 1

@@ -16,6 +16,7 @@ from __future__ import annotations
 import enum
 import logging
 import os
+import time
 from collections.abc import Callable, Sequence
 from typing import NamedTuple, Protocol, TypeVar
 
@@ -240,21 +241,20 @@ class LmdbStore:
         log.warning("storage environment reopened")
 
     def _read(self, read: Callable[[], T]) -> T:
-        """Run `read` inside the gate; if it met a panicked environment, run it once more
-        after the writer has reopened it."""
-        epoch = self._gate.enter()
-        try:
-            return read()
-        except lmdb.PanicError:
-            pass
-        finally:
-            self._gate.leave()
-        self._gate.wait_past(epoch, REOPEN_WAIT_S)
-        self._gate.enter()
-        try:
-            return read()
-        finally:
-            self._gate.leave()
+        """Run `read` inside the gate; each time it meets a panicked environment, run it again
+        once the writer has reopened it (for up to `REOPEN_WAIT_S` in all: failed commits may
+        panic the environment again and again, faster than a slow reader gets back in)."""
+        deadline = time.monotonic() + REOPEN_WAIT_S
+        while True:
+            epoch = self._gate.enter()
+            try:
+                return read()
+            except lmdb.PanicError:
+                if time.monotonic() >= deadline:
+                    raise
+            finally:
+                self._gate.leave()
+            self._gate.wait_past(epoch, max(0.0, deadline - time.monotonic()))
 
     def _free_disk_bytes(self) -> int:
         stat = os.statvfs(self._path)
