@@ -110,7 +110,8 @@ class PostgresStore:
         self._conninfo = conninfo
         self._exclusive = exclusive
         self._node = secrets.token_hex(8)
-        """Names this store's notifications, so its own are not taken for another node's."""
+        """Names this store: its notifications, so its own are not taken for another node's,
+        and its row of `s2s_last_commit`."""
         try:
             self._writer = self._connect(autocommit=False)
         except psycopg.OperationalError as error:
@@ -262,7 +263,13 @@ class PostgresStore:
                 ) from None
             self._unresolved = token
             log.error("the connection to PostgreSQL was lost during a commit; reconnecting")
-            if not self._reconnect_writer(wait_s=OUTCOME_WAIT_S):
+            try:
+                landed = self._reconnect_writer(wait_s=OUTCOME_WAIT_S)
+            except StorageFenced as fenced:
+                # The outcome stays unknown: `unavailable` promises nothing, `storage` would
+                # promise that nothing was written (docs/adr/0010).
+                raise StorageUnavailable(str(fenced)) from None
+            if not landed:
                 raise StorageUnavailable(
                     f"the connection to PostgreSQL was lost ({_first_line(error)}) during a "
                     "commit that did not take effect"
