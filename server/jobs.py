@@ -87,6 +87,8 @@ class BackgroundJobs:
         self._retention_due_at = 0.0
         # Set by every deletion commit, cleared once a later commit has landed (`_settle`).
         self._unsettled = False
+        # Set while runs fail for want of storage, so an outage is logged once, not per tick.
+        self._storage_unavailable = False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="s2s-background-jobs")
@@ -114,8 +116,19 @@ class BackgroundJobs:
             self._wake.clear()
             try:
                 await self.run_once()
-            except Exception:  # a failed run is retried on the next tick
-                log.exception("background job run failed")
+            except Exception as error:  # a failed run is retried on the next tick
+                if isinstance(error, S2Error) and error.code == "unavailable":
+                    # Storage out of reach (PostgreSQL failing over): expected, and the log
+                    # says so already; a traceback would add nothing.
+                    if not self._storage_unavailable:
+                        log.warning("background job runs fail: %s", error.message)
+                    self._storage_unavailable = True
+                else:
+                    log.exception("background job run failed")
+            else:
+                if self._storage_unavailable:
+                    log.warning("background job runs succeed again")
+                self._storage_unavailable = False
 
     async def run_once(self) -> None:
         """Deletions on every run; the retention sweep at most every `retention_interval_s`."""

@@ -26,8 +26,10 @@ then fails that group and every job submitted before the failure was handled (th
 generation is stale), and calls `on_failure` on the loop so the owner can fall back to durable
 state; jobs submitted after that are accepted again. A commit that failed for want of space
 (`StorageFull`) fails its jobs with `unavailable` (503, retryable): nothing was written, and the
-same appends succeed once the operator frees space, with no restart; any other failure is
-`storage` (500).
+same appends succeed once the operator frees space, with no restart. So does one that could not
+reach the store (`StorageUnavailable`: PostgreSQL failing over), whose outcome may be unknown:
+`unavailable` promises nothing about it. Any other failure is `storage` (500), which promises
+that nothing of the commit was written.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from server.storage.kv import (
     KeyValueStore,
     Put,
     StorageFull,
+    StorageUnavailable,
     Table,
     Write,
 )
@@ -160,7 +163,7 @@ def _plan(group: Sequence[_Job], known: dict[_Key, bytes | None], give_up: bool)
 
 def _failure_error(exc: Exception) -> S2Error:
     """What the jobs of a failed commit (and those queued behind it) are told."""
-    if isinstance(exc, StorageFull):
+    if isinstance(exc, (StorageFull, StorageUnavailable)):
         return S2Error("unavailable", str(exc))
     return S2Error("storage", f"storage commit failed: {exc}")
 

@@ -22,6 +22,7 @@ from typing import NamedTuple, Protocol, TypeVar
 
 import lmdb
 
+from s2s.errors import S2Error
 from server.storage.reopen_gate import ReopenGate
 
 log = logging.getLogger(__name__)
@@ -132,6 +133,17 @@ REOPEN_WAIT_S = 5.0
 class StorageFull(Exception):
     """A commit needed more space than the store may use, or than the disk had; nothing of it
     was applied, and the same commit can succeed once space is freed."""
+
+
+class StorageUnavailable(S2Error):
+    """The store cannot be reached now (a database failing over, restarting, or cut off by the
+    network): a read or a commit failed, and the same one can succeed once it is back, without
+    a restart. A commit that raises it may have taken effect (its outcome could not be learned
+    in time), so its appends are `unavailable` (outcome unknown), never `storage` (no effect;
+    docs/adr/0010)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("unavailable", message)
 
 
 def _values_bytes(writes: Sequence[Write]) -> int:

@@ -10,11 +10,31 @@ before the flush (`fsync` off), and sets `synchronous_commit` on for its own ses
 `commit` returns only once PostgreSQL made the transaction durable (and, with synchronous
 standbys configured, replicated).
 
-A commit whose connection drops may or may not have committed: it raises, like any failed
-commit, and the committer's recovery reads the durable state back, so the sequencers resume
-from whatever PostgreSQL holds (the appends in it were never acknowledged). Reads run on a
-connection of the calling thread's own, opened on first use, in autocommit: each read sees the
-latest committed state.
+A lost connection (the primary killed and a standby promoted, a restart, a network fault):
+
+- If it was lost before the commit's COMMIT was sent, nothing of the commit was written: it
+  raises `StorageUnavailable` (503), and the next commit reconnects. While the database cannot
+  be reached, each commit tries once to connect and fails at once with `StorageUnavailable`.
+- If it was lost during COMMIT, PostgreSQL may have committed it or not: failed, a commit
+  that did land would have its appends answered as failed although they are in their streams,
+  and perhaps not yet on the synchronous standby. So the commit is not reported until its
+  outcome is known: each transaction also writes a random token to the store's row of
+  `s2s_last_commit`, and the store reconnects (for up to `OUTCOME_WAIT_S`, with backoff; a
+  multi-host conninfo with `target_session_attrs=read-write` finds the promoted standby),
+  retakes the writer's lock if it holds one, and rewrites that row in a transaction of its
+  own. That transaction's synchronous commit makes everything before it as durable (and
+  replicated) as any commit; the token it finds says whether the lost commit landed.
+  Landed: `commit` returns and its appends are acknowledged. Not landed:
+  `StorageUnavailable`. Appends queued meanwhile wait behind it.
+- If the database stays unreachable past `OUTCOME_WAIT_S`, the commit fails with
+  `StorageUnavailable` (which promises nothing about its effect) and the token is kept for
+  the log: if it had landed after all, the appends numbered after it cannot land on the stale
+  tails, since each expects the tail it was numbered from (`Expect`; ADR 0013), and their
+  sequencers reload.
+
+Reads run on a connection of the calling thread's own, opened on first use, in autocommit: each
+read sees the latest committed state. A read whose connection was lost reconnects and tries
+once more; if that fails too it is `StorageUnavailable`.
 """
 
 from __future__ import annotations
@@ -25,13 +45,22 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import psycopg
 from psycopg import sql
 
 from server.startup import StartupError
-from server.storage.kv import Conflict, Delete, Expect, Put, StorageFull, Table, Write
+from server.storage.kv import (
+    Conflict,
+    Delete,
+    Expect,
+    Put,
+    StorageFull,
+    StorageUnavailable,
+    Table,
+    Write,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +73,19 @@ TAILS_CHANNEL = "s2s_tails"
 _NOTIFY_KEYS_MAX = 400
 """Tail keys per notification: 16 hex digits each stay under PostgreSQL's 8,000-byte payload."""
 _LISTEN_RETRY_S_MAX = 5.0
+OUTCOME_WAIT_S = 60.0
+"""How long a commit whose connection was lost during COMMIT keeps trying to reconnect to learn
+its outcome: longer than a failover takes (Patroni's default leader TTL is 30 s); then the
+commit, and the appends queued behind it, fail. Once connected, the check is a commit like any
+other: it waits for a synchronous standby as long as PostgreSQL makes every commit wait."""
+RECONNECT_BACKOFF_S_MIN = 0.05
+RECONNECT_BACKOFF_S_MAX = 1.0
+"""Pauses between reconnection attempts while an outcome is awaited, doubling from the first
+to the second: a promoted standby is found within about a second of accepting writes."""
+LAST_COMMIT = sql.Identifier("s2s_last_commit")
+"""A row per store, keyed by its node name (`_node`): the token of the last transaction its
+`commit` ran (see the module docstring). A store holding the writer's lock deletes the rows of
+the stores before it; the rows of shared stores that stopped stay (a few dozen bytes each)."""
 KEY_LOCK_CLASS = 0x5325
 """The first half of the two-part advisory locks `_check` takes per expected key (a key
 space apart from one-part locks such as `WRITER_LOCK`)."""
@@ -68,7 +110,8 @@ class PostgresStore:
         self._conninfo = conninfo
         self._exclusive = exclusive
         self._node = secrets.token_hex(8)
-        """Names this store's notifications, so its own are not taken for another node's."""
+        """Names this store: its notifications, so its own are not taken for another node's,
+        and its row of `s2s_last_commit`."""
         try:
             self._writer = self._connect(autocommit=False)
         except psycopg.OperationalError as error:
@@ -84,7 +127,10 @@ class PostgresStore:
                 "another s2s server is writing to this PostgreSQL database: several servers "
                 "on one database are not supported yet; stop it or give another database"
             )
-        self._lost_writer_lock = False
+        # Why this store may no longer write, once it may not.
+        self._fenced: str | None = None
+        # The token of a commit whose outcome is not known yet.
+        self._unresolved: bytes | None = None
         self._closed = False
         self._create_tables()
         self._readers: list[Connection] = []
@@ -108,14 +154,9 @@ class PostgresStore:
 
     @staticmethod
     def _check_durability(connection: Connection) -> None:
-        row = connection.execute("SHOW fsync").fetchone()
-        connection.commit()
-        if row is None or row[0] != "on":
+        if not _fsync_on(connection):
             connection.close()
-            raise DatabaseRefused(
-                "the PostgreSQL server runs with fsync off, so a commit it acknowledges can be "
-                "lost: turn fsync on in its configuration"
-            )
+            raise DatabaseRefused(f"{FSYNC_OFF}: turn fsync on in its configuration")
 
     @staticmethod
     def _lock_writer(connection: Connection) -> bool:
@@ -127,6 +168,16 @@ class PostgresStore:
 
     def _create_tables(self) -> None:
         with self._writer.transaction():
+            self._writer.execute(
+                sql.SQL(
+                    "CREATE TABLE IF NOT EXISTS {} (store text PRIMARY KEY, token bytea NOT NULL)"
+                ).format(LAST_COMMIT)
+            )
+            if self._exclusive:
+                self._writer.execute(sql.SQL("DELETE FROM {}").format(LAST_COMMIT))
+            self._writer.execute(
+                sql.SQL("INSERT INTO {} VALUES (%s, '')").format(LAST_COMMIT), (self._node,)
+            )
             for table in Table:
                 self._writer.execute(
                     sql.SQL(
@@ -138,13 +189,16 @@ class PostgresStore:
     # --- writes ------------------------------------------------------------------------------
 
     def commit(self, writes: Sequence[Write]) -> None:
-        if self._lost_writer_lock:
-            raise StorageFenced(
-                "another s2s server took over this PostgreSQL database while the connection "
-                "was lost: this server no longer writes to it; restart it"
+        if self._fenced is not None:
+            raise StorageFenced(self._fenced)
+        reconnect = self._unresolved is not None or self._writer.closed or self._writer.broken
+        # One attempt: while the database is away, appends fail at once.
+        if reconnect and self._reconnect_writer(wait_s=0):
+            log.warning(
+                "a commit whose connection was lost took effect after its appends had been "
+                "failed: they are in their streams, unacknowledged; the appends numbered after "
+                "them expect the tails they were numbered from, so they are numbered again"
             )
-        if self._writer.closed or self._writer.broken:
-            self._reconnect_writer()
         # The last write of a key wins, as if applied in order: collapse first, then one
         # statement per table and kind. Keys go in sorted order, so two nodes' commits lock
         # the rows they share in the same order and never deadlock.
@@ -165,6 +219,8 @@ class PostgresStore:
             else:
                 deletes.setdefault(table, []).append(key)
         connection = self._writer
+        token = secrets.token_bytes(16)
+        committing = False
         try:
             with connection.transaction():
                 if expected:
@@ -185,16 +241,39 @@ class PostgresStore:
                         ).format(self._names[table]),
                         (keys, values),
                     )
+                connection.execute(
+                    sql.SQL("UPDATE {} SET token = %s WHERE store = %s").format(LAST_COMMIT),
+                    (token, self._node),
+                )
+                # Only COMMIT is left: a connection lost from here leaves the outcome unknown.
+                committing = True
         except psycopg.errors.DiskFull as error:
             raise StorageFull(
                 "the PostgreSQL server's disk is full: its operator must free space; appends "
                 "succeed again as soon as there is room, without a restart"
             ) from error
-        except psycopg.OperationalError:
-            if connection.closed or connection.broken:
-                log.error("the connection to PostgreSQL was lost; reconnecting")
-                self._reconnect_writer()
-            raise
+        except psycopg.OperationalError as error:
+            if not (connection.closed or connection.broken):
+                raise  # the transaction failed and was rolled back: nothing was written
+            if not committing:
+                log.error("the connection to PostgreSQL was lost before a commit")
+                raise StorageUnavailable(
+                    f"the connection to PostgreSQL was lost ({_first_line(error)}); nothing "
+                    "of this commit was written"
+                ) from None
+            self._unresolved = token
+            log.error("the connection to PostgreSQL was lost during a commit; reconnecting")
+            try:
+                landed = self._reconnect_writer(wait_s=OUTCOME_WAIT_S)
+            except StorageFenced as fenced:
+                # The outcome stays unknown: `unavailable` promises nothing, `storage` would
+                # promise that nothing was written (docs/adr/0010).
+                raise StorageUnavailable(str(fenced)) from None
+            if not landed:
+                raise StorageUnavailable(
+                    f"the connection to PostgreSQL was lost ({_first_line(error)}) during a "
+                    "commit that did not take effect"
+                ) from None
 
     def _check(
         self, connection: Connection, expected: dict[tuple[Table, bytes], bytes | None]
@@ -271,20 +350,79 @@ class PostgresStore:
             finally:
                 connection.close()
 
-    def _reconnect_writer(self) -> None:
-        """Replace the writer's connection. The advisory lock went with the old one: if
-        another server took it meanwhile, its view of every tail is newer than ours, so this
-        one must never write again."""
+    def _reconnect_writer(self, wait_s: float) -> bool:
+        """Replace the writer's connection, retrying with backoff for up to `wait_s`, and
+        settle the outcome of an unresolved commit: True if it took effect (then it is durable
+        now, as any commit), False if it did not or none was unresolved.
+
+        The writer's advisory lock (held only by an `exclusive` store) went with the old
+        connection. If it cannot be taken back in time,
+        either our old session still holds it (the same server, its backend not yet gone: we
+        wait) or another s2s server took the database over: its view of every tail is newer
+        than ours, so this one must never write again (`StorageFenced`). Raises
+        `StorageUnavailable` if the database cannot be reached in time.
+        """
+        deadline = time.monotonic() + wait_s
+        backoff_s = RECONNECT_BACKOFF_S_MIN
+        while True:
+            if self._closed:
+                raise StorageUnavailable("the stream log is closed")
+            failure: str | None = None
+            try:
+                landed = self._try_reconnect_writer()
+            except psycopg.Error as error:  # a server not ready yet, or gone again
+                failure = _first_line(error)
+            else:
+                if landed is not None:
+                    return landed
+            if time.monotonic() + backoff_s > deadline:
+                if failure is None:
+                    self._fence(
+                        "another s2s server took over this PostgreSQL database while the "
+                        "connection was lost: this server no longer writes to it; restart it"
+                    )
+                raise StorageUnavailable(f"PostgreSQL is unavailable: {failure}")
+            time.sleep(backoff_s)
+            backoff_s = min(2 * backoff_s, RECONNECT_BACKOFF_S_MAX)
+
+    def _try_reconnect_writer(self) -> bool | None:
+        """One attempt of `_reconnect_writer`: None if the lock is held by another session."""
+        connection = self._connect(autocommit=False)
         try:
-            connection = self._connect(autocommit=False)
-        except psycopg.OperationalError as error:
-            # The next commit tries again.
-            log.error("cannot reconnect to PostgreSQL: %s", error)
-            return
-        if self._exclusive and not self._lock_writer(connection):
-            log.error("another s2s server writes to this PostgreSQL database now; stopping writes")
-            self._lost_writer_lock = True
+            if not _fsync_on(connection):
+                raise psycopg.OperationalError(FSYNC_OFF)
+            if self._exclusive and not self._lock_writer(connection):
+                connection.close()
+                return None
+            # Rewritten, not only read: this transaction's synchronous commit waits until
+            # everything before it, the lost commit included, is as durable as a commit is.
+            row = connection.execute(
+                sql.SQL("UPDATE {} SET token = token WHERE store = %s RETURNING token").format(
+                    LAST_COMMIT
+                ),
+                (self._node,),
+            ).fetchone()
+            connection.commit()
+        except BaseException:
+            connection.close()
+            raise
+        self._writer.close()
         self._writer = connection
+        landed = self._unresolved is not None and row is not None and row[0] == self._unresolved
+        if self._unresolved is not None:
+            log.warning(
+                "reconnected to PostgreSQL: the commit whose connection was lost %s",
+                "took effect" if landed else "did not take effect",
+            )
+        else:
+            log.warning("reconnected to PostgreSQL")
+        self._unresolved = None
+        return landed
+
+    def _fence(self, reason: str) -> NoReturn:
+        log.error("%s", reason)
+        self._fenced = reason
+        raise StorageFenced(reason)
 
     # --- reads -------------------------------------------------------------------------------
 
@@ -307,16 +445,24 @@ class PostgresStore:
         self, query: sql.SQL | sql.Composed, params: tuple[object, ...]
     ) -> list[tuple[Any, ...]]:
         """Run a read on this thread's connection; one that was cut (a failover, a restart of
-        the database) is replaced and the read tried once more."""
-        try:
-            return self._reader().execute(query, params).fetchall()
-        except psycopg.OperationalError:
-            connection = self._local.connection
-            if self._closed or not (connection.closed or connection.broken):
-                raise
-            log.warning("a read connection to PostgreSQL was lost; reconnecting")
-            self._local.connection = None
-            return self._reader().execute(query, params).fetchall()
+        the database) is replaced and the read tried once more. A read that still fails is
+        `StorageUnavailable`."""
+        for attempt in range(2):
+            try:
+                return self._reader().execute(query, params).fetchall()
+            except psycopg.OperationalError as error:
+                if self._closed:
+                    raise
+                connection: Connection | None = getattr(self._local, "connection", None)
+                lost = connection is None or connection.closed or connection.broken
+                if not lost or attempt == 1:
+                    raise StorageUnavailable(
+                        f"PostgreSQL did not answer a read: {_first_line(error)}"
+                    ) from None
+                if connection is not None:
+                    log.warning("a read connection to PostgreSQL was lost; reconnecting")
+                    self._local.connection = None
+        raise AssertionError("unreachable")
 
     def get(self, table: Table, key: bytes) -> bytes | None:
         rows = self._read(
@@ -378,6 +524,20 @@ class PostgresStore:
         self._writer.close()
         for connection in readers:
             connection.close()
+
+
+FSYNC_OFF = "the PostgreSQL server runs with fsync off, so a commit it acknowledges can be lost"
+
+
+def _fsync_on(connection: Connection) -> bool:
+    row = connection.execute("SHOW fsync").fetchone()
+    connection.commit()
+    return row is not None and row[0] == "on"
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _key_lock(table: Table, key: bytes) -> int:
