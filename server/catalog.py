@@ -15,7 +15,7 @@ import hashlib
 import json
 import struct
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import Generic, Literal, TypeAlias, TypeVar
@@ -451,18 +451,23 @@ class Catalog:
                 raise S2Error("stream_not_found", f"stream {name!r} does not exist")
             if existing.deleting:
                 return existing
-            record = replace(existing, deleted_at_ms=self._clock.now_ms())
-            await self._committer.commit(
-                [
-                    expect,
-                    _stream_put(record),
-                    Put(Table.SYSTEM, DELETING_STREAM_PREFIX + expect.key, sid_key(record.sid)),
-                ]
-            )
+            record, writes = _marked_deleting(existing, self._clock.now_ms())
+            await self._committer.commit([expect, *writes])
             return record
 
         async with self.basin_lock(basin):
             return await _changing(delete)
+
+    async def delete_stream_as_checked(
+        self, record: StreamRecord, checked: Sequence[Expect]
+    ) -> None:
+        """Mark the stream deleting, as `delete_stream` does, only if what the caller checked
+        (`checked`: its record among it) still holds; if another node changed any of it
+        meanwhile, nothing is written and it raises `CommitConflict`. Not tried again: the
+        caller decided on what it checked."""
+        async with self.basin_lock(record.basin):
+            _, writes = _marked_deleting(record, self._clock.now_ms())
+            await self._committer.commit([*checked, *writes])
 
     def require_stream(self, basin: str, name: str) -> StreamRecord:
         """The active stream; 404 if absent, 409 if it is being deleted."""
@@ -573,3 +578,10 @@ def _active_stream(name: str, record: StreamRecord | None) -> StreamRecord:
 
 def _stream_put(record: StreamRecord) -> Put:
     return Put(Table.STREAMS, stream_key(record.basin, record.name), record.encode())
+
+
+def _marked_deleting(record: StreamRecord, now_ms: int) -> tuple[StreamRecord, list[Write]]:
+    """The record marked deleting, and the writes that store it and the deletion job's marker."""
+    deleted = replace(record, deleted_at_ms=now_ms)
+    marker = DELETING_STREAM_PREFIX + stream_key(record.basin, record.name)
+    return deleted, [_stream_put(deleted), Put(Table.SYSTEM, marker, sid_key(record.sid))]

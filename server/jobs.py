@@ -14,6 +14,16 @@ The jobs work on the storage, the catalog and the sequencer registry directly, n
 `StreamStore` (which owns and starts them): they read deletion markers and batches, take the
 basin lock for their "check, then remove" steps, and ask the registry whether a stream has
 appends in flight.
+
+Several nodes sharing one database run the jobs on one node at a time: before each run the
+loop asks the store whether this node leads them (`KeyValueStore.leads`). A node can still be
+finishing a run when another takes over (its connection was lost), so every step is safe if
+two nodes run it at once: deleting batches below a trim point or older than a cutoff is
+idempotent, and each step that removes something because of what it checked (a stream empty,
+a deleted stream's data all gone, a deleted basin without streams) expects what it checked in
+its commit (`Expect`): if another node changed it meanwhile, the commit is a
+`CommitConflict`, nothing is removed, and a later run looks again
+(docs/adr/0013-several-nodes.md).
 """
 
 from __future__ import annotations
@@ -28,8 +38,8 @@ from s2s.errors import S2Error
 from server.catalog import Catalog, StreamRecord
 from server.clock import Clock
 from server.sequencers import SequencerRegistry
-from server.storage.committer import GroupCommitter
-from server.storage.kv import Delete, KeyValueStore, Put, Table, Write
+from server.storage.committer import CommitConflict, GroupCommitter
+from server.storage.kv import Delete, Expect, KeyValueStore, Put, Table, Write
 from server.storage.layout import (
     DELETING_BASIN_PREFIX,
     DELETING_STREAM_PREFIX,
@@ -38,13 +48,15 @@ from server.storage.layout import (
     batch_key,
     prefix_end,
     sid_key,
-    stream_key,
     summarize_batch,
     timestamp_key,
 )
 from server.usage.accounting import Usage
 
 log = logging.getLogger(__name__)
+
+JOBS_ROLE = "background-jobs"
+"""What a node leads while it runs the jobs (`KeyValueStore.leads`)."""
 
 
 @dataclass(frozen=True)
@@ -89,6 +101,8 @@ class BackgroundJobs:
         self._unsettled = False
         # Set while runs fail for want of storage, so an outage is logged once, not per tick.
         self._storage_unavailable = False
+        # What the store last said of this node's leadership, so a change is logged once.
+        self._leading = False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="s2s-background-jobs")
@@ -115,7 +129,7 @@ class BackgroundJobs:
                     await self._wake.wait()
             self._wake.clear()
             try:
-                await self.run_once()
+                await self.run_if_leader()
             except Exception as error:  # a failed run is retried on the next tick
                 if isinstance(error, S2Error) and error.code == "unavailable":
                     # Storage out of reach (PostgreSQL failing over): expected, and the log
@@ -129,6 +143,22 @@ class BackgroundJobs:
                 if self._storage_unavailable:
                     log.warning("background job runs succeed again")
                 self._storage_unavailable = False
+
+    async def run_if_leader(self) -> bool:
+        """`run_once` if this node leads the jobs; False (nothing run) if another node does."""
+        leading = await asyncio.to_thread(self._kv.leads, JOBS_ROLE)
+        if leading != self._leading:
+            self._leading = leading
+            if leading:
+                log.info("background jobs run on this node now")
+            else:
+                log.warning(
+                    "background jobs no longer run on this node: another node leads them, or "
+                    "the connection that held the lead was lost"
+                )
+        if leading:
+            await self.run_once()
+        return leading
 
     async def run_once(self) -> None:
         """Deletions on every run; the retention sweep at most every `retention_interval_s`."""
@@ -162,7 +192,7 @@ class BackgroundJobs:
         markers = self._kv.scan(
             Table.SYSTEM, DELETING_BASIN_PREFIX, prefix_end(DELETING_BASIN_PREFIX), 16
         )
-        for key, _ in markers:
+        for key, marker in markers:
             basin = key[len(DELETING_BASIN_PREFIX) :].decode()
             streams, _ = self._catalog.list_streams(basin, limit=self._settings.streams_per_run)
             for record in streams:
@@ -171,11 +201,22 @@ class BackgroundJobs:
             if streams:
                 continue
             async with self._catalog.basin_lock(basin):
+                # Read before the check, and expected: had another node removed the basin and
+                # a client created it again since the marker was read, this is not the basin
+                # the marker was for. While the record is unchanged (deleting), no stream can
+                # be created in it: creations expect it active.
+                stored = self._kv.get(Table.BASINS, basin.encode())
                 if self._catalog.list_streams(basin, limit=1)[0]:
                     continue
-                await self._committer.commit(
-                    [Delete(Table.BASINS, basin.encode()), Delete(Table.SYSTEM, key)]
-                )
+                with contextlib.suppress(CommitConflict):  # a later run looks again
+                    await self._committer.commit(
+                        [
+                            Expect(Table.SYSTEM, key, marker),
+                            Expect(Table.BASINS, basin.encode(), stored),
+                            Delete(Table.BASINS, basin.encode()),
+                            Delete(Table.SYSTEM, key),
+                        ]
+                    )
 
     async def _delete_streams(self) -> None:
         markers = self._kv.scan(
@@ -184,19 +225,21 @@ class BackgroundJobs:
             prefix_end(DELETING_STREAM_PREFIX),
             self._settings.streams_per_run,
         )
-        doomed: list[tuple[bytes, int, StreamRecord]] = []
+        doomed: list[tuple[Expect, int, StreamRecord, Expect]] = []
         for key, value in markers:
             skey = key[len(DELETING_STREAM_PREFIX) :]
             sid = struct.unpack(">Q", value)[0]
             data = self._kv.get(Table.STREAMS, skey)
-            if data is None:
+            if data is None:  # removing an absent marker is idempotent
                 await self._committer.commit([Delete(Table.SYSTEM, key)])
                 continue
             record = StreamRecord.decode(skey.split(b"\x00", 1)[0].decode(), data)
             sequencer = self._sequencers.cached(record.basin, record.name)
             if sequencer is not None and sequencer.sid == sid and sequencer.inflight:
                 continue  # appends accepted before the deletion are still landing
-            doomed.append((key, sid, record))
+            doomed.append(
+                (Expect(Table.SYSTEM, key, value), sid, record, Expect(Table.STREAMS, skey, data))
+            )
         while doomed:
             remaining = []
             for entry in doomed:
@@ -206,16 +249,34 @@ class BackgroundJobs:
                     await self._forget_stream(*entry)
             doomed = remaining
 
-    async def _forget_stream(self, marker: bytes, sid: int, record: StreamRecord) -> None:
-        """The stream's data is gone: remove its rows and its deletion marker."""
+    async def _forget_stream(
+        self, marker: Expect, sid: int, record: StreamRecord, stored: Expect
+    ) -> None:
+        """The stream's data is gone: remove its rows and its deletion marker, as read.
+
+        The tail row is read before the last look for batches, and expected: an append through
+        another node that has not yet learnt of the deletion changes it, and the next run
+        deletes what it wrote, rather than its batches outliving the stream's rows. The marker
+        and the record are expected too: once removed, the name can be created again, and a
+        second node's late removal must not take the new stream's record.
+        """
+        tail = self._kv.get(Table.TAILS, sid_key(sid))
+        if self._kv.scan(Table.BATCHES, batch_key(sid, 0), batch_key(sid + 1, 0), 1):
+            return
         async with self._catalog.basin_lock(record.basin):
-            await self._committer.commit(
-                [
-                    Delete(Table.TAILS, sid_key(sid)),
-                    Delete(Table.STREAMS, stream_key(record.basin, record.name)),
-                    Delete(Table.SYSTEM, marker),
-                ]
-            )
+            try:
+                await self._committer.commit(
+                    [
+                        marker,
+                        stored,
+                        Expect(Table.TAILS, sid_key(sid), tail),
+                        Delete(Table.TAILS, sid_key(sid)),
+                        Delete(Table.STREAMS, stored.key),
+                        Delete(Table.SYSTEM, marker.key),
+                    ]
+                )
+            except CommitConflict:
+                return  # a later run looks again
             self._sequencers.forget(record.basin, record.name, sid)
             self._usage.forget(sid)
 
@@ -294,39 +355,55 @@ class BackgroundJobs:
             cutoff = None if age_s is None else now - age_s * 1000
             if await self._take_turn(record.sid, tail.trim_point, cutoff):
                 behind.append((record.sid, tail.trim_point, cutoff))
-            await self._delete_if_empty(record, tail, now)
+            await self._delete_if_empty(record, Expect(Table.STREAMS, key, value), tail, now)
         while behind:
             behind = [entry for entry in behind if await self._take_turn(*entry)]
 
-    async def _delete_if_empty(self, record: StreamRecord, tail: TailRow, now: int) -> None:
+    async def _delete_if_empty(
+        self, record: StreamRecord, stored: Expect, tail: TailRow, now: int
+    ) -> None:
+        """Mark the stream deleting if it has been empty and unwritten for its minimum age.
+
+        `stored` is its record as the sweep read it. The deletion expects that record and the
+        tail row this checks: an append through another node in between makes it a
+        `CommitConflict`, and the stream is kept."""
         min_age_s = record.config.delete_on_empty_min_age_secs
         if min_age_s <= 0:
             return
         if now - max(tail.last_write_ms, record.created_at_ms) < min_age_s * 1000:
             return
         try:
-            # Every append goes through this one sequencer: checking it and marking it
-            # deleting with no await in between leaves no window for a write to slip in.
+            # Every append through this node goes through this one sequencer: checking it and
+            # marking it deleting with no await in between leaves no window for one of them.
             sequencer = await self._sequencers.get(record.basin, record.name)
         except S2Error:
             return  # deleted meanwhile
-        state = sequencer.pending
-        if sequencer.inflight or now - max(state.last_write_ms, record.created_at_ms) < (
-            min_age_s * 1000
-        ):
+        if sequencer.inflight:
+            return
+        tail_key = sid_key(record.sid)
+        tail_row = self._kv.get(Table.TAILS, tail_key)
+        state = TailRow() if tail_row is None else TailRow.decode(tail_row)
+        if now - max(state.last_write_ms, record.created_at_ms) < min_age_s * 1000:
             return
         has_records = state.trim_point < state.next_seq and self._kv.scan(
             Table.BATCHES, batch_key(record.sid, 0), batch_key(record.sid + 1, 0), 1
         )
         if has_records:
             return
-        log.info("deleting empty stream %s/%s", record.basin, record.name)
         sequencer.mark_deleting()
         try:
-            await self._delete_stream(record.basin, record.name)
+            await self._catalog.delete_stream_as_checked(
+                record, [stored, Expect(Table.TAILS, tail_key, tail_row)]
+            )
+        except CommitConflict:
+            sequencer.deleting = False  # another node wrote to it or changed it: kept
+            return
         except S2Error:
             sequencer.deleting = False  # not marked on disk: the stream stays usable
             raise
+        log.info("deleted empty stream %s/%s", record.basin, record.name)
+        # The next run removes it at once, not a tick later, as after a client's deletion.
+        self.kick()
 
     async def _delete_stream(self, basin: str, name: str) -> None:
         await self._sequencers.delete_stream(basin, name)

@@ -291,3 +291,10 @@ def test_reads_racing_close_end_cleanly_and_leave_nothing_open(
             dbname="postgres",
         )
         assert left.strip() == "0", f"{left} connections left open"
+
+
+def test_a_store_one_process_writes_leads_every_role(opener: Opener) -> None:
+    """Only a store shared by several processes (`PostgresStore(exclusive=False)`) may not
+    lead: tests/test_shared_store.py."""
+    store = opener()
+    assert store.leads("background-jobs") and store.leads("another role")

@@ -3,6 +3,10 @@ stream's tail is decided by the commit's precondition on its tail row, so append
 different nodes never reuse or skip a sequence number, and `match_seq_num` and fencing are
 checked against the tail a batch actually lands on, however stale a node's view was.
 
+The background jobs run on one node at a time (`KeyValueStore.leads`), another takes them over
+within seconds of the leader's connection closing or being lost, and delete-on-empty keeps a
+stream another node appended to after it looked.
+
 Each "node" here is a whole `StreamStore` with its own connections, committer and sequencers,
 in one process; what they share is the database, as separate processes would.
 """
@@ -11,31 +15,55 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import statistics
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 
+import psycopg
 import pytest
 
+from s2s.config import StreamConfig
 from s2s.errors import FencingTokenMismatch, S2Error, SeqNumMismatch
 from s2s.records import fence_record
+from server.jobs import JobSettings
 from server.reader import ReadLimits, ReadStart
 from server.sequencer import AppendAck
 from server.storage.choice import POSTGRES_PREFIX
-from server.storage.kv import Conflict, Expect, Put, Table
-from server.storage.postgres import PostgresStore
+from server.storage.kv import Conflict, Expect, KeyValueStore, Put, Table, Write
+from server.storage.layout import DELETING_STREAM_PREFIX, batch_key
+from server.storage.postgres import LEAD_LOCK_CLASS, PostgresStore
 from server.streamstore import StreamStore
-from tests.conftest import BASIN, ManualClock, _empty_tables, decode, make_batch
+from tests.conftest import BASIN, MANUAL_JOBS, ManualClock, _empty_tables, decode, make_batch
+from tests.crash.faults import FaultyStore, Gate
 
 STREAM = "shared"
 
 
-@contextlib.asynccontextmanager
-async def node(storage: str, clock: ManualClock) -> AsyncIterator[StreamStore]:
-    kv = await asyncio.to_thread(PostgresStore, storage[len(POSTGRES_PREFIX) :], exclusive=False)
-    store = StreamStore(kv, clock)
+async def open_node(
+    storage: str,
+    clock: ManualClock,
+    job_settings: JobSettings | None = None,
+    wrap: Callable[[KeyValueStore], KeyValueStore] | None = None,
+) -> StreamStore:
+    """A node on the database; `wrap` its store, for a test to hold commits."""
+    kv: KeyValueStore = await asyncio.to_thread(
+        PostgresStore, storage[len(POSTGRES_PREFIX) :], exclusive=False
+    )
+    store = StreamStore(kv if wrap is None else wrap(kv), clock, job_settings)
     await store.start()
+    return store
+
+
+@contextlib.asynccontextmanager
+async def node(
+    storage: str,
+    clock: ManualClock,
+    job_settings: JobSettings | None = None,
+    wrap: Callable[[KeyValueStore], KeyValueStore] | None = None,
+) -> AsyncIterator[StreamStore]:
+    store = await open_node(storage, clock, job_settings, wrap)
     try:
         yield store
     finally:
@@ -233,3 +261,143 @@ async def test_a_follower_on_one_node_gets_what_another_node_appends(
     p50 = statistics.median(latencies)
     print(f"append through one node, read on the other: p50 {p50:.4f} s, p99 {p99:.4f} s")
     assert len(latencies) == 50 and p99 < 0.5, f"append to read on the other node p99 {p99:.3f} s"
+
+
+# --- background jobs ---------------------------------------------------------------------------
+
+
+def _stored_batches(store: StreamStore, sid: int) -> int:
+    return len(store.kv.scan(Table.BATCHES, batch_key(sid, 0), batch_key(sid + 1, 0), 100))
+
+
+async def test_only_the_leading_node_runs_the_background_jobs(
+    shared_db: str, clock: ManualClock
+) -> None:
+    async with node(shared_db, clock, MANUAL_JOBS) as a, node(shared_db, clock, MANUAL_JOBS) as b:
+        await a.create_basin(BASIN)
+        sid = (await a.create_stream(BASIN, STREAM)).record.sid
+        await a.append(BASIN, STREAM, make_batch(b"doomed"))
+        assert await a.jobs.run_if_leader(), "the first node to ask leads"
+        await b.delete_stream(BASIN, STREAM)
+        b_ran = await b.jobs.run_if_leader()
+        record = b.catalog.get_stream(BASIN, STREAM)
+        assert record is not None and record.deleting
+        assert _stored_batches(b, sid) == 1, "a node that does not lead ran the deletion"
+        assert not b_ran
+        assert await a.jobs.run_if_leader()
+        assert _stored_batches(b, sid) == 0
+        assert b.catalog.get_stream(BASIN, STREAM) is None
+
+
+def test_one_shared_store_at_a_time_leads_a_role(shared_db: str) -> None:
+    conninfo = shared_db[len(POSTGRES_PREFIX) :]
+    first, second = (PostgresStore(conninfo, exclusive=False) for _ in range(2))
+    try:
+        assert first.leads("jobs") and first.leads("jobs"), "the first to ask leads, and keeps it"
+        assert not second.leads("jobs")
+        assert second.leads("other"), "each role has a leader of its own"
+        first.close()
+        assert not first.leads("jobs")
+        assert second.leads("jobs"), "closing the leader frees its roles"
+    finally:
+        first.close()
+        second.close()
+
+
+def _terminate_leader(storage: str) -> None:
+    """End the session holding a leadership lock, as a network fault or a database restart
+    would."""
+    with psycopg.connect(storage[len(POSTGRES_PREFIX) :], autocommit=True) as connection:
+        ended = connection.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' "
+            "AND classid = %s AND objsubid = 2 AND granted",
+            (LEAD_LOCK_CLASS,),
+        ).fetchall()
+    assert ended == [(True,)]
+
+
+@pytest.mark.parametrize("leader_ends", ["closed", "cut off"])
+async def test_another_node_takes_over_the_jobs_when_the_leader_goes(
+    shared_db: str, clock: ManualClock, leader_ends: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    a = await open_node(shared_db, clock, MANUAL_JOBS)
+    try:
+        assert await a.jobs.run_if_leader()
+        async with node(shared_db, clock, JobSettings(interval_s=0.1)) as b:
+            await a.create_basin(BASIN)
+            sid = (await a.create_stream(BASIN, STREAM)).record.sid
+            await a.append(BASIN, STREAM, make_batch(b"doomed"))
+            await b.delete_stream(BASIN, STREAM)
+            await asyncio.sleep(0.5)  # b's jobs loop asks about five times meanwhile
+            assert _stored_batches(b, sid) == 1, "a node that does not lead ran the deletion"
+
+            ended_at = time.monotonic()
+            if leader_ends == "closed":
+                await a.close()
+            else:
+                await asyncio.to_thread(_terminate_leader, shared_db)
+            while b.catalog.get_stream(BASIN, STREAM) is not None:
+                assert time.monotonic() - ended_at < 5, "no node took the jobs over"
+                await asyncio.sleep(0.05)
+            assert _stored_batches(b, sid) == 0
+            taken_over_s = time.monotonic() - ended_at
+            print(f"jobs taken over {taken_over_s:.2f} s after the leader was {leader_ends}")
+
+            if leader_ends == "cut off":
+                with caplog.at_level(logging.WARNING, logger="server.jobs"):
+                    assert not await a.jobs.run_if_leader(), "two nodes lead"
+                assert "no longer run on this node" in caplog.text
+    finally:
+        if leader_ends == "cut off":
+            await a.close()
+
+
+class HeldDeletion(FaultyStore):
+    """Holds the first commit that marks a stream deleting until the test releases it."""
+
+    def __init__(self, inner: KeyValueStore) -> None:
+        super().__init__(inner)
+        self.gate = Gate()
+
+    def commit(self, writes: Sequence[Write]) -> None:
+        marks = any(
+            isinstance(write, Put) and write.key.startswith(DELETING_STREAM_PREFIX)
+            for write in writes
+        )
+        if marks and not self.gate.entered.is_set():
+            self.gate.entered.set()
+            self.gate.release.wait()
+        super().commit(writes)
+
+
+async def test_delete_on_empty_keeps_a_stream_another_node_appended_to(
+    shared_db: str, clock: ManualClock
+) -> None:
+    """Node a finds the stream empty and idle, and commits its deletion; node b appends to it
+    in between. The deletion expects the tail row a checked, so it does not land."""
+    held: list[HeldDeletion] = []
+
+    def hold(kv: KeyValueStore) -> KeyValueStore:
+        held.append(HeldDeletion(kv))
+        return held[0]
+
+    config = StreamConfig(retention="infinite", delete_on_empty_min_age_secs=60)
+    async with (
+        node(shared_db, clock, MANUAL_JOBS, hold) as a,
+        node(shared_db, clock, MANUAL_JOBS) as b,
+    ):
+        await a.create_basin(BASIN)
+        await a.create_stream(BASIN, STREAM, config)
+        clock.advance(120_000)  # empty and idle long enough
+        run = asyncio.ensure_future(a.jobs.run_if_leader())
+        assert await asyncio.to_thread(held[0].gate.entered.wait, 10), "no deletion committed"
+        ack = await b.append(BASIN, STREAM, make_batch(b"b's"))
+        held[0].gate.release.set()
+        assert await run
+        assert ack.start.seq_num == 0
+        record = b.catalog.get_stream(BASIN, STREAM)
+        assert record is not None and not record.deleting, "deleted with a record in it"
+        # Node a's sequencer takes appends again, after b's.
+        assert (await a.append(BASIN, STREAM, make_batch(b"a's"))).start.seq_num == 1
+        await a.jobs.run_if_leader()
+    assert await _bodies_by_seq(shared_db, clock) == [b"b's", b"a's"]

@@ -113,6 +113,11 @@ class KeyValueStore(Protocol):
         sharing the store committed, or None when some may have been missed. A store only one
         process writes never calls it."""
 
+    def leads(self, role: str) -> bool:
+        """Whether this process runs `role`'s work (such as the background jobs) now: of the
+        processes sharing the store, one at a time does. A store only one process writes
+        always does. Blocking: on a shared store it is a round trip."""
+
     def close(self) -> None: ...
 
 
@@ -339,6 +344,10 @@ class LmdbStore:
 
     def watch_tails(self, on_change: Callable[[list[bytes] | None], None]) -> None:
         """Nothing to watch: one process owns the environment (the data directory's lock)."""
+
+    def leads(self, role: str) -> bool:
+        """Always: one process owns the environment."""
+        return True
 
     def close(self) -> None:
         # Through the gate: a read still running on a worker thread (a background task that

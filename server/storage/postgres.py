@@ -89,6 +89,9 @@ the stores before it; the rows of shared stores that stopped stay (a few dozen b
 KEY_LOCK_CLASS = 0x5325
 """The first half of the two-part advisory locks `_check` takes per expected key (a key
 space apart from one-part locks such as `WRITER_LOCK`)."""
+LEAD_LOCK_CLASS = 0x5326
+"""The first half of the two-part session advisory lock a shared store holds while it leads a
+role (`leads`); the second half is a hash of the role's name."""
 WRITER_LOCK = 0x5325_0001
 """The advisory lock the one server writing a database holds (several nodes on one database
 are not built yet: each would number appends on its own)."""
@@ -136,6 +139,10 @@ class PostgresStore:
         self._readers: list[Connection] = []
         self._readers_lock = threading.Lock()
         self._local = threading.local()
+        # `leads`: the connection holding the leadership locks, and the roles they are for.
+        self._lead: Connection | None = None
+        self._led: set[str] = set()
+        self._lead_mutex = threading.Lock()
         self._names = {table: sql.Identifier(table_name(table)) for table in Table}
 
     def _connect(self, autocommit: bool) -> Connection:
@@ -350,6 +357,55 @@ class PostgresStore:
             finally:
                 connection.close()
 
+    def leads(self, role: str) -> bool:
+        """An exclusive store always leads. A shared one leads while a connection of its own
+        holds the role's session advisory lock: the first store to ask takes it (without
+        waiting), and keeps it until that connection is closed or lost. Each call is a round
+        trip on that connection, so a lost one is noticed: then this store does not lead until
+        a later call, on a new connection, takes the lock again."""
+        if self._exclusive:
+            return True
+        with self._lead_mutex:
+            try:
+                connection = self._lead_connection()
+                if connection is None:
+                    return False
+                if role in self._led:
+                    connection.execute("SELECT 1")  # the session lives, so its lock is held
+                    return True
+                row = connection.execute(
+                    "SELECT pg_try_advisory_lock(%s, %s)", (LEAD_LOCK_CLASS, _role_lock(role))
+                ).fetchone()
+            except psycopg.Error as error:
+                if self._lead is not None:
+                    self._lead.close()  # its session ends, and with it every lock it held
+                self._lead = None
+                self._led.clear()
+                log.debug("leadership connection failed: %s", _first_line(error))
+                return False
+            if row is not None and row[0]:
+                self._led.add(role)
+                return True
+            return False
+
+    def _lead_connection(self) -> Connection | None:
+        """The connection `leads` holds its locks on, opened if needed; None once closed."""
+        if self._closed:
+            return None
+        connection = self._lead
+        if connection is not None:
+            if not (connection.closed or connection.broken):
+                return connection
+            connection.close()
+        self._led.clear()  # a new session holds nothing
+        connection = self._connect(autocommit=True)
+        with self._readers_lock:  # `close` takes it too: no connection is left open after it
+            if self._closed:
+                connection.close()
+                return None
+            self._lead = connection
+        return connection
+
     def _reconnect_writer(self, wait_s: float) -> bool:
         """Replace the writer's connection, retrying with backoff for up to `wait_s`, and
         settle the outcome of an unresolved commit: True if it took effect (then it is durable
@@ -521,8 +577,10 @@ class PostgresStore:
         with self._readers_lock:
             self._closed = True
             readers, self._readers = self._readers, []
+            lead, self._lead = self._lead, None
         self._writer.close()
-        for connection in readers:
+        # Ends its session: the roles it led are free for another node at once.
+        for connection in [*readers, *([lead] if lead is not None else [])]:
             connection.close()
 
 
@@ -543,7 +601,16 @@ def _first_line(error: Exception) -> str:
 def _key_lock(table: Table, key: bytes) -> int:
     """A key's advisory lock: a signed 32-bit hash of its table and key (a collision only
     makes two keys' commits take turns)."""
-    value = zlib.crc32(key, zlib.crc32(table.value))
+    return _signed32(zlib.crc32(key, zlib.crc32(table.value)))
+
+
+def _role_lock(role: str) -> int:
+    """A role's leadership lock: a signed 32-bit hash of its name."""
+    return _signed32(zlib.crc32(role.encode()))
+
+
+def _signed32(value: int) -> int:
+    """An unsigned 32-bit hash as the signed int4 PostgreSQL's two-part locks take."""
     return value - (1 << 32) if value >= 1 << 31 else value
 
 

@@ -92,5 +92,8 @@ class FaultyStore:
     def watch_tails(self, on_change: Callable[[list[bytes] | None], None]) -> None:
         self.inner.watch_tails(on_change)
 
+    def leads(self, role: str) -> bool:
+        return self.inner.leads(role)
+
     def close(self) -> None:
         self.inner.close()
