@@ -128,6 +128,9 @@ class StreamSequencer:
         """This stream's batches at the committer, each built on the one before."""
         self._refreshing: asyncio.Future[None] | None = None
         self._refresh_again = False
+        self._reconfigured = 0
+        """Counts `reconfigure` calls: a refresh whose read began before one must not put
+        back the config it read, which may predate it."""
 
     @property
     def tail(self) -> StreamPosition:
@@ -293,9 +296,10 @@ class StreamSequencer:
         self.wake_followers()  # records other nodes appended are readable here now
 
     def refresh(self) -> None:
-        """Another node appended to the stream: read its tail back, so that reads, followers
-        and check-tail here see those records. One read at a time; notices that arrive
-        meanwhile make one more."""
+        """Another node appended to the stream or changed its record: read both back, so that
+        reads, followers and check-tail here see those records, appends take the stored config,
+        and a deletion refuses them. One read at a time; notices that arrive meanwhile make one
+        more."""
         if self._refreshing is not None:
             self._refresh_again = True
             return
@@ -306,19 +310,22 @@ class StreamSequencer:
             self._refresh_again = True
             while self._refresh_again:
                 self._refresh_again = False
+                reconfigured = self._reconfigured
                 try:
                     stored = await self._reload()
                 except S2Error:  # deleted through another node
                     self.mark_deleting()
                     return
+                if self._reconfigured != reconfigured:
+                    stored = stored._replace(config=self.config)
+                # The config holds from the next batch numbered, appends in flight or not.
+                self.config = stored.config
                 # This node's own appends in flight will meet the new tail in their commit's
                 # precondition, and reload after it.
                 idle = self.pending is self.durable and not self._queued and self._retried is None
                 behind = stored.tail is not None and stored.tail.next_seq > self.durable.next_seq
                 if idle and behind:
                     self._take(stored)
-                elif idle:
-                    self.config = stored.config
         except Exception as error:  # the store could not be read: the next notice tries again
             log.warning(
                 "could not read stream %r back after another node's append: %s", self.name, error
@@ -432,3 +439,4 @@ class StreamSequencer:
 
     def reconfigure(self, config: ResolvedStreamConfig) -> None:
         self.config = config
+        self._reconfigured += 1

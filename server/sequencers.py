@@ -6,13 +6,16 @@ sequencer goes through here too: a new config is adopted at once, a deletion mar
 so it refuses appends in the same step as the mark on disk, a failed commit makes every
 sequencer fall back to its durable state, and the deletion job drops a deleted stream's
 sequencer so its name can be created afresh. Idle sequencers are evicted past a bound; their
-state is on disk (the stream's tail row).
+state is on disk (the stream's tail row). Where several nodes share the store, what another
+node commits to a live sequencer's tail, stream or basin reaches it here too (`refresh`,
+`streams_changed`, `basins_changed`, from the store's notices).
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from typing import Literal
 
 from s2s.config import StreamConfig
@@ -21,7 +24,10 @@ from server.catalog import Catalog, StreamRecord
 from server.clock import Clock
 from server.sequencer import StoredStream, StreamSequencer
 from server.storage.committer import GroupCommitter
+from server.storage.layout import stream_key
 from server.usage.accounting import Usage
+
+log = logging.getLogger(__name__)
 
 AutoCreate = Literal["append", "read"]
 """The operation a missing stream may be created for, as its basin's config allows."""
@@ -41,6 +47,8 @@ class SequencerRegistry:
         self._clock = clock
         self._usage = usage
         self._sequencers: dict[tuple[str, str], StreamSequencer] = {}
+        self._following: set[asyncio.Future[None]] = set()
+        """Reads of other nodes' changes under way: the loop holds only weak references."""
 
     async def get(
         self,
@@ -55,11 +63,15 @@ class SequencerRegistry:
         """
         key = (basin, stream)
         sequencer = self._sequencers.get(key)
-        if sequencer is not None:
-            if sequencer.deleting:
-                raise S2Error("stream_deletion_pending", f"stream {stream!r} is being deleted")
+        if sequencer is not None and not sequencer.deleting:
             return sequencer
         record = self._catalog.get_stream(basin, stream)
+        if sequencer is not None:
+            if record is not None and record.sid == sequencer.sid:
+                raise S2Error("stream_deletion_pending", f"stream {stream!r} is being deleted")
+            # Deleted through another node, whose jobs removed it (and perhaps created the
+            # name afresh since): this node's jobs will never see it to forget it.
+            self.forget(basin, stream, sequencer.sid)
         if record is None:
             basin_record = self._catalog.require_basin(basin)
             allowed = (auto_create == "append" and basin_record.config.create_stream_on_append) or (
@@ -111,6 +123,39 @@ class SequencerRegistry:
             moved = [s for s in self._sequencers.values() if s.sid in sids]
         for sequencer in moved:
             sequencer.refresh()
+
+    def streams_changed(self, keys: list[bytes]) -> None:
+        """Other nodes changed these streams' records (STREAMS keys): their live sequencers
+        read them back, taking a new config or a deletion."""
+        changed = set(keys)
+        for (basin, stream), sequencer in self._sequencers.items():
+            if stream_key(basin, stream) in changed:
+                sequencer.refresh()
+
+    def basins_changed(self, keys: list[bytes] | None) -> None:
+        """Other nodes changed these basins' records (BASINS keys; None: perhaps any): if one
+        is being deleted, or gone, its streams' live sequencers refuse appends. Nothing else of
+        a basin is held here: its config is read where it is used."""
+        live = {basin for basin, _ in self._sequencers}
+        basins = live if keys is None else live & {key.decode() for key in keys}
+        if basins:
+            task = asyncio.ensure_future(self._follow_basins(sorted(basins)))
+            self._following.add(task)
+            task.add_done_callback(self._following.discard)
+
+    async def _follow_basins(self, basins: list[str]) -> None:
+        for basin in basins:
+            try:
+                record = await asyncio.to_thread(self._catalog.get_basin, basin)
+            except Exception as error:  # the next notice, or reconnection, reads it again
+                log.warning(
+                    "could not read basin %r back after another node changed it: %s", basin, error
+                )
+                continue
+            if record is None or record.deleting:
+                for (name, _), sequencer in list(self._sequencers.items()):
+                    if name == basin:
+                        sequencer.mark_deleting()
 
     def cached(self, basin: str, stream: str) -> StreamSequencer | None:
         """The stream's sequencer if one is live; never loads one."""

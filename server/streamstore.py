@@ -41,7 +41,7 @@ from server.sequencer import AppendAck, StreamPosition
 from server.sequencers import AutoCreate, SequencerRegistry
 from server.storage.choice import LMDB, open_key_value_store
 from server.storage.committer import GroupCommitter
-from server.storage.kv import MAP_SIZE_BYTES_DEFAULT, KeyValueStore
+from server.storage.kv import MAP_SIZE_BYTES_DEFAULT, Changed, KeyValueStore, Table
 from server.usage import metric_sets
 from server.usage.accounting import ACCOUNT, Output, Usage, UsageSettings
 from server.usage.prometheus import server_registry
@@ -113,14 +113,30 @@ class StreamStore:
         self.committer.start()
         loop = asyncio.get_running_loop()
 
-        def tails_moved(keys: list[bytes] | None) -> None:  # on the store's thread
+        def changed(change: Changed | None) -> None:  # on the store's thread
             with contextlib.suppress(RuntimeError):  # the loop closed first, at shutdown
-                loop.call_soon_threadsafe(self.sequencers.refresh, keys)
+                loop.call_soon_threadsafe(self._follow, change)
 
-        self.kv.watch_tails(tails_moved)
+        self.kv.watch_changes(changed)
         await asyncio.to_thread(self._load_usage)
         self.usage.start()
         self.jobs.start()
+
+    def _follow(self, change: Changed | None) -> None:
+        """Another node committed these keys (None: perhaps any): what this node holds in
+        memory of them follows."""
+        if change is None:
+            self.sequencers.refresh(None)
+            self.sequencers.basins_changed(None)
+            self.access_tokens.reload(None)
+        elif change.table is Table.TAILS:
+            self.sequencers.refresh(change.keys)
+        elif change.table is Table.STREAMS:
+            self.sequencers.streams_changed(change.keys)
+        elif change.table is Table.BASINS:
+            self.sequencers.basins_changed(change.keys)
+        elif change.table is Table.ACCESS_TOKENS:
+            self.access_tokens.reload(change.keys)
 
     def _load_usage(self) -> None:
         tails = [

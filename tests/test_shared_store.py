@@ -16,29 +16,38 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import queue
 import statistics
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from typing import TypeVar
 
 import psycopg
 import pytest
 
-from s2s.config import StreamConfig
+from s2s.config import StreamConfig, stream_patch_from_json
 from s2s.errors import FencingTokenMismatch, S2Error, SeqNumMismatch
 from s2s.records import fence_record
+from server.access.scope import ROOT_SCOPE
+from server.access.tokens import IssueRequest
 from server.jobs import JobSettings
 from server.reader import ReadLimits, ReadStart
 from server.sequencer import AppendAck
 from server.storage.choice import POSTGRES_PREFIX
-from server.storage.kv import Conflict, Expect, KeyValueStore, Put, Table, Write
+from server.storage.kv import Changed, Conflict, Delete, Expect, KeyValueStore, Put, Table, Write
 from server.storage.layout import DELETING_STREAM_PREFIX, batch_key
 from server.storage.postgres import LEAD_LOCK_CLASS, PostgresStore
 from server.streamstore import StreamStore
+from server.usage.query import Accumulation, parse_query
 from tests.conftest import BASIN, MANUAL_JOBS, ManualClock, _empty_tables, decode, make_batch
 from tests.crash.faults import FaultyStore, Gate
 
 STREAM = "shared"
+NOTICE_WAIT_S = 2.0
+"""How long a test waits for another node's change to reach a node (it takes milliseconds)."""
+
+T = TypeVar("T")
 
 
 async def open_node(
@@ -74,6 +83,18 @@ async def node(
 def shared_db(postgres_storage: str) -> str:
     _empty_tables(postgres_storage)
     return postgres_storage
+
+
+async def _eventually(check: Callable[[], T]) -> T:
+    """`check()`'s value once it stops raising, within `NOTICE_WAIT_S`."""
+    deadline = time.monotonic() + NOTICE_WAIT_S
+    while True:
+        try:
+            return check()
+        except (AssertionError, S2Error):
+            if time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(0.01)
 
 
 async def _bodies_by_seq(storage: str, clock: ManualClock) -> list[bytes]:
@@ -197,6 +218,46 @@ def test_racing_commits_expecting_a_key_absent_let_one_win(shared_db: str) -> No
     finally:
         for store in stores:
             store.close()
+
+
+def test_a_shared_store_announces_what_other_stores_commit(shared_db: str) -> None:
+    """The keys of the tables nodes hold in memory, put or deleted, once their commit lands:
+    none of a commit that did not, none of other tables, none of the watching store's own.
+    Keys of LMDB's greatest length fill several notifications."""
+    conninfo = shared_db[len(POSTGRES_PREFIX) :]
+    a, b = (PostgresStore(conninfo, exclusive=False) for _ in range(2))
+    seen: queue.Queue[Changed | None] = queue.Queue()
+    try:
+        b.watch_changes(seen.put)
+        assert seen.get(timeout=5) is None, "listening begins with: anything may have changed"
+        a.commit(
+            [
+                Put(Table.STREAMS, b"s", b"record"),
+                Delete(Table.ACCESS_TOKENS, b"revoked"),
+                Put(Table.BATCHES, b"batch", b""),
+            ]
+        )
+        with pytest.raises(Conflict):
+            a.commit([Expect(Table.BASINS, b"b", b"held"), Put(Table.BASINS, b"b", b"")])
+        long_keys = [bytes([i]) * 511 for i in range(40)]
+        a.commit([Put(Table.TAILS, key, b"") for key in long_keys])
+        b.commit([Put(Table.STREAMS, b"b's own", b"")])
+        a.commit([Put(Table.BASINS, b"last", b"")])
+        announced: dict[Table, list[bytes]] = {}
+        while Table.BASINS not in announced:
+            change = seen.get(timeout=5)
+            assert change is not None
+            announced.setdefault(change.table, []).extend(change.keys)
+    finally:
+        a.close()
+        b.close()
+    assert announced == {
+        Table.STREAMS: [b"s"],
+        Table.ACCESS_TOKENS: [b"revoked"],
+        Table.TAILS: long_keys,
+        Table.BASINS: [b"last"],
+    }
+    assert seen.empty()
 
 
 async def test_control_plane_changes_through_two_nodes_never_collide(
@@ -401,3 +462,100 @@ async def test_delete_on_empty_keeps_a_stream_another_node_appended_to(
         assert (await a.append(BASIN, STREAM, make_batch(b"a's"))).start.seq_num == 1
         await a.jobs.run_if_leader()
     assert await _bodies_by_seq(shared_db, clock) == [b"b's", b"a's"]
+
+
+async def test_a_stream_reconfigured_through_one_node_is_appended_to_on_another_with_its_new_config(
+    shared_db: str, clock: ManualClock
+) -> None:
+    """A reconfiguration writes the stream's record, no tail: the other node's live sequencer
+    takes the new config from the record's notice, with no append through the first."""
+    async with node(shared_db, clock) as a, node(shared_db, clock) as b:
+        await a.create_basin(BASIN)
+        await a.create_stream(BASIN, STREAM)
+        await b.append(BASIN, STREAM, make_batch(b"no timestamp, client-prefer"))
+        patch = stream_patch_from_json({"timestamping": {"mode": "client-require"}})
+        await a.reconfigure_stream(BASIN, STREAM, patch)
+        sequencer = b.sequencers.cached(BASIN, STREAM)
+        assert sequencer is not None
+
+        def adopted() -> None:
+            assert sequencer.config.timestamping_mode == "client-require"
+
+        await _eventually(adopted)
+        with pytest.raises(S2Error) as info:
+            await b.append(BASIN, STREAM, make_batch(b"no timestamp, client-require"))
+        assert info.value.code == "invalid"
+        ack = await b.append(BASIN, STREAM, make_batch(b"stamped", timestamps=[5]))
+        assert ack.start.seq_num == 1
+
+
+async def test_a_stream_deleted_through_one_node_ends_the_other_nodes_follower(
+    shared_db: str, clock: ManualClock
+) -> None:
+    async with node(shared_db, clock) as a, node(shared_db, clock) as b:
+        await a.create_basin(BASIN)
+        await a.create_stream(BASIN, STREAM)
+        await b.append(BASIN, STREAM, make_batch(b"b0"))
+        session = await b.read_session(BASIN, STREAM, ReadStart(seq_num=1), ReadLimits())
+
+        async def follow() -> None:
+            async for _ in session:
+                pass
+
+        follower = asyncio.ensure_future(follow())
+        await asyncio.sleep(0.2)
+        assert not follower.done()
+        await a.delete_stream(BASIN, STREAM)
+        with pytest.raises(S2Error) as info:
+            await asyncio.wait_for(follower, NOTICE_WAIT_S)
+        assert info.value.code == "stream_deletion_pending"
+        with pytest.raises(S2Error) as info:
+            await b.append(BASIN, STREAM, make_batch(b"after the deletion"))
+        # Which depends on whether a node's deletion job removed the record yet.
+        assert info.value.code in ("stream_deletion_pending", "stream_not_found")
+
+
+async def test_a_token_revoked_through_one_node_stops_working_on_another(
+    shared_db: str, clock: ManualClock
+) -> None:
+    """Each node holds every token in memory: one issued through a node is known to the other,
+    and once revoked it stops working there too, its sessions ended."""
+    async with node(shared_db, clock) as a, node(shared_db, clock) as b:
+        tokens = a.access_tokens
+        secret = await tokens.issue(tokens.anyone, IssueRequest("reader", ROOT_SCOPE))
+        header = f"Bearer {secret}"
+        principal = await _eventually(lambda: b.access_tokens.authenticate(header))
+        await tokens.revoke(tokens.anyone, "reader")
+        revoked_at = time.monotonic()
+
+        def refused() -> None:
+            try:
+                b.access_tokens.authenticate(header)
+            except S2Error as error:
+                assert error.code == "authn"
+                return
+            raise AssertionError("b still accepts the revoked token")
+
+        await _eventually(refused)
+        assert time.monotonic() - revoked_at < 1.0
+        assert principal.ended.is_set(), "sessions opened with the token on b go on"
+
+
+async def test_usage_counted_on_two_nodes_adds_up(shared_db: str, clock: ManualClock) -> None:
+    """Both nodes add to the same counter rows: flushing at the same moment, each expects
+    the count it read, and the one that lost the race adds its amount again."""
+    async with node(shared_db, clock) as a, node(shared_db, clock) as b:
+        await a.create_basin(BASIN)
+        await a.create_stream(BASIN, STREAM)
+        for round_ in range(1, 5):
+            for store in (a, b):
+                for _ in range(round_):
+                    await store.append(BASIN, STREAM, make_batch(b"x"))
+            await asyncio.gather(a.usage.flush(), b.usage.flush())
+    async with node(shared_db, clock) as fresh:
+        now_s = clock.now_ms() // 1000
+        params = {"set": "append-ops", "start": str(now_s), "end": str(now_s)}
+        query = parse_query("basin", params, now_s)
+        (metric,) = await fresh.basin_metrics(BASIN, query)
+    assert isinstance(metric, Accumulation)
+    assert sum(value for _, value in metric.values) == 2 * (1 + 2 + 3 + 4)

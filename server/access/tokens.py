@@ -7,7 +7,9 @@ in memory, by id and by digest; a call's secret is found by its digest and compa
 `hmac.compare_digest`, in constant time.
 
 Issuing and revoking are durable (group-committed) before they are answered. A revoked or
-expired token's `Principal.ended` is set, which ends the sessions opened with it.
+expired token's `Principal.ended` is set, which ends the sessions opened with it. Where several
+nodes share the store, a token another node issues or revokes is read back on its notice
+(`reload`), so a revocation holds on every node within the notice's latency.
 
 The root token (`ROOT_TOKEN_ID`, every permission, no expiry) is created at first start; its
 secret is written to a file in the data directory readable only by its owner
@@ -20,6 +22,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import logging
 import secrets
 import sys
 from dataclasses import dataclass, field
@@ -42,6 +45,8 @@ from server.clock import Clock
 from server.durable_file import replace_durably
 from server.storage.committer import GroupCommitter
 from server.storage.kv import Delete, KeyValueStore, Put, Table
+
+log = logging.getLogger(__name__)
 
 ROOT_TOKEN_ID = "root"
 ROOT_TOKEN_FILE = "root.token"
@@ -185,6 +190,12 @@ class _Stored:
         return cls(Principal(info), bytes.fromhex(obj["digest"]))
 
 
+def _same(held: _Stored | None, new: _Stored | None) -> bool:
+    if held is None or new is None:
+        return held is new
+    return (held.info, held.digest) == (new.info, new.digest)
+
+
 def _digest(secret: str) -> bytes:
     return hashlib.sha256(secret.encode()).digest()
 
@@ -215,10 +226,70 @@ class AccessTokens:
         self._by_digest: dict[bytes, _Stored] = {}
         self._issuing: set[str] = set()
         """Ids being issued, whose records are not yet durable."""
+        self._changes = 0
+        """Counts the changes made here (`_add`, `_remove`), for `_reload`."""
+        self._reloading: set[asyncio.Future[None]] = set()
+        """Reads of other nodes' changes under way: the loop holds only weak references."""
 
     def load(self) -> None:
         for key, value in self._kv.scan(Table.ACCESS_TOKENS, b"", None, sys.maxsize):
             self._add(_Stored.decode(key.decode(), value))
+
+    def reload(self, ids: list[bytes] | None) -> None:
+        """Another node issued or revoked these tokens (ACCESS_TOKENS keys; None: perhaps
+        any): read them back, so a token revoked there stops working here too and its
+        sessions end."""
+        task = asyncio.ensure_future(self._reload(ids))
+        self._reloading.add(task)
+        task.add_done_callback(self._reloading.discard)
+
+    async def _reload(self, ids: list[bytes] | None) -> None:
+        while True:
+            changes = self._changes
+            found = await self._read_back(ids)
+            if found is None:
+                return
+            if changes == self._changes:
+                break
+            # A change made here meanwhile: the read may predate it.
+        stored, changed = found
+        for token_id in changed - self._issuing:
+            self._follow(token_id, stored.get(token_id))
+
+    async def _read_back(self, ids: list[bytes] | None) -> tuple[dict[str, bytes], set[str]] | None:
+        """The stored tokens among `ids` (None: all) and the ids to follow; None if the store
+        could not be read."""
+        try:
+            if ids is None:
+                rows = await asyncio.to_thread(
+                    self._kv.scan, Table.ACCESS_TOKENS, b"", None, sys.maxsize
+                )
+                stored = {key.decode(): value for key, value in rows}
+                changed = set(self._by_id) | set(stored)
+            else:
+                values = await asyncio.to_thread(
+                    lambda: [self._kv.get(Table.ACCESS_TOKENS, key) for key in ids]
+                )
+                pairs = zip(ids, values, strict=True)
+                stored = {key.decode(): value for key, value in pairs if value is not None}
+                changed = {key.decode() for key in ids}
+        except Exception as error:  # the next notice, or reconnection, reads them again
+            log.warning(
+                "could not read access tokens back after another node changed them: %s", error
+            )
+            return None
+        return stored, changed
+
+    def _follow(self, token_id: str, value: bytes | None) -> None:
+        """Hold the token as stored: `value` None if it is not (revoked)."""
+        held = self._by_id.get(token_id)
+        new = None if value is None else _Stored.decode(token_id, value)
+        if _same(held, new):
+            return  # unchanged: its sessions, expiry timer and rate limiter carry on
+        if held is not None:
+            self._remove(held)
+        if new is not None:
+            self._add(new)
 
     # --- authentication ------------------------------------------------------------------
 
@@ -370,10 +441,12 @@ class AccessTokens:
         return hmac.compare_digest(_digest(secret), digest)
 
     def _add(self, stored: _Stored) -> None:
+        self._changes += 1
         self._by_id[stored.info.id] = stored
         self._by_digest[stored.digest] = stored
 
     def _remove(self, stored: _Stored) -> None:
+        self._changes += 1
         del self._by_id[stored.info.id]
         del self._by_digest[stored.digest]
         if stored.expiry_timer is not None:

@@ -218,6 +218,8 @@ class GroupCommitter:
             collections.deque()
         )
         self.commits = 0
+        self.conflicts = 0
+        """Jobs left out because another node broke their preconditions (`CommitConflict`)."""
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -402,6 +404,7 @@ class GroupCommitter:
     def _succeed(self, group: list[_Job], rejected: set[int], commit_s: float) -> None:
         if self._on_committed is not None:
             self._on_committed(len(group), sum(job.size_bytes for job in group), commit_s)
+        self.conflicts += len(rejected)
         for index, job in enumerate(group):
             self.release(job.size_bytes)
             job.on_done(CommitConflict() if index in rejected else None)

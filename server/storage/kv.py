@@ -70,6 +70,18 @@ class Expect(NamedTuple):
 Write = Put | Delete | Expect
 
 
+class Changed(NamedTuple):
+    """Keys of one table that another process sharing the store committed (puts or deletes)."""
+
+    table: Table
+    keys: list[bytes]
+
+
+WATCHED_TABLES = frozenset({Table.TAILS, Table.STREAMS, Table.BASINS, Table.ACCESS_TOKENS})
+"""The tables whose changes a shared store announces: what each node holds in memory (a
+stream's tail, its config and lifecycle, a basin's lifecycle, the access tokens)."""
+
+
 class Conflict(Exception):
     """A commit's preconditions did not hold: nothing of it was applied. `actual` has what
     each expected key held instead (None: absent), for the committer to tell which of the
@@ -108,10 +120,10 @@ class KeyValueStore(Protocol):
     def size_bytes(self) -> int:
         """Bytes up to the highest page in use; pages freed below it are reused first."""
 
-    def watch_tails(self, on_change: Callable[[list[bytes] | None], None]) -> None:
-        """Call `on_change` (on a thread of the store's) with the TAILS keys other processes
-        sharing the store committed, or None when some may have been missed. A store only one
-        process writes never calls it."""
+    def watch_changes(self, on_change: Callable[[Changed | None], None]) -> None:
+        """Call `on_change` (on a thread of the store's) with the keys of `WATCHED_TABLES`
+        other processes sharing the store committed, or None when some may have been missed
+        (anything may have changed). A store only one process writes never calls it."""
 
     def leads(self, role: str) -> bool:
         """Whether this process runs `role`'s work (such as the background jobs) now: of the
@@ -342,7 +354,7 @@ class LmdbStore:
         stat = self._env.stat()
         return int((info["last_pgno"] + 1) * stat["psize"])
 
-    def watch_tails(self, on_change: Callable[[list[bytes] | None], None]) -> None:
+    def watch_changes(self, on_change: Callable[[Changed | None], None]) -> None:
         """Nothing to watch: one process owns the environment (the data directory's lock)."""
 
     def leads(self, role: str) -> bool:

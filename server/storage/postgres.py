@@ -52,6 +52,8 @@ from psycopg import sql
 
 from server.startup import StartupError
 from server.storage.kv import (
+    WATCHED_TABLES,
+    Changed,
     Conflict,
     Delete,
     Expect,
@@ -68,10 +70,12 @@ T = TypeVar("T")
 Connection = psycopg.Connection[tuple[Any, ...]]
 
 CONNECT_TIMEOUT_S = 10
-TAILS_CHANNEL = "s2s_tails"
-"""Where a shared store announces the tail rows each commit wrote (`watch_tails`)."""
-_NOTIFY_KEYS_MAX = 400
-"""Tail keys per notification: 16 hex digits each stay under PostgreSQL's 8,000-byte payload."""
+CHANGES_CHANNEL = "s2s_changes"
+"""Where a shared store announces the keys of `WATCHED_TABLES` each commit wrote
+(`watch_changes`)."""
+_NOTIFY_PAYLOAD_MAX = 7_900
+"""Bytes per notification: PostgreSQL refuses payloads of 8,000 bytes or more. A key is at
+most 511 bytes (LMDB's limit, which the layouts keep to), 1,022 in hex, so one always fits."""
 _LISTEN_RETRY_S_MAX = 5.0
 OUTCOME_WAIT_S = 60.0
 """How long a commit whose connection was lost during COMMIT keeps trying to reconnect to learn
@@ -218,7 +222,10 @@ class PostgresStore:
                 last[(write.table, write.key)] = write
         puts: dict[Table, tuple[list[bytes], list[bytes]]] = {}
         deletes: dict[Table, list[bytes]] = {}
+        announced: dict[Table, list[bytes]] = {}
         for (table, key), write in sorted(last.items(), key=lambda item: item[0][1]):
+            if table in WATCHED_TABLES and not self._exclusive:
+                announced.setdefault(table, []).append(key)
             if isinstance(write, Put):
                 keys, values = puts.setdefault(table, ([], []))
                 keys.append(key)
@@ -237,9 +244,8 @@ class PostgresStore:
                         sql.SQL("DELETE FROM {} WHERE key = ANY(%s)").format(self._names[table]),
                         (keys,),
                     )
-                tails = puts.get(Table.TAILS)
-                if tails is not None and not self._exclusive:
-                    self._announce(connection, tails[0])
+                if announced:
+                    self._announce(connection, announced)
                 for table, (keys, values) in puts.items():
                     connection.execute(
                         sql.SQL(
@@ -311,48 +317,61 @@ class PostgresStore:
         if actual != expected:
             raise Conflict(actual)
 
-    def _announce(self, connection: Connection, tail_keys: list[bytes]) -> None:
-        """Tell the nodes watching (`watch_tails`) which tails this commit moves: PostgreSQL
-        delivers a notification only if, and once, its transaction commits."""
-        for first in range(0, len(tail_keys), _NOTIFY_KEYS_MAX):
-            chunk = tail_keys[first : first + _NOTIFY_KEYS_MAX]
-            payload = " ".join([self._node, *(key.hex() for key in chunk)])
-            connection.execute("SELECT pg_notify(%s, %s)", (TAILS_CHANNEL, payload))
+    def _announce(self, connection: Connection, announced: dict[Table, list[bytes]]) -> None:
+        """Tell the nodes watching (`watch_changes`) which keys this commit writes: PostgreSQL
+        delivers a notification only if, and once, its transaction commits. Each payload is
+        `node table key...`, the keys in hex."""
+        payloads: list[str] = []
+        for table, keys in announced.items():
+            head = f"{self._node} {table.value.decode()}"
+            payload = head
+            for key in keys:
+                word = key.hex()
+                if len(payload) + 1 + len(word) > _NOTIFY_PAYLOAD_MAX:
+                    payloads.append(payload)
+                    payload = head
+                payload += " " + word
+            payloads.append(payload)
+        connection.execute(
+            "SELECT pg_notify(%s, payload) FROM unnest(%s::text[]) AS payload",
+            (CHANGES_CHANNEL, payloads),
+        )
 
-    def watch_tails(self, on_change: Callable[[list[bytes] | None], None]) -> None:
-        """Listen for the tails other stores on the database commit, on a thread of its own
+    def watch_changes(self, on_change: Callable[[Changed | None], None]) -> None:
+        """Listen for the keys other stores on the database commit, on a thread of its own
         with a connection of its own. After the connection was lost (and on the first
         connect), `on_change(None)`: notifications sent meanwhile are gone."""
         if self._exclusive:
             return  # no other store writes this database
         thread = threading.Thread(
-            target=self._listen, args=(on_change,), name="s2s-tails", daemon=True
+            target=self._listen, args=(on_change,), name="s2s-changes", daemon=True
         )
         thread.start()
 
-    def _listen(self, on_change: Callable[[list[bytes] | None], None]) -> None:
+    def _listen(self, on_change: Callable[[Changed | None], None]) -> None:
         retry_s = 0.1
         while not self._closed:
             try:
                 connection = self._connect(autocommit=True)
             except psycopg.OperationalError as error:
-                log.error("cannot listen for other nodes' appends: %s", error)
+                log.error("cannot listen for other nodes' changes: %s", error)
                 time.sleep(retry_s)
                 retry_s = min(retry_s * 2, _LISTEN_RETRY_S_MAX)
                 continue
             retry_s = 0.1
             try:
-                connection.execute(sql.SQL("LISTEN {}").format(sql.Identifier(TAILS_CHANNEL)))
+                connection.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANGES_CHANNEL)))
                 on_change(None)
                 while not self._closed:
                     for notify in connection.notifies(timeout=0.5):
-                        node, *keys = notify.payload.split(" ")
+                        node, table, *keys = notify.payload.split(" ")
                         if node != self._node:
-                            on_change([bytes.fromhex(key) for key in keys])
+                            written = [bytes.fromhex(key) for key in keys]
+                            on_change(Changed(Table(table.encode()), written))
             except psycopg.OperationalError as error:
                 if not self._closed:
                     log.warning(
-                        "lost the connection that listens for other nodes' appends: %s", error
+                        "lost the connection that listens for other nodes' changes: %s", error
                     )
             finally:
                 connection.close()

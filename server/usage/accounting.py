@@ -18,7 +18,9 @@ current minute (server/usage/counters.py) and the stored bytes (server/usage/sto
 A flush every `flush_interval_s` (and one at shutdown) writes the counters, storage samples
 and snapshots through the group committer: a kill -9 loses at most the counts of that
 interval, never stored bytes (they are recounted at start-up where the snapshot is stale). An
-hourly pass deletes rows past their retention.
+hourly pass deletes rows past their retention. Several nodes sharing a store add to the same
+counter rows: each flush expects the rows it read, and one that another node's flush beat is
+done again from a fresh read (`FLUSH_ATTEMPTS_MAX`).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from typing import Protocol, TypeVar
 
 from s2s.errors import S2Error
 from server.clock import Clock
-from server.storage.committer import GroupCommitter
+from server.storage.committer import CommitConflict, GroupCommitter
 from server.storage.kv import Delete, KeyValueStore, Write
 from server.storage.layout import BatchSummary
 from server.usage.counters import Counters, SeriesQuery, floor_to, merge
@@ -60,6 +62,10 @@ OTHER_BASINS_LABEL = "_other"
 ACCOUNT = ""
 """The basin name of account-level counter series."""
 EXPIRY_INTERVAL_S = 3600
+FLUSH_ATTEMPTS_MAX = 10
+"""Flushes done again after another node's flush changed a counter row first; past these the
+amounts wait for the next flush. Each round some node's flush lands, so this is a bound for
+a crowd of nodes flushing at once, not a retry budget for a failing store."""
 
 ACK_LATENCY_BOUNDS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 GROUP_JOBS_BOUNDS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
@@ -265,7 +271,9 @@ class Usage:
             if batch.first_seq >= stored.front_seq:
                 freed_bytes += batch.metered_bytes
                 stored.front_seq = batch.last_seq + 1
-        self.stored_changed(stored, -freed_bytes)
+        # Where several nodes share the store, each counts only the appends it made, but its
+        # jobs delete every node's batches (ADR 0013, "Not yet"): never below nothing stored.
+        self.stored_changed(stored, -min(freed_bytes, stored.stored_bytes))
 
     def forget(self, sid: int) -> None:
         """The stream and its data are gone."""
@@ -349,7 +357,13 @@ class Usage:
     async def flush(self) -> None:
         """Write what was counted since the last flush, with storage samples and snapshots."""
         async with self._flushing:
-            await self._flush()
+            for attempt in range(FLUSH_ATTEMPTS_MAX):
+                try:
+                    await self._flush()
+                    return
+                except CommitConflict:
+                    if attempt == FLUSH_ATTEMPTS_MAX - 1:
+                        raise
 
     async def _flush(self) -> None:
         now_s = self.now_s()
@@ -363,8 +377,8 @@ class Usage:
         else:
             basins = self._dirty_basins
         self._dirty_basins = set()
-        writes: list[Write] = self._stale
-        self._stale = []
+        stale, self._stale = self._stale, []
+        writes: list[Write] = list(stale)
         writes += snapshot_writes(dirty, forgotten)
         writes += stream_sample_writes(dirty, floor_to(now_s, 60))
         writes += basin_sample_writes({b: self._basin_stored.get(b, 0) for b in basins}, hour_s)
@@ -389,6 +403,7 @@ class Usage:
             self._dirty_streams.update(a for a in dirty if a.sid in self._accounts)
             self._dirty_basins |= basins
             self._forgotten += forgotten
+            self._stale = stale + self._stale
             done.set_exception(error)
 
         self._committer.submit(lambda: writes, on_done)

@@ -3,9 +3,9 @@ next flush adds them to their minute, hour and day rows (server/usage/layout.py)
 
 `add` runs once per batch (append committed, read served) or operation: one dict update, no
 I/O. A flush takes what was added (`take`), computes the new row values off the event loop
-(`writes`: each row's stored count plus the amount), and commits them with the committer. What
-a query reads is the stored rows plus what is not yet stored (pending, and what a flush is
-writing): so a count is visible at once, and counted once.
+(`writes`: each row's stored count plus the amount, expecting the count it read), and commits
+them with the committer. What a query reads is the stored rows plus what is not yet stored
+(pending, and what a flush is writing): so a count is visible at once, and counted once.
 
 Rows expire (`expired_deletes`): minutes after `RETENTION_S["m"]`, hours and days later.
 """
@@ -16,7 +16,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from server.storage.kv import Delete, KeyValueStore, Put, Table
+from server.storage.kv import Delete, Expect, KeyValueStore, Put, Table, Write
 from server.usage.layout import (
     COUNTER,
     RESOLUTION_SECONDS,
@@ -106,10 +106,11 @@ class Counters:
             self._pending[key] = self._pending.get(key, 0) + amount
         self._flushing = {}
 
-    def writes(self, amounts: Amounts) -> list[Put]:
+    def writes(self, amounts: Amounts) -> list[Write]:
         """Each row the amounts touch, at its stored count plus theirs. Blocking: off the loop.
-        Only flushes write these rows, one at a time, so no count is lost between the read and
-        the write."""
+        On one node only flushes write these rows, one at a time; each put also expects the
+        count it was computed from, so where other nodes flush to the same rows, one that
+        added to it meanwhile makes the commit conflict instead of losing its count."""
         rows: dict[bytes, int] = {}
         basins = set()
         for (minute_s, basin, series), amount in amounts.items():
@@ -118,12 +119,12 @@ class Counters:
                 key = counter_key(resolution, basin, floor_to(minute_s, interval_s), series)
                 rows[key] = rows.get(key, 0) + amount
         self.basins |= basins
-        puts = []
+        writes: list[Write] = []
         for key, amount in rows.items():
             stored = self._kv.get(Table.USAGE, key)
             total = amount + (0 if stored is None else decode_u64(stored))
-            puts.append(Put(Table.USAGE, key, encode_u64(total)))
-        return puts
+            writes += (Expect(Table.USAGE, key, stored), Put(Table.USAGE, key, encode_u64(total)))
+        return writes
 
     def unstored(self, query: SeriesQuery) -> dict[str, dict[int, int]]:
         """The amounts in `query` that are not in the rows yet: series -> bucket -> amount."""

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from server.storage.kv import KeyValueStore, T, Table, Write
+from server.storage.kv import Changed, KeyValueStore, T, Table, Write
 
 
 @dataclass
@@ -89,8 +89,8 @@ class FaultyStore:
     def size_bytes(self) -> int:
         return self.inner.size_bytes()
 
-    def watch_tails(self, on_change: Callable[[list[bytes] | None], None]) -> None:
-        self.inner.watch_tails(on_change)
+    def watch_changes(self, on_change: Callable[[Changed | None], None]) -> None:
+        self.inner.watch_changes(on_change)
 
     def leads(self, role: str) -> bool:
         return self.inner.leads(role)
