@@ -126,6 +126,7 @@ async def _check_cost(directory: str) -> dict[str, float]:
     store = await StreamStore.open(directory)
     try:
         path = await store.access_tokens.bootstrap_root(directory)
+        assert path is not None
         root = store.access_tokens.authenticate(f"Bearer {path.read_text().strip()}")
         scope = scope_from_json(
             {

@@ -28,6 +28,7 @@ from grpc import aio
 from client.cli import add_commands, run
 from client.cli_args import EnvOption, Parser, boolean, nonempty, number, port, whole_number
 from s2s import allocator
+from server.access.tokens import ROOT_TOKEN_FILE
 from server.binding import IPAddress, host_port, listening_socket, parse_host
 from server.grpc_frontend.server import listening_grpc_server, start_grpc_server
 from server.http_frontend import start_http_server
@@ -42,7 +43,13 @@ from server.lake.connection import (
 from server.lake.service import Lake
 from server.migrate import TRANSACTION_MIB_DEFAULT, migrate
 from server.startup import StartupError, claim_data_dir
-from server.storage.choice import LMDB, describe_storage, postgres_option, storage_option
+from server.storage.choice import (
+    LMDB,
+    POSTGRES_PREFIX,
+    describe_storage,
+    postgres_option,
+    storage_option,
+)
 from server.storage.kv import MAP_SIZE_BYTES_DEFAULT
 from server.streamstore import StreamStore
 from server.tls import TlsSettings, server_tls
@@ -100,7 +107,17 @@ SERVE_OPTIONS = (
         storage_option,
         LMDB,
         "where the stream log lives: 'lmdb' (in --data-dir) or 'postgres:' and a libpq "
-        "connection string, e.g. 'postgres:host=db1 dbname=s2s' (one server per database)",
+        "connection string, e.g. 'postgres:host=db1 dbname=s2s'",
+    ),
+    EnvOption(
+        "--shared-storage",
+        "S2S_SHARED_STORAGE",
+        boolean,
+        False,
+        "several s2s servers (nodes) serve the --storage postgres: database, each any basin "
+        "and stream; every one of them needs this (without it a server writes the database "
+        "alone and refuses to start beside another)",
+        switch=True,
     ),
     EnvOption(
         "--max-storage-gib",
@@ -296,6 +313,7 @@ class ServeSettings:
     http_port: int
     max_storage_gib: int
     storage: str
+    shared_storage: bool
     lake: LakeSettings
     tls: TlsSettings
     cors_origins: frozenset[str] | None
@@ -312,6 +330,8 @@ def serve_settings(args: argparse.Namespace) -> ServeSettings:
         option.resolve(parser, args)
     if args.lake_catalog and not args.lake_data_path:
         parser.error("--lake-catalog needs --lake-data-path: where the Parquet files go")
+    if args.shared_storage and not args.storage.startswith(POSTGRES_PREFIX):
+        parser.error("--shared-storage needs --storage postgres:...: only a database is shared")
     if (args.tls_cert is None) != (args.tls_key is None):
         parser.error("--tls-cert and --tls-key go together: give both")
     if args.tls_self_signed and args.tls_cert is not None:
@@ -328,6 +348,7 @@ def serve_settings(args: argparse.Namespace) -> ServeSettings:
         http_port=args.http_port,
         max_storage_gib=args.max_storage_gib,
         storage=args.storage,
+        shared_storage=args.shared_storage,
         lake=LakeSettings(
             root=Path(args.data_dir) / "lake",
             catalog=args.lake_catalog,
@@ -407,7 +428,14 @@ async def _set_up_access(store: StreamStore, settings: ServeSettings) -> None:
             "use this only on a machine nobody else can reach"
         )
         return
-    path = await store.access_tokens.bootstrap_root(settings.data_dir)
+    path = await store.access_tokens.bootstrap_root(settings.data_dir, settings.shared_storage)
+    if path is None:
+        log.warning(
+            "root access token: made by another node, whose DATA_DIR/%s holds it; copy that "
+            "file into this node's --data-dir to use it from here",
+            ROOT_TOKEN_FILE,
+        )
+        return
     log.info("root access token: in %s (readable only by this user)", path)
 
 
@@ -418,6 +446,7 @@ async def _open_store(settings: ServeSettings) -> StreamStore:
             max_storage_bytes=settings.max_storage_gib << 30,
             usage_settings=settings.usage,
             storage=settings.storage,
+            shared_storage=settings.shared_storage,
         )
     except lmdb.MemoryError:
         raise StartupError(

@@ -49,6 +49,15 @@ from server.usage.accounting import StreamAccount
 
 log = logging.getLogger(__name__)
 
+AFTER_REFUSED = (
+    "not written: an append submitted before it on this stream was refused when it was "
+    "numbered again after another node's append"
+)
+NOT_RETRIED = "not written: numbered again after another node's append, and not retried"
+SYNC_WAIT_S = 5.0
+"""How long `sync` waits for this node's own appends in flight to land past the stored tail;
+after it, it answers with what it has."""
+
 
 class StreamPosition(NamedTuple):
     seq_num: int
@@ -123,6 +132,8 @@ class StreamSequencer:
         """Batches left out for a conflict, in their order, with their acks and submit times."""
         self._retried: asyncio.Future[None] | None = None
         """Set from the first conflict until its batches are queued again: newer appends wait."""
+        self._refusals = 0
+        """Counts retries after a conflict that refused or failed a batch (`in_doubt`)."""
         self._retry: asyncio.Future[None] | None = None
         self._chain = Chain()
         """This stream's batches at the committer, each built on the one before."""
@@ -141,12 +152,25 @@ class StreamSequencer:
     def busy(self) -> bool:
         return self.inflight > 0 or self.followers > 0
 
-    async def submit(self, batch: ValidatedBatch) -> asyncio.Future[AppendAck]:
-        """Sequence one batch now; the returned future resolves once it is durable.
+    def in_doubt(self) -> int | None:
+        """A mark of the batches of this stream in flight here now (None: there are none),
+        for `submit`: a batch submitted while they are may have been pipelined on them (an
+        append session's next batch), so where another node's append makes one of them be
+        refused after all, it must not be written either."""
+        busy = self._queued or self._retried is not None or self.pending is not self.durable
+        return self._refusals if busy else None
+
+    async def submit(
+        self, batch: ValidatedBatch, doubt: int | None = None
+    ) -> asyncio.Future[AppendAck]:
+        """Sequence one batch now; the returned future resolves once it is durable. `doubt`:
+        `in_doubt()` when the batch was first submitted, if it is submitted again.
 
         Callers that pipeline (append sessions) keep the futures in order; the sequence numbers
         are fixed when this returns (unless another node appended first: see `_reload_and_retry`).
         """
+        if doubt is None:
+            doubt = self.in_doubt()
         # Counted from the first line: a sequencer with appends in flight is never evicted.
         self.inflight += 1
         loop = asyncio.get_running_loop()
@@ -154,6 +178,10 @@ class StreamSequencer:
         try:
             while self._retried is not None:
                 await asyncio.shield(self._retried)
+            if doubt is not None and doubt != self._refusals:
+                # Submitted while earlier batches of the stream were in flight here, and one
+                # of them was refused since: this one may have been pipelined on it.
+                raise S2Error("transaction_conflict", AFTER_REFUSED)
             await self._committer.reserve(batch.metered_bytes)
         except BaseException:
             self.inflight -= 1
@@ -268,6 +296,10 @@ class StreamSequencer:
                 except S2Error as error:
                     self._committer.release(batch.metered_bytes)
                     self._fail_retry(ack, error)
+                    # The batches after it were pipelined on it (an append session's next
+                    # ones): as after a refusal at submission, none of them is written.
+                    failure = S2Error("transaction_conflict", AFTER_REFUSED)
+                    break
         except S2Error as error:  # the stream was deleted meanwhile
             self.mark_deleting()
             failure = error
@@ -277,8 +309,10 @@ class StreamSequencer:
             failure = S2Error("unavailable", "server is shutting down")
             raise
         finally:
+            if failure is not None:
+                self._refusals += 1  # the appends submitted meanwhile fail too (`in_doubt`)
             for _, ack, _ in conflicted:
-                self._fail_retry(ack, failure or S2Error("unavailable", "append not retried"))
+                self._fail_retry(ack, failure or S2Error("transaction_conflict", NOT_RETRIED))
             self._retried = None
             retried.set_result(None)
 
@@ -294,6 +328,31 @@ class StreamSequencer:
         self.pending = self.durable
         self._chain = Chain()
         self.wake_followers()  # records other nodes appended are readable here now
+
+    async def sync(self) -> None:
+        """Where other nodes write the stream too: catch up with the tail the store holds
+        now, so that what this node answers next (check-tail, a read's bounds, a refused
+        `match_seq_num` or fencing token) includes every append acknowledged anywhere before
+        the call. This node's own appends in flight are waited for (up to `SYNC_WAIT_S`): they
+        land after what the store holds, since their commits expect the tail they were
+        numbered from and are numbered again past it. Raises if the stream was deleted."""
+        try:
+            stored = await self._reload()
+        except S2Error:
+            self.mark_deleting()
+            raise
+        if stored.tail is None:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SYNC_WAIT_S
+        while self.durable.next_seq < stored.tail.next_seq and not self.deleting:
+            if self.pending is self.durable and not self._queued and self._retried is None:
+                self._take(stored)
+                return
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            await self.wait_durable_beyond(self.durable.next_seq, min(remaining, 0.05))
 
     def refresh(self) -> None:
         """Another node appended to the stream or changed its record: read both back, so that

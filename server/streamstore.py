@@ -24,6 +24,7 @@ from s2s.config import (
     StreamConfigPatch,
 )
 from s2s.encryption_key import EncryptionKey
+from s2s.errors import FencingTokenMismatch, SeqNumMismatch
 from s2s.records import ValidatedBatch
 from server.access.tokens import AccessTokens
 from server.catalog import BasinRecord, Catalog, Provisioned, RequestedConfig, StreamRecord
@@ -101,9 +102,13 @@ class StreamStore:
         max_storage_bytes: int = MAP_SIZE_BYTES_DEFAULT,
         usage_settings: UsageSettings | None = None,
         storage: str = LMDB,
+        shared_storage: bool = False,
     ) -> StreamStore:
-        """`storage`: `lmdb` (in `data_dir`) or `postgres:<connection string>`."""
-        kv = await asyncio.to_thread(open_key_value_store, storage, data_dir, max_storage_bytes)
+        """`storage`: `lmdb` (in `data_dir`) or `postgres:<connection string>`;
+        `shared_storage`: other nodes serve the same database (ADR 0013)."""
+        kv = await asyncio.to_thread(
+            open_key_value_store, storage, data_dir, max_storage_bytes, shared_storage
+        )
         store = cls(kv, clock, job_settings, usage_settings)
         await store.start()
         return store
@@ -310,7 +315,16 @@ class StreamStore:
         cipher = record_cipher(sequencer.cipher, key)
         if cipher is not None:
             batch = seal_batch(batch, cipher, stream_identity(basin, stream))
-        ack = await sequencer.submit(batch)
+        doubt = sequencer.in_doubt()
+        try:
+            ack = await sequencer.submit(batch, doubt)
+        except (SeqNumMismatch, FencingTokenMismatch):
+            if not self.kv.shared:
+                raise
+            # Checked against this node's view, which may be behind another node's appends
+            # or fence: refused only if the stream as stored refuses it too.
+            await sequencer.sync()
+            ack = await sequencer.submit(batch, doubt)
         if large:
             await asyncio.sleep(0)
         return ack
@@ -338,6 +352,8 @@ class StreamStore:
         self, basin: str, stream: str, *, may_create: bool = True
     ) -> StreamPosition:
         sequencer = await self.sequencers.get(basin, stream, "read" if may_create else None)
+        if self.kv.shared:
+            await sequencer.sync()
         return sequencer.tail
 
     async def read(
@@ -357,6 +373,8 @@ class StreamStore:
             basin, stream, "read" if may_create else None, create_config
         )
         cipher = record_cipher(sequencer.cipher, key)
+        if self.kv.shared:
+            await sequencer.sync()
         output = await self.reader.read_unary(sequencer, start, limits)
         if cipher is None:
             return output
@@ -379,6 +397,8 @@ class StreamStore:
             basin, stream, "read" if may_create else None, create_config
         )
         cipher = record_cipher(sequencer.cipher, key)
+        if self.kv.shared:
+            await sequencer.sync()
         session = self.reader.session(sequencer, start, limits)
         if cipher is None:
             return session

@@ -13,7 +13,8 @@ nodes share the store, a token another node issues or revokes is read back on it
 
 The root token (`ROOT_TOKEN_ID`, every permission, no expiry) is created at first start; its
 secret is written to a file in the data directory readable only by its owner
-(`bootstrap_root`). Deleting that file and restarting replaces the root secret.
+(`bootstrap_root`). Deleting that file and restarting replaces the root secret (on a server
+that shares its store with other nodes, a root one of them made is kept: copy its file).
 """
 
 from __future__ import annotations
@@ -43,8 +44,8 @@ from server.access.scope import (
 )
 from server.clock import Clock
 from server.durable_file import replace_durably
-from server.storage.committer import GroupCommitter
-from server.storage.kv import Delete, KeyValueStore, Put, Table
+from server.storage.committer import CommitConflict, GroupCommitter
+from server.storage.kv import Delete, Expect, KeyValueStore, Put, Table, Write
 
 log = logging.getLogger(__name__)
 
@@ -411,22 +412,34 @@ class AccessTokens:
 
     # --- the root token --------------------------------------------------------------------
 
-    async def bootstrap_root(self, data_dir: str) -> Path:
+    async def bootstrap_root(self, data_dir: str, shared: bool = False) -> Path | None:
         """Make sure the root token exists and its secret is in `ROOT_TOKEN_FILE`; returns the
-        file's path. A missing or foreign file gets a new root secret."""
+        file's path. A missing or foreign file gets a new root secret.
+
+        `shared`: other nodes serve the same store. A root token one of them made is kept
+        (replacing it would lock out every holder of its file): None if this data directory
+        does not hold its secret. Two nodes making the first root at once make one."""
         path = Path(data_dir) / ROOT_TOKEN_FILE
         stored = self._by_id.get(ROOT_TOKEN_ID)
         if stored is not None and self._file_holds(path, stored.digest):
             return path
+        if shared and stored is not None:
+            return None
         secret = new_secret()
         info = TokenInfo(ROOT_TOKEN_ID, None, False, ROOT_SCOPE)
         root = _Stored(Principal(info), _digest(secret))
+        key = ROOT_TOKEN_ID.encode()
+        writes: list[Write] = [Put(Table.ACCESS_TOKENS, key, root.encode())]
+        if shared:
+            writes.insert(0, Expect(Table.ACCESS_TOKENS, key, None))
         # The file first: a crash between the two leaves a file that does not match, which
         # the next start replaces.
         replace_durably(path, f"{secret}\n".encode(), mode=0o600)
-        await self._committer.commit(
-            [Put(Table.ACCESS_TOKENS, ROOT_TOKEN_ID.encode(), root.encode())]
-        )
+        try:
+            await self._committer.commit(writes)
+        except CommitConflict:  # another node made the root first: its notice brings it
+            path.unlink()
+            return None
         if stored is not None:
             self._remove(stored)
         self._add(root)

@@ -45,9 +45,13 @@ def postgres_option(text: str) -> str:
     return storage_option(text)
 
 
-def open_key_value_store(storage: str, data_dir: str, max_storage_bytes: int) -> KeyValueStore:
+def open_key_value_store(
+    storage: str, data_dir: str, max_storage_bytes: int, shared: bool = False
+) -> KeyValueStore:
+    """`shared`: other nodes write the database too (`--shared-storage`; PostgreSQL only)."""
     if storage.startswith(POSTGRES_PREFIX):
-        return PostgresStore(storage[len(POSTGRES_PREFIX) :])
+        return PostgresStore(storage[len(POSTGRES_PREFIX) :], exclusive=not shared)
+    assert not shared, "only a PostgreSQL database is shared by several nodes"
     return LmdbStore(os.path.join(data_dir, "log"), max_storage_bytes)
 
 

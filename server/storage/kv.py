@@ -125,6 +125,12 @@ class KeyValueStore(Protocol):
         other processes sharing the store committed, or None when some may have been missed
         (anything may have changed). A store only one process writes never calls it."""
 
+    @property
+    def shared(self) -> bool:
+        """Whether other processes (nodes) write the store too: then what a process holds in
+        memory may be behind it, and answers that must include every acknowledged write
+        read the store first (`StreamSequencer.sync`)."""
+
     def leads(self, role: str) -> bool:
         """Whether this process runs `role`'s work (such as the background jobs) now: of the
         processes sharing the store, one at a time does. A store only one process writes
@@ -356,6 +362,10 @@ class LmdbStore:
 
     def watch_changes(self, on_change: Callable[[Changed | None], None]) -> None:
         """Nothing to watch: one process owns the environment (the data directory's lock)."""
+
+    @property
+    def shared(self) -> bool:
+        return False
 
     def leads(self, role: str) -> bool:
         """Always: one process owns the environment."""

@@ -81,8 +81,8 @@ _NOTIFY_PAYLOAD_MAX = 7_900
 most 511 bytes (LMDB's limit, which the layouts keep to), 1,022 in hex, so one always fits."""
 _LISTEN_RETRY_S_MAX = 5.0
 OUTCOME_WAIT_S = 60.0
-"""How long a commit whose connection was lost during its statement keeps trying to reconnect to learn
-its outcome: longer than a failover takes (Patroni's default leader TTL is 30 s); then the
+"""How long a commit whose connection was lost during its statement keeps trying to reconnect
+to learn its outcome: longer than a failover takes (Patroni's default leader TTL is 30 s); then the
 commit, and the appends queued behind it, fail. Once connected, the check is a commit like any
 other: it waits for a synchronous standby as long as PostgreSQL makes every commit wait."""
 RECONNECT_BACKOFF_S_MIN = 0.05
@@ -116,9 +116,14 @@ space apart from one-part locks such as `WRITER_LOCK`)."""
 LEAD_LOCK_CLASS = 0x5326
 """The first half of the two-part session advisory lock a shared store holds while it leads a
 role (`leads`); the second half is a hash of the role's name."""
+LEAD_LEASE_S = 10.0
+"""How long the connection holding a store's roles may sit idle before PostgreSQL ends its
+session, freeing them (`idle_session_timeout`): a node frozen (SIGSTOP, a long GC pause, a
+network partition) loses its roles to another node after this, though its socket stays open.
+Leaders ask every second or so (`leads`), which keeps a live one's session."""
 WRITER_LOCK = 0x5325_0001
-"""The advisory lock the one server writing a database holds (several nodes on one database
-are not built yet: each would number appends on its own)."""
+"""The advisory lock every server writing a database holds on its writer connection: the one
+server of an exclusive store exclusively, the nodes sharing it (`--shared-storage`) shared."""
 
 
 def table_name(table: Table) -> str:
@@ -130,10 +135,10 @@ class PostgresStore:
 
     def __init__(self, conninfo: str, option: str = "--storage", exclusive: bool = True) -> None:
         """`option`: the command-line flag that named the database, for the messages of
-        `StartupError`. `exclusive`: hold the database's writer lock, refusing a second
-        server. Without, several stores share the database and commits decide each stream's
-        tail by their preconditions (`Expect`); the server does not run that way yet (ADR
-        0013)."""
+        `StartupError`. `exclusive`: hold the database's writer lock alone, refusing a second
+        server. Without, several stores (nodes) share the database, holding the lock shared:
+        commits decide each stream's tail by their preconditions (`Expect`), announce what
+        they change, and roles are led by one node at a time (ADR 0013)."""
         self._conninfo = conninfo
         self._exclusive = exclusive
         self._node = secrets.token_hex(8)
@@ -148,11 +153,14 @@ class PostgresStore:
                 f"{option} and that the server is running"
             ) from None
         self._check_durability(self._writer)
-        if exclusive and not self._lock_writer(self._writer):
+        if not self._lock_writer(self._writer):
             self._writer.close()
             raise DatabaseRefused(
-                "another s2s server is writing to this PostgreSQL database: several servers "
-                "on one database are not supported yet; stop it or give another database"
+                "another s2s server is writing to this PostgreSQL database: stop it, give "
+                "another database, or run every server on it with --shared-storage"
+                if exclusive
+                else "an s2s server without --shared-storage is writing to this PostgreSQL "
+                "database: restart it with --shared-storage, or stop it"
             )
         # Why this store may no longer write, once it may not.
         self._fenced: str | None = None
@@ -189,11 +197,13 @@ class PostgresStore:
             connection.close()
             raise DatabaseRefused(f"{FSYNC_OFF}: turn fsync on in its configuration")
 
-    @staticmethod
-    def _lock_writer(connection: Connection) -> bool:
-        """Take the writer's advisory lock for the connection's life; False if another
-        connection holds it."""
-        row = connection.execute("SELECT pg_try_advisory_lock(%s)", (WRITER_LOCK,)).fetchone()
+    def _lock_writer(self, connection: Connection) -> bool:
+        """Take the writers' advisory lock for the connection's life, exclusively or, for a
+        store shared with other nodes, shared with theirs: a server that expects to write
+        alone and nodes that expect to share never write one database at once. False if a
+        connection holds it in the other mode (or exclusively)."""
+        take = "pg_try_advisory_lock" if self._exclusive else "pg_try_advisory_lock_shared"
+        row = connection.execute(f"SELECT {take}(%s)", (WRITER_LOCK,)).fetchone()
         connection.commit()
         return bool(row and row[0])
 
@@ -448,12 +458,16 @@ class PostgresStore:
             finally:
                 connection.close()
 
+    @property
+    def shared(self) -> bool:
+        return not self._exclusive
+
     def leads(self, role: str) -> bool:
         """An exclusive store always leads. A shared one leads while a connection of its own
         holds the role's session advisory lock: the first store to ask takes it (without
-        waiting), and keeps it until that connection is closed or lost. Each call is a round
-        trip on that connection, so a lost one is noticed: then this store does not lead until
-        a later call, on a new connection, takes the lock again."""
+        waiting), and keeps it until that connection is closed, lost, or idle for `LEAD_LEASE_S`.
+        Each call is a round trip on that connection, so a lost one is noticed: then this
+        store does not lead until a later call, on a new connection, takes the lock again."""
         if self._exclusive:
             return True
         with self._lead_mutex:
@@ -490,6 +504,7 @@ class PostgresStore:
             connection.close()
         self._led.clear()  # a new session holds nothing
         connection = self._connect(autocommit=True)
+        connection.execute(f"SET idle_session_timeout = {int(LEAD_LEASE_S * 1000)}")
         with self._readers_lock:  # `close` takes it too: no connection is left open after it
             if self._closed:
                 connection.close()
@@ -502,11 +517,11 @@ class PostgresStore:
         settle the outcome of an unresolved commit: True if it took effect (then it is durable
         now, as any commit), False if it did not or none was unresolved.
 
-        The writer's advisory lock (held only by an `exclusive` store) went with the old
-        connection. If it cannot be taken back in time,
-        either our old session still holds it (the same server, its backend not yet gone: we
-        wait) or another s2s server took the database over: its view of every tail is newer
-        than ours, so this one must never write again (`StorageFenced`). Raises
+        The writer's advisory lock went with the old connection. If it cannot be taken back,
+        either our old session still holds it exclusively (the same server, its backend not yet
+        gone: we wait) or another s2s server took the database over (it deleted our token's
+        row): its view of every tail is newer than ours, so this one must never write again
+        (`StorageFenced`). Raises
         `StorageUnavailable` if the database cannot be reached in time.
         """
         deadline = time.monotonic() + wait_s
@@ -535,7 +550,7 @@ class PostgresStore:
         try:
             if not _fsync_on(connection):
                 raise psycopg.OperationalError(FSYNC_OFF)
-            if self._exclusive and not self._lock_writer(connection):
+            if not self._lock_writer(connection):
                 ours = connection.execute(
                     sql.SQL("SELECT 1 FROM {} WHERE store = %s").format(LAST_COMMIT),
                     (self._node,),

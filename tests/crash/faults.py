@@ -92,6 +92,10 @@ class FaultyStore:
     def watch_changes(self, on_change: Callable[[Changed | None], None]) -> None:
         self.inner.watch_changes(on_change)
 
+    @property
+    def shared(self) -> bool:
+        return self.inner.shared
+
     def leads(self, role: str) -> bool:
         return self.inner.leads(role)
 

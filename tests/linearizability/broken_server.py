@@ -55,8 +55,10 @@ def plant_early_ack() -> None:
             COMMIT_DELAY_S, commit, self, prepare, on_done, reserved_bytes, chain
         )
 
-    async def early_ack(self: StreamSequencer, batch: ValidatedBatch) -> asyncio.Future[AppendAck]:
-        await _submit(self, batch)
+    async def early_ack(
+        self: StreamSequencer, batch: ValidatedBatch, doubt: int | None = None
+    ) -> asyncio.Future[AppendAck]:
+        await _submit(self, batch, doubt)
         end = StreamPosition(self.pending.next_seq, self.pending.last_timestamp)
         start = StreamPosition(end.seq_num - batch.count, end.timestamp)
         ack: asyncio.Future[AppendAck] = asyncio.get_running_loop().create_future()
@@ -86,9 +88,9 @@ def plant_stale_tail() -> None:
 
 def plant_mismatch_appended() -> None:
     async def lying_submit(
-        self: StreamSequencer, batch: ValidatedBatch
+        self: StreamSequencer, batch: ValidatedBatch, doubt: int | None = None
     ) -> asyncio.Future[AppendAck]:
-        ack = await _submit(self, batch)
+        ack = await _submit(self, batch, doubt)
         if batch.match_seq_num is None:
             return ack
         lie: asyncio.Future[AppendAck] = asyncio.get_running_loop().create_future()

@@ -36,6 +36,7 @@ from s2s.records import fence_record, trim_record
 from s2s.v1 import records_pb2 as pb
 from tests.linearizability.history import (
     BEHIND_REFUSED,
+    CONFLICT,
     NEVER_SENT,
     STORAGE,
     Acked,
@@ -55,6 +56,8 @@ from tests.linearizability.history import (
 from tests.linearizability.recorder import Recorder
 
 BASIN = "linearizability"
+NO_EFFECT_CODES = (STORAGE, CONFLICT)
+"""The error codes with which the server promises an append had no effect."""
 OPERATION_TIMEOUT_S = 10.0
 PAUSE_MAX_S = 0.03
 """Each client pauses up to this long between operations, to keep histories checkable."""
@@ -142,8 +145,8 @@ async def _grpc_append(stream: Stream, records: list[pb.AppendRecord], call: App
     except FencingTokenMismatchError as error:
         return FencingTokenMismatch(error.current_token)
     except S2SError as error:
-        if error.code == STORAGE:
-            return NoEffect(STORAGE)
+        if error.code in NO_EFFECT_CODES:
+            return NoEffect(error.code)
         raise Unknown from error
     except Exception as error:
         raise Unknown from error
@@ -233,8 +236,8 @@ async def session_appender(work: Workload, client: int, stream_name: str, seed: 
 
 
 def _grpc_session_failure(error: BaseException) -> Outcome | None:
-    if isinstance(error, S2SError) and error.code == STORAGE:
-        return NoEffect(STORAGE)
+    if isinstance(error, S2SError) and error.code in NO_EFFECT_CODES:
+        return NoEffect(error.code)
     return None
 
 
@@ -312,8 +315,9 @@ async def http_appender(work: Workload, client: int, stream_name: str, seed: int
                 return Acked(ack["start"]["seq_num"], ack["end"]["seq_num"])
             if response.status_code == 412 and "seq_num_mismatch" in response.json():
                 return SeqNumMismatch(response.json()["seq_num_mismatch"])
-            if response.status_code == 500 and response.json().get("code") == STORAGE:
-                return NoEffect(STORAGE)
+            code = response.json().get("code")
+            if response.status_code in (409, 500) and code in NO_EFFECT_CODES:
+                return NoEffect(code)
             raise Unknown(f"{response.status_code}: {response.text}")
 
         while await paced(work, rng):

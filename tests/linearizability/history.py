@@ -74,7 +74,8 @@ class FencingTokenMismatch:
 class NoEffect:
     """An append that failed in a way that means it took no effect (ADR 0010), so the checker
     holds the server to that. The server promises it for `STORAGE`, a failed commit (neither
-    acknowledged nor ever visible), and `BEHIND_REFUSED`, a batch behind a refused one in its
+    acknowledged nor ever visible), `CONFLICT`, an append left out because another node
+    changed the stream first (ADR 0013), and `BEHIND_REFUSED`, a batch behind a refused one in its
     append session, which sequences nothing after a refusal; the client library for
     `NEVER_SENT`, a request that failed before it existed on the wire (no connection)."""
 
@@ -82,6 +83,7 @@ class NoEffect:
 
 
 STORAGE = "storage"
+CONFLICT = "transaction_conflict"
 BEHIND_REFUSED = "behind a refused batch"
 NEVER_SENT = "never sent"
 

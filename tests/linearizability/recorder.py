@@ -54,9 +54,11 @@ class Recorder:
 
         `settled_by_next_ack`: the server had submitted the call to its committer, if at all,
         before the client saw the failure (a batch behind a failed commit in an append session,
-        which the server sequences nothing after once it has sent the session's error). One
-        committer commits every stream's jobs in submission order, so such a call took effect,
-        if ever, before any append invoked after the failure was acknowledged.
+        which the server sequences nothing after once it has sent the session's error). A
+        stream's appends through one server are committed in submission order (where several
+        nodes share the store, an append numbered again after another node's waits for those
+        before it), so such a call took effect, if ever, before any append to its stream
+        invoked after the failure was acknowledged.
         """
         failed_ns = time.monotonic_ns()
         pending = _Pending(client, stream, call, invoked_ns, failed_ns, settled_by_next_ack)
@@ -84,6 +86,7 @@ class Recorder:
                 operation.completed_ns
                 for operation in self.operations
                 if isinstance(operation.call, Append)
+                and operation.stream == pending.stream
                 and isinstance(operation.outcome, Acked)
                 and operation.invoked_ns > pending.failed_ns
                 and operation.completed_ns is not None

@@ -39,6 +39,7 @@ from s2_sdk._exceptions import ConnectError
 
 from tests.linearizability.clients import (
     BASIN,
+    NO_EFFECT_CODES,
     OPERATION_TIMEOUT_S,
     SESSION_BATCHES_MAX,
     Unknown,
@@ -52,7 +53,6 @@ from tests.linearizability.clients import (
 )
 from tests.linearizability.history import (
     NEVER_SENT,
-    STORAGE,
     Append,
     BeyondTail,
     CheckTail,
@@ -82,8 +82,8 @@ def _failure(error: BaseException) -> Outcome | None:
         return SeqNumMismatch(error.expected_seq_num)
     if isinstance(error, FencingTokenMismatchError):
         return FencingTokenMismatch(error.expected_fencing_token)
-    if isinstance(error, S2ServerError) and error.code == STORAGE:
-        return NoEffect(STORAGE)
+    if isinstance(error, S2ServerError) and error.code in NO_EFFECT_CODES:
+        return NoEffect(error.code)
     return None
 
 

@@ -15,6 +15,7 @@ async def test_concurrent_issues_of_one_id_leave_the_answered_one_on_disk(tmp_pa
     store = await StreamStore.open(str(tmp_path))
     try:
         path = await store.access_tokens.bootstrap_root(str(tmp_path))
+        assert path is not None
         root = store.access_tokens.authenticate(f"Bearer {path.read_text().strip()}")
         request = IssueRequest(id="twice", scope=scope_from_json({"ops": ["list-basins"]}))
         results = await asyncio.gather(
