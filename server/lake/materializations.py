@@ -124,13 +124,13 @@ class Materializations:
         loaded = cls(store, writer, rules, server_id, shared)
         stored = await writer.run(registry.load_all, writer.cursor)
         for damaged in stored.damaged:
-            if damaged.name is None:  # said once, here; named ones are kept (`_add_stored`)
-                loaded._skip_damaged(None, damaged.reason)
+            loaded._skip_damaged(damaged.name, damaged.reason)
         await loaded._add_stored(stored)
         return loaded
 
     async def _add_stored(self, stored: registry.Loaded) -> None:
-        """Runners for the stored materializations this server does not know yet."""
+        """Runners for the stored materializations this server does not know yet (and the
+        damaged ones it has not reported yet)."""
         for damaged in stored.damaged:
             if damaged.name is not None and damaged.name not in self._damaged:
                 self._skip_damaged(damaged.name, damaged.reason)
@@ -163,6 +163,8 @@ class Materializations:
                 if not failing:
                     log.warning("cannot read the lake's declarations: %s", error)
                 failing = True
+            except Exception:  # not expected: keep the traceback, and keep checking
+                log.exception("the lake's leadership check failed")
             else:
                 failing = False
             await asyncio.sleep(LEAD_CHECK_S)

@@ -321,7 +321,7 @@ async def test_a_leader_that_missed_the_takeover_applies_nothing_twice(
         await asyncio.to_thread(_terminate_lake_leader, shared.storage)
         await _eventually(lambda: _state_is(b, "running"))
         assert a.lake.leading and await a.state() == "running", "two runners at once"
-        await appender.until(appender.sent + 300)
+        await appender.until(appender.sent + 150)
         sent = await appender.stop()
         await _all_applied(b, sent)
         await _all_applied(a, sent)
