@@ -202,10 +202,15 @@ class Materializations:
             await self._runners.pop(name).stop("deleted")
         for definition, _ in stored.materializations:
             runner = self._runners.get(definition.name)
-            if runner is not None and runner.definition.paused != definition.paused:
-                runner.definition = runner.definition.with_paused(definition.paused)
-                if definition.paused:
-                    await runner.stop("paused")
+            if runner is None or runner.definition == definition:
+                continue
+            if runner.definition.with_paused(definition.paused) != definition:
+                # Deleted and declared again through another server: a runner of its own.
+                await self._runners.pop(definition.name).stop("deleted")
+                continue
+            runner.definition = definition
+            if definition.paused:
+                await runner.stop("paused")
         await self._add_stored(stored)
         for runner in self._runners.values():
             if not runner.definition.paused:

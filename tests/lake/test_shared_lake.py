@@ -34,7 +34,7 @@ from server.lake.data_files import DataFiles, LakeConflict
 from server.lake.definition import INGEST_BASIN, MaterializationSpec, build_materialization
 from server.lake.ingest import IngestRequest, parse_ingest_request
 from server.lake.materializations import LAKE_ROLE
-from server.lake.registry import Checkpoint, checkpoint, insert
+from server.lake.registry import CONFLICT_ATTEMPTS_MAX, Checkpoint, checkpoint, insert
 from server.lake.runner import ON_ANOTHER_SERVER
 from server.lake.service import Lake
 from server.storage.choice import POSTGRES_PREFIX
@@ -469,3 +469,46 @@ def test_a_declaration_is_made_again_after_a_conflicting_commit(two_lakes: TwoLa
     assert done == [True]
     assert checkpoint(lake_cursor(two_lakes.second), "n") == Checkpoint(-1, 0, 0)
     assert _stored(two_lakes) == (Checkpoint(2, 3, 0), [(3, 3)])
+
+
+class ConflictingCommits:
+    """A cursor whose COMMITs DuckLake refuses as conflicting, as long as `conflicts` lasts."""
+
+    def __init__(self, cursor: duckdb.DuckDBPyConnection, conflicts: int) -> None:
+        self._cursor = cursor
+        self.conflicts = conflicts
+        self.commits = 0
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        if sql == "COMMIT":
+            self.commits += 1
+            if self.commits <= self.conflicts:
+                raise duckdb.TransactionException(
+                    "Failed to commit DuckLake transaction.\nTransaction conflict - injected"
+                )
+        return self._cursor.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cursor, name)
+
+
+@pytest.mark.parametrize("conflicts", [CONFLICT_ATTEMPTS_MAX - 1, CONFLICT_ATTEMPTS_MAX])
+def test_a_declaration_meeting_conflicts_is_tried_again_then_unavailable(
+    tmp_path: Path, conflicts: int
+) -> None:
+    settings = LakeSettings(root=tmp_path / "lake")
+    connection = open_lake(settings)
+    try:
+        cursor = ConflictingCommits(lake_cursor(connection), conflicts)
+        files = DataFiles(settings.data_dir)
+        if conflicts < CONFLICT_ATTEMPTS_MAX:
+            assert insert(cursor, files, DEFINITION)  # type: ignore[arg-type]
+            assert checkpoint(lake_cursor(connection), "m") == Checkpoint(-1, 0, 0)
+        else:
+            with pytest.raises(S2Error) as info:
+                insert(cursor, files, DEFINITION)  # type: ignore[arg-type]
+            assert info.value.code == "unavailable"
+            assert checkpoint(lake_cursor(connection), "m") is None
+        assert cursor.commits == min(conflicts + 1, CONFLICT_ATTEMPTS_MAX)
+    finally:
+        connection.close()
