@@ -273,7 +273,7 @@ async def test_another_node_takes_over_and_every_record_lands_once(
             await _declare(a)
             await _eventually(lambda: _state_is(a, "running"))
             appender = Appender(b.store)
-            await appender.until(100)
+            await appender.until(50)
             ended = time.monotonic()
             if leader_ends == "closed":
                 await a.close()
@@ -285,7 +285,7 @@ async def test_another_node_takes_over_and_every_record_lands_once(
             if leader_ends == "cut off":
                 await _eventually(lambda: _state_is(a, ON_ANOTHER_SERVER))
                 assert not a.lake.leading
-            await appender.until(appender.sent + 100)
+            await appender.until(appender.sent + 50)
             sent = await appender.stop()
             await _all_applied(b, sent)
             assert await _rows(b) == (sent, sent)
