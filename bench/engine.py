@@ -1,10 +1,13 @@
 """Engine benchmarks: durable append throughput and read throughput, in-process.
 
-    .venv/bin/python bench/engine.py [--reps 3] [--only a,b,read,reclaim] [--read-gib 1]
+    .venv/bin/python bench/engine.py [--reps 3] [--only a,b,c,read,reclaim] [--read-gib 1]
 
 (a) 1000 x 1 KiB batches on one stream, 16 batches in flight (pipelined `submit`);
 (b) single 1 KiB records from 64 concurrent writers over 1000 streams, each writer waiting
     for its ack before the next append (group commit is what makes this fast);
+(c) sequential conditional appends: one writer, single 1 KiB records each with
+    `match_seq_num` at the tail, each waiting for its ack (no group commit to share: the
+    engine's commit latency);
 (read) a 1 GiB stream read from seq 0 through `Reader.session`;
 (reclaim) a stream of 100,000 single-record batches is trimmed, and one run of the background
     jobs (the server's settings) deletes them while another stream takes single-record appends
@@ -133,6 +136,29 @@ async def scenario_b(
     }
 
 
+async def scenario_c(path: str, seconds: float = 5.0) -> dict[str, float]:
+    store = await open_store(path)
+    await store.create_stream(BASIN, "c")
+    body = os.urandom(RECORD_BYTES)
+    latencies: list[float] = []
+    deadline = time.perf_counter() + seconds
+    start = time.perf_counter()
+    while time.perf_counter() < deadline:
+        batch = validate_append_input(
+            pb.AppendInput(records=[pb.AppendRecord(body=body)], match_seq_num=len(latencies))
+        )
+        began = time.perf_counter()
+        await store.append(BASIN, "c", batch)
+        latencies.append(time.perf_counter() - began)
+    elapsed = time.perf_counter() - start
+    await store.close()
+    return {
+        "appends_s": len(latencies) / elapsed,
+        "ack_p50_ms": percentile(latencies, 50) * 1e3,
+        "ack_p99_ms": percentile(latencies, 99) * 1e3,
+    }
+
+
 async def scenario_read(path: str, gib: float = 1.0) -> dict[str, float]:
     store = await open_store(path)
     await store.create_stream(BASIN, "r", StreamConfig(retention="infinite"))
@@ -227,6 +253,7 @@ def main() -> None:
     scenarios: dict[str, tuple[str, Callable[[str], Coroutine[Any, Any, dict[str, float]]]]] = {
         "a": ("(a) 1000 x 1 KiB batches, one stream, 16 in flight", scenario_a),
         "b": ("(b) 1 KiB single-record appends, 64 writers, 1000 streams", scenario_b),
+        "c": ("(c) sequential conditional 1 KiB appends, one writer", scenario_c),
         "read": (
             f"(read) {args.read_gib:g} GiB stream from seq 0",
             functools.partial(scenario_read, gib=args.read_gib),

@@ -3,29 +3,32 @@ fails over (issue 17's first step; LMDB stays the embedded default).
 
 Each `Table` is a PostgreSQL table `s2s_<name> (key bytea PRIMARY KEY, value bytea)`; `bytea`
 compares bytewise, so scans come back in the same key order as LMDB's. A commit is one
-transaction: its puts as one `INSERT ... ON CONFLICT DO UPDATE` over arrays per table, its
-deletes as one `DELETE ... = ANY(...)` per table, so a group commit of many appends is a
-handful of statements and one WAL flush. The store refuses a server that would acknowledge
-before the flush (`fsync` off), and sets `synchronous_commit` on for its own sessions, so
-`commit` returns only once PostgreSQL made the transaction durable (and, with synchronous
-standbys configured, replicated).
+statement (`_statement`): its preconditions, its deletes and puts per table, its notifications
+and its token are parts of one `WITH`, sent in binary and run in autocommit, so a group commit
+of many appends is one round trip and one WAL flush (where other nodes write too, an advisory
+lock per expected key is taken just before it, in the same round trip). The store refuses a
+server that would acknowledge before the flush (`fsync` off), and sets `synchronous_commit` on
+for its own sessions, so `commit` returns only once PostgreSQL made the transaction durable
+(and, with synchronous standbys configured, replicated).
 
 A lost connection (the primary killed and a standby promoted, a restart, a network fault):
 
-- If it was lost before the commit's COMMIT was sent, nothing of the commit was written: it
-  raises `StorageUnavailable` (503), and the next commit reconnects. While the database cannot
-  be reached, each commit tries once to connect and fails at once with `StorageUnavailable`.
-- If it was lost during COMMIT, PostgreSQL may have committed it or not: failed, a commit
-  that did land would have its appends answered as failed although they are in their streams,
-  and perhaps not yet on the synchronous standby. So the commit is not reported until its
-  outcome is known: each transaction also writes a random token to the store's row of
-  `s2s_last_commit`, and the store reconnects (for up to `OUTCOME_WAIT_S`, with backoff; a
-  multi-host conninfo with `target_session_attrs=read-write` finds the promoted standby),
-  retakes the writer's lock if it holds one, and rewrites that row in a transaction of its
-  own. That transaction's synchronous commit makes everything before it as durable (and
-  replicated) as any commit; the token it finds says whether the lost commit landed.
-  Landed: `commit` returns and its appends are acknowledged. Not landed:
-  `StorageUnavailable`. Appends queued meanwhile wait behind it.
+- Found lost when a commit starts, the connection is replaced, with one attempt: while the
+  database cannot be reached, each commit fails at once with `StorageUnavailable` (503),
+  having written nothing.
+- Lost while a commit's statement was sent or answered, PostgreSQL may have committed it or
+  not: failed, a commit that did land would have its appends answered as failed although
+  they are in their streams, and perhaps not yet on the synchronous standby. So the commit is
+  not reported until its outcome is known: each statement also writes a random token to the
+  store's row of `s2s_last_commit`, and the store reconnects (for up to `OUTCOME_WAIT_S`,
+  with backoff; a multi-host conninfo with `target_session_attrs=read-write` finds the
+  promoted standby), retakes the writer's lock if it holds one, and rewrites that row in a
+  transaction of its own. That transaction's synchronous commit makes everything before it as
+  durable (and replicated) as any commit; the token it finds says whether the lost commit
+  landed. Landed: `commit` returns and its appends are acknowledged. Not landed:
+  `StorageUnavailable`. Appends queued meanwhile wait behind it. Where another server took
+  the writer's lock meanwhile (it deletes the rows of the stores before it), the store is
+  fenced at once.
 - If the database stays unreachable past `OUTCOME_WAIT_S`, the commit fails with
   `StorageUnavailable` (which promises nothing about its effect) and the token is kept for
   the log: if it had landed after all, the appends numbered after it cannot land on the stale
@@ -78,7 +81,7 @@ _NOTIFY_PAYLOAD_MAX = 7_900
 most 511 bytes (LMDB's limit, which the layouts keep to), 1,022 in hex, so one always fits."""
 _LISTEN_RETRY_S_MAX = 5.0
 OUTCOME_WAIT_S = 60.0
-"""How long a commit whose connection was lost during COMMIT keeps trying to reconnect to learn
+"""How long a commit whose connection was lost during its statement keeps trying to reconnect to learn
 its outcome: longer than a failover takes (Patroni's default leader TTL is 30 s); then the
 commit, and the appends queued behind it, fail. Once connected, the check is a commit like any
 other: it waits for a synchronous standby as long as PostgreSQL makes every commit wait."""
@@ -90,6 +93,23 @@ LAST_COMMIT = sql.Identifier("s2s_last_commit")
 """A row per store, keyed by its node name (`_node`): the token of the last transaction its
 `commit` ran (see the module docstring). A store holding the writer's lock deletes the rows of
 the stores before it; the rows of shared stores that stopped stay (a few dozen bytes each)."""
+EXPECTATION_FAILED = "S2E01"
+"""The SQLSTATE `s2s_expectation_failed()` raises: a commit's precondition did not hold."""
+EXPECTATION_FAILED_FUNCTION = sql.SQL(
+    "CREATE OR REPLACE FUNCTION s2s_expectation_failed() RETURNS void LANGUAGE plpgsql AS $$ "
+    "BEGIN RAISE EXCEPTION 'a key of the commit does not hold the value it expected' "
+    "USING ERRCODE = '" + EXPECTATION_FAILED + "'; END $$"
+)
+TAKEN_OVER = (
+    "another s2s server took over this PostgreSQL database while the connection was lost: "
+    "this server no longer writes to it; restart it"
+)
+_VALUES_ROWS_MAX = 1000
+"""Rows of one table a commit sends as parameters of their own; more go as two arrays."""
+_ROW = sql.SQL("(%b, %b)")
+SCHEMA_LOCK = 0x5325_0002
+"""Taken while a store creates its tables and function: nodes starting at once take turns
+(concurrent `CREATE ... IF NOT EXISTS` of one name can fail)."""
 KEY_LOCK_CLASS = 0x5325
 """The first half of the two-part advisory locks `_check` takes per expected key (a key
 space apart from one-part locks such as `WRITER_LOCK`)."""
@@ -120,7 +140,7 @@ class PostgresStore:
         """Names this store: its notifications, so its own are not taken for another node's,
         and its row of `s2s_last_commit`."""
         try:
-            self._writer = self._connect(autocommit=False)
+            self._writer = self._connect(autocommit=True)
         except psycopg.OperationalError as error:
             reason = str(error).strip().splitlines()[0] if str(error).strip() else "no answer"
             raise StartupError(
@@ -179,6 +199,8 @@ class PostgresStore:
 
     def _create_tables(self) -> None:
         with self._writer.transaction():
+            self._writer.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+            self._writer.execute(EXPECTATION_FAILED_FUNCTION)
             self._writer.execute(
                 sql.SQL(
                     "CREATE TABLE IF NOT EXISTS {} (store text PRIMARY KEY, token bytea NOT NULL)"
@@ -234,46 +256,32 @@ class PostgresStore:
                 deletes.setdefault(table, []).append(key)
         connection = self._writer
         token = secrets.token_bytes(16)
-        committing = False
+        statement, params = self._statement(expected, deletes, puts, announced, token)
         try:
-            with connection.transaction():
-                if expected:
-                    self._check(connection, expected)
-                for table, keys in deletes.items():
+            if self._exclusive or not expected:
+                # Autocommit: one statement is one transaction and one round trip.
+                connection.execute(statement, params)
+            else:
+                # The keys' locks before the statement that reads them, whose snapshot is
+                # taken as it starts: sent together, answered together.
+                locks = sorted({_key_lock(table, key) for table, key in expected})
+                with connection.pipeline(), connection.transaction():
                     connection.execute(
-                        sql.SQL("DELETE FROM {} WHERE key = ANY(%s)").format(self._names[table]),
-                        (keys,),
+                        "SELECT pg_advisory_xact_lock(%s, lock) FROM unnest(%s::int[]) AS lock",
+                        (KEY_LOCK_CLASS, locks),
                     )
-                if announced:
-                    self._announce(connection, announced)
-                for table, (keys, values) in puts.items():
-                    connection.execute(
-                        sql.SQL(
-                            "INSERT INTO {} (key, value) SELECT * FROM unnest(%s::bytea[], "
-                            "%s::bytea[]) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value"
-                        ).format(self._names[table]),
-                        (keys, values),
-                    )
-                connection.execute(
-                    sql.SQL("UPDATE {} SET token = %s WHERE store = %s").format(LAST_COMMIT),
-                    (token, self._node),
-                )
-                # Only COMMIT is left: a connection lost from here leaves the outcome unknown.
-                committing = True
+                    connection.execute(statement, params)
         except psycopg.errors.DiskFull as error:
             raise StorageFull(
                 "the PostgreSQL server's disk is full: its operator must free space; appends "
                 "succeed again as soon as there is room, without a restart"
             ) from error
-        except psycopg.OperationalError as error:
+        except psycopg.Error as error:
             if not (connection.closed or connection.broken):
+                if error.sqlstate == EXPECTATION_FAILED:
+                    raise Conflict(self._held(expected)) from None
                 raise  # the transaction failed and was rolled back: nothing was written
-            if not committing:
-                log.error("the connection to PostgreSQL was lost before a commit")
-                raise StorageUnavailable(
-                    f"the connection to PostgreSQL was lost ({_first_line(error)}); nothing "
-                    "of this commit was written"
-                ) from None
+            # Sent whole, the commit may or may not have reached COMMIT.
             self._unresolved = token
             log.error("the connection to PostgreSQL was lost during a commit; reconnecting")
             try:
@@ -288,39 +296,106 @@ class PostgresStore:
                     "commit that did not take effect"
                 ) from None
 
-    def _check(
-        self, connection: Connection, expected: dict[tuple[Table, bytes], bytes | None]
-    ) -> None:
-        """Raise `Conflict` unless every expected key holds its value, with those keys locked
-        until the transaction ends.
+    def _statement(
+        self,
+        expected: dict[tuple[Table, bytes], bytes | None],
+        deletes: dict[Table, list[bytes]],
+        puts: dict[Table, tuple[list[bytes], list[bytes]]],
+        announced: dict[Table, list[bytes]],
+        token: bytes,
+    ) -> tuple[sql.Composed, list[object]]:
+        """The commit as one statement: a part per table and kind of write in a `WITH`.
 
-        Row locks cannot hold a key that is absent, so each key is locked by a transaction
-        advisory lock on its hash instead, taken in one order by every node; under READ
-        COMMITTED the reads that follow the locks see every commit made before them.
+        The parts run on one snapshot and, if any fails, none has effect. The preconditions
+        are a part that raises `EXPECTATION_FAILED` unless every expected key holds its value
+        (row locks cannot hold a key that is absent: where other stores write too, `commit`
+        takes an advisory lock per key before this statement starts). Rows go as parameters
+        of their own, not as an array: PostgreSQL parses a big array whole, at about half the
+        throughput (bench/RESULTS.md); only many rows for one table go as arrays, under the
+        protocol's 65,535 parameters a statement.
         """
-        locks = sorted({_key_lock(table, key) for table, key in expected})
-        connection.execute(
-            "SELECT pg_advisory_xact_lock(%s, lock) FROM unnest(%s::int[]) AS lock",
-            (KEY_LOCK_CLASS, locks),
+        parts: list[sql.Composable] = []
+        counted: list[sql.Composable] = []
+        params: list[object] = []
+        by_table: dict[Table, tuple[list[bytes], list[bytes | None]]] = {}
+        for (table, key), value in expected.items():
+            expected_keys, expected_values = by_table.setdefault(table, ([], []))
+            expected_keys.append(key)
+            expected_values.append(value)
+        for table, (expected_keys, expected_values) in by_table.items():
+            name = sql.Identifier(f"expect_{table.value.decode()}")
+            parts.append(
+                sql.SQL(
+                    "{} AS (SELECT s2s_expectation_failed() FROM unnest(%b::bytea[], "
+                    "%b::bytea[]) AS e (key, value) LEFT JOIN {} AS t ON t.key = e.key "
+                    "WHERE t.value IS DISTINCT FROM e.value LIMIT 1)"
+                ).format(name, self._names[table])
+            )
+            counted.append(name)
+            params += (expected_keys, expected_values)
+        for table, keys in deletes.items():
+            parts.append(
+                sql.SQL("{} AS (DELETE FROM {} WHERE key = ANY(%b))").format(
+                    sql.Identifier(f"delete_{table.value.decode()}"), self._names[table]
+                )
+            )
+            params.append(keys)
+        for table, (keys, values) in puts.items():
+            rows: sql.Composable
+            if len(keys) > _VALUES_ROWS_MAX:
+                rows = sql.SQL("SELECT * FROM unnest(%b::bytea[], %b::bytea[])")
+                params += (keys, values)
+            else:
+                rows = sql.SQL("VALUES ") + sql.SQL(", ").join([_ROW] * len(keys))
+                for key, value in zip(keys, values, strict=True):
+                    params += (key, value)
+            parts.append(
+                sql.SQL(
+                    "{} AS (INSERT INTO {} (key, value) {} "
+                    "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value)"
+                ).format(sql.Identifier(f"put_{table.value.decode()}"), self._names[table], rows)
+            )
+        if announced:
+            parts.append(
+                sql.SQL(
+                    "announce AS (SELECT pg_notify(%s, payload) FROM unnest(%s::text[]) AS payload)"
+                )
+            )
+            counted.append(sql.Identifier("announce"))
+            params += (CHANGES_CHANNEL, self._payloads(announced))
+        parts.append(
+            sql.SQL("token AS (UPDATE {} SET token = %b WHERE store = %s)").format(LAST_COMMIT)
         )
-        actual: dict[tuple[Table, bytes], bytes | None] = dict.fromkeys(expected)
+        params += (token, self._node)
+        # A part that only reads runs only if the statement reads it.
+        reads: list[sql.Composable] = [
+            sql.SQL("(SELECT count(*) FROM {})").format(name) for name in counted
+        ]
+        total = sql.SQL(" + ").join(reads or [sql.SQL("0")])
+        statement = sql.SQL("WITH {} SELECT {}").format(sql.SQL(", ").join(parts), total)
+        return statement, params
+
+    def _held(
+        self, expected: dict[tuple[Table, bytes], bytes | None]
+    ) -> dict[tuple[Table, bytes], bytes | None]:
+        """What the expected keys hold now, read after a commit whose expectations failed."""
+        held: dict[tuple[Table, bytes], bytes | None] = dict.fromkeys(expected)
         by_table: dict[Table, list[bytes]] = {}
         for table, key in expected:
             by_table.setdefault(table, []).append(key)
         for table, keys in by_table.items():
-            rows = connection.execute(
-                sql.SQL("SELECT key, value FROM {} WHERE key = ANY(%s)").format(self._names[table]),
+            rows = self._read(
+                sql.SQL("SELECT key, value FROM {} WHERE key = ANY(%b)").format(self._names[table]),
                 (keys,),
-            ).fetchall()
+            )
             for key, value in rows:
-                actual[(table, bytes(key))] = bytes(value)
-        if actual != expected:
-            raise Conflict(actual)
+                held[(table, bytes(key))] = bytes(value)
+        return held
 
-    def _announce(self, connection: Connection, announced: dict[Table, list[bytes]]) -> None:
-        """Tell the nodes watching (`watch_changes`) which keys this commit writes: PostgreSQL
-        delivers a notification only if, and once, its transaction commits. Each payload is
-        `node table key...`, the keys in hex."""
+    def _payloads(self, announced: dict[Table, list[bytes]]) -> list[str]:
+        """The notifications that tell the nodes watching (`watch_changes`) which keys this
+        commit writes: PostgreSQL delivers them only if, and once, the transaction commits.
+        Each is `node table key...`, the keys in hex."""
         payloads: list[str] = []
         for table, keys in announced.items():
             head = f"{self._node} {table.value.decode()}"
@@ -332,10 +407,7 @@ class PostgresStore:
                     payload = head
                 payload += " " + word
             payloads.append(payload)
-        connection.execute(
-            "SELECT pg_notify(%s, payload) FROM unnest(%s::text[]) AS payload",
-            (CHANGES_CHANNEL, payloads),
-        )
+        return payloads
 
     def watch_changes(self, on_change: Callable[[Changed | None], None]) -> None:
         """Listen for the keys other stores on the database commit, on a thread of its own
@@ -456,23 +528,26 @@ class PostgresStore:
                     return landed
             if time.monotonic() + backoff_s > deadline:
                 if failure is None:
-                    self._fence(
-                        "another s2s server took over this PostgreSQL database while the "
-                        "connection was lost: this server no longer writes to it; restart it"
-                    )
+                    self._fence(TAKEN_OVER)
                 raise StorageUnavailable(f"PostgreSQL is unavailable: {failure}")
             time.sleep(backoff_s)
             backoff_s = min(2 * backoff_s, RECONNECT_BACKOFF_S_MAX)
 
     def _try_reconnect_writer(self) -> bool | None:
         """One attempt of `_reconnect_writer`: None if the lock is held by another session."""
-        connection = self._connect(autocommit=False)
+        connection = self._connect(autocommit=True)
         try:
             if not _fsync_on(connection):
                 raise psycopg.OperationalError(FSYNC_OFF)
             if self._exclusive and not self._lock_writer(connection):
+                ours = connection.execute(
+                    sql.SQL("SELECT 1 FROM {} WHERE store = %s").format(LAST_COMMIT),
+                    (self._node,),
+                ).fetchone()
                 connection.close()
-                return None
+                if ours is None:  # a server that took the lock deletes the rows before it
+                    self._fence(TAKEN_OVER)
+                return None  # our own old session, not gone yet: wait for it
             # Rewritten, not only read: this transaction's synchronous commit waits until
             # everything before it, the lost commit included, is as durable as a commit is.
             row = connection.execute(
@@ -528,7 +603,7 @@ class PostgresStore:
         `StorageUnavailable`."""
         for attempt in range(2):
             try:
-                return self._reader().execute(query, params).fetchall()
+                return self._reader().execute(query, params, binary=True).fetchall()
             except psycopg.OperationalError as error:
                 if self._closed:
                     raise
