@@ -297,4 +297,5 @@ def test_a_store_one_process_writes_leads_every_role(opener: Opener) -> None:
     """Only a store shared by several processes (`PostgresStore(exclusive=False)`) may not
     lead: tests/test_shared_store.py."""
     store = opener()
+    assert not store.shared
     assert store.leads("background-jobs") and store.leads("another role")

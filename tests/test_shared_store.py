@@ -354,6 +354,7 @@ def test_one_shared_store_at_a_time_leads_a_role(shared_db: str) -> None:
     conninfo = shared_db[len(POSTGRES_PREFIX) :]
     first, second = (PostgresStore(conninfo, exclusive=False) for _ in range(2))
     try:
+        assert first.shared and second.shared
         assert first.leads("jobs") and first.leads("jobs"), "the first to ask leads, and keeps it"
         assert not second.leads("jobs")
         assert second.leads("other"), "each role has a leader of its own"

@@ -13,7 +13,9 @@ projection, type casts and the write are set-based SQL. The steps:
    does not fit rejects its record, naming the column.
 4. commit, in ONE transaction: create or evolve the table, insert (append) or upsert (merge,
    latest record per key wins), write rejected records to `s2s.dead_letters`, and advance the
-   checkpoint to the batch's last sequence number. Either all of it is in the lake or none.
+   checkpoint to the batch's last sequence number, if it still is the one the batch was read
+   after (else `LakeConflict`: another runner applied it). Either all of it is in the lake or
+   none.
 
 Steps 1-3 use temp tables outside the transaction: a failing statement inside a DuckDB
 transaction aborts it, and step 2's fallback needs to survive failures. They write nothing to
@@ -33,7 +35,7 @@ import pyarrow as pa
 
 from server.lake import coercion
 from server.lake.connection import CATALOG_ALIAS, DEAD_LETTER_COLUMNS, META_SCHEMA, fetch_one
-from server.lake.data_files import DataFiles, transaction
+from server.lake.data_files import DataFiles, LakeConflict, transaction
 from server.lake.definition import Materialization
 from server.lake.sqltext import first_line, quote_identifier, quote_literal
 
@@ -63,6 +65,9 @@ class RecordBatch:
     table: pa.Table
     last_seq_num: int
     """The last sequence number this batch covers (command records included)."""
+    after_seq_num: int
+    """The checkpoint this batch continues from: its commit applies only if the stored
+    checkpoint still says so (step 4)."""
 
     @classmethod
     def of(
@@ -72,8 +77,10 @@ class RecordBatch:
         bodies: list[bytes],
         headers: list[list[tuple[str, str]]] | None,
         last_seq_num: int,
+        after_seq_num: int,
     ) -> RecordBatch:
-        return cls(_arrow_input(seq_nums, timestamps, bodies, headers), last_seq_num)
+        table = _arrow_input(seq_nums, timestamps, bodies, headers)
+        return cls(table, last_seq_num, after_seq_num)
 
     @property
     def has_headers(self) -> bool:
@@ -576,7 +583,7 @@ class Applier:
                 self._evolve(columns, prepared.new_columns)
                 self._write(all_columns)
             self._dead_letters()
-            self._checkpoint(batch.last_seq_num, rows, len(rejections))
+            self._checkpoint(batch, rows, len(rejections))
         snapshot = fetch_one(cursor, f"SELECT id FROM {CATALOG_ALIAS}.current_snapshot()")
         return ApplyResult(
             batch.last_seq_num, rows, rejections, int(snapshot[0]) if snapshot else None
@@ -643,15 +650,29 @@ class Applier:
             },
         )
 
-    def _checkpoint(self, last_seq_num: int, rows: int, rejected: int) -> None:
-        self._cursor.execute(
+    def _checkpoint(self, batch: RecordBatch, rows: int, rejected: int) -> None:
+        """Advance the checkpoint from the one the batch continues, or abort the transaction.
+
+        Two runners of one materialization can commit at once (servers sharing the catalog,
+        one of them a leader that has not yet noticed it lost the lead, ADR 0013). DuckLake
+        refuses the second of two concurrent commits that both change this table, but not a
+        transaction that began after the first committed: this condition does. A batch is
+        applied only on top of the very checkpoint its runner read it after."""
+        updated = fetch_one(
+            self._cursor,
             f"UPDATE {META_SCHEMA}.checkpoints SET last_seq_num = $last, "
             "rows_applied = rows_applied + $rows, rows_rejected = rows_rejected + $rejected, "
-            "updated_at = now() WHERE name = $name",
+            "updated_at = now() WHERE name = $name AND last_seq_num = $after",
             {
-                "last": last_seq_num,
+                "last": batch.last_seq_num,
+                "after": batch.after_seq_num,
                 "rows": rows,
                 "rejected": rejected,
                 "name": self._definition.name,
             },
         )
+        if not updated or updated[0] != 1:
+            raise LakeConflict(
+                f"the checkpoint of materialization {self._definition.name!r} is no longer "
+                f"{batch.after_seq_num}: another runner committed (or it was deleted)"
+            )

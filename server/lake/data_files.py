@@ -15,6 +15,7 @@ DuckLake commit; maintenance keeps table directories far smaller.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -117,16 +118,35 @@ class DataFiles:
         return synced
 
 
+class LakeConflict(Exception):
+    """Another lake transaction committed first a change this one conflicts with (DuckLake
+    detects it at COMMIT: both changed the same table), or the caller found that the state it
+    started from had moved (`apply.py`'s checkpoint). Nothing of this transaction committed.
+    With a catalog shared by several servers, their transactions can meet this way."""
+
+
 @contextmanager
 def transaction(cursor: duckdb.DuckDBPyConnection, files: DataFiles) -> Iterator[None]:
     """BEGIN; the caller's statements; the new data files synced; COMMIT (ROLLBACK on any
-    error, the caller's included)."""
+    error, the caller's included). A COMMIT refused for a conflict is `LakeConflict`."""
     cursor.execute("BEGIN")
     try:
         yield
         files.sync_new()
         cursor.execute("COMMIT")
         files.transactions_committed += 1
-    except BaseException:
-        cursor.execute("ROLLBACK")
+    except BaseException as error:
+        # A COMMIT that DuckDB refused has ended the transaction already; ROLLBACK then says
+        # there is none, which must not hide why the COMMIT failed.
+        with contextlib.suppress(duckdb.TransactionException):
+            cursor.execute("ROLLBACK")
+        if isinstance(error, duckdb.TransactionException) and _is_conflict(error):
+            raise LakeConflict(str(error).strip().splitlines()[-1]) from error
         raise
+
+
+def _is_conflict(error: duckdb.TransactionException) -> bool:
+    """DuckLake's refusal of a commit that conflicts with one made since the transaction
+    began ("Transaction conflict - attempting to insert into table ... but another
+    transaction has deleted ..."): it has no class of its own, only its message."""
+    return "conflict" in str(error).lower()

@@ -75,8 +75,9 @@ class Materialization:
     create_table: bool = False
     paused: bool = False
     owner: str = ""
-    """The id of the server that runs it: with a shared catalog, each server runs only its own
-    materializations, because the source streams live on the server that owns them."""
+    """The id of the server that declared it: with a shared catalog, a server whose stream
+    store is its own runs only its own materializations, because their source streams live
+    there. Servers that share the stream store too ignore it (materializations.py)."""
 
     @property
     def target(self) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import duckdb
@@ -65,12 +66,15 @@ def maintain(
     )
 
 
-async def maintain_forever(writer: LakeWriter) -> None:
+async def maintain_forever(writer: LakeWriter, leading: Callable[[], bool]) -> None:
     """A pass every `maintenance_interval_s`, on the writer thread (between batch commits),
-    until cancelled."""
+    until cancelled; skipped while `leading()` is False (another server sharing the catalog
+    commits the materializations: its passes are the ones that do not conflict with them)."""
     settings = writer.settings
     while True:
         await asyncio.sleep(settings.maintenance_interval_s)
+        if not leading():
+            continue
         try:
             # The cursor is taken on the writer thread: the instance may be reopened before
             # this pass's turn comes (reopen.py), closing the cursor the loop sees now.

@@ -5,6 +5,22 @@ Declarations live in the lake (registry.py) and are loaded when the server start
 one that cannot run is kept out of the runners and named in errors about it until it is
 deleted. Lifecycle changes take one lock, so a name is never declared twice at once and a
 runner is never started and stopped concurrently.
+
+Where each materialization runs (ADR 0013):
+
+- A server whose stream store is its own (LMDB, or alone on PostgreSQL), or whose lake is
+  its own (the embedded catalog), runs the materializations it declared (`owner`), as their
+  source streams live in its store; in a catalog shared with other such servers it leaves
+  theirs alone.
+- Servers sharing both the stream store and the lake's catalog (`shared`) all see every
+  stream and every declaration, and `owner` no longer matters: one of them at a time, the one
+  that leads `LAKE_ROLE` (`KeyValueStore.leads`), runs all of them. Every server checks every
+  `LEAD_CHECK_S` (`lead_forever`): whether it leads, and the declarations in the catalog, so
+  declarations, pauses, resumes and deletions made through any server reach the one that
+  runs them, and a server takes over when the leader's database session ends. The others'
+  runners stand aside, following the checkpoint in the catalog (runner.py). A runner that has
+  not yet noticed it lost the lead cannot apply a batch twice: its commit needs the checkpoint
+  it read the batch after (apply.py).
 """
 
 from __future__ import annotations
@@ -15,6 +31,8 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+
+import duckdb
 
 from s2s.config import StreamConfig
 from s2s.errors import S2Error, invalid
@@ -39,6 +57,16 @@ from server.streamstore import StreamStore
 
 log = logging.getLogger("s2s.lake")
 
+LAKE_ROLE = "lake"
+"""The leadership role (`KeyValueStore.leads`) of the server that runs the materializations
+of servers sharing a stream store and a lake catalog. One role for all of them, not one per
+materialization: DuckLake tells conflicts apart by table, not by row, so two servers
+committing different materializations would refuse each other's commits whenever they
+overlap, each of them advancing its checkpoint row in the one `s2s.checkpoints` table."""
+LEAD_CHECK_S = 1.0
+"""How often every server of a shared lake checks whether it leads, and reads the
+declarations: the takeover time, give or take a runner's start."""
+
 
 @dataclass(frozen=True)
 class MaterializationStatus:
@@ -59,12 +87,23 @@ class MaterializationStatus:
 
 class Materializations:
     def __init__(
-        self, store: StreamStore, writer: LakeWriter, rules: FunctionRules, server_id: str
+        self,
+        store: StreamStore,
+        writer: LakeWriter,
+        rules: FunctionRules,
+        server_id: str,
+        shared: bool = False,
     ) -> None:
+        """`shared`: the stream store and the lake's catalog are shared with other servers
+        (see the module's docstring)."""
         self._store = store
         self._writer = writer
         self._rules = rules
         self._server_id = server_id
+        self._shared = shared
+        self._leading = not shared
+        """Whether this server runs the materializations: always, unless `shared`; then
+        while it leads `LAKE_ROLE`, as last checked."""
         self._runners: dict[str, MaterializationRunner] = {}
         self._damaged: dict[str, str] = {}
         """Stored materializations that cannot run (registry.Damaged), by name: why."""
@@ -72,23 +111,118 @@ class Materializations:
 
     @classmethod
     async def load(
-        cls, store: StreamStore, writer: LakeWriter, rules: FunctionRules, server_id: str
+        cls,
+        store: StreamStore,
+        writer: LakeWriter,
+        rules: FunctionRules,
+        server_id: str,
+        shared: bool = False,
     ) -> Materializations:
-        """This server's stored materializations, each started unless it is paused."""
-        loaded = cls(store, writer, rules, server_id)
+        """This server's stored materializations, each started unless it is paused. When
+        `shared`, every stored one, none started: `lead_forever` starts them if this server
+        leads."""
+        loaded = cls(store, writer, rules, server_id, shared)
         stored = await writer.run(registry.load_all, writer.cursor)
         for damaged in stored.damaged:
             loaded._skip_damaged(damaged.name, damaged.reason)
+        await loaded._add_stored(stored)
+        return loaded
+
+    async def _add_stored(self, stored: registry.Loaded) -> None:
+        """Runners for the stored materializations this server does not know yet (and the
+        damaged ones it has not reported yet)."""
+        for damaged in stored.damaged:
+            if damaged.name is not None and damaged.name not in self._damaged:
+                self._skip_damaged(damaged.name, damaged.reason)
         for definition, checkpoint in stored.materializations:
-            if definition.owner != server_id:
+            if definition.name in self._runners or definition.name in self._damaged:
+                continue
+            if not self._shared and definition.owner != self._server_id:
                 continue  # another server's, in a shared catalog
             # Stored before its SQL was checked as it is now: it must not run unchecked.
-            refusal = await writer.run(projection_refusal, writer.cursor, rules, definition)
+            refusal = await self._writer.run(
+                projection_refusal, self._writer.cursor, self._rules, definition
+            )
             if refusal is not None:
-                loaded._skip_damaged(definition.name, f"its SQL is refused: {refusal}")
+                self._skip_damaged(definition.name, f"its SQL is refused: {refusal}")
                 continue
-            loaded._add_runner(definition, checkpoint)
-        return loaded
+            self._add_runner(definition, checkpoint)
+
+    @property
+    def leading(self) -> bool:
+        """Whether this server runs the materializations (always, unless `shared`)."""
+        return self._leading
+
+    async def lead_forever(self) -> None:
+        """With `shared`: `check_lead` every `LEAD_CHECK_S`, until cancelled."""
+        failing = False
+        while True:
+            try:
+                await self.check_lead()
+            except (duckdb.Error, OSError) as error:  # the catalog out of reach: next time
+                if not failing:
+                    log.warning("cannot read the lake's declarations: %s", error)
+                failing = True
+            except Exception:  # not expected: keep the traceback, and keep checking
+                log.exception("the lake's leadership check failed")
+            else:
+                failing = False
+            await asyncio.sleep(LEAD_CHECK_S)
+
+    async def check_lead(self) -> None:
+        """Whether this server leads `LAKE_ROLE` now; the declarations as the catalog has
+        them now; then each materialization runs here if it leads and it is not paused, and
+        stands aside otherwise."""
+        leading = await asyncio.to_thread(self._store.kv.leads, LAKE_ROLE)
+        if leading != self._leading:
+            if leading:
+                log.info("the lake's materializations run on this server now")
+            else:
+                log.warning(
+                    "the lake's materializations no longer run on this server: another server "
+                    "leads them, or the connection that held the lead was lost"
+                )
+        async with self._lock:
+            self._leading = leading
+            if not leading:  # first, whatever the catalog says, or if it cannot be read
+                for runner in self._runners.values():
+                    if runner.runs_here:
+                        await runner.step_aside()
+            await self._follow_catalog()
+
+    async def _follow_catalog(self) -> None:
+        """Take up the catalog's declarations: new ones, deleted ones, paused or resumed
+        ones (through other servers). Called holding the lock."""
+        stored = await self._writer.run(registry.load_all, self._writer.cursor)
+        names = {definition.name for definition, _ in stored.materializations}
+        names |= {damaged.name for damaged in stored.damaged if damaged.name is not None}
+        for name in [name for name in self._damaged if name not in names]:
+            del self._damaged[name]
+        for name in [name for name in self._runners if name not in names]:
+            await self._runners.pop(name).stop("deleted")
+        for definition, _ in stored.materializations:
+            runner = self._runners.get(definition.name)
+            if runner is None or runner.definition == definition:
+                continue
+            if runner.definition.with_paused(definition.paused) != definition:
+                # Deleted and declared again through another server: a runner of its own.
+                await self._runners.pop(definition.name).stop("deleted")
+                continue
+            runner.definition = definition
+            if definition.paused:
+                await runner.stop("paused")
+        await self._add_stored(stored)
+        for runner in self._runners.values():
+            if not runner.definition.paused:
+                await self._place(runner)
+
+    async def _place(self, runner: MaterializationRunner) -> None:
+        """Run an unpaused materialization here if this server runs them, else leave it to the
+        one that does."""
+        if self._leading:
+            runner.start()
+        else:
+            await runner.step_aside()
 
     def _skip_damaged(self, name: str | None, reason: str) -> None:
         """A stored materialization that cannot run: said once in the log, kept out of the
@@ -103,10 +237,15 @@ class Materializations:
 
     def _add_runner(self, definition: Materialization, checkpoint: registry.Checkpoint) -> None:
         runner = MaterializationRunner(
-            definition, checkpoint, self._store, self._writer, self._trim_floor(definition)
+            definition,
+            checkpoint,
+            self._store,
+            self._writer,
+            self._trim_floor(definition),
+            elsewhere=not self._leading,
         )
         self._runners[definition.name] = runner
-        if not definition.paused:
+        if not definition.paused and self._leading:
             runner.start()
 
     def release_waiters(self) -> None:
@@ -167,6 +306,8 @@ class Materializations:
                 registry.insert, self._writer.cursor, self._writer.files, definition
             )
             if not created:  # another server sharing the catalog has one of this name
+                if self._shared:  # known here from now on, as ingest expects (`_declare`)
+                    await self._follow_catalog()
                 raise _already_exists(definition.name)
             self._add_runner(definition, registry.Checkpoint(-1, 0, 0))
         return await self.status(definition.name)
@@ -218,7 +359,7 @@ class Materializations:
             await self._writer.run(
                 registry.update, self._writer.cursor, self._writer.files, runner.definition
             )
-            runner.start()
+            await self._place(runner)
         return await self.status(name)
 
     async def delete(self, name: str) -> None:
@@ -290,6 +431,9 @@ class Materializations:
 
     async def status(self, name: str) -> MaterializationStatus:
         runner = self.runner(name)
+        if not self._leading:  # another server applies it: its progress is in the catalog
+            async with self._lock:  # not while the lake reopens (`suspended`)
+                await runner.refresh()
         definition = runner.definition
         progress = runner.status()
         tail_seq: int | None = None

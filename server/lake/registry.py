@@ -1,7 +1,9 @@
 """Persists materialization definitions and checkpoints in the lake's `s2s` schema.
 
 Every function takes the writer thread's cursor: the lake has one writer, so these never race
-with a batch commit (see connection.py for the tables and the exactly-once invariant).
+with a batch commit of this server (see connection.py for the tables and the exactly-once
+invariant). With a catalog shared by several servers, another server's commit can conflict
+with a change of a definition; the change is then made again (`CONFLICT_ATTEMPTS_MAX`).
 
 Reading them back never trusts them: a row the server did not write as it writes them (a
 definition that is not valid JSON, or not what a declaration would produce, a missing name, a
@@ -12,19 +14,28 @@ name stored twice, a checkpoint stored twice or without its sequence number) is 
 from __future__ import annotations
 
 import collections
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import duckdb
 
+from s2s.errors import S2Error
 from server.lake.connection import (
+    CATALOG_ALIAS,
     CHECKPOINT_COLUMNS,
     MATERIALIZATION_COLUMNS,
     META_SCHEMA,
     fetch_one,
 )
-from server.lake.data_files import DataFiles, transaction
+from server.lake.data_files import DataFiles, LakeConflict, transaction
 from server.lake.definition import Materialization
+
+T = TypeVar("T")
+
+CONFLICT_ATTEMPTS_MAX = 5
+"""How often a change of a definition is tried while other servers' commits conflict with
+it. Each attempt takes milliseconds and a materialization commits every `linger_s` or so."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +103,38 @@ def load_all(cursor: duckdb.DuckDBPyConnection) -> Loaded:
     return loaded
 
 
+@dataclass(frozen=True)
+class Progress:
+    """What a materialization's commits did after a checkpoint, as another server sees them."""
+
+    checkpoint: Checkpoint
+    rejections: tuple[tuple[int, str], ...]
+    """`(seq_num, reason)` of the dead letters after the checkpoint asked about, up to this
+    one, in sequence order."""
+    snapshot_id: int | None
+    """A snapshot holding this checkpoint's rows (the current one when read); None if the
+    checkpoint did not move."""
+
+
+def progress(cursor: duckdb.DuckDBPyConnection, name: str, after: int) -> Progress | None:
+    """The stored checkpoint, and what the commits past `after` rejected; None if the
+    materialization is not stored."""
+    stored = checkpoint(cursor, name)
+    if stored is None or stored.last_seq_num <= after:
+        return None if stored is None else Progress(stored, (), None)
+    rejected = cursor.execute(
+        f"SELECT seq_num, reason FROM {META_SCHEMA}.dead_letters WHERE materialization = $name "
+        "AND seq_num > $after AND seq_num <= $last ORDER BY seq_num",
+        {"name": name, "after": after, "last": stored.last_seq_num},
+    ).fetchall()
+    snapshot = fetch_one(cursor, f"SELECT id FROM {CATALOG_ALIAS}.current_snapshot()")
+    return Progress(
+        stored,
+        tuple((int(seq_num), str(reason)) for seq_num, reason in rejected),
+        int(snapshot[0]) if snapshot else None,
+    )
+
+
 def checkpoint(cursor: duckdb.DuckDBPyConnection, name: str) -> Checkpoint | None:
     row = fetch_one(
         cursor,
@@ -102,10 +145,33 @@ def checkpoint(cursor: duckdb.DuckDBPyConnection, name: str) -> Checkpoint | Non
     return None if row is None else Checkpoint(int(row[0]), int(row[1]), int(row[2]))
 
 
+def _retrying(change: Callable[[], T]) -> T:
+    """`change` (one transaction), made again while another server's commit conflicts with
+    it; after `CONFLICT_ATTEMPTS_MAX` conflicts, `unavailable` (the client may retry)."""
+    for _ in range(CONFLICT_ATTEMPTS_MAX - 1):
+        try:
+            return change()
+        except LakeConflict:
+            pass
+    try:
+        return change()
+    except LakeConflict as error:
+        raise S2Error(
+            "unavailable",
+            f"the lake's catalog is busy with other servers' commits ({error}); try again",
+        ) from None
+
+
 def insert(
     cursor: duckdb.DuckDBPyConnection, files: DataFiles, definition: Materialization
 ) -> bool:
     """Store a new definition with an empty checkpoint; False if the name is taken."""
+    return _retrying(lambda: _insert(cursor, files, definition))
+
+
+def _insert(
+    cursor: duckdb.DuckDBPyConnection, files: DataFiles, definition: Materialization
+) -> bool:
     with transaction(cursor, files):
         taken = fetch_one(
             cursor,
@@ -133,16 +199,25 @@ def insert(
 def update(
     cursor: duckdb.DuckDBPyConnection, files: DataFiles, definition: Materialization
 ) -> None:
-    with transaction(cursor, files):
-        cursor.execute(
-            f"UPDATE {META_SCHEMA}.materializations SET definition = $definition "
-            "WHERE name = $name",
-            {"name": definition.name, "definition": definition.to_json()},
-        )
+    def change() -> None:
+        with transaction(cursor, files):
+            cursor.execute(
+                f"UPDATE {META_SCHEMA}.materializations SET definition = $definition "
+                "WHERE name = $name",
+                {"name": definition.name, "definition": definition.to_json()},
+            )
+
+    _retrying(change)
 
 
 def delete(cursor: duckdb.DuckDBPyConnection, files: DataFiles, name: str) -> None:
     """Forget the definition and its checkpoint; the table and its dead letters stay."""
-    with transaction(cursor, files):
-        for table in ("materializations", "checkpoints"):
-            cursor.execute(f"DELETE FROM {META_SCHEMA}.{table} WHERE name = $name", {"name": name})
+
+    def change() -> None:
+        with transaction(cursor, files):
+            for table in ("materializations", "checkpoints"):
+                cursor.execute(
+                    f"DELETE FROM {META_SCHEMA}.{table} WHERE name = $name", {"name": name}
+                )
+
+    _retrying(change)

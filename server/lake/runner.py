@@ -3,7 +3,14 @@ rows and time, and applies each batch on the lake's writer thread.
 
 Resuming is always from the checkpoint stored in the lake (never from memory), so a batch
 whose commit finished after its runner was cancelled, or before the process was killed, is
-never applied twice: its records are at or below the checkpoint that committed with it.
+never applied twice: its records are at or below the checkpoint that committed with it. A
+batch commits only on top of the checkpoint it was read after (apply.py), so a second runner
+of the same materialization on another server cannot apply it twice either.
+
+With a catalog and stream store shared by several servers, one of them runs the
+materializations (materializations.py); on the others each runner stands aside
+(`step_aside`) and follows the checkpoint in the catalog instead, so its status, and the
+ingest requests waiting there for their rows, see the running server's commits.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from s2s.records import is_command_record, trim_record, validate_append_input
 from s2s.v1 import records_pb2 as pb
 from server.lake import registry
 from server.lake.apply import Applier, ApplyResult, Prepared, RecordBatch, TableMissing
+from server.lake.data_files import LakeConflict
 from server.lake.definition import INGEST_BASIN, Materialization
 from server.lake.watch import AppliedWatch
 from server.lake.writer import LakeWriter
@@ -40,6 +48,12 @@ _MISSING_SOURCE_CODES = ("stream_not_found", "basin_not_found")
 TRIM_AFTER_RECORDS = 10_000
 """An ingest stream is trimmed up to the checkpoint once this many records were applied
 since the last trim: its records live on in the table, and a trim is one more append."""
+CATALOG_POLL_S = 0.05
+"""How often a runner that stands aside reads the checkpoint while requests wait for rows:
+a read is a few milliseconds (a PostgreSQL catalog on this machine), a commit every
+`linger_s` (0.5 s by default)."""
+ON_ANOTHER_SERVER = "on_another_server"
+"""The state of a materialization another server runs (`step_aside`)."""
 
 
 @dataclass(frozen=True)
@@ -54,8 +68,9 @@ class RunnerStatus:
     records_skipped: int
 
 
-def decode_slices(slices: list[RecordSlice], with_headers: bool) -> RecordBatch:
-    """Stream records to a batch; command records (fence, trim) carry no row and are skipped.
+def decode_slices(slices: list[RecordSlice], with_headers: bool, after_seq_num: int) -> RecordBatch:
+    """Stream records to a batch that continues from checkpoint `after_seq_num`; command
+    records (fence, trim) carry no row and are skipped.
 
     Field by field over whole slices (comprehensions), not record by record: decoding runs
     beside DuckDB's work on the previous batches and competes with it for the CPU; this form
@@ -83,7 +98,7 @@ def decode_slices(slices: list[RecordSlice], with_headers: bool) -> RecordBatch:
                 ]
                 for record in records
             ]
-    return RecordBatch.of(seq_nums, timestamps, bodies, headers, slices[-1].last_seq)
+    return RecordBatch.of(seq_nums, timestamps, bodies, headers, slices[-1].last_seq, after_seq_num)
 
 
 class MaterializationRunner:
@@ -94,9 +109,11 @@ class MaterializationRunner:
         store: StreamStore,
         writer: LakeWriter,
         trim_floor: Callable[[], int],
+        elsewhere: bool = False,
     ) -> None:
         """`trim_floor` gives the lowest next sequence number among the materializations
-        reading this runner's source: an ingest stream is never trimmed past it."""
+        reading this runner's source: an ingest stream is never trimmed past it.
+        `elsewhere`: another server runs it (see `step_aside`)."""
         self.definition = definition
         self._trim_floor = trim_floor
         self._store = store
@@ -105,11 +122,16 @@ class MaterializationRunner:
         self._next_seq = checkpoint.last_seq_num + 1
         self._rows_applied = checkpoint.rows_applied
         self._rows_rejected = checkpoint.rows_rejected
+        self._elsewhere = elsewhere
         self._state = "paused" if definition.paused else "starting"
+        if elsewhere and not definition.paused:
+            self._state = ON_ANOTHER_SERVER
         self._last_error: str | None = None
         self._last_snapshot_id: int | None = None
         self._last_commit_at: float | None = None
         self._task: asyncio.Task[None] | None = None
+        self._poller: asyncio.Task[None] | None = None
+        """Follows the catalog's checkpoint while this runner stands aside and requests wait."""
         self._suspended = False
         """Stopped for the lake to reopen (`suspend`): waiters keep waiting."""
         self._commits: set[asyncio.Future[ApplyResult]] = set()
@@ -122,6 +144,8 @@ class MaterializationRunner:
     # --- lifecycle -----------------------------------------------------------------------
 
     def start(self) -> None:
+        """Run here (from the stored checkpoint)."""
+        self._elsewhere = False
         if self._task is None:
             self._state = "starting"
             self._task = asyncio.create_task(self._run(), name=f"lake:{self.definition.name}")
@@ -137,8 +161,22 @@ class MaterializationRunner:
 
     async def stop(self, state: str = "paused") -> None:
         await self._halt()
+        await self._stop_polling()
         self._state = state
         self.release_waiters()
+
+    async def step_aside(self) -> None:
+        """Another server runs this materialization now: stop running it here (if it did),
+        and follow its progress in the catalog. Requests waiting for rows keep waiting."""
+        self._elsewhere = True
+        await self._halt()
+        self._state = "paused" if self.definition.paused else ON_ANOTHER_SERVER
+        if self._watches:
+            self._follow_catalog()
+
+    @property
+    def runs_here(self) -> bool:
+        return self._task is not None
 
     async def _halt(self) -> None:
         """Cancel the loop and wait for the commits it started: once this returns, the stored
@@ -157,6 +195,7 @@ class MaterializationRunner:
         running = self._task is not None
         self._suspended = True
         await self._halt()
+        await self._stop_polling()  # its reads use the writer's cursor, which the reopen closes
         return running
 
     def close_lanes(self) -> None:
@@ -172,6 +211,8 @@ class MaterializationRunner:
         self._suspended = False
         if running:
             self.start()
+        elif self._elsewhere and self._watches:
+            self._follow_catalog()
 
     def release_waiters(self) -> None:
         """Answer everyone in `wait_applied` now, with None (not applied yet)."""
@@ -208,20 +249,94 @@ class MaterializationRunner:
         watch.expect(first_seq, last_seq)
         if self._next_seq > last_seq:
             return self._last_snapshot_id
-        if self._task is None and not self._suspended:
+        if self._elsewhere and not self.definition.paused:
+            if not self._suspended:
+                self._follow_catalog()
+        elif self._task is None and not self._suspended:
             return None
         return await watch.snapshot(timeout_s)
+
+    async def refresh(self) -> None:
+        """Take the catalog's checkpoint as this runner's progress (it stands aside)."""
+        await self._load_progress()
+
+    # --- following another server's commits ----------------------------------------------
+
+    def _follow_catalog(self) -> None:
+        if self._poller is None or self._poller.done():
+            self._poller = asyncio.create_task(
+                self._poll_catalog(), name=f"lake-poll:{self.definition.name}"
+            )
+
+    async def _stop_polling(self) -> None:
+        poller, self._poller = self._poller, None
+        if poller is not None:
+            poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poller
+
+    async def _poll_catalog(self) -> None:
+        """While this runner stands aside and requests wait for rows, read the checkpoint
+        every `CATALOG_POLL_S`; a failed read is tried again at the next."""
+        failing = False
+        while self._elsewhere and self._watches:
+            try:
+                await self._load_progress()
+            except (duckdb.Error, OSError) as error:
+                if not failing:
+                    log.warning(
+                        "materialization %s: cannot read its checkpoint: %s",
+                        self.definition.name,
+                        error,
+                    )
+                failing = True
+            else:
+                failing = False
+            await asyncio.sleep(CATALOG_POLL_S)
+
+    async def _load_progress(self) -> None:
+        """The stored checkpoint becomes this runner's progress; what it moved past since is
+        told to the watches (with its rejected records, from the dead letters), as this
+        runner's own commits are."""
+        after = self._next_seq - 1
+        progress = await self._writer.run(self._read_progress, after)
+        if progress is None:
+            return  # deleted while this runner stopped: keep what it knew
+        checkpoint = progress.checkpoint
+        self._next_seq = checkpoint.last_seq_num + 1
+        self._rows_applied = checkpoint.rows_applied
+        self._rows_rejected = checkpoint.rows_rejected
+        if checkpoint.last_seq_num > after:
+            self._last_snapshot_id = progress.snapshot_id
+            moved = ApplyResult(
+                checkpoint.last_seq_num, 0, progress.rejections, progress.snapshot_id
+            )
+            for watch in self._watches:
+                watch.note(moved)
+
+    def _read_progress(self, after: int) -> registry.Progress | None:
+        return registry.progress(self._writer.cursor, self.definition.name, after)
 
     # --- the loop ------------------------------------------------------------------------
 
     async def _run(self) -> None:
         while True:
             try:
-                checkpoint = await self._writer.run(self._load_checkpoint)
-                self._next_seq = checkpoint.last_seq_num + 1
-                self._rows_applied = checkpoint.rows_applied
-                self._rows_rejected = checkpoint.rows_rejected
+                # Another server may have committed since this runner last knew: requests
+                # waiting here for those rows hear of them now.
+                await self._load_progress()
                 await self._follow()
+            except LakeConflict as error:
+                # Another runner committed: a server that runs the materialization now, while
+                # this one has not yet noticed it no longer does (it stands aside at its next
+                # check), or a declaration changed through another server. Nothing of this
+                # batch was committed; continue from the checkpoint the other one left.
+                log.warning(
+                    "materialization %s: %s; continuing from the stored checkpoint",
+                    self.definition.name,
+                    error,
+                )
+                self._retry_s = _RETRY_S_MIN
             except ReadUnwritten as error:
                 self._fail(
                     "error",
@@ -251,12 +366,6 @@ class MaterializationRunner:
     def _fail(self, state: str, message: str) -> None:
         self._state = state
         self._last_error = message
-
-    def _load_checkpoint(self) -> registry.Checkpoint:
-        stored = registry.checkpoint(self._writer.cursor, self.definition.name)
-        if stored is None:  # deleted while this runner stopped: keep what it knew
-            return registry.Checkpoint(self._next_seq - 1, self._rows_applied, self._rows_rejected)
-        return stored
 
     async def _follow(self) -> None:
         definition = self.definition
@@ -305,6 +414,7 @@ class MaterializationRunner:
         previous_prepared: asyncio.Task[Prepared] | None = None
         lane_index = 0
         expected_seq = self._next_seq
+        covered_seq = self._next_seq - 1  # the checkpoint the next batch continues from
         try:
             while True:
                 item, timed_out = await _next_input(queue, inflight, deadline if pending else None)
@@ -326,8 +436,9 @@ class MaterializationRunner:
                 )
                 if pending and (timed_out or full):
                     batch = await asyncio.to_thread(
-                        decode_slices, pending, self._lanes[0].uses_headers()
+                        decode_slices, pending, self._lanes[0].uses_headers(), covered_seq
                     )
+                    covered_seq = batch.last_seq_num
                     pending, pending_records, pending_bytes = [], 0, 0
                     if len(inflight) == len(self._lanes):
                         await inflight.popleft()  # frees the lane this batch is about to use

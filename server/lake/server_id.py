@@ -1,6 +1,7 @@
-"""This server's stable id: with a catalog shared by several servers (PostgreSQL), each runs
-only the materializations it declared, because their source streams live on it
-(`Materialization.owner`)."""
+"""This server's stable id: with a catalog shared by several servers (PostgreSQL) that each
+have a stream store of their own, each runs only the materializations it declared, because
+their source streams live on it (`Materialization.owner`). Servers sharing the stream store
+too run them wherever the lake's leader is (materializations.py)."""
 
 from __future__ import annotations
 

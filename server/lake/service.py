@@ -60,7 +60,9 @@ class Lake:
         rules = await writer.run(FunctionRules.load, writer.cursor)
         queries = await writer.run(QueryRunner, writer.connection, rules)
         server_id = load_server_id(settings.root)
-        materializations = await Materializations.load(store, writer, rules, server_id)
+        # Several servers share the materializations only if they share their sources too.
+        shared = store.kv.shared and settings.catalog is not None
+        materializations = await Materializations.load(store, writer, rules, server_id, shared)
         metrics = IngestMetrics()
         ingest = Ingest(store, materializations, queries, metrics)
         reopener = None
@@ -69,10 +71,14 @@ class Lake:
         lake = cls(
             writer, queries, materializations, ingest, DeadLetters(queries), metrics, reopener
         )
-        if settings.maintenance_interval_s > 0:
+        if shared:
             lake._background.append(
-                asyncio.create_task(maintain_forever(writer), name="lake-maint")
+                asyncio.create_task(materializations.lead_forever(), name="lake-lead")
             )
+        if settings.maintenance_interval_s > 0:
+            # Only where the commits are made: another server's merges would conflict with them.
+            maintenance = maintain_forever(writer, lambda: materializations.leading)
+            lake._background.append(asyncio.create_task(maintenance, name="lake-maint"))
         if reopener is not None:
             lake._background.append(asyncio.create_task(reopener.run_forever(), name="lake-reopen"))
         return lake
@@ -96,6 +102,13 @@ class Lake:
         await self._writer.close()
 
     # --- materializations ----------------------------------------------------------------
+
+    @property
+    def leading(self) -> bool:
+        """Whether this server runs the materializations: always, unless it shares its
+        stream store and the lake's catalog with other servers and another one leads
+        (materializations.py)."""
+        return self._materializations.leading
 
     async def create_materialization(
         self, spec: MaterializationSpec, authorize: StreamCheck | None = None

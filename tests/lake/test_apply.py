@@ -44,10 +44,14 @@ def _applier(conn: duckdb.DuckDBPyConnection, **spec: Any) -> Applier:
     return Applier(cursor, _files(conn), definition)
 
 
-def _batch(first_seq: int, *bodies: Any) -> RecordBatch:
+def _batch(first_seq: int, *bodies: Any, after: int | None = None) -> RecordBatch:
+    """Records from `first_seq` on, continuing from checkpoint `after` (the one before them
+    unless given)."""
     encoded = [b if isinstance(b, bytes) else json.dumps(b).encode() for b in bodies]
     seq_nums = list(range(first_seq, first_seq + len(encoded)))
-    return RecordBatch.of(seq_nums, [1_700_000_000_000] * len(encoded), encoded, None, seq_nums[-1])
+    timestamps = [1_700_000_000_000] * len(encoded)
+    after_seq = first_seq - 1 if after is None else after
+    return RecordBatch.of(seq_nums, timestamps, encoded, None, seq_nums[-1], after_seq)
 
 
 def _rows(conn: duckdb.DuckDBPyConnection, sql: str) -> list[tuple[Any, ...]]:
@@ -182,6 +186,7 @@ def test_projection_renames_derives_filters_and_rejects_only_failing_records(lak
             {"id": 2, "name": "bob", "kind": "drop"},
             {"id": "x", "name": "cat", "kind": "keep"},
             {"id": 4, "name": "dan", "kind": "keep"},
+            after=-1,
         )
     )
     assert (result.rows_applied, result.rows_rejected) == (2, 1)
@@ -292,14 +297,14 @@ def test_keys_differing_only_in_case_share_one_column(lake) -> None:
 
 def test_a_field_or_projected_column_may_be_called_seq_num(lake) -> None:
     plain = _applier(lake, table="s.plain")
-    plain.apply(_batch(5, {"seq_num": 99, "v": 1}))
+    plain.apply(_batch(5, {"seq_num": 99, "v": 1}, after=-1))
     assert _rows(lake, "SELECT seq_num, v FROM s.plain") == [(99, 1)]
     definition = build_materialization(
         MaterializationSpec(name="p", table="s.projected_seq", create_table=True, select="seq_num")
     )
     cursor = lake_cursor(lake)
     insert(cursor, _files(lake), definition)
-    Applier(cursor, _files(lake), definition).apply(_batch(7, {"x": 1}, {"x": 2}))
+    Applier(cursor, _files(lake), definition).apply(_batch(7, {"x": 1}, {"x": 2}, after=-1))
     assert _rows(lake, "SELECT seq_num FROM s.projected_seq ORDER BY 1") == [(7,), (8,)]
 
 

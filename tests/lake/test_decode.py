@@ -38,13 +38,13 @@ def test_plain_slices_keep_every_record_in_order() -> None:
         _slice([pb.AppendRecord(body=b'{"a": 1}'), pb.AppendRecord(body=b"")], 0, 7),
         _slice([pb.AppendRecord(body=b'{"a": 3}')], 2, 9),
     ]
-    batch = decode_slices(slices, with_headers=False)
+    batch = decode_slices(slices, with_headers=False, after_seq_num=-1)
     assert _column(batch, "seq_num") == [0, 1, 2]
     assert _column(batch, "timestamp") == [7, 7, 9]
     assert _column(batch, "raw") == [b'{"a": 1}', b"", b'{"a": 3}']
     assert _column(batch, "body") == ['{"a": 1}', "", '{"a": 3}']
     assert not batch.has_headers
-    assert batch.last_seq_num == 2
+    assert (batch.after_seq_num, batch.last_seq_num) == (-1, 2)
 
 
 def test_command_records_are_dropped_and_headers_kept() -> None:
@@ -56,7 +56,7 @@ def test_command_records_are_dropped_and_headers_kept() -> None:
         trim_record(1),
         pb.AppendRecord(body=b'{"c": 3}'),
     ]
-    batch = decode_slices([_slice(records, 10, 5)], with_headers=True)
+    batch = decode_slices([_slice(records, 10, 5)], with_headers=True, after_seq_num=9)
     assert _column(batch, "seq_num") == [10, 12, 14]
     assert _column(batch, "raw") == [b'{"a": 1}', b'{"b": 2}', b'{"c": 3}']
     assert _column(batch, "headers") == [[], [("tag", "x")], []]
@@ -64,6 +64,7 @@ def test_command_records_are_dropped_and_headers_kept() -> None:
 
 
 def test_a_slice_of_only_commands_yields_no_rows_but_covers_them() -> None:
-    batch = decode_slices([_slice([trim_record(3), fence_record("")], 4, 1)], with_headers=False)
+    commands = [_slice([trim_record(3), fence_record("")], 4, 1)]
+    batch = decode_slices(commands, with_headers=False, after_seq_num=3)
     assert (_column(batch, "seq_num"), _column(batch, "raw")) == ([], [])
     assert batch.last_seq_num == 5
