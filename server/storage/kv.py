@@ -136,10 +136,6 @@ class KeyValueStore(Protocol):
         processes sharing the store, one at a time does. A store only one process writes
         always does. Blocking: on a shared store it is a round trip."""
 
-    @property
-    def shared(self) -> bool:
-        """Whether other processes may write the store too (then `leads` can be False)."""
-
     def close(self) -> None: ...
 
 
@@ -374,10 +370,6 @@ class LmdbStore:
     def leads(self, role: str) -> bool:
         """Always: one process owns the environment."""
         return True
-
-    @property
-    def shared(self) -> bool:
-        return False
 
     def close(self) -> None:
         # Through the gate: a read still running on a worker thread (a background task that

@@ -493,10 +493,6 @@ class PostgresStore:
                 return True
             return False
 
-    @property
-    def shared(self) -> bool:
-        return not self._exclusive
-
     def _lead_connection(self) -> Connection | None:
         """The connection `leads` holds its locks on, opened if needed; None once closed."""
         if self._closed:

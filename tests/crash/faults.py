@@ -99,9 +99,5 @@ class FaultyStore:
     def leads(self, role: str) -> bool:
         return self.inner.leads(role)
 
-    @property
-    def shared(self) -> bool:
-        return self.inner.shared
-
     def close(self) -> None:
         self.inner.close()
