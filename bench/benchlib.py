@@ -46,6 +46,21 @@ def process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def processes_cpu_s(name: str) -> float:
+    """User plus system CPU seconds of every process whose name starts with `name` (e.g.
+    `postgres`: the server and its backends), from /proc (Linux)."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # the process ended meanwhile
+            continue
+        command = text[text.index("(") + 1 : text.rindex(")")]
+        if command.startswith(name):
+            total += process_cpu_s(int(stat.parent.name))
+    return total
+
+
 def start_process(args: list[str], port_file: str) -> tuple[subprocess.Popen[bytes], int]:
     """Start a helper server (e.g. an echo server) that writes its port to `port_file`."""
     process = subprocess.Popen(

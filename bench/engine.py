@@ -4,7 +4,8 @@
 
 (a) 1000 x 1 KiB batches on one stream, 16 batches in flight (pipelined `submit`);
 (b) single 1 KiB records from 64 concurrent writers over 1000 streams, each writer waiting
-    for its ack before the next append (group commit is what makes this fast);
+    for its ack before the next append (group commit is what makes this fast); with the CPU
+    this process and PostgreSQL's processes spent per record (where the time goes);
 (c) sequential conditional appends: one writer, single 1 KiB records each with
     `match_seq_num` at the tail, each waiting for its ack (no group commit to share: the
     engine's commit latency);
@@ -35,7 +36,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from benchlib import percentile, probe
+from benchlib import percentile, probe, processes_cpu_s
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -122,12 +123,17 @@ async def scenario_b(
             latencies.append(time.perf_counter() - began)
 
     commits_before = store.committer.commits
+    cpu_before = time.process_time(), processes_cpu_s("postgres")
     start = time.perf_counter()
     await asyncio.gather(*(writer(i) for i in range(writers)))
     elapsed = time.perf_counter() - start
+    node_cpu_s = time.process_time() - cpu_before[0]
+    db_cpu_s = processes_cpu_s("postgres") - cpu_before[1]
     commits = store.committer.commits - commits_before
     await store.close()
     return {
+        "node_cpu_us_per_record": node_cpu_s / len(latencies) * 1e6,
+        "db_cpu_us_per_record": db_cpu_s / len(latencies) * 1e6,
         "records_s": len(latencies) / elapsed,
         "mib_s": len(latencies) * RECORD_BYTES / elapsed / MIB,
         "ack_p50_ms": percentile(latencies, 50) * 1e3,

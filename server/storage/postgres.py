@@ -42,6 +42,7 @@ once more; if that fails too it is `StorageUnavailable`.
 
 from __future__ import annotations
 
+import functools
 import logging
 import secrets
 import threading
@@ -313,77 +314,32 @@ class PostgresStore:
         puts: dict[Table, tuple[list[bytes], list[bytes]]],
         announced: dict[Table, list[bytes]],
         token: bytes,
-    ) -> tuple[sql.Composed, list[object]]:
-        """The commit as one statement: a part per table and kind of write in a `WITH`.
-
-        The parts run on one snapshot and, if any fails, none has effect. The preconditions
-        are a part that raises `EXPECTATION_FAILED` unless every expected key holds its value
-        (row locks cannot hold a key that is absent: where other stores write too, `commit`
-        takes an advisory lock per key before this statement starts). Rows go as parameters
-        of their own, not as an array: PostgreSQL parses a big array whole, at about half the
-        throughput (bench/RESULTS.md); only many rows for one table go as arrays, under the
-        protocol's 65,535 parameters a statement.
-        """
-        parts: list[sql.Composable] = []
-        counted: list[sql.Composable] = []
+    ) -> tuple[str, list[object]]:
+        """The commit as one statement (`_commit_text`) and its parameters."""
         params: list[object] = []
         by_table: dict[Table, tuple[list[bytes], list[bytes | None]]] = {}
         for (table, key), value in expected.items():
             expected_keys, expected_values = by_table.setdefault(table, ([], []))
             expected_keys.append(key)
             expected_values.append(value)
-        for table, (expected_keys, expected_values) in by_table.items():
-            name = sql.Identifier(f"expect_{table.value.decode()}")
-            parts.append(
-                sql.SQL(
-                    "{} AS (SELECT s2s_expectation_failed() FROM unnest(%b::bytea[], "
-                    "%b::bytea[]) AS e (key, value) LEFT JOIN {} AS t ON t.key = e.key "
-                    "WHERE t.value IS DISTINCT FROM e.value LIMIT 1)"
-                ).format(name, self._names[table])
-            )
-            counted.append(name)
+        for expected_keys, expected_values in by_table.values():
             params += (expected_keys, expected_values)
-        for table, keys in deletes.items():
-            parts.append(
-                sql.SQL("{} AS (DELETE FROM {} WHERE key = ANY(%b))").format(
-                    sql.Identifier(f"delete_{table.value.decode()}"), self._names[table]
-                )
-            )
+        for keys in deletes.values():
             params.append(keys)
+        put_rows: list[tuple[Table, int]] = []
         for table, (keys, values) in puts.items():
-            rows: sql.Composable
             if len(keys) > _VALUES_ROWS_MAX:
-                rows = sql.SQL("SELECT * FROM unnest(%b::bytea[], %b::bytea[])")
+                put_rows.append((table, 0))
                 params += (keys, values)
             else:
-                rows = sql.SQL("VALUES ") + sql.SQL(", ").join([_ROW] * len(keys))
-                for key, value in zip(keys, values, strict=True):
-                    params += (key, value)
-            parts.append(
-                sql.SQL(
-                    "{} AS (INSERT INTO {} (key, value) {} "
-                    "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value)"
-                ).format(sql.Identifier(f"put_{table.value.decode()}"), self._names[table], rows)
-            )
+                put_rows.append((table, len(keys)))
+                for row in zip(keys, values, strict=True):
+                    params += row
         if announced:
-            parts.append(
-                sql.SQL(
-                    "announce AS (SELECT pg_notify(%s, payload) FROM unnest(%s::text[]) AS payload)"
-                )
-            )
-            counted.append(sql.Identifier("announce"))
             params += (CHANGES_CHANNEL, self._payloads(announced))
-        parts.append(
-            sql.SQL("token AS (UPDATE {} SET token = %b WHERE store = %s)").format(LAST_COMMIT)
-        )
         params += (token, self._node)
-        # A part that only reads runs only if the statement reads it.
-        reads: list[sql.Composable] = [
-            sql.SQL("(SELECT count(*) FROM {})").format(name) for name in counted
-        ]
-        total = sql.SQL(" + ").join(reads or [sql.SQL("0")])
-        statement = sql.SQL("WITH {} SELECT {}").format(sql.SQL(", ").join(parts), total)
-        return statement, params
+        text = _commit_text(tuple(by_table), tuple(deletes), tuple(put_rows), bool(announced))
+        return text, params
 
     def _held(
         self, expected: dict[tuple[Table, bytes], bytes | None]
@@ -705,6 +661,78 @@ def _fsync_on(connection: Connection) -> bool:
 def _first_line(error: Exception) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+@functools.lru_cache(maxsize=1024)
+def _commit_text(
+    expects: tuple[Table, ...],
+    deletes: tuple[Table, ...],
+    puts: tuple[tuple[Table, int], ...],
+    announce: bool,
+) -> str:
+    """A commit of this shape as one statement: a part per table and kind of write in a
+    `WITH`, with the parameters `PostgresStore._statement` gives, in its order.
+
+    The parts run on one snapshot and, if any fails, none has effect. The preconditions are
+    a part that raises `EXPECTATION_FAILED` unless every expected key holds its value (row
+    locks cannot hold a key that is absent: where other stores write too, `commit` takes an
+    advisory lock per key before this statement starts). Rows go as parameters of their own
+    (`puts`: the rows per table), not as an array: PostgreSQL parses a big array whole, at
+    about half the throughput (docs/adr/0011); past `_VALUES_ROWS_MAX` rows of a table (0
+    here) they go as arrays, under the protocol's 65,535 parameters a statement. One text per
+    shape, cached: psycopg prepares a statement it has run a few times, so PostgreSQL parses
+    and plans each shape once per connection.
+    """
+    parts: list[sql.Composable] = []
+    counted: list[sql.Composable] = []
+    for table in expects:
+        name = sql.Identifier(f"expect_{table.value.decode()}")
+        parts.append(
+            sql.SQL(
+                "{} AS (SELECT s2s_expectation_failed() FROM unnest(%b::bytea[], "
+                "%b::bytea[]) AS e (key, value) LEFT JOIN {} AS t ON t.key = e.key "
+                "WHERE t.value IS DISTINCT FROM e.value LIMIT 1)"
+            ).format(name, sql.Identifier(table_name(table)))
+        )
+        counted.append(name)
+    for table in deletes:
+        parts.append(
+            sql.SQL("{} AS (DELETE FROM {} WHERE key = ANY(%b))").format(
+                sql.Identifier(f"delete_{table.value.decode()}"), sql.Identifier(table_name(table))
+            )
+        )
+    for table, count in puts:
+        rows: sql.Composable
+        if count == 0:
+            rows = sql.SQL("SELECT * FROM unnest(%b::bytea[], %b::bytea[])")
+        else:
+            rows = sql.SQL("VALUES ") + sql.SQL(", ").join([_ROW] * count)
+        parts.append(
+            sql.SQL(
+                "{} AS (INSERT INTO {} (key, value) {} "
+                "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value)"
+            ).format(
+                sql.Identifier(f"put_{table.value.decode()}"),
+                sql.Identifier(table_name(table)),
+                rows,
+            )
+        )
+    if announce:
+        parts.append(
+            sql.SQL(
+                "announce AS (SELECT pg_notify(%s, payload) FROM unnest(%s::text[]) AS payload)"
+            )
+        )
+        counted.append(sql.Identifier("announce"))
+    parts.append(
+        sql.SQL("token AS (UPDATE {} SET token = %b WHERE store = %s)").format(LAST_COMMIT)
+    )
+    # A part that only reads runs only if the statement reads it.
+    reads: list[sql.Composable] = [
+        sql.SQL("(SELECT count(*) FROM {})").format(name) for name in counted
+    ]
+    total = sql.SQL(" + ").join(reads or [sql.SQL("0")])
+    return sql.SQL("WITH {} SELECT {}").format(sql.SQL(", ").join(parts), total).as_string()
 
 
 def _key_lock(table: Table, key: bytes) -> int:
