@@ -130,7 +130,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as directory:
-        print(f"probe: {probe(directory)}", flush=True)
+        print(probe(directory), flush=True)
     with running_postgres(dbname="bench", durable=True) as server:
         asyncio.run(run(server.libpq(), args))
 
