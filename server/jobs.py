@@ -70,6 +70,9 @@ class JobSettings:
     batches_per_commit: int = 64
     commits_per_stream_max: int = 16
     """One turn of a stream: streams with more to delete take turns until none has any."""
+    reclaim_interval_s: float = 60.0
+    """Least time between two `KeyValueStore.reclaim` calls after runs that deleted records
+    (each can scan a table's indexes whole, on PostgreSQL)."""
 
 
 class BackgroundJobs:
@@ -103,6 +106,9 @@ class BackgroundJobs:
         self._storage_unavailable = False
         # What the store last said of this node's leadership, so a change is logged once.
         self._leading = False
+        # Deletions since the last `reclaim`, and when the next may run.
+        self._unreclaimed = False
+        self._reclaim_due_at = 0.0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="s2s-background-jobs")
@@ -185,6 +191,12 @@ class BackgroundJobs:
                 [Put(Table.SYSTEM, RECLAIMED_AT_KEY, struct.pack("<Q", now_ms))]
             )
             self._unsettled = False
+            self._unreclaimed = True
+        now = asyncio.get_running_loop().time()
+        if self._unreclaimed and now >= self._reclaim_due_at:
+            self._reclaim_due_at = now + self._settings.reclaim_interval_s
+            self._unreclaimed = False
+            await asyncio.to_thread(self._kv.reclaim)
 
     # --- deletion ----------------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ from tests.postgres import running_postgres
 
 BASIN = "test-basin"
 
-MANUAL_JOBS = JobSettings(interval_s=3600, retention_interval_s=0)
+MANUAL_JOBS = JobSettings(interval_s=3600, retention_interval_s=0, reclaim_interval_s=0)
 """Background jobs that run only when a test calls `store.jobs.run_once()`, sweeping fully."""
 
 

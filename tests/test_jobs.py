@@ -12,7 +12,6 @@ from s2s.errors import S2Error
 from s2s.records import trim_record
 from server.jobs import JobSettings
 from server.reader import ReadLimits, ReadStart
-from server.storage.choice import LMDB
 from server.storage.kv import LmdbStore, Table
 from server.storage.layout import batch_key
 from server.streamstore import StreamStore
@@ -25,10 +24,9 @@ def stored_batches(store: StreamStore, sid: int) -> int:
     return len(store.kv.scan(Table.BATCHES, batch_key(sid, 0), batch_key(sid + 1, 0), 10_000))
 
 
-# LMDB reuses freed pages at once; PostgreSQL only once (auto)vacuum has run, which the
-# PostgreSQL backend's own tests will cover when it manages that.
-@pytest.mark.parametrize("storage", [LMDB], indirect=True)
 async def test_trimmed_batches_are_deleted_and_space_reused(store: StreamStore) -> None:
+    """LMDB reuses freed pages from the next commit on; PostgreSQL once the jobs' `reclaim`
+    (VACUUM) ran, without waiting for autovacuum."""
     record = (await store.create_stream(BASIN, "churn", StreamConfig(retention="infinite"))).record
     big = [BODY] * 500
     for _ in range(20):

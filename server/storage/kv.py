@@ -125,6 +125,10 @@ class KeyValueStore(Protocol):
         other processes sharing the store committed, or None when some may have been missed
         (anything may have changed). A store only one process writes never calls it."""
 
+    def reclaim(self) -> None:
+        """Make the space of deleted rows take new writes now (after the jobs deleted
+        records). Blocking: on PostgreSQL a VACUUM of the tables deletions churn."""
+
     @property
     def shared(self) -> bool:
         """Whether other processes (nodes) write the store too: then what a process holds in
@@ -362,6 +366,10 @@ class LmdbStore:
 
     def watch_changes(self, on_change: Callable[[Changed | None], None]) -> None:
         """Nothing to watch: one process owns the environment (the data directory's lock)."""
+
+    def reclaim(self) -> None:
+        """Nothing: LMDB reuses freed pages from the second commit after the one that freed
+        them (the jobs' `_settle` makes that commit)."""
 
     @property
     def shared(self) -> bool:

@@ -105,6 +105,8 @@ TAKEN_OVER = (
     "another s2s server took over this PostgreSQL database while the connection was lost: "
     "this server no longer writes to it; restart it"
 )
+RECLAIMED_TABLES = (Table.BATCHES, Table.TIMESTAMPS)
+"""The tables trims, retention and deletions delete from in bulk (`reclaim`)."""
 _VALUES_ROWS_MAX = 1000
 """Rows of one table a commit sends as parameters of their own; more go as two arrays."""
 _ROW = sql.SQL("(%b, %b)")
@@ -563,14 +565,15 @@ class PostgresStore:
         return connection
 
     def _read(
-        self, query: sql.SQL | sql.Composed, params: tuple[object, ...]
+        self, query: sql.SQL | sql.Composed, params: tuple[object, ...], fetch: bool = True
     ) -> list[tuple[Any, ...]]:
-        """Run a read on this thread's connection; one that was cut (a failover, a restart of
-        the database) is replaced and the read tried once more. A read that still fails is
-        `StorageUnavailable`."""
+        """Run a read on this thread's connection (autocommit); one that was cut (a failover,
+        a restart of the database) is replaced and the read tried once more. A read that
+        still fails is `StorageUnavailable`. `fetch` False: a statement without rows."""
         for attempt in range(2):
             try:
-                return self._reader().execute(query, params, binary=True).fetchall()
+                cursor = self._reader().execute(query, params, binary=True)
+                return cursor.fetchall() if fetch else []
             except psycopg.OperationalError as error:
                 if self._closed:
                     raise
@@ -626,6 +629,15 @@ class PostgresStore:
             )
             params = (start, end, limit)
         return [(row[0], row[1]) for row in self._read(query.format(name), params)]
+
+    def reclaim(self) -> None:
+        """VACUUM the tables the jobs delete from (batches and their timestamp index): dead
+        rows' space, TOAST included, is reused by later inserts at once instead of after
+        autovacuum's next pass (its default naptime is a minute, and its thresholds scale with
+        the table). Not FULL: nothing is locked against appends, and the space stays the
+        table's rather than going back to the file system."""
+        tables = sql.SQL(", ").join(self._names[table] for table in RECLAIMED_TABLES)
+        self._read(sql.SQL("VACUUM {}").format(tables), (), fetch=False)
 
     def size_bytes(self) -> int:
         rows = self._read(

@@ -92,6 +92,9 @@ class FaultyStore:
     def watch_changes(self, on_change: Callable[[Changed | None], None]) -> None:
         self.inner.watch_changes(on_change)
 
+    def reclaim(self) -> None:
+        self.inner.reclaim()
+
     @property
     def shared(self) -> bool:
         return self.inner.shared
