@@ -135,6 +135,8 @@ class StreamSequencer:
         self._refusals = 0
         """Counts retries after a conflict that refused or failed a batch (`in_doubt`)."""
         self._retry: asyncio.Future[None] | None = None
+        self._drained: asyncio.Future[None] | None = None
+        """Set while a retry waits for the batches it queued again (`_drain`)."""
         self._chain = Chain()
         """This stream's batches at the committer, each built on the one before."""
         self._refreshing: asyncio.Future[None] | None = None
@@ -228,6 +230,9 @@ class StreamSequencer:
 
         def on_done(error: S2Error | None) -> None:
             self._queued -= 1
+            drained = self._drained
+            if self._queued == 0 and drained is not None and not drained.done():
+                drained.set_result(None)
             if isinstance(error, CommitConflict):
                 self._conflicted.append((batch, ack, submitted_s))
                 if self._retried is None:
@@ -274,32 +279,41 @@ class StreamSequencer:
         self._committer.submit(prepare, on_done, metered_bytes, self._chain)
 
     def _start_retry(self) -> None:
+        if self._retry is not None and not self._retry.done():
+            return  # the retry under way takes these batches too, in their order
         # The task is kept: the loop holds only a weak reference to it.
         self._retry = asyncio.ensure_future(self._reload_and_retry())
 
     async def _reload_and_retry(self) -> None:
         """Every batch of the stream is back from the committer and some were left out for a
         conflict: take the stream as the store holds it, then queue those batches again, in
-        order, before any append that waited meanwhile."""
-        conflicted, self._conflicted = self._conflicted, []
+        order, and wait for them; those another node got ahead of again are taken in the next
+        round. Appends submitted meanwhile wait (`_retried`) until no batch of the stream is
+        in doubt, so none of them is numbered before a batch submitted ahead of it."""
         retried = self._retried
-        assert retried is not None and self._queued == 0
+        assert retried is not None
+        loop = asyncio.get_running_loop()
         failure: S2Error | None = None
+        conflicted: list[tuple[ValidatedBatch, asyncio.Future[AppendAck], float]] = []
         try:
-            self._take(await self._reload())
-            while conflicted:
-                batch, ack, submitted_s = conflicted[0]
-                await self._committer.reserve(batch.metered_bytes)
-                del conflicted[0]
-                try:
-                    self._queue(batch, ack, submitted_s)
-                except S2Error as error:
-                    self._committer.release(batch.metered_bytes)
-                    self._fail_retry(ack, error)
-                    # The batches after it were pipelined on it (an append session's next
-                    # ones): as after a refusal at submission, none of them is written.
-                    failure = S2Error("transaction_conflict", AFTER_REFUSED)
-                    break
+            while self._conflicted and failure is None:
+                assert self._queued == 0
+                conflicted, self._conflicted = self._conflicted, []
+                self._take(await self._reload())
+                while conflicted:
+                    batch, ack, submitted_s = conflicted[0]
+                    await self._committer.reserve(batch.metered_bytes)
+                    del conflicted[0]
+                    try:
+                        self._queue(batch, ack, submitted_s)
+                    except S2Error as error:
+                        self._committer.release(batch.metered_bytes)
+                        self._fail_retry(ack, error)
+                        # The batches after it were pipelined on it (an append session's next
+                        # ones): as after a refusal at submission, none of them is written.
+                        failure = S2Error("transaction_conflict", AFTER_REFUSED)
+                        break
+                await self._drain(loop)
         except S2Error as error:  # the stream was deleted meanwhile
             self.mark_deleting()
             failure = error
@@ -311,10 +325,22 @@ class StreamSequencer:
         finally:
             if failure is not None:
                 self._refusals += 1  # the appends submitted meanwhile fail too (`in_doubt`)
-            for _, ack, _ in conflicted:
+            # Left out again after a failure: those came before the failed one, but appends
+            # behind them were failed with it, so they are not written either.
+            for _, ack, _ in [*conflicted, *self._conflicted]:
                 self._fail_retry(ack, failure or S2Error("transaction_conflict", NOT_RETRIED))
+            self._conflicted = []
             self._retried = None
             retried.set_result(None)
+
+    async def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Wait until no batch of the stream is at the committer."""
+        if self._queued:
+            self._drained = loop.create_future()
+            try:
+                await self._drained
+            finally:
+                self._drained = None
 
     def _take(self, stored: StoredStream) -> None:
         """Continue from the stream as the store holds it: nothing of this node's is in flight."""

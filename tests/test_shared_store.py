@@ -184,6 +184,59 @@ async def test_pipelined_appends_keep_their_order_through_a_conflict(
     ]
 
 
+class InterposedAppends(FaultyStore):
+    """Before each of the first `times` commits that append to the stream, has another node
+    append to it first (from this store's committer thread), so the commit conflicts: the
+    second one is a batch numbered again, mid-retry."""
+
+    def __init__(self, inner: KeyValueStore, times: int) -> None:
+        super().__init__(inner)
+        self.times = times
+        self.other: StreamStore | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def commit(self, writes: Sequence[Write]) -> None:
+        appends = any(isinstance(w, Put) and w.table is Table.BATCHES for w in writes)
+        if appends and self.times and self.other is not None and self.loop is not None:
+            self.times -= 1
+            interposed = self.other.append(BASIN, STREAM, make_batch(f"b{self.times}".encode()))
+            asyncio.run_coroutine_threadsafe(interposed, self.loop).result(10)
+        super().commit(writes)
+
+
+async def test_a_batch_left_out_again_while_being_numbered_again_keeps_its_place(
+    shared_db: str, clock: ManualClock
+) -> None:
+    """A session's batches conflict, are numbered again, and the first of them conflicts
+    once more while the rest are being queued behind it: every batch still lands once, in
+    the session's order, and no append submitted meanwhile gets ahead of them."""
+    interposer: list[InterposedAppends] = []
+
+    def interpose(kv: KeyValueStore) -> KeyValueStore:
+        interposer.append(InterposedAppends(kv, times=2))
+        return interposer[0]
+
+    async with (
+        node(shared_db, clock) as b,
+        node(shared_db, clock, MANUAL_JOBS, interpose) as a,
+    ):
+        await b.create_basin(BASIN)
+        await b.create_stream(BASIN, STREAM)
+        interposer[0].other = b
+        interposer[0].loop = asyncio.get_running_loop()
+        sequencer = await a.sequencers.get(BASIN, STREAM)
+        pipelined = [await sequencer.submit(make_batch(f"p{i}".encode())) for i in range(5)]
+        late = await a.submit(BASIN, STREAM, make_batch(b"late"))
+        acks = await asyncio.gather(*pipelined, late)
+    assert interposer[0].times == 0
+    starts = [ack.start.seq_num for ack in acks]
+    assert starts == sorted(starts) and len(set(starts)) == 6, starts
+    bodies = await _bodies_by_seq(shared_db, clock)
+    ours = [body for body in bodies if not body.startswith(b"b")]
+    assert ours == [f"p{i}".encode() for i in range(5)] + [b"late"], bodies
+    assert sorted(bodies) == sorted([b"b1", b"b0", *ours]), bodies
+
+
 def test_racing_commits_expecting_a_key_absent_let_one_win(shared_db: str) -> None:
     """Row locks cannot hold a key that is not there yet: two stores each expecting it absent
     must still not both write it (the per-key advisory lock)."""
