@@ -56,7 +56,12 @@ AFTER_REFUSED = (
 NOT_RETRIED = "not written: numbered again after another node's append, and not retried"
 SYNC_WAIT_S = 5.0
 """How long `sync` waits for this node's own appends in flight to land past the stored tail;
-after it, it answers with what it has."""
+after it, the call it serves fails `unavailable` (`NOT_CAUGHT_UP`) rather than answer from a
+view that may miss acknowledged appends."""
+NOT_CAUGHT_UP = (
+    "this node could not catch up with the stream's tail in time (its own appends are still "
+    "being numbered again after other nodes' appends): retry"
+)
 
 
 class StreamPosition(NamedTuple):
@@ -359,9 +364,10 @@ class StreamSequencer:
         """Where other nodes write the stream too: catch up with the tail the store holds
         now, so that what this node answers next (check-tail, a read's bounds, a refused
         `match_seq_num` or fencing token) includes every append acknowledged anywhere before
-        the call. This node's own appends in flight are waited for (up to `SYNC_WAIT_S`): they
-        land after what the store holds, since their commits expect the tail they were
-        numbered from and are numbered again past it. Raises if the stream was deleted."""
+        the call. This node's own appends in flight are waited for (up to `SYNC_WAIT_S`, else
+        `unavailable`): they land after what the store holds, since their commits expect the
+        tail they were numbered from and are numbered again past it. Raises if the stream was
+        deleted."""
         try:
             stored = await self._reload()
         except S2Error:
@@ -377,7 +383,8 @@ class StreamSequencer:
                 return
             remaining = deadline - loop.time()
             if remaining <= 0:
-                return
+                # Answering from this node's view now could miss acknowledged appends.
+                raise S2Error("unavailable", NOT_CAUGHT_UP)
             await self.wait_durable_beyond(self.durable.next_seq, min(remaining, 0.05))
 
     def refresh(self) -> None:
