@@ -35,7 +35,7 @@ pytestmark = pytest.mark.xdist_group("several-nodes")
 SECONDS = 30.0
 STEP_BUDGET = 20_000_000
 """Four times the checker's default: the frozen node's operations stay open for 12 s, which
-widens the search (up to 1.5 M steps in 8 runs here; about 3 us a step)."""
+widens the search (up to 2.6 M steps in the runs here; about 3 us a step)."""
 FOLLOWED = 50
 JOBS_HERE = "background jobs run on this node now"
 JOBS_GONE = "background jobs no longer run on this node"
