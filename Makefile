@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROTO_FILES := $(wildcard proto/s2s/v1/*.proto)
 
-.PHONY: serve test lint typecheck imports proto proto-check unit bench clean postgres fuse
+.PHONY: serve test test-postgres lint typecheck imports proto proto-check unit bench clean postgres fuse
 
 BUF_VERSION := 1.75.0
 BUF := $(VENV)/buf/node_modules/.bin/buf
@@ -26,6 +26,12 @@ serve: $(STAMP)
 
 test: $(STAMP) $(TS_STAMP) postgres fuse proto-check lint typecheck imports
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
+
+# The same suite with every server and store on PostgreSQL (tests/storage_mode.py): one durable
+# server per test worker, a database per data directory; tests of LMDB itself are skipped (-rs
+# lists them with their reasons). docs/testing.md says what it covers.
+test-postgres: $(STAMP) $(TS_STAMP) postgres fuse
+	S2S_TEST_STORAGE=postgres $(BIN)/python -m pytest -q -n 2 --dist loadgroup -rs
 
 lint: $(STAMP) $(BUF)
 	$(BIN)/ruff check .

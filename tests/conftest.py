@@ -1,23 +1,27 @@
 """Shared fixtures: a real `StreamStore` with a controllable clock, on each storage engine:
 LMDB in a temporary directory, and a PostgreSQL database (one durable server per test worker,
-its tables emptied before each test)."""
+its tables emptied before each test). In the suite's PostgreSQL mode (`S2S_TEST_STORAGE=postgres`,
+tests/storage_mode.py) stores run on PostgreSQL only, and tests marked `lmdb_only` are skipped."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Iterator
 
-import psycopg
 import pytest
 
 from s2s.records import ValidatedBatch, validate_append_input
 from s2s.v1 import records_pb2 as pb
 from server.jobs import JobSettings
-from server.storage.choice import LMDB, POSTGRES_PREFIX
-from server.storage.kv import Table
-from server.storage.postgres import table_name
+from server.storage.choice import LMDB
 from server.streamstore import StreamStore
-from tests.postgres import running_postgres
+from tests.storage_mode import (
+    empty_tables,
+    postgres_database,
+    postgres_mode,
+    stop_postgres_server,
+    storage_for,
+)
 
 BASIN = "test-basin"
 
@@ -64,6 +68,24 @@ def decode(payload: bytes) -> list[pb.SequencedRecord]:
     return list(pb.ReadBatch.FromString(payload).records)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """In the PostgreSQL mode, skips the tests about LMDB itself, each with its reason."""
+    if not postgres_mode():
+        return
+    for item in items:
+        marker = item.get_closest_marker("lmdb_only")
+        if marker is not None:
+            reason = marker.args[0] if marker.args else "a test of LMDB itself"
+            item.add_marker(pytest.mark.skip(reason=f"LMDB only: {reason}"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _postgres_server_stopped() -> Iterator[None]:
+    """Stops this worker's PostgreSQL server, if a test started it, when the session ends."""
+    yield
+    stop_postgres_server()
+
+
 @pytest.fixture
 def clock() -> ManualClock:
     return ManualClock()
@@ -74,11 +96,15 @@ async def open_store(
     path: object,
     clock: ManualClock,
     job_settings: JobSettings = MANUAL_JOBS,
-    storage: str = LMDB,
+    storage: str | None = None,
 ) -> AsyncIterator[StreamStore]:
-    """A `StreamStore` in `path` (or `storage`) with `BASIN` created, closed on exit."""
+    """A `StreamStore` in `path` (or `storage`; by default the suite's storage of `path`) with
+    `BASIN` created, closed on exit."""
     opened = await StreamStore.open(
-        str(path), clock=clock, job_settings=job_settings, storage=storage
+        str(path),
+        clock=clock,
+        job_settings=job_settings,
+        storage=storage_for(path) if storage is None else storage,
     )
     await opened.create_basin(BASIN)
     try:
@@ -88,29 +114,19 @@ async def open_store(
 
 
 @pytest.fixture(scope="session")
-def postgres_storage() -> Iterator[str]:
-    """`--storage` for a durable PostgreSQL server of this test worker's own."""
-    with running_postgres(dbname="s2s_store", durable=True) as server:
-        yield POSTGRES_PREFIX + server.libpq()
+def postgres_storage() -> str:
+    """`--storage` for a database on this test worker's durable PostgreSQL server."""
+    return postgres_database("s2s_store")
 
 
-def _empty_tables(storage: str) -> None:
-    with psycopg.connect(storage[len(POSTGRES_PREFIX) :], autocommit=True) as connection:
-        names = [table_name(table) for table in Table]
-        existing = connection.execute(
-            "SELECT tablename FROM pg_tables WHERE tablename = ANY(%s)", (names,)
-        ).fetchall()
-        if existing:
-            connection.execute(f"TRUNCATE {', '.join(row[0] for row in existing)}")
-
-
-@pytest.fixture(params=[LMDB, "postgres"])
+@pytest.fixture(params=["postgres"] if postgres_mode() else [LMDB, "postgres"])
 def storage(request: pytest.FixtureRequest) -> str:
-    """Each engine in turn: `lmdb`, or a PostgreSQL database emptied for this test."""
+    """Each engine in turn: `lmdb`, or a PostgreSQL database emptied for this test (only the
+    latter in the PostgreSQL mode)."""
     if request.param == LMDB:
         return LMDB
     storage: str = request.getfixturevalue("postgres_storage")
-    _empty_tables(storage)
+    empty_tables(storage)
     return storage
 
 

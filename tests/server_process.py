@@ -1,6 +1,7 @@
 """Runs a real `s2s serve` process on free ports for integration tests: this source tree's, or
 an installed `s2s` script. The ports are learned from the log, whatever the `--host` form
-(`[::1]:port` included)."""
+(`[::1]:port` included). In the suite's PostgreSQL mode (tests/storage_mode.py) a server not
+given a storage of its own serves its data directory's database."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from tests.storage_mode import postgres_mode, storage_for
 
 REPO = Path(__file__).resolve().parent.parent
 SOURCE_TREE_S2S = (sys.executable, "-m", "server.cli")
@@ -71,6 +74,13 @@ class ServerProcess:
         """The root access token's secret, which the server wrote at its first start."""
         return (Path(self.data_dir) / "root.token").read_text().strip()
 
+    def _storage_args(self) -> list[str]:
+        """`--storage` of the suite's mode, unless the test chose a storage itself."""
+        chosen = any(arg == "--storage" or arg.startswith("--storage=") for arg in self.extra_args)
+        if chosen or "S2S_STORAGE" in (self.env or {}) or not postgres_mode():
+            return []
+        return ["--storage", storage_for(self.data_dir)]
+
     def start(self, timeout_s: float = 30.0) -> ServerProcess:
         self.process = subprocess.Popen(
             [
@@ -83,6 +93,7 @@ class ServerProcess:
                 "--http-port",
                 str(self.http_port),
                 *([] if self.auth else ["--no-auth"]),
+                *self._storage_args(),
                 *self.extra_args,
             ],
             cwd=self.cwd,

@@ -11,14 +11,15 @@ from pathlib import Path
 
 from s2s.errors import S2Error
 from server.storage.committer import GroupCommitter
-from server.storage.kv import Delete, LmdbStore, Put, Table, Write
+from server.storage.kv import Delete, KeyValueStore, Put, Table, Write
 from tests.crash.faults import FaultyStore
+from tests.storage_mode import key_value_store
 
 
 class RecordingStore(FaultyStore):
     """Keeps the writes each commit was given."""
 
-    def __init__(self, inner: LmdbStore) -> None:
+    def __init__(self, inner: KeyValueStore) -> None:
         super().__init__(inner)
         self.commits: list[list[Write]] = []
 
@@ -29,7 +30,7 @@ class RecordingStore(FaultyStore):
 
 @asynccontextmanager
 async def committer(tmp_path: Path) -> AsyncIterator[tuple[GroupCommitter, RecordingStore]]:
-    kv = RecordingStore(LmdbStore(str(tmp_path / "log")))
+    kv = RecordingStore(key_value_store(tmp_path))
     group_committer = GroupCommitter(kv, on_failure=lambda: None)
     group_committer.start()
     try:

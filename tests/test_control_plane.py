@@ -17,6 +17,7 @@ from s2s.config import (
 from s2s.errors import S2Error
 from server.streamstore import StreamStore
 from tests.conftest import BASIN, make_batch
+from tests.storage_mode import storage_for
 
 
 async def expect_error(code: str, awaitable: object) -> S2Error:
@@ -247,12 +248,12 @@ async def test_auto_create_on_append_and_read(store: StreamStore) -> None:
 
 async def test_config_survives_reopen(tmp_path: object, clock: object) -> None:
     path = str(tmp_path)
-    first = await StreamStore.open(path)
+    first = await StreamStore.open(path, storage=storage_for(path))
     await first.create_basin("persist-1", BasinConfig(create_stream_on_append=True))
     await first.create_stream("persist-1", "s", StreamConfig(retention="infinite"))
     await first.append("persist-1", "s", make_batch(b"x", b"y"))
     await first.close()
-    second = await StreamStore.open(path)
+    second = await StreamStore.open(path, storage=storage_for(path))
     try:
         assert second.get_basin("persist-1").config.create_stream_on_append
         assert second.get_stream("persist-1", "s").config.retention == "infinite"

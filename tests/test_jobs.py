@@ -156,6 +156,7 @@ async def test_delete_on_empty_never_deletes_a_stream_with_an_append_in_flight(
     assert out.records is not None and decode(out.records.payload)[0].body == b"just-in-time"
 
 
+@pytest.mark.lmdb_only("a full LMDB map (4 MiB)")
 async def test_space_freed_by_a_trim_is_reused_once_storage_is_full(
     tmp_path: Path, clock: ManualClock
 ) -> None:

@@ -17,6 +17,8 @@ import pytest
 
 from server.storage.kv import LmdbStore
 
+pytestmark = pytest.mark.lmdb_only("LMDB's environment flags and file descriptors")
+
 
 def test_the_log_is_opened_with_synchronous_data_and_meta_flushes(tmp_path: Path) -> None:
     store = LmdbStore(str(tmp_path / "log"))

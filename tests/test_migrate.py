@@ -36,7 +36,10 @@ from server.storage.postgres import PostgresStore, table_name
 from tests.postgres import PostgresServer, running_postgres
 from tests.server_process import SOURCE_TREE_S2S, ServerProcess
 
-pytestmark = pytest.mark.xdist_group("migrate")  # one PostgreSQL for the module
+pytestmark = [
+    pytest.mark.xdist_group("migrate"),  # one PostgreSQL for the module
+    pytest.mark.lmdb_only("migrates a server's LMDB data directory"),
+]
 
 PLAIN = "mig-plain"
 SEALED = "mig-sealed"

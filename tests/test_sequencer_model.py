@@ -28,8 +28,10 @@ from s2s.records import fence_record, trim_record, validate_append_input
 from s2s.v1 import records_pb2 as pb
 from server.reader import ReadLimits, ReadStart
 from server.sequencer import AppendAck, StreamPosition
+from server.storage.choice import LMDB
 from server.streamstore import StreamStore
 from tests.conftest import BASIN, MANUAL_JOBS, ManualClock, decode
+from tests.storage_mode import empty_tables, postgres_database, postgres_mode
 
 T = TypeVar("T")
 
@@ -428,6 +430,10 @@ class SequencerMachine(RuleBasedStateMachine):
         self.dir = tempfile.mkdtemp(
             prefix="s2s-model-", dir=RAM_DIR if os.path.isdir(RAM_DIR) else None
         )
+        # On PostgreSQL, one database emptied per example: a database each costs more.
+        self.storage = postgres_database("s2s_model") if postgres_mode() else LMDB
+        if postgres_mode():
+            empty_tables(self.storage)
         self.clock = ManualClock()
         self.store = self.run(self._open())
         self.run(self.store.create_basin(BASIN))
@@ -450,7 +456,9 @@ class SequencerMachine(RuleBasedStateMachine):
         return self.loop.run_until_complete(coro)
 
     async def _open(self) -> StreamStore:
-        return await StreamStore.open(self.dir, clock=self.clock, job_settings=MANUAL_JOBS)
+        return await StreamStore.open(
+            self.dir, clock=self.clock, job_settings=MANUAL_JOBS, storage=self.storage
+        )
 
     def teardown(self) -> None:
         try:

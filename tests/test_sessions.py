@@ -25,10 +25,10 @@ from server.read_session import read_session
 from server.reader import ReadLimits, ReadStart
 from server.scoped_store import ScopedStore
 from server.sequencer import AppendAck
-from server.storage.kv import LmdbStore
 from server.streamstore import StreamStore
 from tests.conftest import BASIN, MANUAL_JOBS, ManualClock, make_batch
 from tests.crash.faults import FaultyStore
+from tests.storage_mode import key_value_store
 
 STREAM = "s"
 
@@ -120,7 +120,7 @@ async def test_acks_failed_behind_the_first_failure_are_not_logged_as_unretrieve
     """A failed commit fails every batch queued behind it at once. The session reports the
     first; the others, still in its queue, were each logged by asyncio as an exception never
     retrieved, with a traceback."""
-    kv = FaultyStore(LmdbStore(str(tmp_path / "log")))
+    kv = FaultyStore(key_value_store(tmp_path))
     faulty_store = StreamStore(kv, clock, MANUAL_JOBS)
     await faulty_store.start()
     try:

@@ -40,8 +40,9 @@ from server.storage.layout import DELETING_STREAM_PREFIX, batch_key
 from server.storage.postgres import LEAD_LOCK_CLASS, PostgresStore
 from server.streamstore import StreamStore
 from server.usage.query import Accumulation, parse_query
-from tests.conftest import BASIN, MANUAL_JOBS, ManualClock, _empty_tables, decode, make_batch
+from tests.conftest import BASIN, MANUAL_JOBS, ManualClock, decode, make_batch
 from tests.crash.faults import FaultyStore, Gate
+from tests.storage_mode import empty_tables
 
 STREAM = "shared"
 NOTICE_WAIT_S = 2.0
@@ -81,7 +82,7 @@ async def node(
 
 @pytest.fixture
 def shared_db(postgres_storage: str) -> str:
-    _empty_tables(postgres_storage)
+    empty_tables(postgres_storage)
     return postgres_storage
 
 

@@ -1,8 +1,9 @@
 """The child process of the kill -9 tests: floods appends and prints each acknowledgement.
 
-Run as `python -m tests.crash.appender DATA_DIR SEED`. It opens a `StreamStore` on DATA_DIR
-(creating the basin and streams if they are absent, so it can be re-run on a directory a
-previous run left behind, however it died), then appends forever to `STREAMS` streams, mixing
+Run as `python -m tests.crash.appender DATA_DIR SEED [STORAGE]`. It opens a `StreamStore` on
+DATA_DIR, its log in STORAGE (`--storage`'s form; LMDB in DATA_DIR by default), creating the
+basin and streams if they are absent (so it can be re-run on a directory a previous run left
+behind, however it died), then appends forever to `STREAMS` streams, mixing
 batch sizes and record sizes, and both durable `append` calls and pipelined `submit`s with
 several batches in flight. Once the engine confirms a batch it prints one line and flushes:
 
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 from s2s.records import BATCH_RECORDS_MAX, ValidatedBatch, validate_append_input
 from s2s.v1 import records_pb2 as pb
 from server.sequencer import AppendAck
+from server.storage.choice import LMDB
 from server.streamstore import StreamStore
 
 BASIN = "crash-test"
@@ -149,8 +151,8 @@ async def flood(store: StreamStore, stream: int, seed: int) -> None:
             await window.popleft()
 
 
-async def main(data_dir: str, seed: int) -> None:
-    store = await StreamStore.open(data_dir)
+async def main(data_dir: str, seed: int, storage: str = LMDB) -> None:
+    store = await StreamStore.open(data_dir, storage=storage)
     await store.ensure_basin(BASIN)
     for name in STREAMS:
         await store.ensure_stream(BASIN, name)
@@ -163,4 +165,4 @@ async def main(data_dir: str, seed: int) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+    asyncio.run(main(sys.argv[1], int(sys.argv[2]), *sys.argv[3:4]))

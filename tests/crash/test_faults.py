@@ -30,10 +30,11 @@ from s2s.errors import S2Error
 from server.jobs import JobSettings
 from server.reader import ReadLimits, ReadStart
 from server.sequencer import AppendAck
-from server.storage.kv import LmdbStore, Write
+from server.storage.kv import Write
 from server.streamstore import StreamStore
 from tests.conftest import BASIN, ManualClock, decode, make_batch
 from tests.crash.faults import FaultyStore, Gate
+from tests.storage_mode import key_value_store, storage_for
 
 SETTINGS = JobSettings(interval_s=3600)
 
@@ -42,7 +43,7 @@ SETTINGS = JobSettings(interval_s=3600)
 async def faulty_store(
     path: Path, clock: ManualClock
 ) -> AsyncIterator[tuple[StreamStore, FaultyStore]]:
-    kv = FaultyStore(LmdbStore(str(path / "log")), seed=1)
+    kv = FaultyStore(key_value_store(path), seed=1)
     store = StreamStore(kv, clock, SETTINGS)
     await store.start()
     try:
@@ -195,7 +196,9 @@ async def test_reopen_after_failed_commits_holds_exactly_the_acknowledged_batche
         assert len(kv.failed) == 3
         assert acked["s"] and acked["t"]
 
-    reopened = await StreamStore.open(str(tmp_path), clock=clock, job_settings=SETTINGS)
+    reopened = await StreamStore.open(
+        str(tmp_path), clock=clock, job_settings=SETTINGS, storage=storage_for(tmp_path)
+    )
     try:
         for name, expected in acked.items():
             assert await bodies(reopened, name) == expected
@@ -260,7 +263,9 @@ async def test_failures_during_a_pipelined_flood_over_several_streams(
                 expected[name].extend(batch)
             assert await bodies(store, name) == expected[name]
 
-    reopened = await StreamStore.open(str(tmp_path), clock=clock, job_settings=SETTINGS)
+    reopened = await StreamStore.open(
+        str(tmp_path), clock=clock, job_settings=SETTINGS, storage=storage_for(tmp_path)
+    )
     try:
         for name in streams:
             assert await bodies(reopened, name) == expected[name]

@@ -52,6 +52,7 @@ from tests.crash.appender import (
     to_batch,
 )
 from tests.crash.child import run_and_kill
+from tests.storage_mode import storage_for
 
 FIRST_ACK_TIMEOUT_S = 60.0
 PROBE_SEED = 0
@@ -78,7 +79,7 @@ def run_child(
     """Run the appender, SIGKILL it `kill_after_s` after its first ack (or after spawning)."""
     killed = run_and_kill(
         module,
-        [str(data_dir), str(seed)],
+        [str(data_dir), str(seed), storage_for(data_dir)],
         data_dir.parent / f"{data_dir.name}-{seed}.stderr",
         kill_after_s,
         "ACK" if after_first_ack else None,
@@ -158,7 +159,9 @@ def check_layout(store: StreamStore, stream: str, visible: list[tuple[int, int]]
 
 async def verify(data_dir: Path, acks: list[Ack], plans: Plans, probe_id: int) -> dict[str, int]:
     """Check the reopened store against every ack so far; append a probe; return the tails."""
-    store = await StreamStore.open(str(data_dir), job_settings=JobSettings(interval_s=3600))
+    store = await StreamStore.open(
+        str(data_dir), job_settings=JobSettings(interval_s=3600), storage=storage_for(data_dir)
+    )
     tails = {}
     try:
         streams = {record.name for record in store.list_streams(BASIN)[0]}

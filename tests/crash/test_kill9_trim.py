@@ -32,6 +32,7 @@ from server.streamstore import StreamStore
 from tests.conftest import decode
 from tests.crash.child import run_and_kill
 from tests.crash.trimmer import BASIN, BATCHES, STREAM, TRIM_POINT, body_of
+from tests.storage_mode import storage_for
 
 TRIMMED_TIMEOUT_S = 60.0
 KILL_DELAYS_S = [0.0, 0.02, 0.05, 0.1, 0.2, 0.4]
@@ -42,7 +43,7 @@ def run_child(data_dir: Path, kill_after_s: float) -> list[str]:
     """Run the trimmer and SIGKILL it `kill_after_s` after it printed `TRIMMED`."""
     killed = run_and_kill(
         "tests.crash.trimmer",
-        [str(data_dir)],
+        [str(data_dir), storage_for(data_dir)],
         data_dir.parent / "trimmer.stderr",
         kill_after_s,
         "TRIMMED",
@@ -66,7 +67,9 @@ def timestamp_index(store: StreamStore, sid: int) -> list[int]:
 
 
 async def verify(data_dir: Path) -> list[int]:
-    store = await StreamStore.open(str(data_dir), job_settings=JobSettings(interval_s=3600))
+    store = await StreamStore.open(
+        str(data_dir), job_settings=JobSettings(interval_s=3600), storage=storage_for(data_dir)
+    )
     try:
         sid = store.get_stream(BASIN, STREAM).sid
         # The trim command is the stream's last record, at seq BATCHES.

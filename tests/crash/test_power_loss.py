@@ -45,6 +45,7 @@ def mount(tmp_path: Path) -> Iterator[Mount]:
 
 
 @pytest.mark.parametrize("kill_after_s", [0.3, 1.0])
+@pytest.mark.lmdb_only("power loss of the LMDB log's data directory (FUSE)")
 def test_power_loss_loses_no_acknowledged_record(mount: Mount, kill_after_s: float) -> None:
     acks = run_child(mount.mount_point / "data", 1, kill_after_s, after_first_ack=True)
     mount.power_loss()
@@ -52,6 +53,7 @@ def test_power_loss_loses_no_acknowledged_record(mount: Mount, kill_after_s: flo
     asyncio.run(verify(mount.durable / "data", list(acks), Plans(), probe_id=1))
 
 
+@pytest.mark.lmdb_only("power loss of the LMDB log's data directory (FUSE)")
 def test_a_server_acking_before_fsync_loses_records_at_power_loss(mount: Mount) -> None:
     acks: list[Ack] = run_child(
         mount.mount_point / "data", 1, 1.0, True, module="tests.crash.nosync_appender"
@@ -63,6 +65,7 @@ def test_a_server_acking_before_fsync_loses_records_at_power_loss(mount: Mount) 
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.lmdb_only("power loss of the LMDB log's data directory (FUSE)")
 def test_power_loss_after_partial_writeback_loses_no_acknowledged_record(
     mount: Mount, seed: int
 ) -> None:

@@ -25,7 +25,10 @@ from tests.crash.syscall_faults import seccomp_unavailable
 from tests.server_process import ServerProcess
 
 _UNAVAILABLE = seccomp_unavailable()
-pytestmark = pytest.mark.skipif(_UNAVAILABLE is not None, reason=_UNAVAILABLE or "")
+pytestmark = [
+    pytest.mark.skipif(_UNAVAILABLE is not None, reason=_UNAVAILABLE or ""),
+    pytest.mark.lmdb_only("seccomp faults in the system calls of LMDB's own commit"),
+]
 
 _BASIN = {"s2-basin": "storage-faults"}
 

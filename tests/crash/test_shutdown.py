@@ -12,6 +12,7 @@ from pathlib import Path
 from server.jobs import JobSettings
 from server.streamstore import StreamStore
 from tests.conftest import BASIN, ManualClock, make_batch
+from tests.storage_mode import storage_for
 
 CLOSE_SECONDS_MAX = 2.0
 
@@ -29,7 +30,9 @@ async def test_close_right_after_deleting_a_stream_finishes(
     tmp_path: Path, clock: ManualClock
 ) -> None:
     # Deleting kicks the background jobs; closing in the same breath must not hang.
-    store = await StreamStore.open(str(tmp_path), clock, JobSettings(interval_s=3600))
+    store = await StreamStore.open(
+        str(tmp_path), clock, JobSettings(interval_s=3600), storage=storage_for(tmp_path)
+    )
     await store.create_basin(BASIN)
     await store.create_stream(BASIN, "s")
     await store.append(BASIN, "s", make_batch(b"x"))
@@ -40,7 +43,9 @@ async def test_close_right_after_deleting_a_stream_finishes(
 async def test_close_right_after_deleting_a_basin_finishes(
     tmp_path: Path, clock: ManualClock
 ) -> None:
-    store = await StreamStore.open(str(tmp_path), clock, JobSettings(interval_s=3600))
+    store = await StreamStore.open(
+        str(tmp_path), clock, JobSettings(interval_s=3600), storage=storage_for(tmp_path)
+    )
     await store.create_basin(BASIN)
     await store.delete_basin(BASIN)
     assert await timed_close(store) < CLOSE_SECONDS_MAX, "close() hung after delete_basin"

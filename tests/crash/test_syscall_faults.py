@@ -27,7 +27,10 @@ from tests.crash.syscall_faults import SyscallFault, SyscallFaultStore, seccomp_
 from tests.crash.test_faults import SETTINGS, append_when_recovered, bodies, span
 
 _UNAVAILABLE = seccomp_unavailable()
-pytestmark = pytest.mark.skipif(_UNAVAILABLE is not None, reason=_UNAVAILABLE or "")
+pytestmark = [
+    pytest.mark.skipif(_UNAVAILABLE is not None, reason=_UNAVAILABLE or ""),
+    pytest.mark.lmdb_only("seccomp faults in the system calls of LMDB's own commit"),
+]
 
 _ERRNO = {
     SyscallFault.DATA_WRITE_EIO: errno.EIO,

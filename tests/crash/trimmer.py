@@ -1,10 +1,11 @@
 """The child process of the trim crash tests: fills a stream, trims it, deletes what it trimmed.
 
-Run as `python -m tests.crash.trimmer DATA_DIR`. It appends `BATCHES` single-record batches
-(record `seq` holds `body_of(seq)`) and prints `FILLED`, appends a trim command that keeps the
-last `KEPT` records and prints `TRIMMED <trim point>`, then runs the background jobs and prints
-`RECLAIMED`. Each line is printed only once what it reports is durable. The jobs' turns are
-small (`JOBS`), so the deletion takes hundreds of commits for the parent to kill it among.
+Run as `python -m tests.crash.trimmer DATA_DIR STORAGE` (STORAGE in `--storage`'s form). It
+appends `BATCHES` single-record batches (record `seq` holds `body_of(seq)`) and prints `FILLED`,
+appends a trim command that keeps the last `KEPT` records and prints `TRIMMED <trim point>`,
+then runs the background jobs and prints `RECLAIMED`. Each line is printed only once what it
+reports is durable. The jobs' turns are small (`JOBS`), so the deletion takes hundreds of
+commits for the parent to kill it among.
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ def body_of(seq: int) -> bytes:
     return f"record {seq:08d};".encode() * 8
 
 
-async def main(data_dir: str) -> None:
-    store = await StreamStore.open(data_dir, job_settings=JOBS)
+async def main(data_dir: str, storage: str) -> None:
+    store = await StreamStore.open(data_dir, job_settings=JOBS, storage=storage)
     await store.create_basin(BASIN)
     await store.create_stream(BASIN, STREAM, StreamConfig(retention="infinite"))
     inflight: collections.deque[asyncio.Future[AppendAck]] = collections.deque()
@@ -58,4 +59,4 @@ async def main(data_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1]))
+    asyncio.run(main(sys.argv[1], sys.argv[2]))

@@ -84,6 +84,7 @@ def _tail(http: httpx.Client) -> int:
     return seq_num
 
 
+@pytest.mark.lmdb_only("a full data directory, where the LMDB log is")
 def test_appends_fail_cleanly_while_the_disk_is_full_and_resume_once_it_is_freed(
     server: ServerProcess, small_disk: Path
 ) -> None:

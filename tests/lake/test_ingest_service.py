@@ -2,9 +2,9 @@
 watch through which a waiting request learns its rejected rows (server/lake/ingest_service.py,
 server/lake/watch.py).
 
-The rows go through a real `StreamStore` on LMDB wrapped in a `FaultyStore`
-(tests/crash/faults.py): a held commit keeps acks pending, and a failed one fails its appends
-and those pipelined behind it, as a full disk does.
+The rows go through a real `StreamStore` (on LMDB, or on PostgreSQL in the suite's PostgreSQL
+mode) wrapped in a `FaultyStore` (tests/crash/faults.py): a held commit keeps acks pending, and
+a failed one fails its appends and those pipelined behind it, as a full disk does.
 """
 
 from __future__ import annotations
@@ -24,11 +24,12 @@ from server.lake.ingest import IngestRequest
 from server.lake.ingest_service import PlacedBatch, append_rows
 from server.lake.watch import AppliedWatch
 from server.sequencer import AppendAck
-from server.storage.kv import LmdbStore, StorageFull, Write
+from server.storage.kv import StorageFull, Write
 from server.streamstore import StreamStore
 from tests.conftest import ManualClock, make_batch
 from tests.crash.faults import FaultyStore, Gate
 from tests.crash.test_faults import SETTINGS, entered, recovered
+from tests.storage_mode import key_value_store
 
 DEFINITION = build_materialization(MaterializationSpec(name="t", table="s.t"))
 
@@ -80,7 +81,7 @@ class Rig:
 
 @pytest.fixture
 async def rig(tmp_path: Path, clock: ManualClock) -> AsyncIterator[Rig]:
-    kv = DiskFullStore(LmdbStore(str(tmp_path / "log")))
+    kv = DiskFullStore(key_value_store(tmp_path))
     store = StreamStore(kv, clock, SETTINGS)
     await store.start()
     rig = Rig(store, kv)

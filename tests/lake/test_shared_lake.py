@@ -41,8 +41,9 @@ from server.storage.choice import POSTGRES_PREFIX
 from server.storage.kv import KeyValueStore
 from server.storage.postgres import LEAD_LOCK_CLASS
 from server.streamstore import StreamStore
-from tests.conftest import MANUAL_JOBS, ManualClock, _empty_tables, make_batch
+from tests.conftest import MANUAL_JOBS, ManualClock, make_batch
 from tests.crash.faults import FaultyStore
+from tests.storage_mode import empty_tables
 from tests.test_shared_store import open_node
 
 TABLE = "bronze.events"
@@ -120,7 +121,7 @@ def _catalog_database(storage: str) -> str:
 
 @pytest.fixture
 def shared(postgres_storage: str, tmp_path: Path) -> SharedLake:
-    _empty_tables(postgres_storage)
+    empty_tables(postgres_storage)
     catalog = "postgres:" + _catalog_database(postgres_storage)
     return SharedLake(postgres_storage, catalog, tmp_path / "shared-data", tmp_path)
 

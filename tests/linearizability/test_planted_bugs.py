@@ -45,6 +45,7 @@ async def test_a_planted_bug_is_caught(tmp_path: Path, bug: str, kills: int) -> 
 
 
 @pytest.mark.skipif(_UNAVAILABLE is not None, reason=_UNAVAILABLE or "")
+@pytest.mark.lmdb_only("its nemesis injects I/O faults inside LMDB's commits")
 async def test_an_ack_of_a_failed_commit_is_caught_under_the_fault_nemesis(tmp_path: Path) -> None:
     """The server acknowledges the appends of a commit that failed (an I/O fault inside LMDB):
     those records are not stored, which readers see once the kill has emptied its memory."""
@@ -93,6 +94,7 @@ async def test_an_early_ack_that_a_kill_loses_is_caught(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(_NO_POWER_LOSS is not None, reason=_NO_POWER_LOSS or "")
+@pytest.mark.lmdb_only("plants LMDB commits without a sync, then a power loss of its directory")
 async def test_lazy_syncing_is_caught_by_a_power_loss_and_not_by_a_kill(tmp_path: Path) -> None:
     """A server that acknowledges appends before syncing them passes kill -9,
     because the kernel keeps its writes, and loses acknowledged appends at a power loss."""

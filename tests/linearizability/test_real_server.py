@@ -45,6 +45,7 @@ def _resumed(run: Run, fault: Fault) -> bool:
     )
 
 
+@pytest.mark.lmdb_only("its nemesis injects I/O faults inside LMDB's commits")
 async def test_histories_with_kills_and_io_faults_are_linearizable(tmp_path: Path) -> None:
     run = await run_workload(tmp_path, seed=1, seconds=SECONDS, kills=KILLS, faults=FAULTS)
     verdict = check(run.history)
@@ -71,6 +72,7 @@ POWER_LOSSES = 2
 
 
 @pytest.mark.skipif(_NO_POWER_LOSS is not None, reason=_NO_POWER_LOSS or "")
+@pytest.mark.lmdb_only("power losses of LMDB's data directory (FUSE)")
 async def test_histories_with_power_losses_are_linearizable(tmp_path: Path) -> None:
     """The server's data directory on the power-loss filesystem (tests/crash/powerloss_fs.py):
     twice the server is killed and the disk keeps only what was synced, plus a random part of
