@@ -16,7 +16,7 @@ from s2s.config import (
 )
 from s2s.errors import S2Error
 from server.streamstore import StreamStore
-from tests.conftest import BASIN, make_batch
+from tests.conftest import BASIN, ManualClock, make_batch
 from tests.storage_mode import storage_for
 
 
@@ -260,3 +260,20 @@ async def test_config_survives_reopen(tmp_path: object, clock: object) -> None:
         assert (await second.check_tail("persist-1", "s")).seq_num == 2
     finally:
         await second.close()
+
+
+async def test_a_store_reopened_right_after_it_closed_opens(
+    tmp_path: object, clock: ManualClock, storage: str
+) -> None:
+    """`close` frees the log for the next store at once. On PostgreSQL a closed connection's
+    backend drops its locks only once it has exited, some time after the client has gone:
+    the writer's lock was still held then, and the reopen refused, until `close` released it."""
+    for round_ in range(20):
+        opened = await StreamStore.open(str(tmp_path), clock=clock, storage=storage)
+        try:
+            if round_ == 0:
+                await opened.create_basin(BASIN)
+            await opened.create_stream(BASIN, f"round-{round_}")
+            assert len(opened.list_streams(BASIN)[0]) == round_ + 1
+        finally:
+            await opened.close()

@@ -42,6 +42,7 @@ once more; if that fails too it is `StorageUnavailable`.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import secrets
@@ -655,13 +656,24 @@ class PostgresStore:
             self._closed = True
             readers, self._readers = self._readers, []
             lead, self._lead = self._lead, None
+        # The writer's lock and the roles led are released before the connections close: a
+        # session's locks outlive its client's close until its backend has exited, so a store
+        # opened right after this one closed could otherwise be refused the database.
+        for holder in [self._writer, *([lead] if lead is not None else [])]:
+            _release_session_locks(holder)
         self._writer.close()
-        # Ends its session: the roles it led are free for another node at once.
         for connection in [*readers, *([lead] if lead is not None else [])]:
             connection.close()
 
 
 FSYNC_OFF = "the PostgreSQL server runs with fsync off, so a commit it acknowledges can be lost"
+
+
+def _release_session_locks(connection: Connection) -> None:
+    """Releases the session's advisory locks, if it is still up (a cut or ended session holds
+    none any more)."""
+    with contextlib.suppress(psycopg.Error):
+        connection.execute("SELECT pg_advisory_unlock_all()")
 
 
 def _fsync_on(connection: Connection) -> bool:
