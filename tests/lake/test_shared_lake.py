@@ -398,6 +398,31 @@ def _stored(lakes: TwoLakes) -> tuple[Checkpoint | None, list[tuple[Any, ...]]]:
     return checkpoint(cursor, "m"), rows
 
 
+def _while_held(
+    held: HeldCommit, first: Callable[[], object], second: Callable[[], object]
+) -> object:
+    """Run `first` on a thread until its COMMIT waits at `held`, run `second` meanwhile, then
+    let the COMMIT go: what `first` returned or raised."""
+    outcome: list[object] = []
+
+    def run_first() -> None:
+        try:
+            outcome.append(first())
+        except BaseException as error:
+            outcome.append(error)
+
+    thread = threading.Thread(target=run_first)
+    thread.start()
+    try:
+        assert held.waiting.wait(30)  # its statements ran; its COMMIT waits
+        second()
+    finally:
+        held.release.set()
+        thread.join(30)
+    [result] = outcome
+    return result
+
+
 def test_a_batch_committed_after_another_runners_commit_is_refused(two_lakes: TwoLakes) -> None:
     """The stale runner's transaction begins after the other's commit: DuckLake sees no
     conflict, the checkpoint's condition does."""
@@ -421,25 +446,12 @@ def test_ducklake_refuses_the_second_of_two_concurrent_commits(two_lakes: TwoLak
     held = HeldCommit(lake_cursor(two_lakes.first))
     first = Applier(held, two_lakes.files, DEFINITION)  # type: ignore[arg-type]
     second = Applier(lake_cursor(two_lakes.second), two_lakes.files, DEFINITION)
-    outcome: list[BaseException | None] = []
-
-    def commit_first() -> None:
-        try:
-            first.apply(_batch(0, 10, after=-1))
-            outcome.append(None)
-        except BaseException as error:
-            outcome.append(error)
-
-    thread = threading.Thread(target=commit_first)
-    thread.start()
-    try:
-        assert held.waiting.wait(30)  # its statements ran; its COMMIT waits
-        second.apply(_batch(0, 10, after=-1))
-    finally:
-        held.release.set()
-        thread.join(30)
-    [error] = outcome
-    assert isinstance(error, LakeConflict), error
+    outcome = _while_held(
+        held,
+        lambda: first.apply(_batch(0, 10, after=-1)),
+        lambda: second.apply(_batch(0, 10, after=-1)),
+    )
+    assert isinstance(outcome, LakeConflict), outcome
     assert _stored(two_lakes) == (Checkpoint(9, 10, 0), [(10, 10)])
 
 
@@ -451,23 +463,12 @@ def test_a_declaration_is_made_again_after_a_conflicting_commit(two_lakes: TwoLa
     applier = Applier(lake_cursor(two_lakes.first), two_lakes.files, DEFINITION)
     held = HeldCommit(lake_cursor(two_lakes.second))
     other = build_materialization(MaterializationSpec(name="n", table="s.other"))
-    done: list[BaseException | bool] = []
-
-    def declare() -> None:
-        try:
-            done.append(insert(held, two_lakes.files, other))  # type: ignore[arg-type]
-        except BaseException as error:
-            done.append(error)
-
-    declaring = threading.Thread(target=declare)
-    declaring.start()
-    try:
-        assert held.waiting.wait(30)  # its statements ran; its COMMIT waits
-        applier.apply(_batch(0, 3, after=-1))
-    finally:
-        held.release.set()
-        declaring.join(30)
-    assert done == [True]
+    outcome = _while_held(
+        held,
+        lambda: insert(held, two_lakes.files, other),  # type: ignore[arg-type]
+        lambda: applier.apply(_batch(0, 3, after=-1)),
+    )
+    assert outcome is True
     assert checkpoint(lake_cursor(two_lakes.second), "n") == Checkpoint(-1, 0, 0)
     assert _stored(two_lakes) == (Checkpoint(2, 3, 0), [(3, 3)])
 
