@@ -5,11 +5,14 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROTO_FILES := $(wildcard proto/s2s/v1/*.proto)
 
-.PHONY: serve test test-postgres lint typecheck imports proto proto-check unit bench clean postgres fuse
+.PHONY: serve test test-postgres lint typecheck imports proto proto-check unit bench clean postgres fuse chromium
 
 BUF_VERSION := 1.75.0
 BUF := $(VENV)/buf/node_modules/.bin/buf
 PROTOC := $(BIN)/python -m grpc_tools.protoc -I proto
+
+# The console's browser tests (tests/console) write a screenshot of each page here, for review.
+CONSOLE_SCREENSHOTS := build/console-screenshots
 
 TS_SUITE := tests/typescript
 TS_MODULES := $(VENV)/typescript
@@ -24,14 +27,16 @@ $(STAMP): requirements.lock pyproject.toml
 serve: $(STAMP)
 	$(BIN)/s2s serve
 
-test: $(STAMP) $(TS_STAMP) postgres fuse proto-check lint typecheck imports
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
+test: $(STAMP) $(TS_STAMP) postgres fuse chromium proto-check lint typecheck imports
+	rm -rf $(CONSOLE_SCREENSHOTS)
+	S2S_CONSOLE_SCREENSHOTS=$(CONSOLE_SCREENSHOTS) $(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
 # The same suite with every server and store on PostgreSQL (tests/storage_mode.py): one durable
 # server per test worker, a database per data directory; tests of LMDB itself are skipped (-rs
 # lists them with their reasons). docs/testing.md says what it covers.
-test-postgres: $(STAMP) $(TS_STAMP) postgres fuse
-	S2S_TEST_STORAGE=postgres $(BIN)/python -m pytest -q -n 2 --dist loadgroup -rs
+test-postgres: $(STAMP) $(TS_STAMP) postgres fuse chromium
+	S2S_TEST_STORAGE=postgres S2S_CONSOLE_SCREENSHOTS=$(CONSOLE_SCREENSHOTS) \
+		$(BIN)/python -m pytest -q -n 2 --dist loadgroup -rs
 
 lint: $(STAMP) $(BUF)
 	$(BIN)/ruff check .
@@ -69,6 +74,14 @@ fuse:
 		$$SUDO apt-get update -qq && \
 		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libfuse2 >/dev/null; }
 
+# The console's end-to-end tests drive Debian's Chromium headless through Playwright (whose own
+# browser downloads this machine cannot reach); install it only if it is absent.
+chromium:
+	@test -x /usr/bin/chromium || { \
+		SUDO=; [ "$$(id -u)" = 0 ] || ! command -v sudo >/dev/null || SUDO=sudo; \
+		$$SUDO apt-get update -qq && \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
@@ -92,4 +105,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/engine.py
 
 clean:
-	rm -rf $(VENV) $(TS_SUITE)/node_modules .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(TS_SUITE)/node_modules .mypy_cache .ruff_cache .pytest_cache build

@@ -13,7 +13,9 @@ Scenarios:
   session-1000x1k   AppendSession, 1000 x 1 KiB batches, 16 in flight (MiB/s)
   session-1rec      AppendSession, 1-record batches, 16 in flight, one session (acks/s)
   sessions16-1rec   16 sessions of 1-record batches, 16 in flight each (records/s)
-  producer          one Producer, single 1 KiB records (records/s)
+  producer          one Producer (idempotent, the default), single 1 KiB records (records/s)
+  producer-idempotence  the Producer with idempotence on and off, alternating (records/s each,
+                    and on/off; the target is 0.9 or more)
   unary-1000rps     unary Append of 1 record paced at 1,000/s (ack latency p50/p99)
   conditional       sequential unary appends with match_seq_num (appends/s)
   conditional-session  the same through one AppendSession, one append in flight (appends/s)
@@ -26,6 +28,7 @@ import asyncio
 import gc
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -137,11 +140,13 @@ async def session_flood(
     }
 
 
-async def producer_flood(client: S2SClient, seconds: float) -> dict[str, float]:
+async def producer_flood(
+    client: S2SClient, seconds: float, idempotent: bool = True, stream: str = "producer-0"
+) -> dict[str, float]:
     deadline = time.perf_counter() + seconds
     count = 0
     start = time.perf_counter()
-    async with client.stream(BASIN, "producer-0").producer() as producer:
+    async with client.stream(BASIN, stream).producer(idempotent=idempotent) as producer:
         last: asyncio.Future[int] | None = None
         while time.perf_counter() < deadline:
             for _ in range(100):
@@ -151,6 +156,19 @@ async def producer_flood(client: S2SClient, seconds: float) -> dict[str, float]:
     await last
     elapsed = time.perf_counter() - start
     return {"records_s": count / elapsed}
+
+
+async def producer_idempotence(client: S2SClient, seconds: float) -> dict[str, float]:
+    """The Producer with idempotence on and off, in the order on, off, off, on (a quarter of
+    `seconds` each), so that warming up and a drift of the machine's speed hit both alike; the
+    rates are the means of each."""
+    rates: dict[bool, list[float]] = {True: [], False: []}
+    for idempotent in (True, False, False, True):
+        stream = "producer-1" if idempotent else "producer-2"
+        run = await producer_flood(client, seconds / 4, idempotent, stream)
+        rates[idempotent].append(run["records_s"])
+    on, off = statistics.mean(rates[True]), statistics.mean(rates[False])
+    return {"on_records_s": on, "off_records_s": off, "on_off": on / off}
 
 
 async def paced_unary(client: S2SClient, rate: float, seconds: float) -> dict[str, float]:
@@ -210,6 +228,7 @@ SCENARIOS: dict[str, Callable[[S2SClient, float], Awaitable[dict[str, float]]]] 
     "session-1rec": lambda c, s: session_flood(c, "small", 1, s),
     "sessions16-1rec": lambda c, s: session_flood(c, "many", 1, s, sessions=16),
     "producer": producer_flood,
+    "producer-idempotence": producer_idempotence,
     "unary-1000rps": lambda c, s: paced_unary(c, 1000, s),
     "conditional": conditional,
     "conditional-session": conditional_session,
@@ -290,7 +309,7 @@ def _fmt(result: dict[str, float] | None) -> str:
     if result is None:
         return "n/a"
     return ", ".join(
-        f"{key} {value:,.2f}" if key.endswith("_cores") else f"{key} {value:,.1f}"
+        f"{key} {value:,.2f}" if key.endswith(("_cores", "on_off")) else f"{key} {value:,.1f}"
         for key, value in result.items()
     )
 

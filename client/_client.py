@@ -6,11 +6,14 @@ cannot duplicate data: reads, listings, config lookups, tail checks, materializa
 SQL queries (always read-only), and creates that carry a request token. Materialization
 create, pause, resume and delete carry no token and are not retried, like reconfigures: a
 repeat after a lost response would fail (e.g. `resource_already_exists`) although the first
-call succeeded. Appends are never retried by the client: a failure after the server received
-the batch would leave it unknown whether the batch was applied. To make appends safely
-retryable, set `match_seq_num`: a repeat of an applied batch then fails with
-`SeqNumMismatchError` instead of writing twice. Read sessions that lose their connection resume
-from the record after the last one they delivered.
+call succeeded. Appends are not retried by `Stream.append` and `AppendSession`: a failure after
+the server received the batch would leave it unknown whether the batch was applied. A
+`ProducerSession` (batches) and the `Producer` over it (records) are idempotent by default (each
+batch carries the `s2s-producer` header, docs/adr/0016): they send every unacknowledged batch
+again through a new session when one is lost, and the server writes each batch once.
+Otherwise, to make appends safely retryable, set `match_seq_num`: a repeat of an applied batch
+then fails with `SeqNumMismatchError` instead of writing twice. Read sessions that lose their
+connection resume from the record after the last one they delivered.
 """
 
 from __future__ import annotations
@@ -18,9 +21,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
+import logging
 import os
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypedDict, TypeVar, Unpack
 
@@ -29,6 +34,9 @@ import pyarrow as pa
 from grpc import aio
 
 from client._errors import S2SError, error_from_rpc, error_from_status
+from client._kv import KvStore
+from client._request_log import RequestLog
+from client._request_log import enabled as request_log_enabled
 from s2s.config import BasinConfig, StreamConfig
 from s2s.convert import (
     basin_config_from_proto,
@@ -37,7 +45,17 @@ from s2s.convert import (
     stream_config_to_proto,
 )
 from s2s.encryption_key import ENCRYPTION_KEY_HEADER, EncryptionKey
-from s2s.records import BATCH_METERED_BYTES_MAX, BATCH_RECORDS_MAX, metered_size
+from s2s.errors import ERROR_KINDS
+from s2s.kv_format import DEFAULT_BASIN
+from s2s.logs import fields as log_fields
+from s2s.records import (
+    BATCH_METERED_BYTES_MAX,
+    BATCH_RECORDS_MAX,
+    PRODUCER_HEADER,
+    PRODUCER_WINDOW_BATCHES,
+    metered_size,
+    producer_header_value,
+)
 from s2s.v1 import access_pb2 as apb
 from s2s.v1 import control_pb2 as cpb
 from s2s.v1 import lake_pb2 as lpb
@@ -49,9 +67,14 @@ from s2s.wire import append_input_bytes, with_append_input
 
 T = TypeVar("T")
 
+log = logging.getLogger(__name__)
+
 MESSAGE_BYTES_MAX = 8 * 1024 * 1024
 RETRYABLE_STATUSES = (grpc.StatusCode.UNAVAILABLE,)
 BACKOFF_MAX_S = 2.0
+PRODUCER_RETRY_S_MAX = 30.0
+"""How long an idempotent `Producer` goes on opening new sessions and resending its
+unacknowledged batches, from the first failure with no ack since, before it gives up."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +100,9 @@ class S2SClient:
     `access_token` (default: the `S2S_ACCESS_TOKEN` variable) is sent with every call
     (`authorization: Bearer ...` metadata); a server with access control refuses calls
     without one (`authn`).
+
+    Each call is logged at debug (logger `client._request_log`) if that logger is enabled for
+    debug when the client is created.
     """
 
     def __init__(
@@ -103,11 +129,14 @@ class S2SClient:
         )
         """Sent with every call. Not a client interceptor: grpc.aio's add 50-300 us to each
         unary call on this machine (an extra task per call)."""
+        interceptors = [RequestLog()] if request_log_enabled() else None
         if tls or root_certificates is not None:
             credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
-            self._channel = aio.secure_channel(target, credentials, options=options)
+            self._channel = aio.secure_channel(
+                target, credentials, options=options, interceptors=interceptors
+            )
         else:
-            self._channel = aio.insecure_channel(target, options=options)
+            self._channel = aio.insecure_channel(target, options=options, interceptors=interceptors)
         self._account = services.AccountServiceStub(self._channel)  # type: ignore[no-untyped-call]
         self._basins = services.BasinServiceStub(self._channel)  # type: ignore[no-untyped-call]
         self.streams = services.StreamServiceStub(self._channel)  # type: ignore[no-untyped-call]
@@ -276,6 +305,19 @@ class S2SClient:
         with them: a stream created in a basin with a `stream_cipher` needs it; a plaintext
         stream ignores it."""
         return Stream(self, basin, name, encryption_key)
+
+    async def get_kv_store(
+        self,
+        name: str,
+        *,
+        basin: str = DEFAULT_BASIN,
+        encryption_key: bytes | str | None = None,
+    ) -> KvStore:
+        """The key-value store `name` of `basin` (the stream `kv/NAME`), loaded: a dict whose
+        `commit()` appends its changes atomically (`client._kv`). Its stream, and the default
+        basin, are created on its first commit. In a basin with a `stream_cipher`, give the
+        store's `encryption_key` (32 bytes, or their base64)."""
+        return await KvStore.open(self, name, basin, encryption_key)
 
     # --- lake --------------------------------------------------------------------------------
 
@@ -459,13 +501,21 @@ class Stream:
         linger_s: float = 0.005,
         batch_records_max: int = BATCH_RECORDS_MAX,
         batch_bytes_max: int = BATCH_METERED_BYTES_MAX,
-        inflight_batches_max: int = 16,
+        inflight_batches_max: int = PRODUCER_WINDOW_BATCHES,
+        *,
+        idempotent: bool = True,
+        retry_s_max: float = PRODUCER_RETRY_S_MAX,
     ) -> Producer:
+        """A `Producer` of this stream (see there); `idempotent` false sends no producer header
+        and gives up at the first failure."""
         return Producer(
-            self.append_session(inflight_batches_max),
+            self,
             linger_s,
             batch_records_max,
             batch_bytes_max,
+            inflight_batches_max,
+            idempotent=idempotent,
+            retry_s_max=retry_s_max,
         )
 
     async def read(self, **params: Unpack[ReadParams]) -> pb.ReadBatch:
@@ -550,7 +600,12 @@ class AppendSession:
         """Send a batch; the returned future resolves with its ack once it is durable."""
         if self._error is not None:
             raise self._error
-        append_input = encode_input(records, match_seq_num, fencing_token)
+        return await self.submit_input(encode_input(records, match_seq_num, fencing_token))
+
+    async def submit_input(self, append_input: bytes) -> asyncio.Future[pb.AppendAck]:
+        """`submit` of an `AppendInput` message already encoded."""
+        if self._error is not None:
+            raise self._error
         await self._slots.acquire()
         if self._call is None:
             self._call = self._stream._client.append_session_call(metadata=self._stream.metadata)
@@ -622,22 +677,273 @@ class AppendSession:
             future.cancel()
 
 
-class Producer:
-    """Batches single records into appends over an append session.
+@dataclass
+class _UnackedBatch:
+    """A batch a `ProducerSession` sent and has no ack for yet."""
 
-    A batch is sent when it reaches `batch_records_max` records or `batch_bytes_max` metered
-    bytes, or `linger_s` after its first record. `append` returns a future of the record's
-    sequence number.
+    append_input: bytes
+    ack: asyncio.Future[pb.AppendAck]
+    """Resolved once: with the batch's ack, or with the failure that ended the session."""
+    resent: bool = False
+    """Sent again through a new session: its first sending may have been written."""
+
+
+class ProducerSession:
+    """Batches appended in order through append sessions, sent again through a new session
+    when one is lost: what a `Producer` sends its batches through, for callers that make their
+    own batches (`s2s append`).
+
+    `submit` sends a batch and returns the future of its ack; it waits while
+    `inflight_batches_max` batches are unacknowledged, also while no session takes them (the
+    server is gone), so what waits for an ack is bounded.
+
+    Idempotent (the default): the first record of each batch carries the `s2s-producer` header,
+    this session's random id (`producer_id`) and the batch's number, so the server writes a
+    batch once however often it is sent, and answers a repeat with the first ack
+    (docs/adr/0016-idempotent-appends.md). When the session is lost (the connection dropped,
+    the server restarted) or ends with a retryable error, a new one is opened and sent every
+    unacknowledged batch again, in order; each batch's future resolves once. It goes on for up
+    to `retry_s_max` without an ack (0: not at all), then fails every unacknowledged batch. At
+    most `PRODUCER_WINDOW_BATCHES` batches may be in flight: the server answers repeats of that
+    many. The loss and the recovery are logged at warning, once each however many attempts it
+    takes. Not idempotent: the first failure fails every unacknowledged batch, and every later
+    one.
+
+    `match_seq_num` is the first batch's; each later batch's is where the one before it ended,
+    so the batches append only if nothing else writes in between. `fencing_token` goes with
+    every batch. A batch sent again carries the same conditions, and the server answers a batch
+    it wrote from the producer's row before it checks them, so a resend is not refused for the
+    tail its own first sending moved, nor for a fence set since.
     """
 
     def __init__(
         self,
-        session: AppendSession,
+        stream: Stream,
+        inflight_batches_max: int = PRODUCER_WINDOW_BATCHES,
+        *,
+        idempotent: bool = True,
+        retry_s_max: float = PRODUCER_RETRY_S_MAX,
+        match_seq_num: int | None = None,
+        fencing_token: str | None = None,
+    ) -> None:
+        if idempotent and inflight_batches_max > PRODUCER_WINDOW_BATCHES:
+            raise ValueError(
+                f"an idempotent producer has at most {PRODUCER_WINDOW_BATCHES} batches in "
+                f"flight (the server remembers that many), not {inflight_batches_max}"
+            )
+        self._stream = stream
+        self._inflight_batches_max = inflight_batches_max
+        self._retry_s_max = retry_s_max
+        self._match_seq_num = match_seq_num
+        """The next batch's `match_seq_num` (None: none)."""
+        self._fencing_token = fencing_token
+        self.producer_id = uuid.uuid4().hex if idempotent else None
+        """The id the server knows this producer's batches by (None: not idempotent)."""
+        self._next_batch_seq = 0
+        self._session = stream.append_session(inflight_batches_max)
+        self._unacked: collections.deque[_UnackedBatch] = collections.deque()
+        self._room = asyncio.Semaphore(inflight_batches_max)
+        """A unit per batch that may be submitted now: `_unacked` holds at most
+        `inflight_batches_max`, the server's window, even while sessions fail at once."""
+        self._settled = asyncio.Event()
+        """Set while no batch waits for its ack, or once the session failed."""
+        self._settled.set()
+        self._failure: S2SError | None = None
+        self.unacknowledged_may_be_written = False
+        """After a failure: whether the batches it failed may have been written nonetheless
+        (their ack was lost, or a first sending was, and the resend was refused before the
+        server's producer check): only the acknowledged ones are known to be."""
+        self._retrying_since_s: float | None = None
+        self._resent_before_loss = 0
+        self._attempt = 0
+        """New sessions opened since the last ack: the backoff's exponent."""
+        self._recovery: asyncio.Task[None] | None = None
+        self._recover_again = False
+        self.resent_batches = 0
+        """Batches sent again through a new session (their first sending's ack was lost)."""
+        self._submit_lock = asyncio.Lock()
+        self._send_lock = asyncio.Lock()
+
+    async def __aenter__(self) -> ProducerSession:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def _name(self) -> str:
+        return f"s2://{self._stream.basin}/{self._stream.name}"
+
+    async def submit(self, records: Sequence[pb.AppendRecord]) -> asyncio.Future[pb.AppendAck]:
+        """Send a batch of at least one record, after every batch submitted before it; the
+        future resolves with its ack once it is durable. Raises the failure that ended the
+        session, if one did."""
+        assert records, "an append has at least one record"
+        async with self._submit_lock:  # batches go in the order they were submitted
+            await self._room.acquire()
+            async with self._send_lock:  # after every batch a resend under way sends
+                if self._failure is not None:
+                    self._room.release()
+                    raise self._failure
+                ack: asyncio.Future[pb.AppendAck] = asyncio.get_running_loop().create_future()
+                batch = _UnackedBatch(self._encode(records), ack)
+                self._unacked.append(batch)
+                self._settled.clear()
+                await self._send(self._session, batch)
+        return ack
+
+    def _encode(self, records: Sequence[pb.AppendRecord]) -> bytes:
+        """The batch's `AppendInput` with its conditions, its first record with the producer
+        header if idempotent (a copy: the caller's record is left as it was)."""
+        match_seq_num = self._match_seq_num
+        if match_seq_num is not None:
+            self._match_seq_num = match_seq_num + len(records)
+        if self.producer_id is None:
+            return append_input_bytes(records, match_seq_num, self._fencing_token)
+        first = pb.AppendRecord()
+        first.CopyFrom(records[0])
+        value = producer_header_value(self.producer_id, self._next_batch_seq)
+        first.headers.add(name=PRODUCER_HEADER, value=value)
+        self._next_batch_seq += 1
+        return append_input_bytes([first, *records[1:]], match_seq_num, self._fencing_token)
+
+    async def _send(self, session: AppendSession, batch: _UnackedBatch) -> None:
+        try:
+            ack = await session.submit_input(batch.append_input)
+        except S2SError as error:  # the session had failed already
+            self._session_failed(session, error)
+            return
+        ack.add_done_callback(functools.partial(self._on_ack, session, batch))
+
+    def _on_ack(
+        self, session: AppendSession, batch: _UnackedBatch, done: asyncio.Future[pb.AppendAck]
+    ) -> None:
+        if done.cancelled():
+            return  # a session closed
+        error = done.exception()  # read even if ignored: asyncio logs an error never read
+        if session is not self._session or self._failure is not None:
+            return  # a session given up on: its batches went again through the next
+        if error is not None:
+            failure = error if isinstance(error, S2SError) else S2SError("other", str(error))
+            self._session_failed(session, failure)
+            return
+        # A session's acks come in order, and each session was sent every unacknowledged
+        # batch in order first.
+        acked = self._unacked.popleft()
+        assert acked is batch, "a producer's acks came out of order"
+        self._room.release()
+        if self._retrying_since_s is not None:
+            log.warning(
+                "append session to %s back after %.1f s (%d batches sent again)",
+                self._name,
+                asyncio.get_running_loop().time() - self._retrying_since_s,
+                self.resent_batches - self._resent_before_loss,
+            )
+        self._retrying_since_s = None
+        self._attempt = 0
+        batch.ack.set_result(done.result())
+        if not self._unacked:
+            self._settled.set()
+
+    def _session_failed(self, session: AppendSession, error: S2SError) -> None:
+        """The session failed (every batch after the failed one fails with it): open another
+        and send every unacknowledged batch again, if this producer is idempotent, the error is
+        retryable, and the retries have not run out."""
+        if session is not self._session or self._failure is not None:
+            return
+        kind = ERROR_KINDS.get(error.code)
+        if self.producer_id is None or kind is None or not kind.retryable:
+            self._fail(error)
+            return
+        now_s = asyncio.get_running_loop().time()
+        if now_s - (self._retrying_since_s or now_s) >= self._retry_s_max:
+            self._fail(error)
+            return
+        if self._retrying_since_s is None:
+            self._retrying_since_s = now_s
+            self._resent_before_loss = self.resent_batches
+            # Once per outage: the attempts that fail meanwhile are not news.
+            log.warning(
+                "append session to %s lost (%s); sending its unacknowledged batches again "
+                "through a new session, for up to %g s without an ack",
+                self._name,
+                error,
+                self._retry_s_max,
+                extra=log_fields(code=error.code, basin=self._stream.basin),
+            )
+        if self._recovery is not None and not self._recovery.done():
+            self._recover_again = True  # the session it just opened failed too
+            return
+        self._recovery = asyncio.ensure_future(self._resend())
+
+    async def _resend(self) -> None:
+        """Open a new session and send it every unacknowledged batch, in order; again as long
+        as the new session fails meanwhile. New batches wait (the send lock)."""
+        async with self._send_lock:
+            while self._failure is None:
+                await self._session.close()  # it has failed: this only ends it
+                self._attempt += 1
+                await asyncio.sleep(self._stream._client.backoff_delay_s(self._attempt))
+                session = self._session = self._stream.append_session(self._inflight_batches_max)
+                self._recover_again = False
+                for batch in list(self._unacked):
+                    if self._recover_again or self._failure is not None:
+                        break
+                    self.resent_batches += 1
+                    batch.resent = True
+                    await self._send(session, batch)
+                if not self._recover_again:
+                    return
+
+    def _fail(self, error: S2SError) -> None:
+        self._failure = error
+        if self._unacked:
+            kind = ERROR_KINDS.get(error.code)
+            # A retryable error: the last sending's fate is unknown. Otherwise the first
+            # unacknowledged batch was refused, and the ones after it were not written, unless
+            # a lost session had them first.
+            self.unacknowledged_may_be_written = (
+                kind is None or kind.retryable or self._unacked[0].resent
+            )
+        while self._unacked:
+            batch = self._unacked.popleft()
+            self._room.release()
+            batch.ack.set_exception(error)
+        self._settled.set()
+
+    async def close(self) -> None:
+        """Wait for every ack (sending batches again as needed) or the failure, then end the
+        session."""
+        while self._unacked and self._failure is None:
+            await self._settled.wait()
+        if self._recovery is not None:
+            await self._recovery
+        await self._session.close()
+
+
+class Producer:
+    """Batches single records into appends through a `ProducerSession` (see there: by default
+    idempotent, and resending through a new session when one is lost).
+
+    A batch is sent when it reaches `batch_records_max` records or `batch_bytes_max` metered
+    bytes, or `linger_s` after its first record. `append` returns a future of the record's
+    sequence number; it resolves once, or fails with the failure that ended the session.
+    """
+
+    def __init__(
+        self,
+        stream: Stream,
         linger_s: float,
         batch_records_max: int,
         batch_bytes_max: int,
+        inflight_batches_max: int,
+        *,
+        idempotent: bool = True,
+        retry_s_max: float = PRODUCER_RETRY_S_MAX,
     ) -> None:
-        self._session = session
+        self._session = ProducerSession(
+            stream, inflight_batches_max, idempotent=idempotent, retry_s_max=retry_s_max
+        )
         self._linger_s = linger_s
         self._records_max = batch_records_max
         self._bytes_max = batch_bytes_max
@@ -646,13 +952,22 @@ class Producer:
         self._bytes = 0
         self._timer: asyncio.TimerHandle | None = None
         self._flushes: set[asyncio.Task[None]] = set()
-        self._send_lock = asyncio.Lock()
 
     async def __aenter__(self) -> Producer:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+    @property
+    def producer_id(self) -> str | None:
+        """The id the server knows this producer's batches by (None: not idempotent)."""
+        return self._session.producer_id
+
+    @property
+    def resent_batches(self) -> int:
+        """Batches sent again through a new session (their first sending's ack was lost)."""
+        return self._session.resent_batches
 
     async def append(self, record: pb.AppendRecord | bytes) -> asyncio.Future[int]:
         if isinstance(record, bytes):
@@ -684,39 +999,40 @@ class Producer:
         if not records:
             return
         self._records, self._futures, self._bytes = [], [], 0
-        async with self._send_lock:  # keeps batches in the order their records arrived
-            try:
-                ack_future = await self._session.submit(records)
-            except S2SError as error:
-                _fail_all(futures, error)
-                return
-        ack_future.add_done_callback(lambda done: _resolve_records(done, futures))
+        # The session sends batches in the order `submit` was called, which is the order
+        # their records arrived: nothing awaits between taking them and the call.
+        try:
+            ack = await self._session.submit(records)
+        except S2SError as error:  # the session had failed
+            _fail_all(futures, error)
+            return
+        ack.add_done_callback(functools.partial(_resolve_records, futures))
 
     async def close(self) -> None:
-        """Send what is buffered and wait for every ack."""
+        """Send what is buffered and wait for every ack (resending as needed)."""
         await self._flush()
         if self._flushes:
             await asyncio.gather(*self._flushes)
         await self._session.close()
 
 
+def _resolve_records(futures: list[asyncio.Future[int]], ack: asyncio.Future[pb.AppendAck]) -> None:
+    """Each record's future: its sequence number in the batch's ack, or the batch's failure."""
+    if ack.cancelled():
+        for future in futures:
+            future.cancel()
+        return
+    error = ack.exception()
+    if error is not None:
+        _fail_all(futures, error)
+        return
+    start = ack.result().start.seq_num
+    for offset, future in enumerate(futures):
+        if not future.done():
+            future.set_result(start + offset)
+
+
 def _fail_all(futures: list[asyncio.Future[int]], error: BaseException) -> None:
     for future in futures:
         if not future.done():
             future.set_exception(error)
-
-
-def _resolve_records(
-    done: asyncio.Future[pb.AppendAck], futures: list[asyncio.Future[int]]
-) -> None:
-    if done.cancelled():
-        _fail_all(futures, S2SError("other", "append session closed"))
-        return
-    error = done.exception()
-    if error is not None:
-        _fail_all(futures, error)
-        return
-    start = done.result().start.seq_num
-    for offset, future in enumerate(futures):
-        if not future.done():
-            future.set_result(start + offset)

@@ -79,3 +79,15 @@ def error_from_status(status: grpc.StatusCode, details: str | None, trailing: An
     if code is None:
         code = "unavailable" if status == grpc.StatusCode.UNAVAILABLE else "other"
     return S2SError(str(code), message, status)
+
+
+class KvConflict(S2SError):
+    """A commit found changes committed to its store since the revision it was made at.
+
+    Nothing of it was applied. The store's committed state is already the latest (its
+    `revision` is `revision`); its pending changes are kept: `reload()` (which drops them)
+    and make them again on the new state, then `commit()`."""
+
+    def __init__(self, message: str, revision: int) -> None:
+        super().__init__("kv_conflict", message, grpc.StatusCode.FAILED_PRECONDITION)
+        self.revision = revision

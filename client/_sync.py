@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine, Iterable, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator, MutableMapping
 from typing import Any, TypeVar, Unpack
 
 from client._client import ReadParams, S2SClient, SqlResult
+from client._kv import KvStore
 from s2s.config import StreamConfig
+from s2s.kv_format import DEFAULT_BASIN, Change, Entry
+from s2s.kv_state import KvChange
 from s2s.v1 import lake_pb2 as lpb
 from s2s.v1 import records_pb2 as pb
 
@@ -110,6 +113,28 @@ class SyncClient:
     def sql(self, query: str, limit: int | None = None) -> SqlResult:
         return self._run(self._client.sql(query, limit))
 
+    def get_kv_store(
+        self,
+        name: str,
+        *,
+        basin: str = DEFAULT_BASIN,
+        encryption_key: bytes | str | None = None,
+    ) -> SyncKvStore:
+        """The key-value store `name` of `basin`, loaded (`S2SClient.get_kv_store`)."""
+        store = self._client.get_kv_store(name, basin=basin, encryption_key=encryption_key)
+        return SyncKvStore(self, self._run(store))
+
+    def iterate(self, iterator: AsyncIterator[T]) -> Iterator[T]:
+        """A blocking iterator over an async one of the client's, closed when left."""
+        try:
+            while True:
+                try:
+                    yield self._run(anext(iterator))  # type: ignore[arg-type]
+                except StopAsyncIteration:
+                    return
+        finally:
+            self._run(iterator.aclose())  # type: ignore[attr-defined]
+
     def read_session(
         self,
         basin: str,
@@ -121,12 +146,72 @@ class SyncClient:
     ) -> Iterator[pb.ReadBatch]:
         """Blocking iterator over a read session's batches."""
         target = self._client.stream(basin, stream, encryption_key=encryption_key)
-        session = target.read_session(heartbeats=heartbeats, **params)
-        try:
-            while True:
-                try:
-                    yield self._run(anext(session))  # type: ignore[arg-type]
-                except StopAsyncIteration:
-                    return
-        finally:
-            self._run(session.aclose())  # type: ignore[attr-defined]
+        return self.iterate(target.read_session(heartbeats=heartbeats, **params))
+
+
+class SyncKvStore(MutableMapping[str, str]):
+    """`KvStore` for blocking code: the dict works in memory; `commit`, `reload`, `history`
+    and `watch` wait for the server."""
+
+    def __init__(self, client: SyncClient, store: KvStore) -> None:
+        self._client = client
+        self._store = store
+
+    @property
+    def name(self) -> str:
+        return self._store.name
+
+    @property
+    def basin(self) -> str:
+        return self._store.basin
+
+    @property
+    def revision(self) -> int:
+        return self._store.revision
+
+    @property
+    def pending(self) -> list[Change]:
+        return self._store.pending
+
+    def entry(self, key: str) -> Entry:
+        return self._store.entry(key)
+
+    def discard(self) -> None:
+        self._store.discard()
+
+    def reload(self) -> None:
+        self._client._run(self._store.reload())
+
+    def commit(self) -> int:
+        return self._client._run(self._store.commit())
+
+    def compact(self) -> int:
+        return self._client._run(self._store.compact())
+
+    def history(self, key: str, limit: int | None = None) -> list[KvChange]:
+        return self._client._run(self._store.history(key, limit))
+
+    def watch(self) -> Iterator[KvChange]:
+        """Blocking iterator over the changes committed after `revision`, live."""
+        return self._client.iterate(self._store.watch())
+
+    def __getitem__(self, key: str) -> str:
+        return self._store[key]
+
+    def __setitem__(self, key: str, value: str) -> None:
+        self._store[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        del self._store[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._store
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._store)
+
+    def __repr__(self) -> str:
+        return repr(self._store)

@@ -16,6 +16,7 @@ import argparse
 import json
 import math
 import os
+import re
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from typing import Any, NoReturn
 
 from s2s.encryption_key import KEY_BYTES, EncryptionKey
 from s2s.errors import S2Error
+from s2s.logs import LOG_FORMATS, LOG_LEVELS
 from s2s.rfc3339 import parse_ms
 from s2s.wire import U64_MAX
 
@@ -33,11 +35,33 @@ class UsageError(Exception):
 
 
 class Parser(argparse.ArgumentParser):
-    """An argument parser whose usage errors are one line: argparse prints the whole usage
-    first, many lines for `s2s serve`."""
+    """An argument parser whose usage errors are one line (argparse prints the whole usage
+    first, many lines for `s2s serve`), and whose positionals may come before, between or
+    after its flags.
+
+    The second matters for commands that take `BASIN STREAM` or `s2://BASIN/STREAM`: the
+    stream is an optional positional, and argparse alone would give it the next word when
+    flags split the positionals (`fence b s --fencing-token t new` would fail), so a command
+    parser without subcommands collects its flags first, then matches every positional at
+    once (`parse_known_intermixed_args`).
+    """
+
+    _intermixing = False
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: list[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        if self._subparsers is not None or self._intermixing:
+            return super().parse_known_args(args, namespace)
+        # parse_known_intermixed_args calls back into parse_known_args, twice.
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
 
 
 def whole_number(low: int, high: int) -> Callable[[str], int]:
@@ -77,6 +101,46 @@ def number(low: float, *, low_inclusive: bool = True) -> Callable[[str], float]:
 port = whole_number(0, 65535)
 seq_num = whole_number(0, U64_MAX)
 """Sequence numbers, timestamps and offsets: unsigned 64-bit on the wire."""
+
+
+def choice(*values: str) -> Callable[[str], str]:
+    """An argument type (for a flag that has a variable, where `choices` does not apply): one
+    of `values`."""
+
+    def one_of(text: str) -> str:
+        if text not in values:
+            raise argparse.ArgumentTypeError(f"must be one of {', '.join(values)}, got {text!r}")
+        return text
+
+    return one_of
+
+
+DURATION_UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+DURATION_UNITS_MS["w"] = 7 * DURATION_UNITS_MS["d"]
+_DURATION_PART = re.compile(r"(\d{1,12})(ms|s|m|h|d|w)")
+DURATION_EXAMPLES = "500ms, 90s, 15m, 1h30m, 7d or 2w"
+
+
+def duration_ms(text: str) -> int:
+    """A duration as people write it, `1h30m`, `500ms`, `7d`, in milliseconds: whole numbers
+    each with a unit (ms, s, m, h, d, w), largest first or not."""
+    position, total = 0, 0
+    while position < len(text) and (part := _DURATION_PART.match(text, position)):
+        total += int(part.group(1)) * DURATION_UNITS_MS[part.group(2)]
+        position = part.end()
+    if not text or position != len(text) or total > U64_MAX:
+        raise argparse.ArgumentTypeError(
+            f"must be a duration such as {DURATION_EXAMPLES}, got {text!r}"
+        )
+    return total
+
+
+def duration_s(text: str) -> int:
+    """A duration in whole seconds (`1h`, `7d`), for settings the server keeps in seconds."""
+    ms = duration_ms(text)
+    if ms % 1000:
+        raise argparse.ArgumentTypeError(f"must be whole seconds, got {text!r}")
+    return ms // 1000
 
 
 def boolean(text: str) -> bool:
@@ -196,3 +260,35 @@ class EnvOption:
             setattr(args, self.dest, self.parse(raw))
         except argparse.ArgumentTypeError as error:
             parser.error(f"environment variable {self.env} {error}")
+
+
+def log_options(level_default: str) -> tuple[EnvOption, EnvOption]:
+    """`--log-level` and `--log-format`, for `s2s serve` and for every client command."""
+    return (
+        EnvOption(
+            "--log-level",
+            "S2S_LOG_LEVEL",
+            choice(*LOG_LEVELS),
+            level_default,
+            "the least severe log lines written to stderr: debug, info, warning or error",
+        ),
+        EnvOption(
+            "--log-format",
+            "S2S_LOG_FORMAT",
+            choice(*LOG_FORMATS),
+            "text",
+            "log lines as text, or as json (one object per line)",
+        ),
+    )
+
+
+S2_URI_SCHEME = "s2://"
+
+
+def split_s2_uri(text: str) -> tuple[str, str] | None:
+    """`s2://BASIN/STREAM` as (basin, stream), `s2://BASIN` as (basin, ""), anything else None.
+    A stream name may hold slashes: only the first one ends the basin."""
+    if not text.startswith(S2_URI_SCHEME):
+        return None
+    basin, _, stream = text.removeprefix(S2_URI_SCHEME).partition("/")
+    return basin, stream

@@ -74,6 +74,10 @@ ERROR_KINDS: dict[str, ErrorKind] = {
     "nesting_too_deep": ErrorKind(422, _G.INVALID_ARGUMENT, False),
     "invalid_primary_key": ErrorKind(422, _G.INVALID_ARGUMENT, False),
     "duplicate_primary_key": ErrorKind(422, _G.INVALID_ARGUMENT, False),
+    # The key-value store on streams (docs/adr/0015-kv-store.md).
+    "key_not_found": ErrorKind(404, _G.NOT_FOUND, False),
+    "kv_conflict": ErrorKind(412, _G.FAILED_PRECONDITION, False),
+    "kv_history_lost": ErrorKind(409, _G.FAILED_PRECONDITION, False),
 }
 
 

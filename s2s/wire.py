@@ -74,13 +74,17 @@ def varint_size(value: int) -> int:
     return (value.bit_length() + 6) // 7 or 1
 
 
-def _plain_record_size(body_length: int) -> int:
+def field_size(length: int) -> int:
+    """A length-delimited field of a one-byte tag whose content is `length` bytes."""
+    return 1 + varint_size(length) + length
+
+
+def plain_record_size(body_length: int) -> int:
     """One `AppendInput.records` entry holding only a body of this length."""
-    inner = 1 + varint_size(body_length) + body_length if body_length else 0
-    return 1 + varint_size(inner) + inner
+    return field_size(field_size(body_length) if body_length else 0)
 
 
-_PLAIN_RECORD_SIZES = [_plain_record_size(length) for length in range(_VARINTS_CACHED)]
+_PLAIN_RECORD_SIZES = [plain_record_size(length) for length in range(_VARINTS_CACHED)]
 
 
 def plain_append_input_size(
@@ -96,7 +100,7 @@ def plain_append_input_size(
     try:
         size = sum(map(_PLAIN_RECORD_SIZES.__getitem__, body_lengths))
     except IndexError:  # a body of 16 KiB or more: rare enough to compute each
-        size = sum(map(_plain_record_size, body_lengths))
+        size = sum(map(plain_record_size, body_lengths))
     if match_seq_num is not None:
         size += 1 + varint_size(match_seq_num)
     if fencing_token is not None:

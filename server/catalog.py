@@ -45,8 +45,11 @@ from server.storage.layout import (
     DELETING_STREAM_PREFIX,
     NEXT_STREAM_ID_KEY,
     STREAM_KEY_NAME_BYTES_MAX,
+    CorruptProducerRow,
+    ProducerRow,
     TailRow,
     prefix_end,
+    producer_key,
     sid_key,
     stream_key,
     stream_key_prefix,
@@ -185,6 +188,11 @@ class Catalog:
         self._basin_locks: dict[str, tuple[asyncio.Lock, int]] = {}
         self._sid_lock = asyncio.Lock()
 
+    @property
+    def shared(self) -> bool:
+        """Other nodes change the store too (ADR 0013)."""
+        return self._kv.shared
+
     @asynccontextmanager
     async def basin_lock(self, basin: str) -> AsyncIterator[None]:
         """Serialize control-plane changes within one basin."""
@@ -203,9 +211,9 @@ class Catalog:
     # --- basins ------------------------------------------------------------------------------
 
     def get_basin(self, name: str) -> BasinRecord | None:
-        return self._basin_entry(name)[0]
+        return self.basin_entry(name)[0]
 
-    def _basin_entry(self, name: str) -> tuple[BasinRecord | None, Expect]:
+    def basin_entry(self, name: str) -> tuple[BasinRecord | None, Expect]:
         """The basin's record, and the expectation that it is still so when a change commits."""
         # Names become storage keys: one that could never be created (an empty one is no key
         # at all to LMDB) is `invalid` here, whichever frontend or job passed it.
@@ -238,7 +246,7 @@ class Catalog:
         digest = creation_digest(request_token, requested_config)
 
         async def create() -> Provisioned[BasinRecord]:
-            existing, expect = self._basin_entry(name)
+            existing, expect = self.basin_entry(name)
             if existing is not None:
                 if existing.deleting:
                     raise S2Error("basin_deletion_pending", f"basin {name!r} is being deleted")
@@ -257,7 +265,7 @@ class Catalog:
         names.validate_basin_name(name)
 
         async def create() -> BasinRecord:
-            existing, expect = self._basin_entry(name)
+            existing, expect = self.basin_entry(name)
             if existing is not None:
                 return existing
             record = BasinRecord(name, BasinConfig(), self._clock.now_ms())
@@ -272,7 +280,7 @@ class Catalog:
         names.validate_basin_name(name)
 
         async def ensure() -> Provisioned[BasinRecord]:
-            existing, expect = self._basin_entry(name)
+            existing, expect = self.basin_entry(name)
             if existing is None:
                 record = BasinRecord(name, config, self._clock.now_ms())
                 outcome: Literal["created", "updated"] = "created"
@@ -291,7 +299,7 @@ class Catalog:
 
     async def reconfigure_basin(self, name: str, patch: BasinConfigPatch) -> BasinRecord:
         async def reconfigure() -> BasinRecord:
-            existing, expect = self._basin_entry(name)
+            existing, expect = self.basin_entry(name)
             existing = _found_basin(name, existing)
             if existing.deleting:
                 raise S2Error("basin_deletion_pending", f"basin {name!r} is being deleted")
@@ -307,7 +315,7 @@ class Catalog:
         """Mark the basin deleting; the deletion job removes its streams, then the basin."""
 
         async def delete() -> BasinRecord:
-            existing, expect = self._basin_entry(name)
+            existing, expect = self.basin_entry(name)
             existing = _found_basin(name, existing)
             if existing.deleting:
                 return existing
@@ -327,9 +335,9 @@ class Catalog:
     # --- streams -----------------------------------------------------------------------------
 
     def get_stream(self, basin: str, name: str) -> StreamRecord | None:
-        return self._stream_entry(basin, name)[0]
+        return self.stream_entry(basin, name)[0]
 
-    def _stream_entry(self, basin: str, name: str) -> tuple[StreamRecord | None, Expect]:
+    def stream_entry(self, basin: str, name: str) -> tuple[StreamRecord | None, Expect]:
         """The stream's record, and the expectation that it is still so when a change commits."""
         names.validate_basin_name(basin)
         names.validate_stream_name(name)
@@ -363,7 +371,7 @@ class Catalog:
 
         async def create() -> Provisioned[StreamRecord]:
             basin_record, basin_expect = self._active_basin_entry(basin)
-            existing, expect = self._stream_entry(basin, name)
+            existing, expect = self.stream_entry(basin, name)
             if existing is not None:
                 if existing.deleting:
                     raise S2Error("stream_deletion_pending", f"stream {name!r} is being deleted")
@@ -387,7 +395,7 @@ class Catalog:
 
         async def create() -> StreamRecord:
             basin_record, basin_expect = self._active_basin_entry(basin)
-            existing, expect = self._stream_entry(basin, name)
+            existing, expect = self.stream_entry(basin, name)
             if existing is not None:
                 return existing
             return await self._insert_stream(
@@ -405,7 +413,7 @@ class Catalog:
 
         async def ensure() -> Provisioned[StreamRecord]:
             basin_record, basin_expect = self._active_basin_entry(basin)
-            existing, expect = self._stream_entry(basin, name)
+            existing, expect = self.stream_entry(basin, name)
             if existing is None:
                 record = await self._insert_stream(
                     basin_record, name, config, None, [basin_expect, expect]
@@ -427,9 +435,9 @@ class Catalog:
         self, basin: str, name: str, patch: StreamConfigPatch
     ) -> StreamRecord:
         async def reconfigure() -> StreamRecord:
-            basin_record, basin_expect = self._basin_entry(basin)
+            basin_record, basin_expect = self.basin_entry(basin)
             basin_record = _found_basin(basin, basin_record)
-            existing, expect = self._stream_entry(basin, name)
+            existing, expect = self.stream_entry(basin, name)
             existing = _active_stream(name, existing)
             partial = patch_stream_config(existing.config.as_partial(), patch)
             _check_retention(partial)
@@ -446,7 +454,7 @@ class Catalog:
 
         async def delete() -> StreamRecord:
             self.require_basin(basin)
-            existing, expect = self._stream_entry(basin, name)
+            existing, expect = self.stream_entry(basin, name)
             if existing is None:
                 raise S2Error("stream_not_found", f"stream {name!r} does not exist")
             if existing.deleting:
@@ -481,6 +489,22 @@ class Catalog:
             for key, value in self._kv.scan(Table.STREAMS, b"", None, sys.maxsize)
         ]
 
+    def every_tail(self) -> dict[int, TailRow]:
+        """Every stored tail row, by stream id. Blocking: one scan."""
+        return {
+            int.from_bytes(key, "big"): TailRow.decode(value)
+            for key, value in self._kv.scan(Table.TAILS, b"", None, sys.maxsize)
+        }
+
+    def streams_after(self, basin: str, stream: str, limit: int) -> list[StreamRecord]:
+        """Up to `limit` streams after (`basin`, `stream`) in key order (from the first with
+        both empty), being deleted or not. Blocking."""
+        start = stream_key(basin, stream) + b"\x00" if basin else b""
+        return [
+            StreamRecord.decode(key.split(b"\x00", 1)[0].decode(), value)
+            for key, value in self._kv.scan(Table.STREAMS, start, None, limit)
+        ]
+
     def load_tail(self, sid: int) -> TailRow:
         return self.stored_tail(sid) or TailRow()
 
@@ -489,10 +513,24 @@ class Catalog:
         data = self._kv.get(Table.TAILS, sid_key(sid))
         return None if data is None else TailRow.decode(data)
 
+    def stored_producer(self, sid: int, producer_id: str) -> ProducerRow | None:
+        """A producer's row of the stream (idempotent appends); None if it has none. Blocking.
+        A row this version cannot read is `storage`: its retries cannot be told apart."""
+        data = self._kv.get(Table.PRODUCERS, producer_key(sid, producer_id))
+        if data is None:
+            return None
+        try:
+            return ProducerRow.decode(data)
+        except CorruptProducerRow as error:
+            raise S2Error(
+                "storage",
+                f"the row of producer {producer_id!r} of stream {sid} is damaged: {error}",
+            ) from None
+
     # --- helpers -----------------------------------------------------------------------------
 
     def _active_basin_entry(self, basin: str) -> tuple[BasinRecord, Expect]:
-        record, expect = self._basin_entry(basin)
+        record, expect = self.basin_entry(basin)
         record = _found_basin(basin, record)
         if record.deleting:
             raise S2Error("basin_deletion_pending", f"basin {basin!r} is being deleted")

@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import importlib.metadata
 import logging
 import signal
 import sys
@@ -21,18 +22,31 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import argcomplete
 import duckdb
 import lmdb
 from grpc import aio
 
 from client.cli import add_commands, run
-from client.cli_args import EnvOption, Parser, boolean, nonempty, number, port, whole_number
+from client.cli_args import (
+    EnvOption,
+    Parser,
+    boolean,
+    log_options,
+    nonempty,
+    number,
+    port,
+    whole_number,
+)
 from s2s import allocator
+from s2s.logs import configure_server
 from server.access.tokens import ROOT_TOKEN_FILE
 from server.binding import IPAddress, host_port, listening_socket, parse_host
 from server.grpc_frontend.server import listening_grpc_server, start_grpc_server
 from server.http_frontend import start_http_server
 from server.http_frontend.cors import parse_origins
+from server.jobs import PRODUCER_EXPIRY_S_DEFAULT, JobSettings
+from server.kv_store.compaction import CompactionSettings, KvCompactor
 from server.lake.connection import (
     LAKE_MEMORY_LIMIT_MIB_DEFAULT,
     LAKE_MEMORY_LIMIT_MIB_MIN,
@@ -82,6 +96,7 @@ LAKE_THREADS_MAX = 1024
 METRICS_BASIN_LABELS_MAX = 100_000
 METRICS_FLUSH_INTERVAL_S_MAX = 3600
 LAKE_LINGER_MS_MAX = 3_600_000
+PRODUCER_EXPIRY_HOURS_MAX = 10 * 365 * 24
 
 SERVE_OPTIONS = (
     EnvOption("--data-dir", "S2S_DATA_DIR", nonempty, "./data", "where streams are stored"),
@@ -126,6 +141,14 @@ SERVE_OPTIONS = (
         MAX_STORAGE_GIB_DEFAULT,
         "most the stream log may take on disk; past it appends fail as full until data is "
         "trimmed or the server restarts with more",
+    ),
+    EnvOption(
+        "--producer-expiry-hours",
+        "S2S_PRODUCER_EXPIRY_HOURS",
+        whole_number(1, PRODUCER_EXPIRY_HOURS_MAX),
+        int(PRODUCER_EXPIRY_S_DEFAULT // 3600),
+        "how long the server remembers an idempotent producer (s2s-producer header) after its "
+        "last batch to a stream: its retries are answered with their first ack for that long",
     ),
     EnvOption(
         "--lake-catalog",
@@ -238,6 +261,30 @@ SERVE_OPTIONS = (
         'summed under basin="_other"',
     ),
     EnvOption(
+        "--kv-compaction-interval-s",
+        "S2S_KV_COMPACTION_INTERVAL_S",
+        number(0),
+        CompactionSettings.interval_s,
+        "how often key-value stores are checked for compaction (their streams rewritten to a "
+        "snapshot of the live entries, the rest trimmed); 0 never",
+    ),
+    EnvOption(
+        "--kv-compaction-min-bytes",
+        "S2S_KV_COMPACTION_MIN_BYTES",
+        whole_number(0, 2**63 - 1),
+        CompactionSettings.min_bytes,
+        "least a key-value store's compaction must drop (metered bytes); it also waits until "
+        "the store's stream holds twice its live entries",
+    ),
+    EnvOption(
+        "--kv-compaction-write-mib-per-s",
+        "S2S_KV_COMPACTION_WRITE_MIB_PER_S",
+        number(0),
+        CompactionSettings.write_bytes_per_s / 2**20,
+        "how fast a key-value store's compaction writes its snapshot, at most, beside "
+        "clients' appends; 0 no limit",
+    ),
+    EnvOption(
         "--metrics-flush-interval-s",
         "S2S_METRICS_FLUSH_INTERVAL_S",
         number(0.1),
@@ -245,12 +292,24 @@ SERVE_OPTIONS = (
         "how often the metrics API's counts are written to disk: a kill -9 loses at most "
         "this long of them (a graceful stop none)",
     ),
+    *log_options("info"),
 )
+
+
+def version() -> str:
+    """This installation's version, from its package metadata."""
+    try:
+        return importlib.metadata.version("s2s")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def build_parser() -> Parser:
     parser = Parser(prog="s2s", description="s2s: durable streams server")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument(
+        "--version", action="version", version=f"s2s {version()}", help="print the version"
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve_parser = commands.add_parser("serve", help="run the server")
     for option in SERVE_OPTIONS:
         option.add_to(serve_parser)
@@ -314,12 +373,14 @@ class ServeSettings:
     max_storage_gib: int
     storage: str
     shared_storage: bool
+    jobs: JobSettings
     lake: LakeSettings
     tls: TlsSettings
     cors_origins: frozenset[str] | None
     auth: bool
     open_metrics: bool
     usage: UsageSettings
+    kv_compaction: CompactionSettings
 
 
 def serve_settings(args: argparse.Namespace) -> ServeSettings:
@@ -349,6 +410,7 @@ def serve_settings(args: argparse.Namespace) -> ServeSettings:
         max_storage_gib=args.max_storage_gib,
         storage=args.storage,
         shared_storage=args.shared_storage,
+        jobs=JobSettings(producer_expiry_s=args.producer_expiry_hours * 3600.0),
         lake=LakeSettings(
             root=Path(args.data_dir) / "lake",
             catalog=args.lake_catalog,
@@ -365,6 +427,11 @@ def serve_settings(args: argparse.Namespace) -> ServeSettings:
         auth=not args.no_auth,
         open_metrics=args.open_metrics,
         usage=UsageSettings(args.metrics_basin_labels, args.metrics_flush_interval_s),
+        kv_compaction=CompactionSettings(
+            interval_s=args.kv_compaction_interval_s,
+            min_bytes=args.kv_compaction_min_bytes,
+            write_bytes_per_s=args.kv_compaction_write_mib_per_s * 2**20,
+        ),
     )
 
 
@@ -390,6 +457,9 @@ async def serve(settings: ServeSettings) -> None:
         await _set_up_access(store, settings)
         lake = await _open_lake(store, settings.lake)
         resources.push_async_callback(lake.close)
+        compactor = KvCompactor(store, settings.kv_compaction)
+        compactor.start()
+        resources.push_async_callback(compactor.stop)
 
         stop = asyncio.Event()  # set on SIGTERM or SIGINT
         await start_grpc_server(grpc_server, store, lake)
@@ -443,6 +513,7 @@ async def _open_store(settings: ServeSettings) -> StreamStore:
     try:
         store = await StreamStore.open(
             settings.data_dir,
+            job_settings=settings.jobs,
             max_storage_bytes=settings.max_storage_gib << 30,
             usage_settings=settings.usage,
             storage=settings.storage,
@@ -512,15 +583,17 @@ async def _stop_frontends(
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # Shell completion (`s2s completion bash`): with argcomplete's variables set, this prints
+    # the completions and exits; otherwise it does nothing.
+    argcomplete.autocomplete(parser)
+    args = parser.parse_args(argv)
     if args.command == "migrate":
         return migrate(args.source, args.target, args.transaction_mib << 20)
     if args.command != "serve":
         return run(args)
     settings = serve_settings(args)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_server(args.log_level, args.log_format)
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     if not allocator.tune():
         log.info("not glibc: allocator settings left as they are")

@@ -1,4 +1,5 @@
-"""Background jobs: stream and basin deletion, trimming, retention by age, delete-on-empty.
+"""Background jobs: stream and basin deletion, trimming, retention by age, delete-on-empty, and
+the expiry of idle producers' rows (idempotent appends).
 
 Every change goes through the committer, serialized with appends, one commit of at most
 `batches_per_commit` batches at a time, so appends are never held up long. A run deletes
@@ -41,22 +42,33 @@ from server.sequencers import SequencerRegistry
 from server.storage.committer import CommitConflict, GroupCommitter
 from server.storage.kv import Delete, Expect, KeyValueStore, Put, Table, Write
 from server.storage.layout import (
+    BATCH_SUMMARY_BYTES_MAX,
     DELETING_BASIN_PREFIX,
     DELETING_STREAM_PREFIX,
     RECLAIMED_AT_KEY,
+    BatchSummary,
+    CorruptProducerRow,
+    ProducerRow,
     TailRow,
     batch_key,
     prefix_end,
+    producer_key_parts,
+    producer_key_prefix,
     sid_key,
     summarize_batch,
     timestamp_key,
 )
+from server.tasks import cancel_and_wait
 from server.usage.accounting import Usage
 
 log = logging.getLogger(__name__)
 
 JOBS_ROLE = "background-jobs"
 """What a node leads while it runs the jobs (`KeyValueStore.leads`)."""
+
+PRODUCER_EXPIRY_S_DEFAULT = 7 * 24 * 3600.0
+"""How long a producer's row outlives its last batch to a stream by default (as Kafka's
+`transactional.id.expiration.ms`): its retries are recognised for that long."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +85,11 @@ class JobSettings:
     reclaim_interval_s: float = 60.0
     """Least time between two `KeyValueStore.reclaim` calls after runs that deleted records
     (each can scan a table's indexes whole, on PostgreSQL)."""
+    producer_expiry_s: float = PRODUCER_EXPIRY_S_DEFAULT
+    """A producer's row of a stream is deleted once it wrote nothing to the stream for this
+    long; its next batch there starts it afresh (any batch sequence number is taken)."""
+    producer_rows_per_run: int = 1000
+    """Producer rows one retention sweep looks at (round-robin over all)."""
 
 
 class BackgroundJobs:
@@ -99,6 +116,7 @@ class BackgroundJobs:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._retention_cursor = b""
+        self._producer_cursor = b""
         self._retention_due_at = 0.0
         # Set by every deletion commit, cleared once a later commit has landed (`_settle`).
         self._unsettled = False
@@ -109,6 +127,11 @@ class BackgroundJobs:
         # Deletions since the last `reclaim`, and when the next may run.
         self._unreclaimed = False
         self._reclaim_due_at = 0.0
+        self._fronts: dict[int, BatchSummary] = {}
+        """Each stream's oldest stored batch as the last look found it, so a retention sweep
+        passes over a stream whose front is not due without reading it. A stream's front only
+        ever moves forward (appends go at the tail, deletions take the front), so where it
+        moved since (another node led the jobs meanwhile), the real one is due no sooner."""
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="s2s-background-jobs")
@@ -117,15 +140,7 @@ class BackgroundJobs:
         self._wake.set()
 
     async def stop(self) -> None:
-        if self._task is None:
-            return
-        self._task.cancel()
-        try:
-            await self._task
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                raise  # our caller was cancelled too: let that through
+        await cancel_and_wait(self._task)
 
     async def _loop(self) -> None:
         while True:
@@ -155,6 +170,9 @@ class BackgroundJobs:
         leading = await asyncio.to_thread(self._kv.leads, JOBS_ROLE)
         if leading != self._leading:
             self._leading = leading
+            # The node whose jobs delete batches is the one that counts stored bytes.
+            self._usage.lead(leading)
+            self._fronts.clear()  # streams another leader removed meanwhile are not in it
             if leading:
                 log.info("background jobs run on this node now")
             else:
@@ -272,6 +290,7 @@ class BackgroundJobs:
         and the record are expected too: once removed, the name can be created again, and a
         second node's late removal must not take the new stream's record.
         """
+        await self._delete_producers(sid)
         tail = self._kv.get(Table.TAILS, sid_key(sid))
         if self._kv.scan(Table.BATCHES, batch_key(sid, 0), batch_key(sid + 1, 0), 1):
             return
@@ -291,11 +310,30 @@ class BackgroundJobs:
                 return  # a later run looks again
             self._sequencers.forget(record.basin, record.name, sid)
             self._usage.forget(sid)
+            self._fronts.pop(sid, None)
+
+    async def _delete_producers(self, sid: int) -> None:
+        """Delete the rows of the deleted stream's producers (idempotent: rows written after by
+        a node that had not heard of the deletion change the tail, and the next run comes back
+        for them)."""
+        prefix = producer_key_prefix(sid)
+        while rows := await asyncio.to_thread(
+            self._kv.scan,
+            Table.PRODUCERS,
+            prefix,
+            prefix_end(prefix),
+            self._settings.batches_per_commit,
+        ):
+            await self._committer.commit([Delete(Table.PRODUCERS, key) for key, _ in rows])
+            self._unsettled = True
 
     async def _take_turn(
         self, sid: int, below_seq: int | None, written_before_ms: int | None
     ) -> bool:
         """Up to `commits_per_stream_max` commits of `_delete_front`; True if more may remain."""
+        front = self._fronts.get(sid)
+        if front is not None and not _due(front, below_seq, written_before_ms):
+            return False
         for _ in range(self._settings.commits_per_stream_max):
             if not await self._delete_front(sid, below_seq, written_before_ms):
                 return False
@@ -319,12 +357,12 @@ class BackgroundJobs:
                 batch_key(sid + 1, 0),
                 limit,
                 summarize_batch,
+                BATCH_SUMMARY_BYTES_MAX,
             )
             writes: list[Write] = []
+            front: BatchSummary | None = None
             for key, batch in items:
-                expired = written_before_ms is not None and batch.arrival_ms < written_before_ms
-                trimmed = below_seq is not None and batch.last_seq < below_seq
-                if (below_seq is None and written_before_ms is None) or expired or trimmed:
+                if _due(batch, below_seq, written_before_ms):
                     writes.append(Delete(Table.BATCHES, key))
                     writes.append(
                         Delete(
@@ -333,13 +371,17 @@ class BackgroundJobs:
                         )
                     )
                 else:
+                    front = batch
                     break
             if len(writes) < 2 * limit:
                 break
+        self._fronts.pop(sid, None)
         if writes:
             await self._committer.commit(writes)
             self._unsettled = True
             self._usage.deleted(sid, [batch for _, batch in items[: len(writes) // 2]])
+        if front is not None:  # the front once what was due is gone
+            self._fronts[sid] = front
         return len(writes) // 2 == self._settings.batches_per_commit
 
     # --- retention, trim, delete-on-empty -------------------------------------------------
@@ -370,6 +412,44 @@ class BackgroundJobs:
             await self._delete_if_empty(record, Expect(Table.STREAMS, key, value), tail, now)
         while behind:
             behind = [entry for entry in behind if await self._take_turn(*entry)]
+        await self._expire_producers(now)
+
+    async def _expire_producers(self, now_ms: int) -> None:
+        """Delete the rows of producers idle for `producer_expiry_s`, looking at
+        `producer_rows_per_run` rows a sweep, round-robin over the table.
+
+        Each deletion expects the row as read: a batch of that producer landing in between
+        keeps it (the commit conflicts, and a later sweep looks again). Their states held in
+        memory go too, so a producer's next batch starts it afresh, as after a restart."""
+        cutoff_ms = now_ms - int(self._settings.producer_expiry_s * 1000)
+        limit = self._settings.producer_rows_per_run
+
+        def if_idle(value: memoryview) -> bytes | None:
+            data = bytes(value)
+            try:
+                idle = ProducerRow.decode(data).last_write_ms < cutoff_ms
+            except CorruptProducerRow:
+                idle = True  # damaged: its producer's appends fail `storage` until it goes
+            return data if idle else None
+
+        rows = await asyncio.to_thread(
+            self._kv.scan_map, Table.PRODUCERS, self._producer_cursor, None, limit, if_idle
+        )
+        self._producer_cursor = rows[-1][0] + b"\x00" if len(rows) == limit else b""
+        idle = [(key, value) for key, value in rows if value is not None]
+        step = self._settings.batches_per_commit
+        for start in range(0, len(idle), step):
+            chunk = idle[start : start + step]
+            writes: list[Write] = [Expect(Table.PRODUCERS, key, value) for key, value in chunk]
+            writes += [Delete(Table.PRODUCERS, key) for key, _ in chunk]
+            try:
+                await self._committer.commit(writes)
+            except CommitConflict:
+                continue  # a later sweep looks again
+            self._unsettled = True
+            for key, value in chunk:
+                sid, producer_id = producer_key_parts(key)
+                self._sequencers.producers.forget(sid, producer_id, value)
 
     async def _delete_if_empty(
         self, record: StreamRecord, stored: Expect, tail: TailRow, now: int
@@ -421,3 +501,12 @@ class BackgroundJobs:
         await self._sequencers.delete_stream(basin, name)
         # The next run removes it at once, not a tick later, as after a client's deletion.
         self.kick()
+
+
+def _due(batch: BatchSummary, below_seq: int | None, written_before_ms: int | None) -> bool:
+    """Whether the batch is to be deleted: wholly below `below_seq` (a trim), or written
+    before `written_before_ms` (retention by age); with both None (a deleted stream), always."""
+    if below_seq is None and written_before_ms is None:
+        return True
+    expired = written_before_ms is not None and batch.arrival_ms < written_before_ms
+    return expired or (below_seq is not None and batch.last_seq < below_seq)

@@ -45,7 +45,7 @@ from server.catalog import BasinRecord, Provisioned, RequestedConfig, StreamReco
 from server.reader import ReadLimits, ReadOutput, ReadStart
 from server.sequencer import AppendAck, StreamPosition
 from server.sequencers import AutoCreate
-from server.streamstore import StreamStore
+from server.streamstore import StreamStatus, StreamStore
 from server.usage.query import Metric, MetricsQuery
 
 
@@ -104,6 +104,11 @@ class ScopedStore:
         page = self._store.access_tokens.list(self.principal, prefix, start_after, limit)
         self._store.count_operation("list-access-tokens")
         return page
+
+    def whoami(self) -> tuple[TokenInfo, bool]:
+        """The caller's own token, and whether access control is on (`--no-auth`: off, and
+        every caller holds `OPEN_ACCESS`)."""
+        return self.principal.info, self._store.access_tokens.required
 
     async def revoke_access_token(self, token_id: str) -> None:
         await self._store.access_tokens.revoke(self.principal, token_id)
@@ -258,6 +263,11 @@ class ScopedStore:
     async def check_tail(self, basin: str, stream: str) -> StreamPosition:
         full = self._stream("check-tail", basin, stream)
         return await self._store.check_tail(basin, full, may_create=self._may_create(basin, full))
+
+    async def stream_status(self, basin: str, stream: str) -> StreamStatus:
+        """The stream's durable tail row; what `check-tail` may see, and no more is shown
+        of it (`fenced` as a flag, never the token). Never creates the stream."""
+        return await self._store.stream_status(basin, self._stream("check-tail", basin, stream))
 
     async def read(
         self,

@@ -5,8 +5,9 @@ Invariants (each stream has exactly one `StreamSequencer` in the process):
 - Appends are checked and numbered synchronously on the event loop, in arrival order, against
   the *pending* state (the durable state plus every append still in flight), so pipelined
   appends get consecutive sequence numbers without waiting for each other's fsync.
-- Checks happen in the contract's order (docs/s2-compat.md §7): stream being deleted, fencing
-  token, match_seq_num, timestamps. A failed check changes nothing.
+- Checks happen in the contract's order (docs/s2-compat.md §7): stream being deleted, the
+  producer of an idempotent batch, fencing token, match_seq_num, timestamps. A failed check
+  changes nothing.
 - A batch is acknowledged only after the group commit holding it returned (it is durable); acks
   of one stream complete in sequence order because the committer completes jobs in order.
 - The durable state only moves forward, and followers are woken only after it did: a reader
@@ -21,6 +22,17 @@ Invariants (each stream has exactly one `StreamSequencer` in the process):
   from the store and numbers and checks them again, in their order, before any newer append
   (`_reload_and_retry`): a conflict is never the client's concern, and a `match_seq_num` or
   fencing token is checked against the tail the batch actually lands on.
+- Where several nodes share the store, every batch's commit also expects the stream's and its
+  basin's records to be the ones its checks used (`StoredStream.records`): a node that was
+  frozen (SIGSTOP, a long pause) while another reconfigured or deleted the stream or its basin
+  cannot append on the old config; the commit conflicts, and the reload takes the new one.
+- An idempotent batch (`ValidatedBatch.producer`) is checked against its producer's state
+  before fencing and `match_seq_num` (`server/producers.py`): a retry of a batch that was
+  written gets its original ack, even if its conditions no longer hold, and is not written
+  again. A new one writes its producer's row in its own commit and expects the row before it,
+  as it expects the tail row: the row and the batch are durable together, so a retry after a
+  crash between the commit and the ack finds it. Taking the stream back from the store (a
+  conflict, a failed commit) takes its producers back too (a new producer epoch).
 
 The invariants that a bug elsewhere could break are asserted where they would break, once per
 batch, never per record: a batch's numbers are contiguous, one per record (`_sequence`, before
@@ -32,9 +44,10 @@ timestamp no older than it (`submit`'s `on_done`), which is both "acks complete 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from s2s.config import ResolvedStreamConfig
 from s2s.errors import FencingTokenMismatch, S2Error, SeqNumMismatch, invalid
@@ -42,9 +55,18 @@ from s2s.records import Fence, Trim, ValidatedBatch
 from s2s.wire import U64_MAX, append_ack_bytes
 from server.clock import Clock
 from server.encryption import AES_GCM_SEQ_NUM_MAX
+from server.producers import ProducerCache, ProducerState, is_new, new_epoch
 from server.storage.committer import Chain, CommitConflict, GroupCommitter
 from server.storage.kv import Expect, Put, Table, Write
-from server.storage.layout import TailRow, batch_key, encode_batch, sid_key, timestamp_key
+from server.storage.layout import (
+    ProducerRow,
+    TailRow,
+    batch_key,
+    encode_batch,
+    producer_key,
+    sid_key,
+    timestamp_key,
+)
 from server.usage.accounting import StreamAccount
 
 log = logging.getLogger(__name__)
@@ -88,11 +110,34 @@ class StoredStream(NamedTuple):
     config: ResolvedStreamConfig
     tail: TailRow | None
     """None: no tail row stored yet (nothing appended)."""
+    records: tuple[Expect, ...] = ()
+    """The stream's and its basin's records as stored, which `config` was read from, for each
+    commit to expect unchanged where other nodes write too; empty where none does."""
 
 
 Reload = Callable[[], Awaitable[StoredStream]]
 """Reads the stream back from the store; raises the S2Error its appends should fail with if
 it was deleted meanwhile."""
+ReadProducer = Callable[[str], Awaitable[ProducerRow | None]]
+"""Reads a producer's row of the stream from the store (None: none); raises an S2Error if it
+cannot."""
+
+T = TypeVar("T")
+
+
+def _pass_on(answer: asyncio.Future[T], outcome: asyncio.Future[T]) -> None:
+    """Resolve `answer` as `outcome` was, unless whoever awaited it gave up."""
+    if outcome.cancelled():
+        if not answer.done():
+            answer.cancel()
+        return
+    error = outcome.exception()  # read even if unused: asyncio logs an unread one
+    if answer.done():
+        return
+    if error is None:
+        answer.set_result(outcome.result())
+    else:
+        answer.set_exception(error)
 
 
 class StreamSequencer:
@@ -109,12 +154,19 @@ class StreamSequencer:
         reload: Reload,
         cipher: str | None = None,
         account: StreamAccount | None = None,
+        records: tuple[Expect, ...] = (),
+        *,
+        producers: ProducerCache[AppendAck],
+        read_producer: ReadProducer,
     ) -> None:
         """`durable`: the stored tail row, None if there is none yet. `account`: where each
-        durable batch is reported (server/usage), if anywhere."""
+        durable batch is reported (server/usage), if anywhere. `records`: as in
+        `StoredStream`, read with `config`. `producers`: the server's producer states, which
+        this stream's are read into by `read_producer`."""
         self.sid = sid
         self.name = name
         self.config = config
+        self._records = records
         self.cipher = cipher
         """The stream's cipher, fixed at creation (None: plaintext); the store seals and
         opens its records."""
@@ -149,6 +201,10 @@ class StreamSequencer:
         self._reconfigured = 0
         """Counts `reconfigure` calls: a refresh whose read began before one must not put
         back the config it read, which may predate it."""
+        self._producers = producers
+        self._read_producer = read_producer
+        self._producer_epoch = new_epoch()
+        self._producers_loading: dict[str, asyncio.Future[None]] = {}
 
     @property
     def tail(self) -> StreamPosition:
@@ -182,34 +238,105 @@ class StreamSequencer:
         self.inflight += 1
         loop = asyncio.get_running_loop()
         submitted_s = loop.time()
+        reserved = False
         try:
-            while self._retried is not None:
-                await asyncio.shield(self._retried)
-            if doubt is not None and doubt != self._refusals:
-                # Submitted while earlier batches of the stream were in flight here, and one
-                # of them was refused since: this one may have been pipelined on it.
-                raise S2Error("transaction_conflict", AFTER_REFUSED)
-            await self._committer.reserve(batch.metered_bytes)
+            # Every wait comes back to the top: the batch is numbered only once, with no wait
+            # in between, no retry after a conflict is under way (those batches came first),
+            # its producer's state of this epoch is in memory, and its bytes are reserved.
+            while True:
+                if self._retried is not None:
+                    if reserved:  # the retry may need the room to queue its batches again
+                        self._committer.release(batch.metered_bytes)
+                        reserved = False
+                    await asyncio.shield(self._retried)
+                    continue
+                if doubt is not None and doubt != self._refusals:
+                    # Submitted while earlier batches of the stream were in flight here, and
+                    # one of them was refused since: this one may have been pipelined on it.
+                    raise S2Error("transaction_conflict", AFTER_REFUSED)
+                producer = None
+                if batch.producer is not None:
+                    producer = self._producers.get(
+                        self.sid, batch.producer.id, self._producer_epoch
+                    )
+                    if producer is None:
+                        await self._producer_read(batch.producer.id)
+                        continue
+                if not reserved:
+                    await self._committer.reserve(batch.metered_bytes)
+                    reserved = True
+                    continue
+                break
+            ack: asyncio.Future[AppendAck] = loop.create_future()
+            self._queue(batch, ack, submitted_s, producer)
         except BaseException:
             self.inflight -= 1
+            if reserved:
+                self._committer.release(batch.metered_bytes)
             raise
-        ack: asyncio.Future[AppendAck] = loop.create_future()
-        try:
-            self._queue(batch, ack, submitted_s)
-        except BaseException:
-            self.inflight -= 1
-            self._committer.release(batch.metered_bytes)
-            raise
-        return ack
+        if producer is None:
+            return ack
+        # The caller may cancel the future it gets (a session that ended); the batch's own
+        # outcome must still reach its retries, which wait on it (`ProducerState.inflight`).
+        answer: asyncio.Future[AppendAck] = loop.create_future()
+        ack.add_done_callback(functools.partial(_pass_on, answer))
+        return answer
+
+    async def _producer(self, producer_id: str) -> ProducerState[AppendAck]:
+        """The producer's state of this epoch, read from the store first if it is not in
+        memory."""
+        while True:
+            state = self._producers.get(self.sid, producer_id, self._producer_epoch)
+            if state is not None:
+                return state
+            await self._producer_read(producer_id)
+
+    async def _producer_read(self, producer_id: str) -> None:
+        """Read the producer's row into memory (one read per producer at a time: a caller
+        arriving during one waits for it)."""
+        loading = self._producers_loading.get(producer_id)
+        if loading is None:
+            loading = asyncio.ensure_future(self._load_producer(producer_id))
+            self._producers_loading[producer_id] = loading
+            loading.add_done_callback(functools.partial(self._producer_loaded, producer_id))
+        await asyncio.shield(loading)
+
+    async def _load_producer(self, producer_id: str) -> None:
+        epoch = self._producer_epoch
+        row = await self._read_producer(producer_id)
+        # Read under an older epoch (the stream was taken back from the store meanwhile): the
+        # caller reads it again.
+        if epoch == self._producer_epoch:
+            self._producers.put(self.sid, producer_id, ProducerState(row, epoch))
+
+    def _producer_loaded(self, producer_id: str, loading: asyncio.Future[None]) -> None:
+        if self._producers_loading.get(producer_id) is loading:
+            del self._producers_loading[producer_id]
+        if not loading.cancelled():
+            loading.exception()  # its waiters raise it; read here in case none is left
 
     def _queue(
-        self, batch: ValidatedBatch, ack: asyncio.Future[AppendAck], submitted_s: float
+        self,
+        batch: ValidatedBatch,
+        ack: asyncio.Future[AppendAck],
+        submitted_s: float,
+        producer: ProducerState[AppendAck] | None = None,
     ) -> None:
         """Check and number `batch` against the pending state and hand it to the committer,
-        with its bytes reserved; raises (changing nothing) if a check fails."""
+        with its bytes reserved; raises (changing nothing) if a check fails. `producer`: the
+        state of the batch's producer, if it has one; a retry of one of its batches is
+        answered here, and takes neither the reservation nor a place in flight."""
+        if self.deleting:
+            raise S2Error("stream_deletion_pending", f"stream {self.name!r} is being deleted")
+        if producer is not None:
+            assert batch.producer is not None
+            if not is_new(producer.pending, batch.producer):
+                self._answer_retry(batch, ack, producer)
+                return
         first_seq, timestamps, after = self._sequence(batch)
         before, self.pending = self.pending, after
         expected = None if before is self._unstored else before.encode()
+        records = self._records  # those the checks just used
         sid = self.sid
         bodies = batch.bodies
         headed = batch.headed
@@ -218,20 +345,39 @@ class StreamSequencer:
         metered_bytes = batch.metered_bytes
         arrival_ms = after.last_write_ms
         loop = asyncio.get_running_loop()
+        start = StreamPosition(first_seq, timestamps[0])
+        end = StreamPosition(after.next_seq, after.last_timestamp)
+        producer_writes: tuple[Write, ...] = ()
+        row_before = row_after = None
+        if producer is not None:
+            assert batch.producer is not None
+            batch_seq = batch.producer.seq
+            row_before = producer.pending
+            row_after = (
+                ProducerRow.first(batch_seq, start, end, arrival_ms)
+                if row_before is None
+                else row_before.then(batch_seq, start, end, arrival_ms)
+            )
+            producer.pending = row_after
+            producer.inflight[batch_seq] = ack
+            key = producer_key(sid, batch.producer.id)
+            producer_writes = (
+                Expect(Table.PRODUCERS, key, None if row_before is None else row_before.encoded),
+                Put(Table.PRODUCERS, key, row_after.encoded),
+            )
 
         def prepare() -> Sequence[Write]:
             last_seq = after.next_seq - 1
             value = encode_batch(bodies, headed, first_seq, timestamps, metered, arrival_ms)
             tail_key = sid_key(sid)
             return (
+                *records,
                 Expect(Table.TAILS, tail_key, expected),
+                *producer_writes,
                 Put(Table.BATCHES, batch_key(sid, last_seq), value),
                 Put(Table.TIMESTAMPS, timestamp_key(sid, timestamps[-1], last_seq), b""),
                 Put(Table.TAILS, tail_key, after.encode()),
             )
-
-        start = StreamPosition(first_seq, timestamps[0])
-        end = StreamPosition(after.next_seq, after.last_timestamp)
 
         def on_done(error: S2Error | None) -> None:
             self._queued -= 1
@@ -250,6 +396,8 @@ class StreamSequencer:
                 # Refused before it was queued (shutting down, recovering): nothing was built
                 # on it. After a failed commit, `resync` resets everything anyway.
                 self.pending = before
+            if producer is not None:
+                self._producer_done(producer, row_before, row_after, error)
             if error is None:
                 durable = self.durable
                 assert first_seq == durable.next_seq, (
@@ -283,6 +431,50 @@ class StreamSequencer:
         self._queued += 1
         self._committer.submit(prepare, on_done, metered_bytes, self._chain)
 
+    def _producer_done(
+        self,
+        producer: ProducerState[AppendAck],
+        row_before: ProducerRow | None,
+        row_after: ProducerRow | None,
+        error: S2Error | None,
+    ) -> None:
+        """A producer's batch is durable (`error` None) or never will be."""
+        assert row_after is not None
+        producer.inflight.pop(row_after.last_batch_seq, None)
+        if error is not None:
+            if producer.pending is row_after:
+                producer.pending = row_before  # as for the tail, above
+            return
+        durable = producer.durable
+        assert durable is None or durable.last_batch_seq + 1 == row_after.last_batch_seq, (
+            f"stream {self.name!r}: batch {row_after.last_batch_seq} of a producer became "
+            f"durable after its batch {durable.last_batch_seq}"
+        )
+        producer.durable = row_after
+
+    def _answer_retry(
+        self,
+        batch: ValidatedBatch,
+        ack: asyncio.Future[AppendAck],
+        producer: ProducerState[AppendAck],
+    ) -> None:
+        """`batch` is a retry of one of its producer's remembered batches: answer it with that
+        batch's ack (once that is durable, if it is still in flight); nothing is written."""
+        assert batch.producer is not None
+        self.inflight -= 1
+        self._committer.release(batch.metered_bytes)
+        if self._account is not None:
+            self._account.retried()
+        original = producer.inflight.get(batch.producer.seq)
+        if original is not None:
+            original.add_done_callback(functools.partial(_pass_on, ack))
+            return
+        assert producer.pending is not None
+        positions = producer.pending.ack_of(batch.producer.seq)
+        assert positions is not None, "is_new answered a retry of a batch it does not remember"
+        start, end = positions
+        ack.set_result(AppendAck(StreamPosition(*start), StreamPosition(*end), self.tail))
+
     def _start_retry(self) -> None:
         if self._retry is not None and not self._retry.done():
             return  # the retry under way takes these batches too, in their order
@@ -308,9 +500,24 @@ class StreamSequencer:
                 while conflicted:
                     batch, ack, submitted_s = conflicted[0]
                     await self._committer.reserve(batch.metered_bytes)
+                    try:
+                        producer = (
+                            None
+                            if batch.producer is None
+                            else await self._producer(batch.producer.id)
+                        )
+                    except S2Error as error:  # its producer's row could not be read
+                        self._committer.release(batch.metered_bytes)
+                        del conflicted[0]
+                        self._fail_retry(ack, error)
+                        failure = S2Error("transaction_conflict", AFTER_REFUSED)
+                        break
+                    except BaseException:
+                        self._committer.release(batch.metered_bytes)
+                        raise
                     del conflicted[0]
                     try:
-                        self._queue(batch, ack, submitted_s)
+                        self._queue(batch, ack, submitted_s, producer)
                     except S2Error as error:
                         self._committer.release(batch.metered_bytes)
                         self._fail_retry(ack, error)
@@ -350,6 +557,7 @@ class StreamSequencer:
     def _take(self, stored: StoredStream) -> None:
         """Continue from the stream as the store holds it: nothing of this node's is in flight."""
         self.config = stored.config
+        self._records = stored.records
         if stored.tail is None:
             self.durable = TailRow()
             self._unstored = self.durable
@@ -358,6 +566,7 @@ class StreamSequencer:
             self._unstored = None
         self.pending = self.durable
         self._chain = Chain()
+        self._producer_epoch = new_epoch()  # and its producers as the store holds them
         self.wake_followers()  # records other nodes appended are readable here now
 
     async def sync(self) -> None:
@@ -409,9 +618,11 @@ class StreamSequencer:
                     self.mark_deleting()
                     return
                 if self._reconfigured != reconfigured:
-                    stored = stored._replace(config=self.config)
-                # The config holds from the next batch numbered, appends in flight or not.
+                    stored = stored._replace(config=self.config, records=self._records)
+                # The config holds from the next batch numbered, appends in flight or not
+                # (those numbered on the old one expect the old records, and conflict).
                 self.config = stored.config
+                self._records = stored.records
                 # This node's own appends in flight will meet the new tail in their commit's
                 # precondition, and reload after it.
                 idle = self.pending is self.durable and not self._queued and self._retried is None
@@ -432,8 +643,6 @@ class StreamSequencer:
 
     def _sequence(self, batch: ValidatedBatch) -> tuple[int, list[int], TailRow]:
         """Check the batch against the pending state and assign its numbers and timestamps."""
-        if self.deleting:
-            raise S2Error("stream_deletion_pending", f"stream {self.name!r} is being deleted")
         state = self.pending
         if batch.fencing_token is not None and batch.fencing_token != state.fencing_token:
             raise FencingTokenMismatch(state.fencing_token)
@@ -522,13 +731,22 @@ class StreamSequencer:
         self._durable_advanced = asyncio.Event()
 
     def resync(self) -> None:
-        """Forget in-flight state after a failed commit: continue from what is durable."""
+        """Forget in-flight state after a failed commit: continue from what is durable, and
+        read producers back from the store as they are next seen."""
         self.pending = self.durable
+        self._producer_epoch = new_epoch()
 
     def mark_deleting(self) -> None:
         self.deleting = True
         self.wake_followers()
 
-    def reconfigure(self, config: ResolvedStreamConfig) -> None:
+    def reconfigure(self, config: ResolvedStreamConfig, stream_record: Expect | None) -> None:
+        """This node changed the stream's config; `stream_record`: the record it stored, for
+        appends to expect where other nodes write too (None where none does)."""
         self.config = config
+        if stream_record is not None:
+            self._records = tuple(
+                stream_record if record.table is Table.STREAMS else record
+                for record in self._records
+            )
         self._reconfigured += 1

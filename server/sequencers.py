@@ -22,9 +22,11 @@ from s2s.config import StreamConfig
 from s2s.errors import S2Error
 from server.catalog import Catalog, StreamRecord
 from server.clock import Clock
-from server.sequencer import StoredStream, StreamSequencer
+from server.producers import ProducerCache
+from server.sequencer import AppendAck, StoredStream, StreamSequencer
 from server.storage.committer import GroupCommitter
-from server.storage.layout import stream_key
+from server.storage.kv import Expect, Table
+from server.storage.layout import ProducerRow, stream_key
 from server.usage.accounting import Usage
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,8 @@ class SequencerRegistry:
         self._clock = clock
         self._usage = usage
         self._sequencers: dict[tuple[str, str], StreamSequencer] = {}
+        self.producers: ProducerCache[AppendAck] = ProducerCache()
+        """Every stream's producers (idempotent appends) in memory, with one bound."""
         self._following: set[asyncio.Future[None]] = set()
         """Reads of other nodes' changes under way: the loop holds only weak references."""
 
@@ -87,16 +91,27 @@ class SequencerRegistry:
                 return sequencer
         if record.deleting:
             raise S2Error("stream_deletion_pending", f"stream {stream!r} is being deleted")
+        if self._catalog.shared:
+            # The config with the records its appends will expect, as one read gives them.
+            stored = await self._reload(basin, stream, record.sid)
+            sequencer = self._sequencers.get(key)
+            if sequencer is not None and not sequencer.deleting:
+                return sequencer  # another caller loaded it meanwhile
+        else:
+            stored = StoredStream(record.config, self._catalog.stored_tail(record.sid))
         sequencer = StreamSequencer(
             record.sid,
             stream,
-            record.config,
-            self._catalog.stored_tail(record.sid),
+            stored.config,
+            stored.tail,
             self._committer,
             self._clock,
             functools.partial(self._reload, basin, stream, record.sid),
             record.cipher,
             self._usage.stream(basin, stream, record.sid),
+            stored.records,
+            producers=self.producers,
+            read_producer=functools.partial(self._read_producer, record.sid),
         )
         self._evict_idle()
         self._sequencers[key] = sequencer
@@ -105,13 +120,33 @@ class SequencerRegistry:
     async def _reload(self, basin: str, stream: str, sid: int) -> StoredStream:
         """The stream as the store holds it now (another node appended to it, or changed it),
         read on a worker thread: on a database each read is a round trip."""
-        record = await asyncio.to_thread(self._catalog.get_stream, basin, stream)
+        record, stream_record = await asyncio.to_thread(self._catalog.stream_entry, basin, stream)
         if record is None or record.sid != sid:
             raise S2Error("stream_not_found", f"stream {stream!r} does not exist")
         if record.deleting:
             raise S2Error("stream_deletion_pending", f"stream {stream!r} is being deleted")
+        records: tuple[Expect, ...] = ()
+        if self._catalog.shared:
+            basin_record, basin_expect = await asyncio.to_thread(self._catalog.basin_entry, basin)
+            if basin_record is None or basin_record.deleting:
+                # As this node's own deletion of the basin marks its sequencers.
+                raise S2Error(
+                    "stream_deletion_pending", f"stream {stream!r}'s basin is being deleted"
+                )
+            records = (basin_expect, stream_record)
         tail = await asyncio.to_thread(self._catalog.stored_tail, sid)
-        return StoredStream(record.config, tail)
+        return StoredStream(record.config, tail, records)
+
+    async def _read_producer(self, sid: int, producer_id: str) -> ProducerRow | None:
+        """A producer's row of stream `sid`, read on a worker thread."""
+        try:
+            return await asyncio.to_thread(self._catalog.stored_producer, sid, producer_id)
+        except S2Error:
+            raise
+        except Exception as error:  # the store could not be read: the client may retry
+            raise S2Error(
+                "unavailable", f"producer {producer_id!r} could not be read: {error}"
+            ) from None
 
     def refresh(self, tail_keys: list[bytes] | None) -> None:
         """Other nodes moved these streams' tails (None: perhaps any): the live sequencers
@@ -165,7 +200,9 @@ class SequencerRegistry:
         """A stream's config changed on disk: its live sequencer applies it from now on."""
         sequencer = self._sequencers.get((record.basin, record.name))
         if sequencer is not None and sequencer.sid == record.sid:
-            sequencer.reconfigure(record.config)
+            # The bytes the catalog stored: `encode` is what it wrote.
+            stored = Expect(Table.STREAMS, stream_key(record.basin, record.name), record.encode())
+            sequencer.reconfigure(record.config, stored if self._catalog.shared else None)
 
     async def delete_stream(self, basin: str, name: str) -> None:
         """Mark the stream deleting on disk, then its live sequencer: appends fail from now."""

@@ -24,7 +24,7 @@ from s2s.config import (
     StreamConfigPatch,
 )
 from s2s.encryption_key import EncryptionKey
-from s2s.errors import FencingTokenMismatch, SeqNumMismatch
+from s2s.errors import FencingTokenMismatch, S2Error, SeqNumMismatch
 from s2s.records import ValidatedBatch
 from server.access.tokens import AccessTokens
 from server.catalog import BasinRecord, Catalog, Provisioned, RequestedConfig, StreamRecord
@@ -43,6 +43,7 @@ from server.sequencers import AutoCreate, SequencerRegistry
 from server.storage.choice import LMDB, open_key_value_store
 from server.storage.committer import GroupCommitter
 from server.storage.kv import MAP_SIZE_BYTES_DEFAULT, Changed, KeyValueStore, Table
+from server.storage.layout import TailRow
 from server.usage import metric_sets
 from server.usage.accounting import ACCOUNT, Output, Usage, UsageSettings
 from server.usage.prometheus import server_registry
@@ -56,6 +57,14 @@ ready task run. A session sending such batches back to back otherwise held the l
 turns, and gRPC's asyncio server accepts each new call in a turn of the loop: beside a flood of
 1000-record batches with headers, unary appends waited p50 0.9-1.2 s; 0.5-0.6 s with a yield
 after sequencing only; 22-26 ms with both (`bench/mixed_load.py --batch-rate 0`)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamStatus:
+    """What `GET /v1/streams/{s}/status` shows of a stream, as its sequencer holds it."""
+
+    row: TailRow
+    cipher: str | None
 
 
 class StreamStore:
@@ -74,7 +83,13 @@ class StreamStore:
         self.committer = GroupCommitter(
             kv, on_failure=self._resync_after_failure, on_committed=self._committed
         )
-        self.usage = Usage(kv, self.committer, self.clock, usage_settings)
+        self.usage = Usage(
+            kv,
+            self.committer,
+            self.clock,
+            usage_settings,
+            self._stream_tails if kv.shared else None,
+        )
         self._prometheus = server_registry(self.usage)
         self.catalog = Catalog(kv, self.committer, self.clock)
         self.draining = asyncio.Event()
@@ -144,11 +159,16 @@ class StreamStore:
             self.access_tokens.reload(change.keys)
 
     def _load_usage(self) -> None:
-        tails = [
-            StreamTail(r.sid, r.basin, r.name, self.catalog.load_tail(r.sid).next_seq)
-            for r in self.catalog.every_stream()
+        self.usage.load(self._stream_tails())
+
+    def _stream_tails(self) -> list[StreamTail]:
+        """Every stream with where its tail is now. Blocking: two scans."""
+        streams = self.catalog.every_stream()
+        tails = self.catalog.every_tail()
+        return [
+            StreamTail(r.sid, r.basin, r.name, tails[r.sid].next_seq if r.sid in tails else 0)
+            for r in streams
         ]
-        self.usage.load(tails)
 
     def drain(self) -> None:
         """Shutdown has begun: unary reads waiting at the tail end now, and open sessions
@@ -285,10 +305,13 @@ class StreamStore:
         *,
         may_create: bool = True,
         key: EncryptionKey | None = None,
+        sid: int | None = None,
     ) -> AppendAck:
         """Append one batch atomically; returns once it is durable."""
         return await (
-            await self.submit(basin, stream, batch, create_config, may_create=may_create, key=key)
+            await self.submit(
+                basin, stream, batch, create_config, may_create=may_create, key=key, sid=sid
+            )
         )
 
     async def submit(
@@ -300,18 +323,23 @@ class StreamStore:
         *,
         may_create: bool = True,
         key: EncryptionKey | None = None,
+        sid: int | None = None,
     ) -> asyncio.Future[AppendAck]:
         """Sequence a batch now and return a future of its ack (for pipelined sessions).
 
         `may_create` false: a missing stream is not created, whatever the basin's config
         (the caller may not create it); so for the reads below. `key`: the request's
-        encryption key, needed by (and only used for) streams with a cipher."""
+        encryption key, needed by (and only used for) streams with a cipher. `sid`: append
+        only to that incarnation of the stream (`stream_not_found` if it was deleted and
+        made again), for a server-side writer that read it first (KV compaction)."""
         large = batch.count >= YIELD_AROUND_BATCH_RECORDS
         if large:
             await asyncio.sleep(0)
         sequencer = await self.sequencers.get(
             basin, stream, "append" if may_create else None, create_config
         )
+        if sid is not None and sequencer.sid != sid:
+            raise S2Error("stream_not_found", f"stream {stream!r} was deleted and made again")
         cipher = record_cipher(sequencer.cipher, key)
         if cipher is not None:
             batch = seal_batch(batch, cipher, stream_identity(basin, stream))
@@ -328,6 +356,22 @@ class StreamStore:
         if large:
             await asyncio.sleep(0)
         return ack
+
+    def stream_sid(self, basin: str, stream: str) -> int | None:
+        """The stream's id, which a stream deleted and made again does not keep, or None if
+        there is no such stream. For server-side caches and workers: no caller's operation
+        (neither checked nor counted)."""
+        sequencer = self.sequencers.cached(basin, stream)
+        if sequencer is not None:  # in use: known without a lookup
+            return sequencer.sid
+        record = self.catalog.get_stream(basin, stream)
+        return None if record is None else record.sid
+
+    def streams_after(self, basin: str, stream: str, limit: int) -> list[StreamRecord]:
+        """Up to `limit` streams of every basin after (`basin`, `stream`) in name order (from
+        the first with both empty), being deleted or not. For server-side workers that visit
+        every stream a page at a time; blocking (run off the loop)."""
+        return self.catalog.streams_after(basin, stream, limit)
 
     async def require_stream(
         self,
@@ -355,6 +399,14 @@ class StreamStore:
         if self.kv.shared:
             await sequencer.sync()
         return sequencer.tail
+
+    async def stream_status(self, basin: str, stream: str) -> StreamStatus:
+        """The stream's durable tail row (tail, trim point, last write, fencing token), as
+        check-tail sees it, and its cipher; never creates the stream."""
+        sequencer = await self.sequencers.get(basin, stream)
+        if self.kv.shared:
+            await sequencer.sync()
+        return StreamStatus(sequencer.durable, sequencer.cipher)
 
     async def read(
         self,

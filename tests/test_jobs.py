@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -57,6 +58,44 @@ async def test_retention_by_age_expires_old_batches(store: StreamStore, clock: M
     out = await store.read(BASIN, "aging", ReadStart(timestamp=0), ReadLimits())
     assert out.records is not None and out.records.first_seq == 2
     assert (await store.check_tail(BASIN, "aging")).seq_num == 3
+
+
+async def test_a_sweep_reads_no_stream_whose_front_is_not_due(
+    store: StreamStore, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The jobs remember each stream's oldest batch: a sweep reads a stream again only once
+    that batch is due (by age or by a trim), and then deletes what is due as before."""
+    streams = [f"kept-{i}" for i in range(20)]
+    for name in streams:
+        await store.create_stream(BASIN, name, StreamConfig(retention=60))
+        await store.append(BASIN, name, make_batch(b"first"))
+    clock.advance(10_000)
+    for name in streams:
+        await store.append(BASIN, name, make_batch(b"second"))
+    reads: list[bytes] = []
+    scan_map = store.kv.scan_map
+
+    def counted(table: Table, start: bytes, *args: Any) -> Any:
+        if table is Table.BATCHES:
+            reads.append(start)
+        return scan_map(table, start, *args)
+
+    monkeypatch.setattr(store.kv, "scan_map", counted)
+    await store.jobs.run_once()
+    assert len(reads) == len(streams)  # each front read once
+    reads.clear()
+    clock.advance(30_000)
+    await store.jobs.run_once()
+    assert reads == []  # nothing due: nothing read
+    await store.append(BASIN, "kept-3", make_batch(records=[trim_record(1)]))
+    await store.jobs.run_once()
+    assert reads == [batch_key(store.catalog.require_stream(BASIN, "kept-3").sid, 0)] * 2
+    clock.advance(25_000)  # the first batches (written 65 s ago) are due, not the second ones
+    await store.jobs.run_once()
+    for name in streams:
+        out = await store.read(BASIN, name, ReadStart(seq_num=0), ReadLimits())
+        assert out.records is not None
+        assert next(r.body for r in decode(out.records.payload)) == b"second", name
 
 
 async def test_infinite_retention_keeps_everything(store: StreamStore, clock: ManualClock) -> None:

@@ -8,10 +8,12 @@ import zlib
 import google_crc32c
 import pytest
 
+from s2s.records import BATCH_RECORDS_MAX
 from s2s.v1 import records_pb2 as pb
 from server.storage.layout import (
     _BATCH_HEADER,
     BATCH_MAGIC,
+    BATCH_SUMMARY_BYTES_MAX,
     Batch,
     CorruptBatch,
     encode_batch,
@@ -44,6 +46,19 @@ def test_a_batch_decodes_to_what_was_encoded() -> None:
     summary = summarize_batch(memoryview(encoded()))
     assert (summary.last_seq, summary.last_timestamp, summary.arrival_ms) == (42, 9, 1234)
     assert (summary.first_seq, summary.metered_bytes) == (40, sum(METERED))
+
+
+def test_a_summary_reads_no_further_than_its_bound() -> None:
+    """Stores may send only `BATCH_SUMMARY_BYTES_MAX` bytes of a batch to be summarized: a
+    batch of the most records, with bodies behind, summarizes the same from that head."""
+    count = BATCH_RECORDS_MAX
+    value = encode_batch(
+        [b"x" * 100] * count, {}, 7, list(range(count)), [108] * count, arrival_ms=5
+    )
+    head = memoryview(value)[:BATCH_SUMMARY_BYTES_MAX]
+    assert len(value) > BATCH_SUMMARY_BYTES_MAX
+    assert summarize_batch(head) == summarize_batch(memoryview(value))
+    assert summarize_batch(head).metered_bytes == 108 * count
 
 
 @pytest.mark.parametrize("index", [0, 3, 30, 200, -5, -1])

@@ -19,6 +19,8 @@ import zipfile
 from importlib.metadata import packages_distributions
 from pathlib import Path
 
+import httpx
+
 from tests.server_process import REPO, ServerProcess, environment_without_s2s
 
 PACKAGES = ("s2s", "server", "client")
@@ -182,6 +184,11 @@ def test_wheel_in_a_fresh_virtualenv_serves_and_appends(tmp_path: Path) -> None:
         assert appended.returncode == 0, appended.stderr
         read = _run(s2s, "read", "packaged-basin", "events", *target, cwd=elsewhere)
         assert read.stdout.splitlines() == ["one", "two"]
+        # The web console's files are package data: the installed server serves every one.
+        static = REPO / "server" / "http_frontend" / "console" / "static"
+        for path in sorted(static.rglob("*.*")):
+            url = f"{server.http_url}/console/{path.relative_to(static).as_posix()}"
+            assert httpx.get(url).status_code == 200, url
     finally:
         exit_code = server.stop()
     assert exit_code == 0, "".join(server.log)

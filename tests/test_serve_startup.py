@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from server.cli import build_parser, serve_settings
 from tests.server_process import (
     REPO,
     SOURCE_TREE_S2S,
@@ -122,6 +123,8 @@ BAD_ENVIRONMENT = [
     ("S2S_LAKE_MEMORY_LIMIT_MIB", "63"),
     ("S2S_LAKE_MAINTENANCE_INTERVAL_S", "nan"),
     ("S2S_LAKE_MAINTENANCE_INTERVAL_S", "-1"),
+    ("S2S_PRODUCER_EXPIRY_HOURS", "0"),
+    ("S2S_PRODUCER_EXPIRY_HOURS", "1.5"),
     ("S2S_SERVER", "no-port-here"),
     ("S2S_SERVER", "host:\u00b2"),
 ]
@@ -147,6 +150,14 @@ def test_bad_environment_variables_leave_help_and_client_commands() -> None:
     del environment["S2S_SERVER"]
     unreachable = s2s("tail", "b", "s", "--server", "127.0.0.1:1", env=environment)
     assert "is the server running at 127.0.0.1:1?" in one_line_error(unreachable, EXIT_FAILED)
+
+
+def test_producer_expiry_reaches_the_jobs(tmp_path: Path) -> None:
+    parse = build_parser().parse_args
+    default = serve_settings(parse(["serve", "--data-dir", str(tmp_path)]))
+    assert default.jobs.producer_expiry_s == 7 * 24 * 3600
+    hours = ["serve", "--data-dir", str(tmp_path), "--producer-expiry-hours", "2"]
+    assert serve_settings(parse(hours)).jobs.producer_expiry_s == 7200
 
 
 def test_lake_catalog_needs_a_data_path(tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ import pytest
 
 from s2s.config import StreamConfig, stream_patch_from_json
 from s2s.errors import FencingTokenMismatch, S2Error, SeqNumMismatch
-from s2s.records import fence_record
+from s2s.records import fence_record, trim_record
 from server.access.scope import ROOT_SCOPE
 from server.access.tokens import IssueRequest
 from server.jobs import JobSettings
@@ -336,6 +336,8 @@ async def test_control_plane_changes_through_two_nodes_never_collide(
         sids = [record.sid for record in a.catalog.list_streams(BASIN)[0]]
         assert len(sids) == len(set(sids)) == 15
 
+        await a.jobs.stop()  # else the deletion it kicks may be done first: `stream_not_found`
+        await b.jobs.stop()
         await a.delete_stream(BASIN, "s0")
         with pytest.raises(S2Error) as info:
             await b.reconfigure_stream(BASIN, "s0", {"retention": "infinite"})
@@ -548,6 +550,53 @@ async def test_a_stream_reconfigured_through_one_node_is_appended_to_on_another_
         assert ack.start.seq_num == 1
 
 
+class Deaf(FaultyStore):
+    """A node that hears none of the other nodes' notices, as one frozen (SIGSTOP, a long
+    pause) while they were sent: its view of streams and basins is as old as can be."""
+
+    def watch_changes(self, on_change: Callable[[Changed | None], None]) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("change", "refusal"),
+    [
+        ("reconfigure", "invalid"),
+        ("delete stream", "stream_deletion_pending"),
+        ("delete basin", "stream_deletion_pending"),
+    ],
+)
+async def test_a_node_that_missed_a_change_never_appends_on_the_old_record(
+    shared_db: str, clock: ManualClock, change: str, refusal: str
+) -> None:
+    """Nothing about the stream's tail changed, only its record or its basin's: node b's
+    append expects the records its checks used, conflicts, and is checked again on the new
+    ones."""
+    async with (
+        node(shared_db, clock, MANUAL_JOBS) as a,
+        node(shared_db, clock, MANUAL_JOBS, Deaf) as b,
+    ):
+        await a.create_basin(BASIN)
+        record = (await a.create_stream(BASIN, STREAM)).record
+        await b.append(BASIN, STREAM, make_batch(b"b0"))  # b's sequencer is live
+        # A deletion kicks the jobs, which could finish it before b appends (b would then be
+        # told `stream_not_found`, and the tail would be gone): stopped, it stays pending.
+        await a.jobs.stop()
+        await b.jobs.stop()
+        if change == "reconfigure":
+            patch = stream_patch_from_json({"timestamping": {"mode": "client-require"}})
+            await a.reconfigure_stream(BASIN, STREAM, patch)
+        elif change == "delete stream":
+            await a.delete_stream(BASIN, STREAM)
+        else:
+            await a.delete_basin(BASIN)
+        with pytest.raises(S2Error) as info:
+            await b.append(BASIN, STREAM, make_batch(b"no timestamp, after the change"))
+        assert info.value.code == refusal
+        tail = a.catalog.stored_tail(record.sid)
+        assert tail is not None and tail.next_seq == 1
+
+
 async def test_a_stream_deleted_through_one_node_ends_the_other_nodes_follower(
     shared_db: str, clock: ManualClock
 ) -> None:
@@ -564,6 +613,8 @@ async def test_a_stream_deleted_through_one_node_ends_the_other_nodes_follower(
         follower = asyncio.ensure_future(follow())
         await asyncio.sleep(0.2)
         assert not follower.done()
+        await a.jobs.stop()  # the deletion stays pending: the follower is told so
+        await b.jobs.stop()
         await a.delete_stream(BASIN, STREAM)
         with pytest.raises(S2Error) as info:
             await asyncio.wait_for(follower, NOTICE_WAIT_S)
@@ -618,3 +669,75 @@ async def test_usage_counted_on_two_nodes_adds_up(shared_db: str, clock: ManualC
         (metric,) = await fresh.basin_metrics(BASIN, query)
     assert isinstance(metric, Accumulation)
     assert sum(value for _, value in metric.values) == 2 * (1 + 2 + 3 + 4)
+
+
+async def test_stored_bytes_are_the_clusters_on_every_node(
+    shared_db: str, clock: ManualClock
+) -> None:
+    """Appends through both nodes and a trim: after a flush of each, both report what the
+    stream stores, counted from the store by the node that leads the jobs (it deletes the
+    batches), not each node's own appends."""
+    async with (
+        node(shared_db, clock, MANUAL_JOBS) as a,
+        node(shared_db, clock, MANUAL_JOBS) as b,
+    ):
+        assert await a.jobs.run_if_leader() and not await b.jobs.run_if_leader()
+        await a.create_basin(BASIN)
+        await b.create_stream(BASIN, STREAM)  # a learns of it from the store
+        batches = [make_batch(b"x" * 100 * (i + 1)) for i in range(5)]
+        for index, batch in enumerate(batches):
+            await (a if index < 3 else b).append(BASIN, STREAM, batch)
+        total = sum(batch.metered_bytes for batch in batches)
+
+        async def flush_both() -> tuple[int, int]:
+            await a.usage.flush()  # the leader counts and writes
+            await b.usage.flush()  # the other takes the leader's counts
+            return a.usage.storage_by_label()[BASIN], b.usage.storage_by_label()[BASIN]
+
+        assert await flush_both() == (total, total)
+        await b.append(BASIN, STREAM, make_batch(records=[trim_record(2)]))
+        sequencer = a.sequencers.cached(BASIN, STREAM)
+        assert sequencer is not None
+
+        def trim_seen() -> None:
+            assert sequencer.durable.trim_point == 2
+
+        await _eventually(trim_seen)  # the jobs read the trim point where the node sees it
+        await a.jobs.run_if_leader()  # deletes batches 0 and 1
+        trimmed = total - batches[0].metered_bytes - batches[1].metered_bytes
+        trim_bytes = make_batch(records=[trim_record(2)]).metered_bytes
+        assert await flush_both() == (trimmed + trim_bytes, trimmed + trim_bytes)
+    # The counts are in the store: a node started now (leading) agrees without counting all.
+    async with node(shared_db, clock, MANUAL_JOBS) as fresh:
+        assert await fresh.jobs.run_if_leader()
+        await fresh.usage.flush()
+        assert fresh.usage.storage_by_label()[BASIN] == trimmed + trim_bytes
+
+
+async def test_a_node_taking_the_jobs_over_recounts_what_the_last_leader_deleted_unflushed(
+    shared_db: str, clock: ManualClock
+) -> None:
+    """The leader deleted batches and lost the lead before its next flush: its snapshot still
+    counts them. The node that takes over checks each snapshot against the store first."""
+    async with (
+        node(shared_db, clock, MANUAL_JOBS) as a,
+        node(shared_db, clock, MANUAL_JOBS) as b,
+    ):
+        assert await a.jobs.run_if_leader()
+        await a.create_basin(BASIN)
+        await a.create_stream(BASIN, STREAM)
+        batches = [make_batch(b"y" * 50 * (i + 1)) for i in range(4)]
+        for batch in batches:
+            await a.append(BASIN, STREAM, batch)
+        await a.usage.flush()
+        await b.usage.flush()  # b holds the leader's counts
+        trim = make_batch(records=[trim_record(3)])
+        await a.append(BASIN, STREAM, trim)
+        await a.jobs.run_if_leader()  # deletes batches 0-2; no flush after
+        await asyncio.to_thread(_terminate_leader, shared_db)
+        ended_at = time.monotonic()
+        while not await b.jobs.run_if_leader():  # the lock goes as the backend exits
+            assert time.monotonic() - ended_at < 5, "b never took the jobs over"
+            await asyncio.sleep(0.05)
+        await b.usage.flush()
+        assert b.usage.storage_by_label()[BASIN] == batches[3].metered_bytes + trim.metered_bytes

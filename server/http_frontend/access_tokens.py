@@ -77,6 +77,16 @@ class AccessTokensApi:
         secret = await self._store.issue_access_token(request)
         await exchange.respond_json(201, {"access_token": secret})
 
+    async def whoami(self, exchange: Exchange) -> None:
+        """`GET /v1/whoami`, an s2s extension (docs/security.md): the calling token's own
+        `AccessTokenInfo`, and whether access control is on. Any valid token may ask: it
+        tells its holder only what the token already lets them do, so the console can hide
+        what the token may not (the server refuses it regardless)."""
+        info, access_control = self._store.whoami()
+        await exchange.respond_json(
+            200, {"access_control": access_control, "token": token_info_json(info)}
+        )
+
     async def revoke(self, exchange: Exchange, token_id: str) -> None:
         await self._store.revoke_access_token(token_id)
         await exchange.respond(204)

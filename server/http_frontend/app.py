@@ -15,6 +15,11 @@ from s2s import names
 from s2s.encryption_key import ENCRYPTION_KEY_HEADER
 from s2s.errors import S2Error
 from server.http_frontend.access_tokens import AccessTokensApi
+from server.http_frontend.console.assets import (
+    console_assets,
+    redirect_to_console,
+    serve_console_file,
+)
 from server.http_frontend.control import BasinsApi, StreamsApi, location_info, path_basin
 from server.http_frontend.errors import internal_error, respond_error
 from server.http_frontend.exchange import (
@@ -25,11 +30,13 @@ from server.http_frontend.exchange import (
     first_accept,
     media_type,
 )
+from server.http_frontend.kv import KvApi, path_key, store_ref
 from server.http_frontend.lake import LakeApi
 from server.http_frontend.metrics import MetricsApi
 from server.http_frontend.records import RecordsApi
 from server.http_frontend.sessions import S2S_CONTENT_TYPE, SessionsApi
 from server.http_frontend.sse import SSE_CONTENT_TYPE, SseApi
+from server.kv_store.service import KvService
 from server.lake.scoped import ScopedLake
 from server.lake.service import Lake
 from server.scoped_store import ScopedStore
@@ -72,8 +79,9 @@ def _stream_segment(name: str) -> str:
 class HttpApp:
     """S2 v1 REST API over a `StreamStore` (docs/s2-compat.md §1-§9), plus the lake API.
 
-    Every request but `/health` and `/ping` is authenticated first (`authorization: Bearer`)
-    and then served through a `ScopedStore` of its caller, which checks each operation.
+    Every request but `/health`, `/ping` and the console's files (`/`, `/console/...`, which
+    hold no data) is authenticated first (`authorization: Bearer`) and then served through a
+    `ScopedStore` of its caller, which checks each operation.
     Open sessions end with `server_draining` when the store drains and with `authn` when their
     token is revoked (`server.append_session`, `server.read_session`).
     """
@@ -86,6 +94,9 @@ class HttpApp:
         self._open_metrics = open_metrics
         """`/metrics` without a token from loopback (`s2s serve --open-metrics`), for a
         Prometheus on the same machine."""
+        # The console's files are read here, before serving, not on the loop at first use.
+        console_assets()
+        self._kv = KvService(store)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -119,6 +130,14 @@ class HttpApp:
             _allow(method, "GET")
             await exchange.respond(200, b"OK", "text/plain")
             return
+        if path == [""]:
+            _allow(method, "GET")
+            await redirect_to_console(exchange)
+            return
+        if path[:1] == ["console"]:
+            _allow(method, "GET")
+            await serve_console_file(exchange, path[1:])
+            return
         if path == ["metrics"] and self._open_metrics and _from_loopback(exchange):
             principal = self._store.access_tokens.anyone
         else:
@@ -143,8 +162,16 @@ class HttpApp:
             await _route_locations(store, exchange, method, rest)
         elif resource == "access-tokens":
             await _route_access_tokens(AccessTokensApi(store), exchange, method, rest)
+        elif resource == "whoami" and not rest:
+            _allow(method, "GET")
+            await AccessTokensApi(store).whoami(exchange)
         elif resource == "metrics":
             await _route_metrics(MetricsApi(store, None), exchange, method, rest)
+        elif resource == "kv":
+            # Without the request's encryption key: a store's folded state is kept between
+            # calls, and must never answer a caller that could not read the stream itself.
+            kv = KvApi(self._kv, ScopedStore(self._store, principal))
+            await _route_kv(kv, exchange, method, rest)
         else:
             raise NotFound()
 
@@ -222,6 +249,11 @@ async def _route_access_tokens(
 async def _route_streams(
     store: ScopedStore, exchange: Exchange, method: str, rest: list[str]
 ) -> None:
+    if rest[1:] == ["status"]:
+        _allow(method, "GET")
+        basin = _basin_from_header(exchange)
+        await StreamsApi(store).status(exchange, basin, _stream_segment(rest[0]))
+        return
     if len(rest) > 3 or (len(rest) >= 2 and rest[1] != "records"):
         raise NotFound()
     if len(rest) == 3 and rest[2] != "tail":
@@ -265,6 +297,34 @@ async def _route_records(
         await SseApi(store).read(exchange, basin, stream)
     else:
         await RecordsApi(store).read(exchange, basin, stream)
+
+
+async def _route_kv(api: KvApi, exchange: Exchange, method: str, rest: list[str]) -> None:
+    """`/v1/kv/{basin}/{store}[/keys[/{key}[/history]] | /commit]`."""
+    if len(rest) < 2:
+        raise NotFound()
+    ref = store_ref(rest[0], rest[1])
+    below = rest[2:]
+    if not below:
+        _allow(method, "GET")
+        await api.info(exchange, ref)
+    elif below == ["keys"]:
+        _allow(method, "GET")
+        await api.list(exchange, ref)
+    elif below == ["commit"]:
+        _allow(method, "POST")
+        await api.commit(exchange, ref)
+    elif below[0] == "keys" and (len(below) == 2 or below[2:] == ["history"]):
+        key = path_key(below[1])
+        if len(below) == 3:
+            _allow(method, "GET")
+            await api.history(exchange, ref, key)
+            return
+        _allow(method, "GET", "PUT", "DELETE")
+        handlers = {"GET": api.get, "PUT": api.put, "DELETE": api.delete}
+        await handlers[method](exchange, ref, key)
+    else:
+        raise NotFound()
 
 
 async def _route_locations(

@@ -219,3 +219,21 @@ class StreamsApi:
     async def delete(self, exchange: Exchange, basin: str, name: str) -> None:
         await self._store.delete_stream(basin, name)
         await exchange.respond(202)
+
+    async def status(self, exchange: Exchange, basin: str, name: str) -> None:
+        """`GET /v1/streams/{stream}/status`, an s2s extension (docs/s2-compat.md §4.3): the
+        tail, the trim point, when the stream was last written, whether it is fenced (never
+        the fencing token itself, which would let the reader append past the fence), and its
+        cipher (so a reader knows to send a key)."""
+        status = await self._store.stream_status(basin, name)
+        row = status.row
+        await exchange.respond_json(
+            200,
+            {
+                "tail": {"seq_num": row.next_seq, "timestamp": row.last_timestamp},
+                "trim_point": row.trim_point,
+                "last_write_at": rfc3339(row.last_write_ms or None),
+                "fenced": row.fencing_token != "",
+                "cipher": status.cipher,
+            },
+        )

@@ -9,9 +9,18 @@ access token (server/lake/scoped.py has the rules).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+
+import pyarrow as pa
 
 from s2s.errors import S2Error, invalid
 from server.http_frontend.exchange import Exchange, first_accept
+from server.http_frontend.lake_files import (
+    CSV_CONTENT_TYPE,
+    PARQUET_CONTENT_TYPE,
+    csv_bytes,
+    parquet_bytes,
+)
 from server.http_frontend.lake_json import (
     dead_letter_json,
     ingest_json,
@@ -28,6 +37,11 @@ from server.lake.scoped import ScopedLake
 
 ARROW_STREAM_CONTENT_TYPE = "application/vnd.apache.arrow.stream"
 TRUNCATED_HEADER = "s2s-truncated"
+_DOWNLOADS: dict[str, tuple[str, Callable[[pa.Table], bytes], str]] = {
+    "text/csv": (CSV_CONTENT_TYPE, csv_bytes, "result.csv"),
+    PARQUET_CONTENT_TYPE: (PARQUET_CONTENT_TYPE, parquet_bytes, "result.parquet"),
+}
+"""Accepted media type -> the answer's content type, its encoder and its file name."""
 DEAD_LETTERS_LIMIT_DEFAULT = 100
 
 
@@ -79,7 +93,8 @@ class LakeApi:
     # --- SQL -----------------------------------------------------------------------------
 
     async def query(self, exchange: Exchange) -> None:
-        """`POST /v1/lake/query` `{"sql", "limit"?}`: JSON rows, or Arrow IPC if accepted."""
+        """`POST /v1/lake/query` `{"sql", "limit"?}`: JSON rows, or Arrow IPC, CSV or
+        Parquet when the first `accept` type asks for one."""
         body = await exchange.json_body()
         if not isinstance(body, dict):
             raise invalid("body must be a JSON object with 'sql'")
@@ -93,9 +108,15 @@ class LakeApi:
         headers = [(TRUNCATED_HEADER, "true" if truncated else "false")]
         # Encoding up to ROWS_MAX rows takes long enough to stall other requests; a thread
         # keeps the event loop free.
-        if first_accept(exchange.header("accept")) == ARROW_STREAM_CONTENT_TYPE:
+        accept = first_accept(exchange.header("accept"))
+        if accept == ARROW_STREAM_CONTENT_TYPE:
             data = await asyncio.to_thread(arrow_ipc_stream, table)
             await exchange.respond(200, data, ARROW_STREAM_CONTENT_TYPE, headers)
+        elif accept in _DOWNLOADS:
+            content_type, encode, filename = _DOWNLOADS[accept]
+            data = await asyncio.to_thread(encode, table)
+            headers.append(("content-disposition", f'attachment; filename="{filename}"'))
+            await exchange.respond(200, data, content_type, headers)
         else:
             data = await asyncio.to_thread(sql_result_json, table, truncated)
             await exchange.respond(200, data, "application/json", headers)

@@ -204,7 +204,7 @@ def dead_letter_json(letter: DeadLetter) -> dict[str, Any]:
 
 def sql_result_json(table: pa.Table, truncated: bool) -> bytes:
     columns = [{"name": field.name, "type": str(field.type)} for field in table.schema]
-    values = [[_json_safe(value) for value in column.to_pylist()] for column in table.columns]
+    values = [[json_safe(value) for value in column.to_pylist()] for column in table.columns]
     result = {
         "columns": columns,
         "rows": [list(row) for row in zip(*values, strict=True)],
@@ -214,7 +214,7 @@ def sql_result_json(table: pa.Table, truncated: bool) -> bytes:
     return json.dumps(result, separators=(",", ":"), allow_nan=False).encode()
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """A query value as JSON can carry it (the choices are listed in the module docstring)."""
     if value is None or isinstance(value, bool | int | str):
         return value
@@ -225,9 +225,9 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, bytes):
         return base64.b64encode(value).decode("ascii")
     if isinstance(value, dict):
-        return {str(key): _json_safe(item) for key, item in value.items()}
+        return {str(key): json_safe(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
-        return [_json_safe(item) for item in value]
+        return [json_safe(item) for item in value]
     # Decimal, UUID and any other scalar: its exact text.
     return str(value)
 

@@ -15,6 +15,10 @@ reads (sql_guard.py):
   sequence number whose effects are in the target table (-1: none). Updated only in the same
   transaction as the rows it covers: that is the exactly-once invariant.
 - `s2s.dead_letters(...)`: records that could not become rows, with the reason. Append-only.
+- `s2s.declarations(declared)`: one row, a count every declaration raises in its own
+  transaction. DuckLake lets two concurrent transactions insert into one table, so two servers
+  sharing the catalog could both store a name they each saw free; two that also rewrite one
+  row conflict, and the second sees the name taken when it is made again (registry.py).
 """
 
 from __future__ import annotations
@@ -52,10 +56,12 @@ _DEAD_LETTERS = (
     ("reason", "VARCHAR"),
     ("rejected_at", "TIMESTAMPTZ"),
 )
+_DECLARATIONS = (("declared", "BIGINT"),)
 _META_TABLES = {
     "materializations": _MATERIALIZATIONS,
     "checkpoints": _CHECKPOINTS,
     "dead_letters": _DEAD_LETTERS,
+    "declarations": _DECLARATIONS,
 }
 # Every statement on these tables names its columns: a column added to one (nothing the
 # server does adds any; a damaged or hand-edited catalog might) must not shift values.
@@ -167,6 +173,12 @@ def open_lake(settings: LakeSettings) -> duckdb.DuckDBPyConnection:
     for table, columns in _META_TABLES.items():
         column_list = ", ".join(f"{name} {kind}" for name, kind in columns)
         conn.execute(f"CREATE TABLE IF NOT EXISTS {META_SCHEMA}.{table} ({column_list})")
+    # Two servers opening a new catalog at once may both add the row: a declaration raises
+    # every row, so two of them still conflict. With none, they would not.
+    conn.execute(
+        f"INSERT INTO {META_SCHEMA}.declarations (declared) "
+        f"SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM {META_SCHEMA}.declarations)"
+    )
     allowed = [str(settings.root) + os.sep]
     if "://" not in data_dir:
         allowed.append(os.path.abspath(data_dir) + os.sep)

@@ -20,7 +20,8 @@ Where each materialization runs (ADR 0013):
   runs them, and a server takes over when the leader's database session ends. The others'
   runners stand aside, following the checkpoint in the catalog (runner.py). A runner that has
   not yet noticed it lost the lead cannot apply a batch twice: its commit needs the checkpoint
-  it read the batch after (apply.py).
+  it read the batch after (apply.py). The leader reports its runners' states to the shared
+  store, so a status asked of any server says what the runner says (runner_reports.py).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import duckdb
 
@@ -48,7 +49,8 @@ from server.lake.definition import (
     not_found,
 )
 from server.lake.projection import check_projection, projection_refusal
-from server.lake.runner import MaterializationRunner, RunnerStatus, trim_stream
+from server.lake.runner import ON_ANOTHER_SERVER, MaterializationRunner, RunnerStatus, trim_stream
+from server.lake.runner_reports import RunnerReporter, read_report
 from server.lake.sql_rules import FunctionRules
 from server.lake.sqltext import first_line
 from server.lake.writer import LakeWriter
@@ -108,6 +110,7 @@ class Materializations:
         self._damaged: dict[str, str] = {}
         """Stored materializations that cannot run (registry.Damaged), by name: why."""
         self._lock = asyncio.Lock()
+        self._reporter = RunnerReporter(store.kv, store.committer) if shared else None
 
     @classmethod
     async def load(
@@ -159,6 +162,7 @@ class Materializations:
         while True:
             try:
                 await self.check_lead()
+                await self._report()
             except (duckdb.Error, OSError) as error:  # the catalog out of reach: next time
                 if not failing:
                     log.warning("cannot read the lake's declarations: %s", error)
@@ -184,11 +188,20 @@ class Materializations:
                 )
         async with self._lock:
             self._leading = leading
+            if not leading and self._reporter is not None:
+                self._reporter.stop()
             if not leading:  # first, whatever the catalog says, or if it cannot be read
                 for runner in self._runners.values():
                     if runner.runs_here:
                         await runner.step_aside()
             await self._follow_catalog()
+
+    async def _report(self) -> None:
+        """As the leader of a shared lake, write the runners' reports that are due."""
+        if self._reporter is None or not self._leading:
+            return
+        statuses = {name: runner.status() for name, runner in self._runners.items()}
+        await self._reporter.publish(statuses)
 
     async def _follow_catalog(self) -> None:
         """Take up the catalog's declarations: new ones, deleted ones, paused or resumed
@@ -436,6 +449,8 @@ class Materializations:
                 await runner.refresh()
         definition = runner.definition
         progress = runner.status()
+        if progress.state == ON_ANOTHER_SERVER:
+            progress = await self._as_reported(name, progress)
         tail_seq: int | None = None
         lag_s = 0.0
         try:
@@ -446,6 +461,25 @@ class Materializations:
         except S2Error:
             pass  # the source does not exist (yet): no lag to report
         return MaterializationStatus(definition, progress, tail_seq, round(lag_s, 3))
+
+    async def _as_reported(self, name: str, progress: RunnerStatus) -> RunnerStatus:
+        """`progress` (the catalog's checkpoint) with the state, error and last commit the
+        leader reports, if it reported lately."""
+        report = await read_report(self._store.kv, name)
+        if report is None:
+            return progress
+        return replace(
+            progress,
+            state=report.state,
+            last_error=report.last_error,
+            last_commit_at=report.last_commit_at,
+            last_snapshot_id=(
+                report.last_snapshot_id
+                if progress.last_snapshot_id is None
+                else progress.last_snapshot_id
+            ),
+            records_skipped=report.records_skipped,
+        )
 
     async def statuses(self) -> list[MaterializationStatus]:
         """Every running or paused materialization's, by name."""

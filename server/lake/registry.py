@@ -173,6 +173,9 @@ def _insert(
     cursor: duckdb.DuckDBPyConnection, files: DataFiles, definition: Materialization
 ) -> bool:
     with transaction(cursor, files):
+        # Rewrites the row every declaration rewrites: of two at once, DuckLake refuses the
+        # second's COMMIT, and made again it finds the name taken (connection.py).
+        cursor.execute(f"UPDATE {META_SCHEMA}.declarations SET declared = declared + 1")
         taken = fetch_one(
             cursor,
             f"SELECT count(*) FROM {META_SCHEMA}.materializations WHERE name = $name",

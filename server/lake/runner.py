@@ -206,11 +206,15 @@ class MaterializationRunner:
 
     def resume(self, running: bool) -> None:
         """Take cursors on the new instance, and start again if `running` (from the
-        checkpoint, as after any stop)."""
+        checkpoint, as after any stop), in the state it had: a reopen is the lake's upkeep,
+        not a new start, and a status taken meanwhile must not flap to `starting` (seen in
+        CI right after an ingest's commit)."""
         self._lanes = self._new_lanes()
         self._suspended = False
         if running:
+            state = self._state
             self.start()
+            self._state = state
         elif self._elsewhere and self._watches:
             self._follow_catalog()
 

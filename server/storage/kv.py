@@ -41,6 +41,7 @@ class Table(enum.Enum):
     SYSTEM = b"system"
     ACCESS_TOKENS = b"access_tokens"
     USAGE = b"usage"
+    PRODUCERS = b"producers"
 
 
 class Put(NamedTuple):
@@ -113,9 +114,12 @@ class KeyValueStore(Protocol):
         end: bytes | None,
         limit: int,
         project: Callable[[memoryview], T],
+        head_bytes: int | None = None,
     ) -> list[tuple[bytes, T]]:
         """Like `scan`, but returns `project(value)`; the view is valid only inside `project`,
-        so large values are inspected without being copied."""
+        so large values are inspected without being copied. `head_bytes`: `project` reads no
+        further than this into a value, so a store may send only that much of it (a database
+        need not ship a whole batch to have its header read)."""
 
     def size_bytes(self) -> int:
         """Bytes up to the highest page in use; pages freed below it are reused first."""
@@ -333,7 +337,9 @@ class LmdbStore:
         end: bytes | None,
         limit: int,
         project: Callable[[memoryview], T],
+        head_bytes: int | None = None,
     ) -> list[tuple[bytes, T]]:
+        # Values are views of the memory map: nothing is copied, whatever `head_bytes` says.
         return self._read(lambda: self._scan_map(table, start, end, limit, project))
 
     def _scan_map(

@@ -12,6 +12,9 @@ Invariants (the engine relies on them; tests check them after crashes):
 - Timestamps never decrease along a stream, so `TIMESTAMPS[sid ‖ last_ts ‖ last_seq]` (one key
   per batch, same commit) is ordered like the batches and finds the first batch whose last
   record is at or after a time.
+- A stream's `PRODUCERS` rows change only in the commit of one of that producer's batches to
+  the stream (with its tail row), or are deleted (idle past the expiry, or the stream deleted):
+  a row's newest ack is the producer's last batch that is durable, never one in flight.
 - A batch's payload is already the protobuf encoding of `ReadBatch.records` entries, so a read
   returns slices of it without decoding records. Every batch is checked on read: version 2
   (written now) ends in a CRC-32C of all its other bytes; version 1 (still read) holds a
@@ -33,6 +36,7 @@ little-endian.
 | SYSTEM     | b"reclaimed_at_ms"              | u64 LE: last deletion's end | updatable       |
 | ACCESS_TOKENS | token id (UTF-8)          | JSON: secret digest, scope  | issued, revoked |
 | USAGE      | metrics: server/usage/layout.py | counts, storage samples     | flushed, expire |
+| PRODUCERS  | sid (u64) ‖ producer id (ASCII) | `ProducerRow`               | per batch, exp. |
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ from itertools import accumulate
 
 import google_crc32c
 
+from s2s.records import BATCH_RECORDS_MAX, PRODUCER_WINDOW_BATCHES
 from s2s.wire import Headers, record_entries
 
 NEXT_STREAM_ID_KEY = b"next_stream_id"
@@ -106,6 +111,21 @@ def timestamp_key_last_seq(key: bytes) -> int:
     return int(_SID_TS_SEQ.unpack(key)[2])
 
 
+def producer_key(sid: int, producer_id: str) -> bytes:
+    """A producer's row of one stream: the stream's rows share the sid prefix (8 + at most 64
+    bytes, well under LMDB's 511)."""
+    return _U64_BE.pack(sid) + producer_id.encode()
+
+
+def producer_key_prefix(sid: int) -> bytes:
+    return _U64_BE.pack(sid)
+
+
+def producer_key_parts(key: bytes) -> tuple[int, str]:
+    """The stream id and producer id of a `producer_key`."""
+    return int(_U64_BE.unpack_from(key)[0]), key[_U64_BE.size :].decode()
+
+
 # --- tail row ------------------------------------------------------------------------------
 
 _TAIL = struct.Struct("<QQQQ")
@@ -131,6 +151,106 @@ class TailRow:
     def decode(cls, data: bytes) -> TailRow:
         next_seq, last_ts, trim_point, last_write_ms = _TAIL.unpack_from(data)
         return cls(next_seq, last_ts, trim_point, last_write_ms, data[_TAIL.size :].decode())
+
+
+# --- producer rows -------------------------------------------------------------------------
+
+PRODUCER_ROW_VERSION = 1
+# version u8, acks u8, reserved u16, last_write_ms u64 (its last batch's arrival: the expiry
+# sweep's clock), first_batch_seq u64, last_batch_seq u64; then one `_PRODUCER_ACK` per
+# remembered batch, oldest first, the last one last_batch_seq's.
+_PRODUCER_HEAD = struct.Struct("<BBHQQQ")
+_PRODUCER_ACK = struct.Struct("<QQQQ")
+"""start seq_num, start timestamp, end seq_num, end timestamp: the batch's ack without the tail."""
+
+
+class CorruptProducerRow(Exception):
+    """A stored producer row is not one this version writes."""
+
+
+@dataclass(frozen=True)
+class ProducerRow:
+    """A producer's batches to one stream, as the server remembers them to answer retries.
+
+    Batch sequence numbers first_batch_seq..last_batch_seq were each appended exactly once
+    (a producer's batches are taken only in order, each one after the last); the acks of the
+    last `len(acks)` of them (at most `PRODUCER_WINDOW_BATCHES`) are kept. Immutable: each
+    batch writes a new row, built from the row before by `then`.
+    """
+
+    encoded: bytes
+    """The stored value: what the next batch's commit expects, and what the sweep reads."""
+    first_batch_seq: int
+    last_batch_seq: int
+
+    @classmethod
+    def decode(cls, data: bytes) -> ProducerRow:
+        if len(data) < _PRODUCER_HEAD.size:
+            raise CorruptProducerRow("producer row shorter than its header")
+        version, count, _, _, first, last = _PRODUCER_HEAD.unpack_from(data)
+        if version != PRODUCER_ROW_VERSION:
+            raise CorruptProducerRow(f"producer row of unknown version {version}")
+        if not 0 < count <= PRODUCER_WINDOW_BATCHES or count > last - first + 1:
+            raise CorruptProducerRow(f"producer row holds {count} acks of batches {first}..{last}")
+        if len(data) != _PRODUCER_HEAD.size + count * _PRODUCER_ACK.size:
+            raise CorruptProducerRow(f"producer row of {len(data)} bytes for {count} acks")
+        return cls(data, first, last)
+
+    @classmethod
+    def first(
+        cls, batch_seq: int, start: tuple[int, int], end: tuple[int, int], write_ms: int
+    ) -> ProducerRow:
+        """The row after a producer's first batch to the stream (as far as the store knows)."""
+        return cls._build(batch_seq, batch_seq, b"", start, end, write_ms)
+
+    def then(
+        self, batch_seq: int, start: tuple[int, int], end: tuple[int, int], write_ms: int
+    ) -> ProducerRow:
+        """The row after the producer's next batch (`last_batch_seq + 1`); the oldest ack goes
+        once the window is full. Slices of the encoded row: no ack is decoded."""
+        assert batch_seq == self.last_batch_seq + 1, (batch_seq, self.last_batch_seq)
+        kept = self.encoded[_PRODUCER_HEAD.size :][
+            -(PRODUCER_WINDOW_BATCHES - 1) * _PRODUCER_ACK.size :
+        ]
+        return self._build(self.first_batch_seq, batch_seq, kept, start, end, write_ms)
+
+    @classmethod
+    def _build(
+        cls,
+        first: int,
+        last: int,
+        kept: bytes,
+        start: tuple[int, int],
+        end: tuple[int, int],
+        write_ms: int,
+    ) -> ProducerRow:
+        count = len(kept) // _PRODUCER_ACK.size + 1
+        encoded = b"".join(
+            (
+                _PRODUCER_HEAD.pack(PRODUCER_ROW_VERSION, count, 0, write_ms, first, last),
+                kept,
+                _PRODUCER_ACK.pack(*start, *end),
+            )
+        )
+        return cls(encoded, first, last)
+
+    @property
+    def acks_kept(self) -> int:
+        return (len(self.encoded) - _PRODUCER_HEAD.size) // _PRODUCER_ACK.size
+
+    @property
+    def last_write_ms(self) -> int:
+        return int(_PRODUCER_HEAD.unpack_from(self.encoded)[3])
+
+    def ack_of(self, batch_seq: int) -> tuple[tuple[int, int], tuple[int, int]] | None:
+        """(start, end) of one of the remembered batches; None if it is not one of them."""
+        index = batch_seq - (self.last_batch_seq - self.acks_kept + 1)
+        if not 0 <= index < self.acks_kept:
+            return None
+        start_seq, start_ts, end_seq, end_ts = _PRODUCER_ACK.unpack_from(
+            self.encoded, _PRODUCER_HEAD.size + index * _PRODUCER_ACK.size
+        )
+        return (start_seq, start_ts), (end_seq, end_ts)
 
 
 # --- batches -------------------------------------------------------------------------------
@@ -205,6 +325,11 @@ class BatchSummary:
     arrival_ms: int
     metered_bytes: int
     """The metered size of all its records."""
+
+
+BATCH_SUMMARY_BYTES_MAX = _BATCH_HEADER.size + 4 + 16 * BATCH_RECORDS_MAX
+"""How far into a batch `summarize_batch` reads at most (its header, offsets, timestamps and
+metered sizes: 36 + 16 bytes a record), for stores that can send only a value's head."""
 
 
 def summarize_batch(data: memoryview) -> BatchSummary:

@@ -49,7 +49,7 @@ import secrets
 import threading
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from typing import Any, NoReturn, TypeVar
 
 import psycopg
@@ -115,8 +115,14 @@ SCHEMA_LOCK = 0x5325_0002
 """Taken while a store creates its tables and function: nodes starting at once take turns
 (concurrent `CREATE ... IF NOT EXISTS` of one name can fail)."""
 KEY_LOCK_CLASS = 0x5325
-"""The first half of the two-part advisory locks `_check` takes per expected key (a key
+"""The first half of the two-part advisory locks `commit` takes per expected key (a key
 space apart from one-part locks such as `WRITER_LOCK`)."""
+LOCK_KEYS = (
+    "SELECT CASE WHEN exclusive THEN pg_advisory_xact_lock(%s, lock) "
+    "ELSE pg_advisory_xact_lock_shared(%s, lock) END "
+    "FROM unnest(%s::int[], %s::bool[]) AS k (lock, exclusive)"
+)
+"""Takes a commit's key locks (`_key_locks`) in the order given."""
 LEAD_LOCK_CLASS = 0x5326
 """The first half of the two-part session advisory lock a shared store holds while it leads a
 role (`leads`); the second half is a hash of the role's name."""
@@ -125,6 +131,11 @@ LEAD_LEASE_S = 10.0
 session, freeing them (`idle_session_timeout`): a node frozen (SIGSTOP, a long GC pause, a
 network partition) loses its roles to another node after this, though its socket stays open.
 Leaders ask every second or so (`leads`), which keeps a live one's session."""
+WRITER_LOCK_WAIT_S = 5.0
+"""How long a starting server waits for the writers' lock before it refuses: a server killed a
+moment ago (kill -9, a crash, restarted at once by its supervisor) holds it until PostgreSQL
+notices its connection closed, which its backend does only between statements."""
+WRITER_LOCK_RETRY_S = 0.05
 WRITER_LOCK = 0x5325_0001
 """The advisory lock every server writing a database holds on its writer connection: the one
 server of an exclusive store exclusively, the nodes sharing it (`--shared-storage`) shared."""
@@ -207,9 +218,15 @@ class PostgresStore:
         alone and nodes that expect to share never write one database at once. False if a
         connection holds it in the other mode (or exclusively)."""
         take = "pg_try_advisory_lock" if self._exclusive else "pg_try_advisory_lock_shared"
-        row = connection.execute(f"SELECT {take}(%s)", (WRITER_LOCK,)).fetchone()
-        connection.commit()
-        return bool(row and row[0])
+        deadline = time.monotonic() + WRITER_LOCK_WAIT_S
+        while True:
+            row = connection.execute(f"SELECT {take}(%s)", (WRITER_LOCK,)).fetchone()
+            connection.commit()
+            if row and row[0]:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(WRITER_LOCK_RETRY_S)
 
     def _create_tables(self) -> None:
         with self._writer.transaction():
@@ -278,11 +295,10 @@ class PostgresStore:
             else:
                 # The keys' locks before the statement that reads them, whose snapshot is
                 # taken as it starts: sent together, answered together.
-                locks = sorted({_key_lock(table, key) for table, key in expected})
+                locks, exclusive = _key_locks(expected, last)
                 with connection.pipeline(), connection.transaction():
                     connection.execute(
-                        "SELECT pg_advisory_xact_lock(%s, lock) FROM unnest(%s::int[]) AS lock",
-                        (KEY_LOCK_CLASS, locks),
+                        LOCK_KEYS, (KEY_LOCK_CLASS, KEY_LOCK_CLASS, locks, exclusive)
                     )
                     connection.execute(statement, params)
         except psycopg.errors.DiskFull as error:
@@ -598,7 +614,9 @@ class PostgresStore:
     def scan(
         self, table: Table, start: bytes, end: bytes | None, limit: int
     ) -> list[tuple[bytes, bytes]]:
-        return [(bytes(key), bytes(value)) for key, value in self._rows(table, start, end, limit)]
+        return [
+            (bytes(key), bytes(value)) for key, value in self._rows(table, start, end, limit, None)
+        ]
 
     def scan_map(
         self,
@@ -607,29 +625,29 @@ class PostgresStore:
         end: bytes | None,
         limit: int,
         project: Callable[[memoryview], T],
+        head_bytes: int | None = None,
     ) -> list[tuple[bytes, T]]:
         return [
             (bytes(key), project(memoryview(value)))
-            for key, value in self._rows(table, start, end, limit)
+            for key, value in self._rows(table, start, end, limit, head_bytes)
         ]
 
     def _rows(
-        self, table: Table, start: bytes, end: bytes | None, limit: int
+        self, table: Table, start: bytes, end: bytes | None, limit: int, head_bytes: int | None
     ) -> list[tuple[bytes, bytes]]:
         if limit <= 0:
             return []
         # LIMIT takes a bigint; callers pass sys.maxsize for "all".
         limit = min(limit, 2**63 - 1)
-        name = self._names[table]
-        if end is None:
-            query = sql.SQL("SELECT key, value FROM {} WHERE key >= %s ORDER BY key LIMIT %s")
-            params: tuple[object, ...] = (start, limit)
-        else:
-            query = sql.SQL(
-                "SELECT key, value FROM {} WHERE key >= %s AND key < %s ORDER BY key LIMIT %s"
-            )
-            params = (start, end, limit)
-        return [(row[0], row[1]) for row in self._read(query.format(name), params)]
+        value: sql.Composable = sql.SQL("value")
+        if head_bytes is not None:
+            value = sql.SQL("substring(value FROM 1 FOR {})").format(sql.Literal(head_bytes))
+        bounds = sql.SQL("key >= %s" if end is None else "key >= %s AND key < %s")
+        query = sql.SQL("SELECT key, {} FROM {} WHERE {} ORDER BY key LIMIT %s").format(
+            value, self._names[table], bounds
+        )
+        params: tuple[object, ...] = (start, limit) if end is None else (start, end, limit)
+        return [(row[0], row[1]) for row in self._read(query, params)]
 
     def reclaim(self) -> None:
         """VACUUM the tables the jobs delete from (batches and their timestamp index): dead
@@ -757,6 +775,25 @@ def _commit_text(
     ]
     total = sql.SQL(" + ").join(reads or [sql.SQL("0")])
     return sql.SQL("WITH {} SELECT {}").format(sql.SQL(", ").join(parts), total).as_string()
+
+
+def _key_locks(
+    expected: dict[tuple[Table, bytes], bytes | None], written: Container[tuple[Table, bytes]]
+) -> tuple[list[int], list[bool]]:
+    """The advisory locks a commit takes for its expected keys, in one order for every store
+    (so two commits never wait for each other's), and for each whether it is exclusive.
+
+    A key the commit also writes is locked exclusively; one it only expects, shared: the
+    records every append expects unchanged (its stream's and basin's) are locked by all of
+    them, and appends to different streams must not take turns on a basin's. A commit that
+    writes a key still waits for every commit expecting it, and they for it, so no two
+    commits decide on a value the other changes (no write skew)."""
+    modes: dict[int, bool] = {}
+    for table, key in expected:
+        lock = _key_lock(table, key)
+        modes[lock] = modes.get(lock, False) or (table, key) in written
+    locks = sorted(modes)
+    return locks, [modes[lock] for lock in locks]
 
 
 def _key_lock(table: Table, key: bytes) -> int:

@@ -29,7 +29,7 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
-from collections.abc import AsyncGenerator, Iterable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
@@ -40,6 +40,7 @@ from server.storage.kv import Delete, KeyValueStore, Write
 from server.storage.layout import BatchSummary
 from server.usage.counters import Counters, SeriesQuery, floor_to, merge
 from server.usage.histogram import LoopHistogram
+from server.usage.layout import StreamSnapshot
 from server.usage.storage import (
     STREAM_SAMPLES_RETENTION_S,
     GaugeSeries,
@@ -48,10 +49,12 @@ from server.usage.storage import (
     basin_sample_writes,
     basin_samples,
     basins_sampled_between,
+    count_appended,
     count_stored,
     expired_sample_deletes,
     snapshot_writes,
     stale_snapshots,
+    stored_snapshots,
     stream_sample_writes,
     stream_samples,
 )
@@ -90,6 +93,8 @@ class BasinTotals:
     reads: int = 0
     read_records: int = 0
     read_bytes: int = 0
+    append_retries: int = 0
+    """Retried batches of idempotent producers answered with their original ack."""
 
 
 class _Records(Protocol):
@@ -127,12 +132,19 @@ class StreamAccount:
         totals.append_records += records
         totals.append_bytes += metered_bytes
         stored = self.stored
-        stored.next_seq = next_seq
-        usage.stored_changed(stored, metered_bytes)
+        if not usage.shared:
+            # Where nodes share the store, the one leading the jobs counts every node's
+            # appends from the store instead (`Usage.recount`).
+            stored.next_seq = next_seq
+            usage.stored_changed(stored, metered_bytes)
         now_s = usage.now_s()
         usage.counters.add(now_s, stored.basin, "append-ops/" + storage_class, 1)
         usage.counters.add(now_s, stored.basin, "append-throughput", metered_bytes)
         usage.ack_latency.observe(latency_s)
+
+    def retried(self) -> None:
+        """A producer's retry of a batch already written was answered, and not written."""
+        self.totals.append_retries += 1
 
 
 class Usage:
@@ -142,10 +154,19 @@ class Usage:
         committer: GroupCommitter,
         clock: Clock,
         settings: UsageSettings | None = None,
+        stream_tails: Callable[[], list[StreamTail]] | None = None,
     ) -> None:
+        """`stream_tails`: where other nodes write the store too, lists every stream and its
+        tail (blocking), for each flush to count stored bytes from the store (`recount`)."""
         self._kv = kv
         self._committer = committer
         self._clock = clock
+        self._stream_tails = stream_tails
+        self.shared = stream_tails is not None
+        self._leading = False
+        """Shared stores: this node leads the jobs, so it counts and writes stored bytes."""
+        self._unvalidated: set[int] = set()
+        """Streams whose counts the leader has to check against the store (`count_stored`)."""
         self.settings = settings or UsageSettings()
         self.counters = Counters(kv)
         self._accounts: dict[int, StreamAccount] = {}
@@ -261,7 +282,9 @@ class Usage:
 
     def deleted(self, sid: int, batches: list[BatchSummary]) -> None:
         """The jobs deleted these oldest batches of the stream (durably). A batch before the
-        stream's front is one a deletion that overlapped this one already reported."""
+        stream's front is one a deletion that overlapped this one already reported; one past
+        what was counted (`next_seq`: on a shared store, appended through another node since
+        the last recount) was never added, so it is not taken off either."""
         account = self._accounts.get(sid)
         if account is None:
             return
@@ -269,10 +292,12 @@ class Usage:
         freed_bytes = 0
         for batch in batches:
             if batch.first_seq >= stored.front_seq:
-                freed_bytes += batch.metered_bytes
+                if batch.last_seq < stored.next_seq:
+                    freed_bytes += batch.metered_bytes
                 stored.front_seq = batch.last_seq + 1
-        # Where several nodes share the store, each counts only the appends it made, but its
-        # jobs delete every node's batches (ADR 0013, "Not yet"): never below nothing stored.
+        stored.next_seq = max(stored.next_seq, stored.front_seq)
+        # A node that took the jobs over from one that stopped mid-run can meet a deletion
+        # its count does not show yet (until `recount` checks it): never below nothing.
         self.stored_changed(stored, -min(freed_bytes, stored.stored_bytes))
 
     def forget(self, sid: int) -> None:
@@ -352,6 +377,72 @@ class Usage:
             labels[label] = labels.get(label, 0) + stored
         return labels
 
+    # --- several nodes -------------------------------------------------------------------
+
+    def lead(self, leading: bool) -> None:
+        """Whether this node leads the jobs (it deletes batches): on a shared store, the one
+        that does counts every stream's stored bytes and writes them; the others take its
+        counts from the store. A node that starts leading checks every count first."""
+        if leading and not self._leading and self.shared:
+            self._unvalidated = set(self._accounts)
+        self._leading = leading
+
+    async def recount(self) -> None:
+        """Where nodes share the store: make every stream's stored bytes the cluster's. The
+        leader counts the batches every node appended since its last count, from their
+        headers; another node takes the leader's snapshots. Streams created or removed through
+        other nodes are registered or forgotten. Runs before each flush."""
+        assert self._stream_tails is not None
+        known = set(self._accounts)
+        tails = await asyncio.to_thread(self._stream_tails)
+        listed = {tail.sid: tail for tail in tails}
+        for sid in known - set(listed):  # registered since the list was read: kept
+            self.forget(sid)
+        for tail in tails:
+            if tail.sid not in self._accounts:
+                self._register(StoredBytes(tail.sid, tail.basin, tail.name))
+        if not self._leading:
+            snapshots = await asyncio.to_thread(stored_snapshots, self._kv)
+            for sid, snapshot in snapshots.items():
+                account = self._accounts.get(sid)
+                if account is not None:
+                    self._adopt(account.stored, snapshot)
+            return
+        # Each count is taken only if no deletion moved the stream's count meanwhile.
+        checks = [self._accounts[sid].stored for sid in self._unvalidated if sid in listed]
+        self._unvalidated = set()
+        before = [(stored.front_seq, stored.next_seq) for stored in checks]
+        checked = await asyncio.to_thread(
+            _count_each, self._kv, [listed[stored.sid] for stored in checks]
+        )
+        for stored, position, fresh in zip(checks, before, checked, strict=True):
+            if not self._counts(stored):
+                continue  # forgotten meanwhile (deleted)
+            if (stored.front_seq, stored.next_seq) == position:
+                self._adopt(stored, fresh.snapshot())
+            else:
+                self._unvalidated.add(stored.sid)
+        behind = [
+            (account.stored, account.stored.next_seq, listed[sid].next_seq)
+            for sid, account in self._accounts.items()
+            if sid in listed and listed[sid].next_seq > account.stored.next_seq
+        ]
+        counts = await asyncio.to_thread(_count_appended_each, self._kv, behind)
+        for (stored, start_seq, end_seq), appended_bytes in zip(behind, counts, strict=True):
+            if self._counts(stored) and stored.next_seq == start_seq:
+                stored.next_seq = end_seq
+                self.stored_changed(stored, appended_bytes)
+
+    def _counts(self, stored: StoredBytes) -> bool:
+        """Whether `stored` is still the stream's account (not forgotten, not replaced)."""
+        account = self._accounts.get(stored.sid)
+        return account is not None and account.stored is stored
+
+    def _adopt(self, stored: StoredBytes, snapshot: StreamSnapshot) -> None:
+        stored.next_seq = snapshot.next_seq
+        stored.front_seq = snapshot.front_seq
+        self.stored_changed(stored, snapshot.stored_bytes - stored.stored_bytes)
+
     # --- flushes -------------------------------------------------------------------------
 
     async def flush(self) -> None:
@@ -366,6 +457,8 @@ class Usage:
                         raise
 
     async def _flush(self) -> None:
+        if self.shared:
+            await self.recount()
         now_s = self.now_s()
         hour_s = floor_to(now_s, 3600)
         dirty = list(self._dirty_streams)
@@ -378,10 +471,12 @@ class Usage:
             basins = self._dirty_basins
         self._dirty_basins = set()
         stale, self._stale = self._stale, []
-        writes: list[Write] = list(stale)
-        writes += snapshot_writes(dirty, forgotten)
-        writes += stream_sample_writes(dirty, floor_to(now_s, 60))
-        writes += basin_sample_writes({b: self._basin_stored.get(b, 0) for b in basins}, hour_s)
+        writes: list[Write] = []
+        if self._leading or not self.shared:  # the others' counts are the leader's
+            writes += stale
+            writes += snapshot_writes(dirty, forgotten)
+            writes += stream_sample_writes(dirty, floor_to(now_s, 60))
+            writes += basin_sample_writes({b: self._basin_stored.get(b, 0) for b in basins}, hour_s)
         amounts = self.counters.take()
         try:
             writes += await asyncio.to_thread(self.counters.writes, amounts)
@@ -463,6 +558,18 @@ class Usage:
         if first_hour_s <= floor_to(self.now_s(), 3600) <= end_s:
             active |= set(self._basin_streams)
         return sorted(active)
+
+
+def _count_each(kv: KeyValueStore, tails: list[StreamTail]) -> list[StoredBytes]:
+    """Each stream's count from the store. Blocking."""
+    return [count_stored(kv, tail) for tail in tails]
+
+
+def _count_appended_each(
+    kv: KeyValueStore, ranges: list[tuple[StoredBytes, int, int]]
+) -> list[int]:
+    """The bytes of each stream's batches in its range. Blocking."""
+    return [count_appended(kv, stored.sid, start, end) for stored, start, end in ranges]
 
 
 def _next_or_empty(deletes: Iterator[list[Delete]]) -> list[Delete]:

@@ -37,6 +37,12 @@ _BASIN_COUNTERS: tuple[tuple[str, str, Callable[[BasinTotals], int]], ...] = (
     ("s2s_reads", "Batches of records read, per basin.", lambda t: t.reads),
     ("s2s_read_records", "Records read, per basin.", lambda t: t.read_records),
     ("s2s_read_bytes", "Metered bytes read, per basin.", lambda t: t.read_bytes),
+    (
+        "s2s_append_retries",
+        "Retried batches of idempotent producers answered with their original ack, and not "
+        "written again, per basin.",
+        lambda t: t.append_retries,
+    ),
 )
 
 

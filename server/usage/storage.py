@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from server.storage.kv import Delete, KeyValueStore, Put, Table, Write
-from server.storage.layout import batch_key, summarize_batch
+from server.storage.layout import BATCH_SUMMARY_BYTES_MAX, batch_key, summarize_batch
 from server.usage.layout import (
     BASIN_SAMPLE,
     SNAPSHOT,
@@ -70,26 +70,54 @@ class StreamTail:
 
 
 def count_stored(kv: KeyValueStore, tail: StreamTail) -> StoredBytes:
-    """A stream's stored bytes at start-up: its snapshot's, if its tail and first batch are
-    where the snapshot left them, else counted from its batch headers. Blocking: off the loop."""
+    """A stream's stored bytes (at start-up, or when a node starts counting for the cluster):
+    its snapshot's if its first batch is where the snapshot left it (nothing was deleted
+    since), plus the batches appended after the snapshot; else counted from every batch
+    header. Blocking: off the loop."""
     first = kv.scan_map(
-        Table.BATCHES, batch_key(tail.sid, 0), batch_key(tail.sid + 1, 0), 1, summarize_batch
+        Table.BATCHES,
+        batch_key(tail.sid, 0),
+        batch_key(tail.sid + 1, 0),
+        1,
+        summarize_batch,
+        BATCH_SUMMARY_BYTES_MAX,
     )
     front_seq = first[0][1].first_seq if first else tail.next_seq
     account = StoredBytes(tail.sid, tail.basin, tail.name, 0, tail.next_seq, front_seq)
     stored = kv.get(Table.USAGE, snapshot_key(tail.sid))
+    counted_from = 0
     if stored is not None:
         snapshot = StreamSnapshot.decode(stored)
-        if (snapshot.next_seq, snapshot.front_seq) == (tail.next_seq, front_seq):
+        if snapshot.front_seq == front_seq and snapshot.next_seq <= tail.next_seq:
             account.stored_bytes = snapshot.stored_bytes
-            return account
-    start = batch_key(tail.sid, 0)
-    while items := kv.scan_map(
-        Table.BATCHES, start, batch_key(tail.sid + 1, 0), _BATCHES_PER_SCAN, summarize_batch
-    ):
-        account.stored_bytes += sum(summary.metered_bytes for _, summary in items)
-        start = batch_key(tail.sid, items[-1][1].last_seq + 1)
+            counted_from = snapshot.next_seq
+    account.stored_bytes += count_appended(kv, tail.sid, counted_from, tail.next_seq)
     return account
+
+
+def count_appended(kv: KeyValueStore, sid: int, start_seq: int, end_seq: int) -> int:
+    """The metered bytes of the stream's stored batches from `start_seq` to `end_seq` (each a
+    batch boundary: a tail the stream had), read from their headers. Blocking: off the loop."""
+    total = 0
+    start = batch_key(sid, start_seq)
+    # Batches are keyed by their last sequence number: those before `end_seq` end below it.
+    while items := kv.scan_map(
+        Table.BATCHES,
+        start,
+        batch_key(sid, end_seq),
+        _BATCHES_PER_SCAN,
+        summarize_batch,
+        BATCH_SUMMARY_BYTES_MAX,
+    ):
+        total += sum(summary.metered_bytes for _, summary in items)
+        start = batch_key(sid, items[-1][1].last_seq + 1)
+    return total
+
+
+def stored_snapshots(kv: KeyValueStore) -> dict[int, StreamSnapshot]:
+    """Every stream's snapshot, by stream id. Blocking: one scan."""
+    rows = kv.scan(Table.USAGE, SNAPSHOT, _next_prefix(SNAPSHOT), sys.maxsize)
+    return {parse_snapshot_key(key): StreamSnapshot.decode(value) for key, value in rows}
 
 
 def snapshot_writes(accounts: Iterable[StoredBytes], forgotten: Iterable[int]) -> list[Write]:

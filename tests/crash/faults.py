@@ -83,8 +83,9 @@ class FaultyStore:
         end: bytes | None,
         limit: int,
         project: Callable[[memoryview], T],
+        head_bytes: int | None = None,
     ) -> list[tuple[bytes, T]]:
-        return self.inner.scan_map(table, start, end, limit, project)
+        return self.inner.scan_map(table, start, end, limit, project, head_bytes)
 
     def size_bytes(self) -> int:
         return self.inner.size_bytes()

@@ -25,9 +25,11 @@ it).
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import random
+import signal
 import threading
 from collections import defaultdict
 from dataclasses import dataclass
@@ -262,4 +264,24 @@ class PowerLossFs(Operations):  # type: ignore[misc]
 
 def serve(fs: PowerLossFs, mount_point: Path) -> None:
     """Serve `fs` at `mount_point` until it is unmounted (blocks)."""
-    FUSE(fs, str(mount_point), foreground=True, nothreads=False, default_permissions=True)
+    try:
+        FUSE(fs, str(mount_point), foreground=True, nothreads=False, default_permissions=True)
+    finally:
+        ignore_sigpipe_again()
+
+
+def ignore_sigpipe_again() -> None:
+    """libfuse ignores SIGPIPE while it serves and, on its way out, sets it to SIG_DFL: the
+    whole process (a pytest worker) then dies silently at its next write to a closed socket,
+    as a test that cuts connections makes (seen: xdist's "node down: Not properly
+    terminated", tests later). Ignore it again, as Python does; through libc, since a
+    disposition is the process's and this runs on the FUSE thread, where `signal.signal`
+    may not be called."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.signal.restype = ctypes.c_void_p
+    libc.signal.argtypes = [ctypes.c_int, ctypes.c_void_p]
+    libc.signal(signal.SIGPIPE, SIG_IGN_ADDRESS)
+
+
+SIG_IGN_ADDRESS = 1
+"""`SIG_IGN` as the C library defines it: `(void (*)(int)) 1`."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -73,7 +74,19 @@ class Mount:
         subprocess.run(["umount", str(self.mount_point)], check=True)
         self.thread.join(10)
         assert not self.thread.is_alive(), "the FUSE filesystem did not stop"
+        _restore_python_signal_handlers()
         return dropped
+
+
+def _restore_python_signal_handlers() -> None:
+    """libfuse handles SIGHUP, SIGINT and SIGTERM itself while it serves and leaves them at
+    SIG_DFL when it stops (and SIGPIPE too: `ignore_sigpipe_again`): give them back to
+    Python's handlers, which it still records, so Ctrl-C and a graceful SIGTERM keep working
+    in this process. Only the main thread may set them."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGPIPE):
+        signal.signal(signum, signal.getsignal(signum))
 
 
 @contextmanager

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -42,6 +43,24 @@ pytestmark = pytest.mark.skipif(_UNAVAILABLE is not None, reason=_UNAVAILABLE or
 def mount(tmp_path: Path) -> Iterator[Mount]:
     with power_loss_mount(tmp_path) as mounted:
         yield mounted
+
+
+def _sigpipe_ignored() -> bool:
+    """What the kernel says of this process: SigIgn in /proc/self/status is a hex bit mask."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("SigIgn:"):
+            return bool(int(line.split()[1], 16) >> (signal.SIGPIPE - 1) & 1)
+    raise AssertionError("no SigIgn line in /proc/self/status")
+
+
+def test_the_test_process_still_ignores_sigpipe_after_a_power_loss(mount: Mount) -> None:
+    """libfuse leaves SIGPIPE at SIG_DFL when it stops: the pytest worker then died silently
+    at a later test's write to a closed socket (`ignore_sigpipe_again`)."""
+    assert _sigpipe_ignored()
+    mount.power_loss()
+    assert _sigpipe_ignored()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    mount.power_on()
 
 
 @pytest.mark.parametrize("kill_after_s", [0.3, 1.0])

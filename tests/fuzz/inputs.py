@@ -21,19 +21,26 @@ BASIN = "fuzz-basin"
 STREAM = "fuzz-stream"
 MATERIALIZATION = "fuzz_m"
 TABLE = "bronze.fuzz_m"
+KV_STORE = "fuzz_kv"
+KV_KEY = "k"
 
-# (methods, path template): the routes of server/http_frontend/app.py. `{basin}`, `{stream}` and
-# `{name}` are filled with the real resources above or with generated segments.
+# (methods, path template): the routes of server/http_frontend/app.py. `{basin}`, `{stream}`,
+# `{name}`, `{store}` and `{key}` are filled with the real resources above or with generated
+# segments.
 ROUTES: tuple[tuple[tuple[str, ...], str], ...] = (
     (("GET",), "/health"),
     (("GET",), "/ping"),
     (("GET",), "/metrics"),
+    (("GET",), "/"),
+    (("GET",), "/console/{name}"),
+    (("GET",), "/v1/whoami"),
     (("GET", "POST"), "/v1/basins"),
     (("GET", "PUT", "PATCH", "DELETE"), "/v1/basins/{basin}"),
     (("GET", "POST"), "/v1/streams"),
     (("GET", "PUT", "PATCH", "DELETE"), "/v1/streams/{stream}"),
     (("GET", "POST"), "/v1/streams/{stream}/records"),
     (("GET",), "/v1/streams/{stream}/records/tail"),
+    (("GET",), "/v1/streams/{stream}/status"),
     (("GET",), "/v1/locations"),
     (("GET", "PUT"), "/v1/locations/default"),
     (("GET", "POST"), "/v1/access-tokens"),
@@ -48,6 +55,11 @@ ROUTES: tuple[tuple[tuple[str, ...], str], ...] = (
     (("GET", "DELETE"), "/v1/lake/materializations/{name}"),
     (("POST",), "/v1/lake/materializations/{name}/pause"),
     (("POST",), "/v1/lake/materializations/{name}/resume"),
+    (("GET",), "/v1/kv/{basin}/{store}"),
+    (("GET",), "/v1/kv/{basin}/{store}/keys"),
+    (("GET", "PUT", "DELETE"), "/v1/kv/{basin}/{store}/keys/{key}"),
+    (("GET",), "/v1/kv/{basin}/{store}/keys/{key}/history"),
+    (("POST",), "/v1/kv/{basin}/{store}/commit"),
 )
 
 QUERY_NAMES = (
@@ -70,6 +82,8 @@ QUERY_NAMES = (
     "start",
     "end",
     "interval",
+    "expected_revision",
+    "values",
 )
 
 CONTENT_TYPES = (
@@ -82,6 +96,8 @@ CONTENT_TYPES = (
     "text/plain",
     "application/json; charset=utf-8",
     "application/vnd.apache.arrow.stream",
+    "text/csv",
+    "application/vnd.apache.parquet",
     "",
 )
 
@@ -219,6 +235,19 @@ _lake_json = st.one_of(
 )
 
 
+_kv_change = st.fixed_dictionaries(
+    {"op": st.one_of(st.sampled_from(["put", "delete"]), json_values), "key": json_values},
+    optional={"value": st.one_of(_texts, json_values)},
+)
+_kv_json = st.one_of(
+    st.fixed_dictionaries({"value": st.one_of(_texts, json_values)}),
+    st.fixed_dictionaries(
+        {"changes": st.one_of(st.lists(_kv_change, max_size=3), json_values)},
+        optional={"expected_revision": st.one_of(_numbers, json_values)},
+    ),
+)
+
+
 def _compress(data: bytes, codec: str, cut: float) -> bytes:
     packed = gzip.compress(data) if codec == "gzip" else zstandard.ZstdCompressor().compress(data)
     return packed[: int(len(packed) * cut)] if cut < 1 else packed
@@ -250,7 +279,7 @@ def bodies(draw: st.DrawFn) -> tuple[bytes, str | None]:
         data = b"".join(_frame(body, flags) for body, flags in frames)
         data += draw(st.binary(max_size=4))
     else:
-        value: Any = draw(st.one_of(_append_json, _create_json, _lake_json, json_values))
+        value: Any = draw(st.one_of(_append_json, _create_json, _lake_json, _kv_json, json_values))
         text = json.dumps(value)
         if draw(st.booleans()):
             # Break it somewhere, or put a lone surrogate or a non-ASCII body in.
@@ -290,6 +319,8 @@ def requests(draw: st.DrawFn) -> RawRequest:
         "{basin}": BASIN.encode(),
         "{stream}": STREAM.encode(),
         "{name}": MATERIALIZATION.encode(),
+        "{store}": KV_STORE.encode(),
+        "{key}": KV_KEY.encode(),
     }
     target = template.encode()
     for placeholder, real in known.items():

@@ -325,7 +325,13 @@ def _append_inputs() -> list[bytes]:
         fencing_token="token-1",
     ).SerializeToString()
     fenced = append_input_bytes([b"a" * 20, b"b"], 2**40, "f")
-    return [plain, full, fenced, pb.AppendInput().SerializeToString()]
+    # An idempotent producer's batch: the header on the first record only, the rest plain.
+    producer = append_input_bytes(
+        [_record(b"first", ((b"s2s-producer", b"p-1 7"), (b"k", b"v"))), b"second", b""],
+        1,
+        None,
+    )
+    return [plain, full, fenced, producer, pb.AppendInput().SerializeToString()]
 
 
 def _frames_seeds() -> list[bytes]:
@@ -347,6 +353,7 @@ def _json_seeds() -> list[bytes]:
         "fencing_token": "token",
     }
     b64 = {"records": [{"body": "aGVsbG8=", "headers": [["aw==", "dg=="]]}]}
+    idempotent = {"records": [{"body": "a", "headers": [["s2s-producer", "p 0"]]}, {}]}
     config = {
         "storage_class": "express",
         "retention_policy": {"age": 3600},
@@ -357,6 +364,7 @@ def _json_seeds() -> list[bytes]:
         bytes([0]) + json.dumps(raw).encode(),
         bytes([1]) + json.dumps(b64).encode(),
         bytes([2]) + json.dumps(config).encode(),
+        bytes([0]) + json.dumps(idempotent).encode(),
     ]
 
 

@@ -17,7 +17,16 @@ import pytest
 from hypothesis import given
 
 from tests.fuzz.budget import fuzzed
-from tests.fuzz.inputs import BASIN, MATERIALIZATION, STREAM, TABLE, RawRequest, requests
+from tests.fuzz.inputs import (
+    BASIN,
+    KV_KEY,
+    KV_STORE,
+    MATERIALIZATION,
+    STREAM,
+    TABLE,
+    RawRequest,
+    requests,
+)
 from tests.server_process import ServerProcess
 
 pytestmark = pytest.mark.xdist_group("fuzz-http")
@@ -47,6 +56,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
                 json={"name": MATERIALIZATION, "table": TABLE, "create_table": True},
             )
             assert declared.status_code == 201, declared.text
+            stored = http.put(f"/v1/kv/{BASIN}/{KV_STORE}/keys/{KV_KEY}", json={"value": "v"})
+            assert stored.status_code == 200, stored.text
         yield process
     finally:
         process.stop()

@@ -15,7 +15,7 @@ from tests.server_process import REPO, ServerProcess
 
 def s2s(server: ServerProcess, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "server.cli", *args, "--server", server.target],
+        [sys.executable, "-m", "server.console", *args, "--server", server.target],
         input=stdin,
         capture_output=True,
         text=True,
@@ -26,12 +26,15 @@ def s2s(server: ServerProcess, *args: str, stdin: str = "") -> subprocess.Comple
 
 def test_append_read_tail_fence_trim(server: ServerProcess) -> None:
     assert s2s(server, "basins", "create", "cli-basin").returncode == 0
-    assert "cli-basin\tactive" in s2s(server, "basins", "list").stdout
+    listed = [
+        json.loads(line) for line in s2s(server, "basins", "list", "--json").stdout.splitlines()
+    ]
+    assert {"name": "cli-basin", "state": "active"}.items() <= listed[0].items()
     assert s2s(server, "streams", "create", "cli-basin", "events").returncode == 0
     appended = s2s(server, "append", "cli-basin", "events", stdin="one\ntwo\nthree\n")
     assert appended.returncode == 0 and "seq_num 0..2" in appended.stdout
     assert s2s(server, "read", "cli-basin", "events").stdout.splitlines() == ["one", "two", "three"]
-    tail = json.loads(s2s(server, "tail", "cli-basin", "events").stdout)
+    tail = json.loads(s2s(server, "check-tail", "cli-basin", "events", "--json").stdout)
     assert tail["seq_num"] == 3
     assert s2s(server, "fence", "cli-basin", "events", "owner").returncode == 0
     refused = s2s(server, "append", "cli-basin", "events", "--fencing-token", "x", stdin="no\n")
@@ -72,7 +75,7 @@ def test_read_follow_prints_new_records(server: ServerProcess) -> None:
         [
             sys.executable,
             "-m",
-            "server.cli",
+            "server.console",
             "read",
             "follow-basin",
             "live",
@@ -95,7 +98,7 @@ def test_read_follow_prints_new_records(server: ServerProcess) -> None:
 
 
 def test_errors_are_one_line_and_nonzero(server: ServerProcess) -> None:
-    missing = s2s(server, "tail", "no-such-basin", "x")
+    missing = s2s(server, "check-tail", "no-such-basin", "x")
     assert missing.returncode == 1
     assert missing.stderr.strip().splitlines() == [
         "error: basin_not_found: basin 'no-such-basin' does not exist"
@@ -106,7 +109,9 @@ def test_errors_are_one_line_and_nonzero(server: ServerProcess) -> None:
 
 def test_bench_reports_throughput_and_latency(server: ServerProcess) -> None:
     s2s(server, "basins", "create", "bench-basin")
-    result = s2s(server, "bench", "bench-basin", "--seconds", "1", "--batch-records", "10")
+    result = s2s(
+        server, "bench", "bench-basin", "--seconds", "1", "--batch-records", "10", "--json"
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["batches"] > 0 and report["records_per_s"] > 0
@@ -122,7 +127,7 @@ UNREACHABLE = "127.0.0.1:1"
 def s2s_raw(target: str, *args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[str]:
     """`s2s` with stdin given as bytes (not necessarily UTF-8); output decoded."""
     result = subprocess.run(
-        [sys.executable, "-m", "server.cli", *args, "--server", target],
+        [sys.executable, "-m", "server.console", *args, "--server", target],
         input=stdin,
         capture_output=True,
         cwd=REPO,
@@ -137,7 +142,7 @@ def s2s_bytes(
     server: ServerProcess, *args: str, stdin: bytes
 ) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
-        [sys.executable, "-m", "server.cli", *args, "--server", server.target],
+        [sys.executable, "-m", "server.console", *args, "--server", server.target],
         input=stdin,
         capture_output=True,
         cwd=REPO,
@@ -155,10 +160,10 @@ def one_line(result: subprocess.CompletedProcess[str], exit_code: int) -> str:
 
 
 USAGE_ERRORS = [
-    (["read", "b", "s", "--count", "-1"], "argument --count: must be a whole number from 1"),
+    (["read", "b", "s", "--count", "-1"], "-n/--count: must be a whole number from 1"),
     (["read", "b", "s", "--from-seq", "1" + "0" * 20], "argument --from-seq: must be a whole"),
     (["trim", "b", "s", "-5"], "argument seq_num: must be a whole number from 0"),
-    (["append", "b", "s", "--match-seq-num", "-3"], "argument --match-seq-num: must be"),
+    (["append", "b", "s", "--match-seq-num", "-3"], "-m/--match-seq-num: must be"),
     (["bench", "b", "--seconds", "0"], "argument --seconds: must be a number greater than 0"),
     (["bench", "b", "--seconds", "nan"], "argument --seconds: must be a number greater than 0"),
     (["bench", "b", "--inflight", "0"], "argument --inflight: must be a whole number from 1"),
@@ -170,7 +175,7 @@ USAGE_ERRORS = [
     (["streams", "create", "b", "s", "--config", '{"retention_policy": 5}'], "must be a JSON ob"),
     (["streams", "create", "b", "s", "--config", "[" * 2_000], "--config: is JSON nested too"),
     (["basins", "create", "basin-x", "--config", '{"nope": 1}'], "unknown basin config field"),
-    (["streams", "list", "b", "--config", "{}"], "--config only goes with create or config"),
+    (["streams", "list", "b", "--config", "{}"], "--config only goes with create, config or re"),
     (["streams", "delete", "b", "s", "--prefix", "x"], "--prefix only goes with list"),
     (["basins", "create"], "basins create needs a basin name"),
     (["materializations", "get", "m", "--table", "a.b"], "--table only goes with create"),
@@ -249,7 +254,8 @@ def test_a_bad_line_after_full_batches_says_what_was_appended(server: ServerProc
     line = one_line(s2s(server, "append", "partial-basin", "s", "--ndjson", stdin=stdin), 2)
     assert line.startswith("s2s append: error: stdin line 1501 is not JSON")
     assert "the first 1000 lines were appended as seq_num 0..999, no more" in line
-    assert json.loads(s2s(server, "tail", "partial-basin", "s").stdout)["seq_num"] == 1000
+    tail = s2s(server, "check-tail", "partial-basin", "s", "--json")
+    assert json.loads(tail.stdout)["seq_num"] == 1000
 
 
 def test_config_flag_reconfigures(server: ServerProcess) -> None:
@@ -288,10 +294,9 @@ def test_config_flag_reconfigures(server: ServerProcess) -> None:
 
 
 def test_bench_whose_batches_fail_is_one_line(server: ServerProcess) -> None:
-    assert s2s(server, "basins", "create", "failing-bench").returncode == 0
-    # bench's records carry no timestamp, which this stream requires: every batch fails.
-    config = '{"timestamping": {"mode": "client-require"}}'
-    created = s2s(server, "streams", "create", "failing-bench", "s2s-bench", "--config", config)
+    # bench's records carry no timestamp, which the basin's streams require: every batch fails.
+    config = '{"default_stream_config": {"timestamping": {"mode": "client-require"}}}'
+    created = s2s(server, "basins", "create", "failing-bench", "--config", config)
     assert created.returncode == 0, created.stderr
     line = one_line(s2s(server, "bench", "failing-bench", "--seconds", "1"), 1)
     assert line.startswith("error: invalid: "), line
@@ -302,7 +307,7 @@ def test_ctrl_c_and_a_closed_stdout_end_quietly(server: ServerProcess) -> None:
     assert s2s(server, "streams", "create", "signal-basin", "s").returncode == 0
     many = "".join(f"{i:0100d}\n" for i in range(5000))  # more than a pipe buffer holds
     assert s2s(server, "append", "signal-basin", "s", stdin=many).returncode == 0
-    command = [sys.executable, "-m", "server.cli", "read", "signal-basin", "s"]
+    command = [sys.executable, "-m", "server.console", "read", "signal-basin", "s"]
     command += ["--server", server.target]
 
     follower = subprocess.Popen(

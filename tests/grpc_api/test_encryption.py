@@ -140,4 +140,4 @@ async def test_cli_encryption_key_flag_and_variable(server: ServerProcess) -> No
         assert "Traceback" not in refused.stderr
     bad_variable = _cli(server, "read", basin, "vault", key="short")
     assert bad_variable.returncode == 2 and "S2S_ENCRYPTION_KEY" in bad_variable.stderr
-    assert _cli(server, "tail", basin, "vault").returncode == 0
+    assert _cli(server, "check-tail", basin, "vault").returncode == 0

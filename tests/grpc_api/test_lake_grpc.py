@@ -275,7 +275,19 @@ async def test_cli_materializations_and_sql(client: S2SClient, lake_server: Serv
     await wait_applied(client, "prices", 2)
 
     listed = s2s(lake_server, "materializations", "list")
-    assert "prices\trunning\tlake-cli/prices -> cli.prices" in listed.stdout
+    assert listed.stdout.splitlines()[0].split() == [
+        "NAME",
+        "STATE",
+        "SOURCE",
+        "TABLE",
+        "ROWS",
+        "LAG",
+    ]
+    # The server is the module's: other tests' materializations may be listed too.
+    rows = [line.split() for line in listed.stdout.splitlines()[1:]]
+    assert [row[:4] for row in rows if row[0] == "prices"] == [
+        ["prices", "running", "lake-cli/prices", "cli.prices"]
+    ]
     got = json.loads(s2s(lake_server, "materializations", "get", "prices").stdout)
     assert got["source"] == {"basin": "lake-cli", "stream": "prices"}
     assert (got["mode"], got["primary_key"], got["select"]) == ("merge", "sku", None)

@@ -29,6 +29,7 @@ from tests.linearizability.history import Acked, Append
 from tests.linearizability.several_nodes import run_nodes_workload
 from tests.postgres import PostgresServer, running_postgres
 from tests.server_process import SOURCE_TREE_S2S, ServerProcess
+from tests.storage_mode import empty_tables
 
 pytestmark = pytest.mark.xdist_group("several-nodes")
 
@@ -36,6 +37,10 @@ SECONDS = 30.0
 STEP_BUDGET = 20_000_000
 """Four times the checker's default: the frozen node's operations stay open for 12 s, which
 widens the search (up to 2.6 M steps in the runs here; about 3 us a step)."""
+SEEDS = (7, 8)
+"""A run whose check runs out of steps (no verdict, which happened once in CI: 20 M steps on
+a stream of 3,031 operations) is not a pass: the workload runs again with the next seed, and
+that one must be decided. A violation fails at once."""
 FOLLOWED = 50
 JOBS_HERE = "background jobs run on this node now"
 JOBS_GONE = "background jobs no longer run on this node"
@@ -72,13 +77,21 @@ def _nodes(
 async def test_histories_through_three_nodes_under_kill_and_freeze_are_linearizable(
     postgres: PostgresServer, tmp_path: Path
 ) -> None:
-    with _nodes(tmp_path, postgres, 3) as nodes:
-        # Node 1 first: it takes the background jobs, and is the one frozen.
-        for index in (1, 0, 2):
-            nodes[index].start()
-        assert any(JOBS_HERE in line for line in nodes[1].log), nodes[1].log
-        run = await run_nodes_workload(nodes, seed=7, seconds=SECONDS, frozen_s=LEAD_LEASE_S + 2)
-    verdict = check(run.history, step_budget=STEP_BUDGET)
+    for attempt, seed in enumerate(SEEDS):
+        if attempt:
+            empty_tables(f"postgres:{postgres.libpq()}")
+        with _nodes(tmp_path / f"seed-{seed}", postgres, 3) as nodes:
+            # Node 1 first: it takes the background jobs, and is the one frozen.
+            for index in (1, 0, 2):
+                nodes[index].start()
+            assert any(JOBS_HERE in line for line in nodes[1].log), nodes[1].log
+            run = await run_nodes_workload(
+                nodes, seed=seed, seconds=SECONDS, frozen_s=LEAD_LEASE_S + 2
+            )
+        verdict = check(run.history, step_budget=STEP_BUDGET)
+        if verdict.linearizable is not None:
+            break
+        print(f"seed {seed}: the check ran out of steps ({verdict.describe()}); the next seed")
     assert verdict.linearizable is True, verdict.describe()
     # Every node acknowledged appends, the frozen one after it was let go too: its view of
     # the streams was stale by then, and the commits' preconditions had it catch up.

@@ -6,6 +6,7 @@ materialization stays paused."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import threading
 import time
 from collections.abc import Iterator
@@ -50,6 +51,9 @@ def test_waiting_ingest_and_queries_carry_on_across_reopens(lake: LakeClient, ta
     assert lake.ingest(paused, [{"id": 1}]).status_code == 200  # to wait through the reopens
     lake.ingest_ok(table, [{"id": -1}])  # the table exists from its first commit on
     query_statuses: list[int] = []
+    states: list[str] = []
+    """The materialization's state as statuses saw it meanwhile: a reopen restarts its runner,
+    which must not show as a new start."""
     stop = threading.Event()
 
     def query_meanwhile() -> None:
@@ -59,6 +63,7 @@ def test_waiting_ingest_and_queries_carry_on_across_reopens(lake: LakeClient, ta
                 response = client.sql(f"SELECT count(*) FROM {table}")
                 query_statuses.append(response.status_code)
                 assert response.status_code == 200, response.text
+                states.append(client.status(table)["state"])
         finally:
             client.close()
 
@@ -77,6 +82,7 @@ def test_waiting_ingest_and_queries_carry_on_across_reopens(lake: LakeClient, ta
     reopens = lake.metric("s2s_lake_duckdb_reopens_total") - reopens_before
     assert reopens >= 3, f"{reopens} reopens over 40 commits, one due every {REOPEN_COMMITS}"
     assert query_statuses and set(query_statuses) == {200}, set(query_statuses)
+    assert states and set(states) == {"running"}, collections.Counter(states)
     assert lake.status(table)["state"] == "running"
     still_paused = lake.status(paused)
     assert still_paused["state"] == "paused"

@@ -27,6 +27,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
+from s2s.config import StreamConfig
 from s2s.errors import S2Error
 from server.lake.apply import Applier, RecordBatch
 from server.lake.connection import LakeSettings, lake_cursor, open_lake
@@ -34,11 +35,17 @@ from server.lake.data_files import DataFiles, LakeConflict
 from server.lake.definition import INGEST_BASIN, MaterializationSpec, build_materialization
 from server.lake.ingest import IngestRequest, parse_ingest_request
 from server.lake.materializations import LAKE_ROLE
-from server.lake.registry import CONFLICT_ATTEMPTS_MAX, Checkpoint, checkpoint, insert
-from server.lake.runner import ON_ANOTHER_SERVER
+from server.lake.registry import (
+    CONFLICT_ATTEMPTS_MAX,
+    Checkpoint,
+    checkpoint,
+    insert,
+    load_all,
+)
+from server.lake.runner_reports import report_key
 from server.lake.service import Lake
 from server.storage.choice import POSTGRES_PREFIX
-from server.storage.kv import KeyValueStore
+from server.storage.kv import KeyValueStore, Table
 from server.storage.postgres import LEAD_LOCK_CLASS
 from server.streamstore import StreamStore
 from tests.conftest import MANUAL_JOBS, ManualClock, make_batch
@@ -140,6 +147,15 @@ async def _leading(node: LakeNode) -> bool:
     return node.lake.leading
 
 
+async def _not_leading(node: LakeNode) -> bool:
+    return not node.lake.leading
+
+
+async def _running_here(node: LakeNode) -> bool:
+    """Whether `node` leads and its own runner runs (not only reports another's running)."""
+    return node.lake.leading and await _state_is(node, "running")
+
+
 async def _state_is(node: LakeNode, state: str) -> bool:
     try:
         return await node.state() == state
@@ -215,8 +231,9 @@ async def test_one_node_runs_it_and_any_node_ingests_shows_and_controls_it(
             assert not b.lake.leading
             # Declared through the node that does not run it: the leader picks it up.
             await _declare(b)
-            assert await b.state() == ON_ANOTHER_SERVER
+            assert not b.lake.leading
             await _eventually(lambda: _state_is(a, "running"))
+            await _eventually(lambda: _state_is(b, "running"))  # as a reports it
 
             # Ingest through b waits for a's commit, and answers once the rows are there.
             result = await b.lake.ingest(_ingest_request([{"id": i} for i in range(100)]))
@@ -231,7 +248,7 @@ async def test_one_node_runs_it_and_any_node_ingests_shows_and_controls_it(
 
             # b's status is the catalog's checkpoint.
             status = await b.lake.materialization_status(NAME)
-            assert status.progress.state == ON_ANOTHER_SERVER
+            assert status.progress.state == "running"
             assert (status.progress.next_seq_num, status.tail_seq_num) == (102, 102)
             assert (status.progress.rows_applied, status.progress.rows_rejected) == (101, 1)
             assert status.lag_records == 0
@@ -241,7 +258,8 @@ async def test_one_node_runs_it_and_any_node_ingests_shows_and_controls_it(
             await _eventually(lambda: _state_is(a, "paused"))
             await b.lake.resume(NAME)
             await _eventually(lambda: _state_is(a, "running"))
-            assert await b.state() == ON_ANOTHER_SERVER
+            await _eventually(lambda: _state_is(b, "running"))
+            assert not b.lake.leading
             await b.lake.delete(NAME)
 
             async def forgotten() -> bool:
@@ -249,6 +267,45 @@ async def test_one_node_runs_it_and_any_node_ingests_shows_and_controls_it(
 
             await _eventually(forgotten)
         assert await _rows(a) == (101, 101)
+
+
+async def test_any_node_says_what_the_leaders_runner_says(shared: SharedLake) -> None:
+    """A node that does not run a materialization answers its status with the state, error and
+    last commit the leader reports (runner_reports.py): waiting for its source stream, with
+    why, then running, with its last commit's time; once deleted, the report goes too."""
+    source = ("lake-sources", "later")
+    async with shared.node("a") as a:
+        await _eventually(lambda: _leading(a))
+        async with shared.node("b") as b:
+            spec = MaterializationSpec(
+                name=NAME, table=TABLE, basin=source[0], stream=source[1], create_table=True
+            )
+            await b.lake.create_materialization(spec)
+            await _eventually(lambda: _state_is(b, "waiting_for_stream"), timeout_s=10)
+            status = await b.lake.materialization_status(NAME)
+            assert status.progress.last_error is not None
+            assert source[0] in status.progress.last_error, status.progress.last_error
+
+            await b.store.create_stream_if_absent(*source, StreamConfig())
+            await b.store.append(*source, make_batch(json.dumps({"id": 1}).encode()))
+            await _eventually(lambda: _state_is(b, "running"), timeout_s=30)
+
+            async def committed() -> bool:
+                status = await b.lake.materialization_status(NAME)
+                return status.progress.last_commit_at is not None
+
+            await _eventually(committed, timeout_s=15)
+            status = await b.lake.materialization_status(NAME)
+            assert status.progress.last_error is None
+            assert (status.progress.next_seq_num, status.progress.rows_applied) == (1, 1)
+
+            await b.lake.delete(NAME)
+            key = report_key(NAME)
+
+            async def report_gone() -> bool:
+                return await asyncio.to_thread(b.store.kv.get, Table.SYSTEM, key) is None
+
+            await _eventually(report_gone)
 
 
 def _terminate_lake_leader(storage: str) -> None:
@@ -280,12 +337,11 @@ async def test_another_node_takes_over_and_every_record_lands_once(
                 await a.close()
             else:
                 await asyncio.to_thread(_terminate_lake_leader, shared.storage)
-            await _eventually(lambda: _state_is(b, "running"))
+            await _eventually(lambda: _running_here(b))
             taken_over_s = time.monotonic() - ended
             print(f"taken over {taken_over_s:.2f} s after the leader was {leader_ends}")
             if leader_ends == "cut off":
-                await _eventually(lambda: _state_is(a, ON_ANOTHER_SERVER))
-                assert not a.lake.leading
+                await _eventually(lambda: _not_leading(a))
             await appender.until(appender.sent + 50)
             sent = await appender.stop()
             await _all_applied(b, sent)
@@ -471,6 +527,24 @@ def test_a_declaration_is_made_again_after_a_conflicting_commit(two_lakes: TwoLa
     assert outcome is True
     assert checkpoint(lake_cursor(two_lakes.second), "n") == Checkpoint(-1, 0, 0)
     assert _stored(two_lakes) == (Checkpoint(2, 3, 0), [(3, 3)])
+
+
+def test_two_declarations_of_one_name_at_once_store_it_once(two_lakes: TwoLakes) -> None:
+    """Two servers declare one name at the same instant (ingest's first use of a table through
+    two of them): each sees the name free, and DuckLake lets two transactions insert into one
+    table. Both also rewrite `s2s.declarations`' row, so the second COMMIT conflicts; made
+    again, it finds the name taken."""
+    held = HeldCommit(lake_cursor(two_lakes.second))
+    outcome = _while_held(
+        held,
+        lambda: insert(held, two_lakes.files, DEFINITION),  # type: ignore[arg-type]
+        lambda: insert(lake_cursor(two_lakes.first), two_lakes.files, DEFINITION),
+    )
+    assert outcome is False
+    loaded = load_all(lake_cursor(two_lakes.second))
+    assert loaded.damaged == []
+    assert [definition.name for definition, _ in loaded.materializations] == ["m"]
+    assert checkpoint(lake_cursor(two_lakes.first), "m") == Checkpoint(-1, 0, 0)
 
 
 class ConflictingCommits:

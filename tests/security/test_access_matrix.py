@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -226,6 +227,36 @@ OPERATIONS = (
     ),
     _op("lake-pause-materialization", "account", "POST", "/v1/lake/materializations/orders/pause"),
     _op("lake-delete-materialization", "account", "DELETE", "/v1/lake/materializations/orders"),
+    # Key-value stores (server/kv_store): the store `settings` is the stream `kv/settings`.
+    _op("kv-get", "stream", "GET", f"/v1/kv/{BASIN}/settings/keys/color", "basin", "stream"),
+    _op("kv-list", "stream", "GET", f"/v1/kv/{BASIN}/settings/keys", "basin", "stream"),
+    _op(
+        "kv-history",
+        "stream",
+        "GET",
+        f"/v1/kv/{BASIN}/settings/keys/color/history",
+        "basin",
+        "stream",
+    ),
+    _op(
+        "kv-put",
+        "stream",
+        "PUT",
+        f"/v1/kv/{BASIN}/settings/keys/color",
+        "basin",
+        "stream",
+        body={"value": "red"},
+    ),
+    _op("kv-delete", "stream", "DELETE", f"/v1/kv/{BASIN}/settings/keys/color", "basin", "stream"),
+    _op(
+        "kv-commit",
+        "stream",
+        "POST",
+        f"/v1/kv/{BASIN}/settings/commit",
+        "basin",
+        "stream",
+        body={"changes": [{"op": "put", "key": "size", "value": "10"}]},
+    ),
     _op("metrics", "account", "GET", "/metrics"),
     _op("account-metrics", "account", "GET", f"/v1/metrics?set=account-ops&{HOUR}"),
     _op("basin-metrics", "basin", "GET", f"/v1/metrics/{BASIN}?set=append-ops&{HOUR}", "basin"),
@@ -298,6 +329,7 @@ def tokens(root: httpx.Client) -> Tokens:
         _ok(root.post("/v1/basins", json={"basin": basin}))
     _ok(root.post("/v1/streams", json={"stream": STREAM}, headers=BASIN_HEADER))
     _ok(root.post(f"/v1/streams/{STREAM}/records", json=JSON_RECORDS, headers=BASIN_HEADER))
+    _ok(root.put(f"/v1/kv/{BASIN}/settings/keys/color", json={"value": "blue"}))
     _ok(
         root.post(
             "/v1/lake/materializations",
@@ -344,7 +376,7 @@ def _state(root: httpx.Client) -> str:
         headers = {"s2-basin": name}
         state[f"basin {name}"] = _ok(root.get(f"/v1/basins/{name}"))
         for stream in _ok(root.get("/v1/streams", headers=headers))["streams"]:
-            path = f"/v1/streams/{stream['name']}"
+            path = f"/v1/streams/{quote(stream['name'], safe='')}"
             state[f"stream {name}/{stream['name']}"] = [
                 stream,
                 root.get(path, headers=headers).json(),

@@ -70,7 +70,7 @@ def test_the_cli_manages_tokens(server: ServerProcess, tmp_path: Path) -> None:
     assert issued.returncode == 0, issued.stderr
     secret = issued.stdout.strip()
     assert secret.startswith("s2s_")
-    listed = s2s(server, "tokens", "list", "--prefix", "cli-", token=root)
+    listed = s2s(server, "tokens", "list", "--prefix", "cli-", "--json", token=root)
     assert listed.returncode == 0, listed.stderr
     info = json.loads(listed.stdout)
     assert info["id"] == "cli-reader" and info["scope"]["op_groups"]["account"]["read"]

@@ -183,6 +183,37 @@ describe.each<SessionTransports>(["s2s", "fetch"])("append session (%s)", (trans
 	});
 });
 
+/** A batch whose first record carries the s2s-producer header (ADR 0016). */
+function idempotent(producer: string, seq: number, ...texts: string[]): AppendInput {
+	const [first, ...rest] = texts;
+	return AppendInput.create([
+		AppendRecord.string({ body: first, headers: [["s2s-producer", `${producer} ${seq}`]] }),
+		...rest.map((body) => AppendRecord.string({ body })),
+	]);
+}
+
+describe.each<SessionTransports>(["s2s", "fetch"])("idempotent appends (%s)", (transport) => {
+	it("answers a batch sent again with its first ack and writes it once", async () => {
+		const stream = await newStream(transport);
+		const first = await stream.append(idempotent("ts-writer", 0, "a", "b"));
+		const again = await stream.append(idempotent("ts-writer", 0, "a", "b"));
+		expect([again.start.seqNum, again.end.seqNum]).toEqual([first.start.seqNum, 2]);
+		expect(again.start.timestamp).toEqual(first.start.timestamp);
+
+		// A session resending it after a lost one (at most 16 batches in flight).
+		const session = await stream.appendSession({ maxInflightBatches: 16 });
+		const resent = await (await session.submit(idempotent("ts-writer", 0, "a", "b"))).ack();
+		const next = await (await session.submit(idempotent("ts-writer", 1, "c"))).ack();
+		await session.close();
+		expect([resent.start.seqNum, resent.end.seqNum]).toEqual([0, 2]);
+		expect([next.start.seqNum, next.end.seqNum]).toEqual([2, 3]);
+
+		const read = await stream.read({ start: { from: { seqNum: 0 } } });
+		expect(bodies(read)).toEqual(["a", "b", "c"]);
+		expect(read.records.every((r) => r.headers.length === 0)).toBe(true);
+	});
+});
+
 describe("producer", () => {
 	it("batches single records over a session and acknowledges each at its sequence number", async () => {
 		const stream = await newStream();

@@ -1,0 +1,18 @@
+"""A real server process per test module for the CLI tests (each test uses basins of its
+own)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.server_process import ServerProcess
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    process = ServerProcess(str(tmp_path_factory.mktemp("cli") / "data")).start()
+    yield process
+    if process.process is not None and process.process.poll() is None:
+        process.stop()
