@@ -90,6 +90,9 @@ class JobSettings:
     long; its next batch there starts it afresh (any batch sequence number is taken)."""
     producer_rows_per_run: int = 1000
     """Producer rows one retention sweep looks at (round-robin over all)."""
+    scheduled: bool = True
+    """False: no loop runs the jobs, and kicks do nothing; only `run_once` runs them (tests
+    that must see what a deletion leaves pending)."""
 
 
 class BackgroundJobs:
@@ -134,7 +137,8 @@ class BackgroundJobs:
         moved since (another node led the jobs meanwhile), the real one is due no sooner."""
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="s2s-background-jobs")
+        if self._settings.scheduled:
+            self._task = asyncio.create_task(self._loop(), name="s2s-background-jobs")
 
     def kick(self) -> None:
         self._wake.set()

@@ -25,7 +25,9 @@ from tests.storage_mode import (
 
 BASIN = "test-basin"
 
-MANUAL_JOBS = JobSettings(interval_s=3600, retention_interval_s=0, reclaim_interval_s=0)
+MANUAL_JOBS = JobSettings(
+    interval_s=3600, retention_interval_s=0, reclaim_interval_s=0, scheduled=False
+)
 """Background jobs that run only when a test calls `store.jobs.run_once()`, sweeping fully."""
 
 

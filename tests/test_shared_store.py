@@ -579,10 +579,6 @@ async def test_a_node_that_missed_a_change_never_appends_on_the_old_record(
         await a.create_basin(BASIN)
         record = (await a.create_stream(BASIN, STREAM)).record
         await b.append(BASIN, STREAM, make_batch(b"b0"))  # b's sequencer is live
-        # A deletion kicks the jobs, which could finish it before b appends (b would then be
-        # told `stream_not_found`, and the tail would be gone): stopped, it stays pending.
-        await a.jobs.stop()
-        await b.jobs.stop()
         if change == "reconfigure":
             patch = stream_patch_from_json({"timestamping": {"mode": "client-require"}})
             await a.reconfigure_stream(BASIN, STREAM, patch)

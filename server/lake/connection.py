@@ -33,6 +33,7 @@ from duckdb_extensions import import_extension
 
 from server.durable_file import replace_durably, sync_tree
 from server.lake.sqltext import quote_literal
+from server.lake.torn_wal import cut_torn_wal
 
 CATALOG_ALIAS = "lake"
 META_SCHEMA = "s2s"
@@ -164,10 +165,17 @@ def open_lake(settings: LakeSettings) -> duckdb.DuckDBPyConnection:
     if settings.catalog and settings.catalog.startswith("postgres:"):
         _install_extension("postgres_scanner", conn, extensions)
         conn.execute("LOAD postgres_scanner")
-    conn.execute(
+    attach = (
         f"ATTACH {quote_literal(settings.catalog_uri)} AS {CATALOG_ALIAS} "
         f"(DATA_PATH {quote_literal(data_dir)})"
     )
+    try:
+        conn.execute(attach)
+    except duckdb.IOException as error:
+        embedded = settings.catalog is None
+        if not embedded or cut_torn_wal(settings.root / "catalog.ducklake", error) is None:
+            raise
+        conn.execute(attach)
     conn.execute(f"USE {CATALOG_ALIAS}")
     conn.execute(f"CREATE SCHEMA IF NOT EXISTS {META_SCHEMA}")
     for table, columns in _META_TABLES.items():

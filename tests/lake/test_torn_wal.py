@@ -1,0 +1,84 @@
+"""A power loss during a lake commit can leave the embedded catalog's WAL with a torn tail:
+zeros where the last sectors should be, or an entry whose data never reached the disk. DuckDB
+refuses such a WAL; the server cuts it back to its last whole entry (server/lake/torn_wal.py),
+keeps the cut bytes beside it, and starts. The stream stays the truth: every ingested row is
+in the table once, the cut commits' rows applied again from their checkpoints."""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.server_process import ServerProcess
+
+ROWS = 200
+REQUESTS = 10
+
+
+def _zero_the_last_sectors(wal: Path) -> None:
+    """The final commit's last sectors never reached the disk."""
+    size = wal.stat().st_size
+    with wal.open("r+b") as file:
+        file.seek(size - 512)
+        file.write(bytes(512))
+
+
+def _append_a_hole(wal: Path) -> None:
+    """An entry's header reached the disk and its data did not, then a later sector did."""
+    with wal.open("ab") as file:
+        file.write(struct.pack("<QQ", 256, 0x5EED) + bytes(256) + b"\x01" * 512)
+
+
+@pytest.mark.parametrize("tear", [_zero_the_last_sectors, _append_a_hole])
+def test_a_torn_catalog_wal_is_cut_and_every_row_lands_once(
+    tmp_path: Path, tear: Callable[[Path], None]
+) -> None:
+    data_dir = tmp_path / "data"
+    args = ["--lake-linger-ms", "20"]
+    server = ServerProcess(str(data_dir), extra_args=args).start()
+    try:
+        with httpx.Client(base_url=server.http_url, timeout=30) as http:
+            declared = http.post(
+                "/v1/lake/materializations",
+                json={"name": "t", "table": "bronze.t", "create_table": True},
+            )
+            assert declared.status_code == 201, declared.text
+            per_request = ROWS // REQUESTS
+            for request in range(REQUESTS):
+                rows = [{"id": request * per_request + i} for i in range(per_request)]
+                answer = http.post(
+                    "/v2/stream", json={"data": rows, "config": {"table": "bronze.t", "wait": True}}
+                )
+                assert answer.status_code == 200, answer.text
+    finally:
+        server.kill()
+    wal = data_dir / "lake" / "catalog.ducklake.wal"
+    assert wal.stat().st_size > 512, "the commits should still be in the WAL"
+    tear(wal)
+
+    restarted = ServerProcess(str(data_dir), extra_args=args).start()
+    try:
+        log = "".join(restarted.log)
+        assert "the lake catalog's WAL had a torn tail" in log, log
+        kept = list(wal.parent.glob("catalog.ducklake.wal.torn-at-*"))
+        assert len(kept) == 1 and kept[0].stat().st_size > 0, kept
+        with httpx.Client(base_url=restarted.http_url, timeout=30) as http:
+            deadline = time.monotonic() + 60
+            while True:
+                status = http.get("/v1/lake/materializations/t").json()
+                if status["lag_records"] == 0 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+            assert status["lag_records"] == 0, status
+            result = http.post("/v1/lake/query", json={"sql": "SELECT id FROM bronze.t"})
+            assert result.status_code == 200, result.text
+        ids = sorted(row[0] for row in result.json()["rows"])
+        assert ids == list(range(ROWS))
+        assert "Traceback" not in "".join(restarted.log)
+    finally:
+        restarted.stop()
