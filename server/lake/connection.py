@@ -160,39 +160,49 @@ def open_lake(settings: LakeSettings) -> duckdb.DuckDBPyConnection:
             "memory_limit": f"{settings.memory_limit_mib}MiB",
         }
     )
-    _install_extension("ducklake", conn, extensions)
-    conn.execute("LOAD ducklake")
-    if settings.catalog and settings.catalog.startswith("postgres:"):
-        _install_extension("postgres_scanner", conn, extensions)
-        conn.execute("LOAD postgres_scanner")
+    try:
+        _install_extension("ducklake", conn, extensions)
+        conn.execute("LOAD ducklake")
+        if settings.catalog and settings.catalog.startswith("postgres:"):
+            _install_extension("postgres_scanner", conn, extensions)
+            conn.execute("LOAD postgres_scanner")
+        _attach(conn, settings)
+        conn.execute(f"USE {CATALOG_ALIAS}")
+        conn.execute(f"CREATE SCHEMA IF NOT EXISTS {META_SCHEMA}")
+        for table, columns in _META_TABLES.items():
+            column_list = ", ".join(f"{name} {kind}" for name, kind in columns)
+            conn.execute(f"CREATE TABLE IF NOT EXISTS {META_SCHEMA}.{table} ({column_list})")
+        # Two servers opening a new catalog at once may both add the row: a declaration raises
+        # every row, so two of them still conflict. With none, they would not.
+        conn.execute(
+            f"INSERT INTO {META_SCHEMA}.declarations (declared) "
+            f"SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM {META_SCHEMA}.declarations)"
+        )
+        allowed = [str(settings.root) + os.sep]
+        if "://" not in data_dir:
+            allowed.append(os.path.abspath(data_dir) + os.sep)
+        conn.execute(f"SET allowed_directories = [{', '.join(map(quote_literal, allowed))}]")
+        conn.execute("SET enable_external_access = false")
+    except BaseException:
+        conn.close()  # not left open for the garbage collector
+        raise
+    return conn
+
+
+def _attach(conn: duckdb.DuckDBPyConnection, settings: LakeSettings) -> None:
+    """Attach the catalog as `lake`; an embedded catalog whose WAL a power loss tore is cut
+    back to its last whole entry first (torn_wal.py)."""
     attach = (
         f"ATTACH {quote_literal(settings.catalog_uri)} AS {CATALOG_ALIAS} "
-        f"(DATA_PATH {quote_literal(data_dir)})"
+        f"(DATA_PATH {quote_literal(settings.data_dir)})"
     )
     try:
         conn.execute(attach)
     except duckdb.IOException as error:
         embedded = settings.catalog is None
-        if not embedded or cut_torn_wal(settings.root / "catalog.ducklake", error) is None:
+        if not embedded or not cut_torn_wal(settings.root / "catalog.ducklake", error):
             raise
         conn.execute(attach)
-    conn.execute(f"USE {CATALOG_ALIAS}")
-    conn.execute(f"CREATE SCHEMA IF NOT EXISTS {META_SCHEMA}")
-    for table, columns in _META_TABLES.items():
-        column_list = ", ".join(f"{name} {kind}" for name, kind in columns)
-        conn.execute(f"CREATE TABLE IF NOT EXISTS {META_SCHEMA}.{table} ({column_list})")
-    # Two servers opening a new catalog at once may both add the row: a declaration raises
-    # every row, so two of them still conflict. With none, they would not.
-    conn.execute(
-        f"INSERT INTO {META_SCHEMA}.declarations (declared) "
-        f"SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM {META_SCHEMA}.declarations)"
-    )
-    allowed = [str(settings.root) + os.sep]
-    if "://" not in data_dir:
-        allowed.append(os.path.abspath(data_dir) + os.sep)
-    conn.execute(f"SET allowed_directories = [{', '.join(map(quote_literal, allowed))}]")
-    conn.execute("SET enable_external_access = false")
-    return conn
 
 
 def _install_extension(name: str, conn: duckdb.DuckDBPyConnection, directory: Path) -> None:

@@ -39,20 +39,18 @@ _CHECKSUM_FAILURE = re.compile(
 )
 
 
-def cut_torn_wal(catalog: Path, error: Exception) -> Path | None:
+def cut_torn_wal(catalog: Path, error: Exception) -> bool:
     """If `error` is DuckDB refusing `catalog`'s own WAL for an entry that fails its checksum,
     keep the bytes from that entry on beside the WAL, cut the WAL there, durably, and return
-    where the bytes were kept. Otherwise change nothing and return None."""
+    True. Otherwise change nothing and return False."""
     match = _CHECKSUM_FAILURE.search(str(error))
     wal = Path(str(catalog) + ".wal")
-    if match is None or not wal.exists():
-        return None
-    if not os.path.samefile(match["path"], wal):
-        return None
+    if match is None or not wal.exists() or not os.path.samefile(match["path"], wal):
+        return False
     cut_at = int(match["offset"]) - ENTRY_HEADER_BYTES
     size = wal.stat().st_size
     if not 0 <= cut_at < size:
-        return None
+        return False
     kept = wal.with_name(f"{wal.name}.torn-at-{cut_at}-{time.strftime('%Y%m%dT%H%M%S')}")
     with wal.open("r+b") as file:
         file.seek(cut_at)
@@ -73,4 +71,4 @@ def cut_torn_wal(catalog: Path, error: Exception) -> Path | None:
         wal,
         kept,
     )
-    return kept
+    return True

@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from server.lake.torn_wal import cut_torn_wal
 from tests.server_process import ServerProcess
 
 ROWS = 200
@@ -82,3 +83,28 @@ def test_a_torn_catalog_wal_is_cut_and_every_row_lands_once(
         assert "Traceback" not in "".join(restarted.log)
     finally:
         restarted.stop()
+
+
+def test_only_a_checksum_failure_of_the_catalogs_own_wal_is_cut(tmp_path: Path) -> None:
+    """Another error, another file's WAL or an offset outside the file: nothing is cut."""
+    catalog = tmp_path / "catalog.ducklake"
+    wal = tmp_path / "catalog.ducklake.wal"
+    wal.write_bytes(bytes(range(256)) * 4)
+    other = tmp_path / "other.ducklake.wal"
+    other.write_bytes(bytes(1024))
+
+    def refusal(path: Path, offset: int) -> Exception:
+        return Exception(
+            f'Failure while replaying WAL file "{path}": Corrupt WAL file: entry at byte '
+            f"position {offset} computed checksum 5381 does not match stored checksum 0"
+        )
+
+    assert not cut_torn_wal(catalog, Exception("IO Error: Could not set lock on file"))
+    assert not cut_torn_wal(catalog, refusal(other, 512))
+    assert not cut_torn_wal(catalog, refusal(wal, 4096))
+    assert wal.read_bytes() == bytes(range(256)) * 4
+    assert not list(tmp_path.glob("*.torn-at-*"))
+    assert cut_torn_wal(catalog, refusal(wal, 528))
+    assert wal.read_bytes() == (bytes(range(256)) * 4)[:512]
+    [kept] = tmp_path.glob("catalog.ducklake.wal.torn-at-512-*")
+    assert kept.read_bytes() == (bytes(range(256)) * 4)[512:]
