@@ -12,7 +12,5 @@ from tests.server_process import ServerProcess
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    process = ServerProcess(str(tmp_path_factory.mktemp("cli") / "data")).start()
-    yield process
-    if process.process is not None and process.process.poll() is None:
-        process.stop()
+    with ServerProcess(str(tmp_path_factory.mktemp("cli") / "data")).start() as process:
+        yield process

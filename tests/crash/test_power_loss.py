@@ -33,6 +33,7 @@ from tests.crash.child import REPO_ROOT, run_and_kill
 from tests.crash.lake_child import BATCHES, ROWS
 from tests.crash.powerloss_mount import Mount, power_loss_mount, unavailable
 from tests.crash.test_kill9 import Ack, Plans, run_child, verify
+from tests.lake.conftest import LakeClient
 from tests.server_process import ServerProcess
 
 _UNAVAILABLE = unavailable()
@@ -160,17 +161,12 @@ def test_the_lake_applies_every_acknowledged_row_exactly_once_across_power_loss(
     mount.power_on()
     restarted = ServerProcess(str(data_dir), extra_args=args).start()
     try:
-        with httpx.Client(base_url=restarted.http_url, timeout=30) as http:
-            deadline = time.monotonic() + 60
-            while True:
-                status = http.get("/v1/lake/materializations/t").json()
-                if status["lag_records"] == 0 or time.monotonic() > deadline:
-                    break
-                time.sleep(0.1)
-            assert status["lag_records"] == 0, status
-            rows = http.post("/v1/lake/query", json={"sql": "SELECT id FROM bronze.t"})
-            assert rows.status_code == 200, rows.text
-        ids = [row[0] for row in rows.json()["rows"]]
+        lake = LakeClient(restarted.http_url)
+        try:
+            lake.caught_up("t")
+            ids = [row[0] for row in lake.rows("SELECT id FROM bronze.t")]
+        finally:
+            lake.close()
         assert len(ids) == len(set(ids)), "a row was applied twice"
         assert set(acked) <= set(ids), f"acknowledged rows lost: {len(set(acked) - set(ids))}"
         assert set(ids) <= set(range(batch * 20)), "a row that was never sent"

@@ -13,10 +13,8 @@ from tests.server_process import ServerProcess
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[ServerProcess]:
-    process = ServerProcess(str(tmp_path / "data")).start()
-    yield process
-    if process.process is not None and process.process.poll() is None:
-        process.stop()
+    with ServerProcess(str(tmp_path / "data")).start() as process:
+        yield process
 
 
 @pytest.fixture

@@ -67,6 +67,16 @@ class LakeClient:
         status: dict[str, Any] = response.json()
         return status
 
+    def caught_up(self, name: str, timeout_s: float = 60.0) -> dict[str, Any]:
+        """Polls a materialization's status until it has no lag; returns that status."""
+        deadline = time.monotonic() + timeout_s
+        status = self.status(name)
+        while status["lag_records"] != 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+            status = self.status(name)
+        assert status["lag_records"] == 0, status
+        return status
+
     def metric(self, metric: str, /, **labels: str) -> float:
         """One sample from `/metrics`; 0 when the series does not exist yet."""
         text = self.http.get("/metrics").text

@@ -7,16 +7,16 @@ in the table once, the cut commits' rows applied again from their checkpoints.""
 from __future__ import annotations
 
 import struct
-import time
 from collections.abc import Callable
 from pathlib import Path
 
-import httpx
 import pytest
 
 from server.lake.torn_wal import cut_torn_wal
+from tests.lake.conftest import LakeClient
 from tests.server_process import ServerProcess
 
+TABLE = "bronze.t"
 ROWS = 200
 REQUESTS = 10
 
@@ -42,46 +42,32 @@ def test_a_torn_catalog_wal_is_cut_and_every_row_lands_once(
     data_dir = tmp_path / "data"
     args = ["--lake-linger-ms", "20"]
     server = ServerProcess(str(data_dir), extra_args=args).start()
+    lake = LakeClient(server.http_url)
     try:
-        with httpx.Client(base_url=server.http_url, timeout=30) as http:
-            declared = http.post(
-                "/v1/lake/materializations",
-                json={"name": "t", "table": "bronze.t", "create_table": True},
-            )
-            assert declared.status_code == 201, declared.text
-            per_request = ROWS // REQUESTS
-            for request in range(REQUESTS):
-                rows = [{"id": request * per_request + i} for i in range(per_request)]
-                answer = http.post(
-                    "/v2/stream", json={"data": rows, "config": {"table": "bronze.t", "wait": True}}
-                )
-                assert answer.status_code == 200, answer.text
+        lake.declare(TABLE)
+        per_request = ROWS // REQUESTS
+        for request in range(REQUESTS):
+            lake.ingest_ok(TABLE, [{"id": request * per_request + i} for i in range(per_request)])
     finally:
+        lake.close()
         server.kill()
     wal = data_dir / "lake" / "catalog.ducklake.wal"
     assert wal.stat().st_size > 512, "the commits should still be in the WAL"
     tear(wal)
 
     restarted = ServerProcess(str(data_dir), extra_args=args).start()
+    lake = LakeClient(restarted.http_url)
     try:
         log = "".join(restarted.log)
         assert "the lake catalog's WAL had a torn tail" in log, log
         kept = list(wal.parent.glob("catalog.ducklake.wal.torn-at-*"))
         assert len(kept) == 1 and kept[0].stat().st_size > 0, kept
-        with httpx.Client(base_url=restarted.http_url, timeout=30) as http:
-            deadline = time.monotonic() + 60
-            while True:
-                status = http.get("/v1/lake/materializations/t").json()
-                if status["lag_records"] == 0 or time.monotonic() > deadline:
-                    break
-                time.sleep(0.1)
-            assert status["lag_records"] == 0, status
-            result = http.post("/v1/lake/query", json={"sql": "SELECT id FROM bronze.t"})
-            assert result.status_code == 200, result.text
-        ids = sorted(row[0] for row in result.json()["rows"])
+        lake.caught_up(TABLE)
+        ids = sorted(row[0] for row in lake.rows(f"SELECT id FROM {TABLE}"))
         assert ids == list(range(ROWS))
         assert "Traceback" not in "".join(restarted.log)
     finally:
+        lake.close()
         restarted.stop()
 
 
