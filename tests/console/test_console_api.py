@@ -133,27 +133,21 @@ def test_stream_status(server: ServerProcess, api: httpx.Client) -> None:
     assert unknown.status_code == 404 and unknown.json()["code"] == "stream_not_found"
     assert api.get("/v1/streams/x/status").json()["code"] == "bad_header"
     assert api.delete("/v1/streams/status-1/status", headers=headers).status_code == 405
+
+    def status_with_only(op: str) -> httpx.Response:
+        """The status asked with a token allowed `op` alone on the basin."""
+        scope = {"basins": {"exact": BASIN}, "streams": {"prefix": ""}, "ops": [op]}
+        secret = _issue(api, f"console-status-{op}", scope)
+        return httpx.get(
+            f"{server.http_url}/v1/streams/status-1/status",
+            headers={**headers, "authorization": f"Bearer {secret}"},
+        )
+
     # check-tail is the permission it needs.
-    reader = _issue(
-        api,
-        "console-status-reader",
-        {"basins": {"exact": BASIN}, "streams": {"prefix": ""}, "ops": ["read"]},
-    )
-    denied = httpx.get(
-        f"{server.http_url}/v1/streams/status-1/status",
-        headers={**headers, "authorization": f"Bearer {reader}"},
-    )
+    denied = status_with_only("read")
     assert denied.status_code == 403 and denied.json()["code"] == "permission_denied"
     # ... and all it needs: the cipher comes with the tail, not with the stream's config.
-    tail_only = _issue(
-        api,
-        "console-status-tail-only",
-        {"basins": {"exact": BASIN}, "streams": {"prefix": ""}, "ops": ["check-tail"]},
-    )
-    allowed = httpx.get(
-        f"{server.http_url}/v1/streams/status-1/status",
-        headers={**headers, "authorization": f"Bearer {tail_only}"},
-    )
+    allowed = status_with_only("check-tail")
     assert allowed.status_code == 200, allowed.text
     assert allowed.json()["cipher"] is None
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -53,58 +54,59 @@ async def chaos(proxy: LossyProxy, rounds: int) -> None:
         proxy.cut()
 
 
-async def test_the_producer_writes_every_record_once_though_acks_are_lost(
-    server: ServerProcess,
-) -> None:
+@pytest.fixture
+async def proxied(server: ServerProcess) -> AsyncIterator[tuple[LossyProxy, S2SClient]]:
+    """A client of the server through a lossy proxy, with the test basin created."""
     proxy = LossyProxy(server.grpc_port)
     port = await proxy.start()
     try:
         async with S2SClient(f"127.0.0.1:{port}") as client:
             await client.create_basin(BASIN)
-            await client.create_stream(BASIN, "idem")
-            stream = client.stream(BASIN, "idem")
-            futures: list[asyncio.Future[int]] = []
-            async with stream.producer(linger_s=0.002) as producer:
-                disorder = asyncio.ensure_future(chaos(proxy, CHAOS_ROUNDS))
-                for i in range(RECORDS):
-                    futures.append(await producer.append(b"r%d" % i))
-                    if i % 50 == 0:
-                        await asyncio.sleep(0.005)  # records keep coming through the chaos
-                await disorder
-            seq_nums = [await future for future in futures]
-            assert seq_nums == list(range(RECORDS))
-            assert await read_bodies(client, "idem") == [b"r%d" % i for i in range(RECORDS)]
-        assert proxy.cuts == CHAOS_ROUNDS and proxy.answer_bytes_lost > 0
-        assert producer.resent_batches > 0
-        assert retries_answered(server) > 0, "some resent batches had been written already"
+            yield proxy, client
     finally:
         await proxy.close()
+
+
+async def test_the_producer_writes_every_record_once_though_acks_are_lost(
+    server: ServerProcess, proxied: tuple[LossyProxy, S2SClient]
+) -> None:
+    proxy, client = proxied
+    await client.create_stream(BASIN, "idem")
+    stream = client.stream(BASIN, "idem")
+    futures: list[asyncio.Future[int]] = []
+    async with stream.producer(linger_s=0.002) as producer:
+        disorder = asyncio.ensure_future(chaos(proxy, CHAOS_ROUNDS))
+        for i in range(RECORDS):
+            futures.append(await producer.append(b"r%d" % i))
+            if i % 50 == 0:
+                await asyncio.sleep(0.005)  # records keep coming through the chaos
+        await disorder
+    seq_nums = [await future for future in futures]
+    assert seq_nums == list(range(RECORDS))
+    assert await read_bodies(client, "idem") == [b"r%d" % i for i in range(RECORDS)]
+    assert proxy.cuts == CHAOS_ROUNDS and proxy.answer_bytes_lost > 0
+    assert producer.resent_batches > 0
+    assert retries_answered(server) > 0, "some resent batches had been written already"
 
 
 async def test_without_idempotence_the_producer_fails_rather_than_resend(
-    server: ServerProcess,
+    proxied: tuple[LossyProxy, S2SClient],
 ) -> None:
-    proxy = LossyProxy(server.grpc_port)
-    port = await proxy.start()
-    try:
-        async with S2SClient(f"127.0.0.1:{port}") as client:
-            await client.create_basin(BASIN)
-            await client.create_stream(BASIN, "plain")
-            producer = client.stream(BASIN, "plain").producer(linger_s=0.002, idempotent=False)
-            assert producer.producer_id is None
-            first = await producer.append(b"before")
-            assert await first == 0
-            proxy.lose_answers()
-            lost = await producer.append(b"ack lost")
-            await asyncio.sleep(0.2)
-            proxy.cut()
-            with pytest.raises(S2SError) as failed:
-                await lost
-            assert failed.value.code == "unavailable"
-            await producer.close()
-            assert await read_bodies(client, "plain") == [b"before", b"ack lost"]
-    finally:
-        await proxy.close()
+    proxy, client = proxied
+    await client.create_stream(BASIN, "plain")
+    producer = client.stream(BASIN, "plain").producer(linger_s=0.002, idempotent=False)
+    assert producer.producer_id is None
+    first = await producer.append(b"before")
+    assert await first == 0
+    proxy.lose_answers()
+    lost = await producer.append(b"ack lost")
+    await asyncio.sleep(0.2)
+    proxy.cut()
+    with pytest.raises(S2SError) as failed:
+        await lost
+    assert failed.value.code == "unavailable"
+    await producer.close()
+    assert await read_bodies(client, "plain") == [b"before", b"ack lost"]
 
 
 def test_an_idempotent_producer_keeps_within_the_window(server: ServerProcess) -> None:
